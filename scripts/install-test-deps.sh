@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install everything the deploy/ tests (tests/deploy.rs) need on a fresh Debian 12 that only
+# has Rust. Idempotent: installs only what is missing. Run as root, non-interactively.
+#
+#   bash scripts/install-test-deps.sh
+#
+# Afterwards:
+#   - promtool, systemd-analyze, ss, curl, ... are on the normal PATH (apt);
+#   - kubernetes-validate lives in a venv at $BINDWATCH_VENV (default
+#     $HOME/.cache/bindwatch-venv); tests/deploy.rs looks in $BINDWATCH_VENV/bin itself, so
+#     nothing has to be sourced. The venv's python also has PyYAML (a dependency of
+#     kubernetes-validate), which the tests use to compare YAML documents parsed.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+VENV="${BINDWATCH_VENV:-$HOME/.cache/bindwatch-venv}"
+# Pinned so that the Kubernetes versions it knows stay the ones tests/deploy.rs asks for.
+K8S_VALIDATE_VERSION="${K8S_VALIDATE_VERSION:-1.34.1}"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: must run as root (apt-get install)" >&2
+    exit 1
+fi
+
+# command -> Debian package that provides it
+declare -A PKG_FOR=(
+    [promtool]=prometheus
+    [prometheus]=prometheus
+    [ss]=iproute2
+    [nsenter]=util-linux
+    [sysctl]=procps
+    [pgrep]=procps
+    [curl]=curl
+    [systemd-analyze]=systemd
+    [python3]=python3
+)
+
+missing=()
+for cmd in "${!PKG_FOR[@]}"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("${PKG_FOR[$cmd]}")
+    fi
+done
+# python3 -m venv needs python3-venv on Debian (ensurepip); only matters for the system python.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    # de-duplicate
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "install-test-deps: apt-get install ${missing[*]}"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "install-test-deps: apt packages already present"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "install-test-deps: creating venv $VENV"
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$K8S_VALIDATE_VERSION"; then
+    echo "install-test-deps: pip install kubernetes-validate==$K8S_VALIDATE_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
+"$VENV/bin/python" -c 'import yaml' # PyYAML comes with kubernetes-validate; fail loudly if not
+
+echo "install-test-deps: kubernetes-validate is $VENV/bin/kubernetes-validate"
+echo "install-test-deps: done"

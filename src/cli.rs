@@ -1,0 +1,270 @@
+//! Command line: flags and subcommands (serve, check, wait, ports). Names follow
+//! `shared/design/contract.md` and the Prometheus exporter conventions.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::Protocol;
+use crate::source::SourceChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bindwatch",
+    version,
+    about = "Prometheus exporter and port-conflict monitor: predicts whether restarting a daemon would fail with \"Address already in use\".",
+    long_about = "bindwatch reads the socket table (netlink sock_diag, /proc/net as fallback), finds every \
+listener and every socket that would block its restart, predicts per port whether a restart now \
+would fail with EADDRINUSE (with and without SO_REUSEADDR) and when it will clear, and exports it \
+for Prometheus.\n\nWithout a subcommand, bindwatch runs `serve` with the flags given.",
+    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait: 0 bind would succeed, 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the polling agent and the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Would a new socket bind (and, for TCP, listen) on ADDR:PORT now?
+    Check(CheckArgs),
+    /// Block until `check` would pass (for ExecStartPre and deploy scripts).
+    Wait(WaitArgs),
+    /// Table of listening endpoints: owner, flags, blockers, restart risk.
+    Ports(PortsArgs),
+}
+
+/// Where and how to read the kernel.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Mount point of the proc filesystem (e.g. /host/proc in a container).
+    #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
+    pub procfs: PathBuf,
+    /// Socket table source: netlink sock_diag, /proc/net, or netlink with fallback.
+    #[arg(long = "source", value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for HTTP (":PORT" means every address).
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = ":10033"
+    )]
+    pub listen_address: String,
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
+    pub telemetry_path: String,
+    /// Exporter-toolkit web config (TLS, basic auth). Not supported by this version yet.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// How often the socket table is read.
+    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// YAML file declaring watched services. Not supported by this version yet.
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// At most this many ports get per-port series; the rest are counted in bindwatch_ports_dropped_total.
+    #[arg(long = "ports.max", value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ports_max: u32,
+    /// How long the flags of a vanished listener are remembered to judge its leftovers.
+    #[arg(long = "rebind.remember", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub remember: Duration,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// The new socket to test.
+#[derive(Debug, Clone, Args)]
+pub struct SocketArgs {
+    /// Port to test.
+    #[arg(value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_protocol)]
+    pub protocol: Protocol,
+    /// Local address of the new socket (IPv4 or IPv6, no brackets).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// Set IPV6_V6ONLY on an IPv6 socket (default: net.ipv6.bindv6only).
+    #[arg(long)]
+    pub v6only: bool,
+    /// Set SO_REUSEADDR on the new socket.
+    #[arg(long)]
+    pub reuseaddr: bool,
+    /// Set SO_REUSEPORT on the new socket.
+    #[arg(long)]
+    pub reuseport: bool,
+    /// uid the new socket is created by (matters for SO_REUSEPORT). Default: the caller's.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+    /// Bind the new socket to this network device (SO_BINDTODEVICE).
+    #[arg(long, value_name = "DEV")]
+    pub device: Option<String>,
+    /// Judge a restart of the process(es) now listening on PORT, with their own flags.
+    #[arg(long, conflicts_with_all = ["address", "v6only", "reuseaddr", "reuseport", "uid", "device"])]
+    pub restart: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Give up (exit 1) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How often to check again.
+    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PortsArgs {
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.parse()
+}
+
+fn parse_http_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} must start with '/'"));
+    }
+    Ok(s.to_string())
+}
+
+/// Durations as Prometheus writes them: `500ms`, `5s`, `2m`, `1h`, or combined `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (examples: 500ms, 5s, 1m30s, 2h)");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(d);
+    }
+    if total.is_zero() {
+        return Err(format!("{s:?} must be greater than zero"));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("5s", 5_000),
+            ("500ms", 500),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
+        }
+        for s in ["", "5", "s", "5x", "-1s", "0s", "1.5s"] {
+            assert!(parse_duration(s).is_err(), "{s:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn bare_invocation_is_serve_with_defaults() {
+        let c = Cli::try_parse_from(["bindwatch"]).unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.serve.listen_address, ":10033");
+        assert_eq!(c.serve.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.serve.source.procfs, PathBuf::from("/proc"));
+    }
+
+    #[test]
+    fn check_defaults_and_errors_name_the_flag() {
+        let c = Cli::try_parse_from(["bindwatch", "check", "8080"]).unwrap();
+        let Some(Command::Check(a)) = c.command else {
+            panic!("not check")
+        };
+        assert_eq!(a.socket.protocol, Protocol::Tcp);
+        assert_eq!(a.socket.address.to_string(), "0.0.0.0");
+        assert!(!a.socket.reuseaddr);
+        for (args, flag) in [
+            (vec!["bindwatch", "check", "70000"], "PORT"),
+            (
+                vec!["bindwatch", "check", "80", "--protocol", "sctp"],
+                "--protocol",
+            ),
+            (
+                vec!["bindwatch", "check", "80", "--address", "localhost"],
+                "--address",
+            ),
+            (
+                vec!["bindwatch", "--poll.interval", "fast"],
+                "--poll.interval",
+            ),
+            (
+                vec!["bindwatch", "wait", "80", "--timeout", "0s"],
+                "--timeout",
+            ),
+            (
+                vec!["bindwatch", "check", "80", "--restart", "--reuseaddr"],
+                "--reuseaddr",
+            ),
+        ] {
+            let e = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+}

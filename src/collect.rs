@@ -1,0 +1,356 @@
+//! One poll: socket table -> [`Snapshot`]. Keeps what must survive between polls:
+//! the owner cache and the memory of each endpoint's last-seen listener flags, so
+//! the leftovers of a daemon that just died are judged with its flags.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::model::{
+    Endpoint, EndpointRisk, Family, Listener, Owner, Protocol, Snapshot, Socket, State, StateCounts,
+};
+use crate::rebind;
+use crate::source::netlink::ALL_STATES;
+use crate::source::owners::{Capabilities, OwnerResolver};
+use crate::source::sysctl::{self, PortAllocation};
+use crate::source::{listen_mask, SocketTable, SourceChoice, SourceError};
+
+/// Limits and knobs of a poll.
+#[derive(Debug, Clone)]
+pub struct CollectOptions {
+    pub procfs: PathBuf,
+    pub source: SourceChoice,
+    /// Cap on ports of interest (series are per port).
+    pub ports_max: usize,
+    /// How long a vanished listener's flags are remembered.
+    pub remember: Duration,
+    /// Whether to resolve owners and flags (needs /proc/PID/fd access and pidfd).
+    pub owners: bool,
+    /// At most this many non-listener sockets are probed for flags per poll.
+    pub probe_max: usize,
+    /// Probe every socket on a port of interest, even children of a live listener
+    /// (one-shot commands); the agent relies on inheritance instead.
+    pub probe_all: bool,
+}
+
+impl CollectOptions {
+    pub fn new(procfs: &Path) -> Self {
+        CollectOptions {
+            procfs: procfs.to_path_buf(),
+            source: SourceChoice::Auto,
+            ports_max: 1000,
+            remember: Duration::from_secs(600),
+            owners: true,
+            probe_max: 256,
+            probe_all: false,
+        }
+    }
+}
+
+/// A listener as last seen.
+#[derive(Debug, Clone)]
+struct Remembered {
+    socket: Socket,
+    owner: Option<Owner>,
+    last_seen: Instant,
+}
+
+/// Polls the kernel and builds snapshots.
+pub struct Collector {
+    opts: CollectOptions,
+    table: SocketTable,
+    owners: OwnerResolver,
+    memory: BTreeMap<Endpoint, Remembered>,
+    ports_dropped_total: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("reading the socket table: {0}")]
+    Source(#[from] SourceError),
+}
+
+fn endpoint(s: &Socket) -> Endpoint {
+    Endpoint {
+        protocol: s.protocol,
+        address: s.local.ip(),
+        port: s.local.port(),
+    }
+}
+
+impl Collector {
+    /// # Errors
+    /// When the chosen source cannot be opened at all.
+    pub fn new(opts: CollectOptions) -> Result<Self, CollectError> {
+        let table = SocketTable::open(opts.source, &opts.procfs)?;
+        let owners = OwnerResolver::new(&opts.procfs);
+        Ok(Collector {
+            opts,
+            table,
+            owners,
+            memory: BTreeMap::new(),
+            ports_dropped_total: 0,
+        })
+    }
+
+    pub fn table(&self) -> &SocketTable {
+        &self.table
+    }
+
+    pub fn owner_stats(&self) -> crate::source::owners::ResolveStats {
+        self.owners.stats
+    }
+
+    /// One poll. A dump that raced with table changes is retried (bounded).
+    ///
+    /// # Errors
+    /// When the socket table cannot be read.
+    pub fn poll(
+        &mut self,
+        extra_ports: &BTreeSet<(Protocol, u16)>,
+    ) -> Result<Snapshot, CollectError> {
+        let mut tries = 0;
+        loop {
+            match self.poll_once(extra_ports) {
+                Err(CollectError::Source(e)) if e.is_interrupted() && tries < 3 => {
+                    tries += 1;
+                    tracing::debug!(tries, "socket dump interrupted, retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn poll_once(
+        &mut self,
+        extra_ports: &BTreeSet<(Protocol, u16)>,
+    ) -> Result<Snapshot, CollectError> {
+        let now = Instant::now();
+        // 1. Listeners: a cheap in-kernel filtered dump, and the (small) UDP table.
+        let mut tcp_listeners = Vec::new();
+        self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
+            tcp_listeners.push(s.clone())
+        })?;
+        let mut udp = Vec::new();
+        self.table
+            .dump(Protocol::Udp, ALL_STATES, &mut |s| udp.push(s.clone()))?;
+
+        // 2. Ports of interest: listening, remembered, watched; capped.
+        let mut wanted: BTreeSet<(Protocol, u16)> = tcp_listeners
+            .iter()
+            .chain(udp.iter().filter(|s| s.is_listener()))
+            .map(|s| (s.protocol, s.local.port()))
+            .collect();
+        wanted.extend(self.memory.keys().map(|e| (e.protocol, e.port)));
+        wanted.extend(extra_ports.iter().copied());
+        if wanted.len() > self.opts.ports_max {
+            let dropped = wanted.len() - self.opts.ports_max;
+            self.ports_dropped_total += dropped as u64;
+            tracing::warn!(
+                dropped,
+                max = self.opts.ports_max,
+                "more ports of interest than --ports.max; the highest are left out"
+            );
+            wanted = wanted.into_iter().take(self.opts.ports_max).collect();
+        }
+
+        // 3. The full TCP walk: count everything, keep sockets on ports of interest.
+        let mut counts = StateCounts::new();
+        let mut port_sockets: Vec<Socket> = Vec::new();
+        self.table.dump(Protocol::Tcp, ALL_STATES, &mut |s| {
+            *counts.entry((s.protocol, s.family(), s.state)).or_default() += 1;
+            if wanted.contains(&(Protocol::Tcp, s.local.port())) {
+                port_sockets.push(s.clone());
+            }
+        })?;
+        for s in &udp {
+            *counts.entry((s.protocol, s.family(), s.state)).or_default() += 1;
+            if wanted.contains(&(Protocol::Udp, s.local.port())) {
+                port_sockets.push(s.clone());
+            }
+        }
+
+        // 4. Owners and flags of the sockets that matter.
+        let mut owner_of: HashMap<u64, Owner> = HashMap::new();
+        if self.opts.owners {
+            self.attribute(&mut port_sockets, &mut owner_of);
+        }
+
+        // 5. Listeners (live), then remember them.
+        let listeners: Vec<Listener> = port_sockets
+            .iter()
+            .filter(|s| s.is_listener())
+            .map(|s| Listener {
+                socket: s.clone(),
+                owner: owner_of.get(&s.inode).cloned(),
+            })
+            .collect();
+        for l in &listeners {
+            self.memory.insert(
+                endpoint(&l.socket),
+                Remembered {
+                    socket: l.socket.clone(),
+                    owner: l.owner.clone(),
+                    last_seen: now,
+                },
+            );
+        }
+        let busy: HashSet<(Protocol, u16)> = port_sockets
+            .iter()
+            .map(|s| (s.protocol, s.local.port()))
+            .collect();
+        let remember = self.opts.remember;
+        self.memory.retain(|e, r| {
+            now.duration_since(r.last_seen) < remember || busy.contains(&(e.protocol, e.port))
+        });
+
+        // 6. Leftovers inherit the flags of their (live or remembered) listener.
+        let known_listeners: Vec<Socket> = self.memory.values().map(|r| r.socket.clone()).collect();
+        rebind::inherit_from_listeners(&mut port_sockets, &known_listeners);
+
+        // 7. Rebind risk per endpoint.
+        let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
+        let risks = self
+            .memory
+            .iter()
+            .map(|(ep, r)| {
+                let on_port: Vec<Socket> = port_sockets
+                    .iter()
+                    .filter(|s| s.protocol == ep.protocol && s.local.port() == ep.port)
+                    .cloned()
+                    .collect();
+                let judge = |reuse: bool| {
+                    rebind::judge(
+                        &rebind::restart_candidate(&r.socket, reuse),
+                        rebind::after_restart(&r.socket, &on_port),
+                    )
+                };
+                EndpointRisk {
+                    endpoint: *ep,
+                    listener: r.socket.clone(),
+                    owner: r.owner.clone(),
+                    gone: !live.contains(ep),
+                    without_reuseaddr: judge(false),
+                    with_reuseaddr: judge(true),
+                }
+            })
+            .collect();
+
+        let allocation = match sysctl::read_port_allocation(&self.opts.procfs) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "using the default ephemeral port range");
+                PortAllocation::default()
+            }
+        };
+        Ok(Snapshot {
+            taken_at: SystemTime::now(),
+            source: self.table.kind(),
+            counts,
+            listeners,
+            port_sockets,
+            risks,
+            allocation,
+            capabilities: if self.opts.owners {
+                self.owners.caps
+            } else {
+                Capabilities {
+                    owners: false,
+                    socket_flags: false,
+                }
+            },
+            ports_dropped_total: self.ports_dropped_total,
+            ports: wanted,
+            owners: owner_of,
+        })
+    }
+
+    /// Resolves owners of listeners and of sockets on ports of interest, and reads
+    /// the flags of listeners (always) and of other sockets without a live parent
+    /// listener (bounded by `probe_max`), since accepted children copy the
+    /// listener's flags and probing thousands of connections each poll is waste.
+    fn attribute(&mut self, sockets: &mut [Socket], owner_of: &mut HashMap<u64, Owner>) {
+        self.owners.caps = Capabilities::default();
+        let listener_ports: HashSet<(Protocol, u16)> = sockets
+            .iter()
+            .filter(|s| s.state == State::Listen)
+            .map(|s| (s.protocol, s.local.port()))
+            .collect();
+        let wanted: HashSet<u64> = sockets
+            .iter()
+            .filter(|s| s.inode != 0)
+            .filter(|s| {
+                self.opts.probe_all
+                    || s.is_listener()
+                    || !listener_ports.contains(&(s.protocol, s.local.port()))
+            })
+            .map(|s| s.inode)
+            .collect();
+        let fds = self.owners.resolve(&wanted);
+        let mut probes = 0;
+        let mut by_pid: HashMap<u32, Option<Owner>> = HashMap::new();
+        for s in sockets.iter_mut() {
+            let Some(&r) = fds.get(&s.inode) else {
+                continue;
+            };
+            let owner = by_pid
+                .entry(r.pid)
+                .or_insert_with(|| self.owners.owner(r.pid))
+                .clone();
+            if let Some(o) = owner {
+                owner_of.insert(s.inode, o);
+            }
+            if !s.is_listener() {
+                if probes >= self.opts.probe_max {
+                    continue;
+                }
+                probes += 1;
+            }
+            if let Some(p) = self.owners.probe(r, s.local.ip().is_ipv6()) {
+                s.flags = p.flags;
+                if s.ifindex.is_none() {
+                    s.ifindex = Some(p.ifindex);
+                }
+                s.v6only = s.v6only.or(p.v6only);
+            }
+        }
+    }
+}
+
+/// Counts of one protocol and family, with every known state present (0 if none).
+pub fn state_labels(protocol: Protocol) -> &'static [&'static str] {
+    match protocol {
+        Protocol::Tcp => &[
+            "established",
+            "syn_sent",
+            "syn_recv",
+            "fin_wait1",
+            "fin_wait2",
+            "time_wait",
+            "close",
+            "close_wait",
+            "last_ack",
+            "listen",
+            "closing",
+            "new_syn_recv",
+            "bound_inactive",
+        ],
+        Protocol::Udp => &crate::model::UDP_STATE_LABELS,
+    }
+}
+
+/// `bindwatch_sockets` values: (protocol, family, state label) -> count, with zeros.
+pub fn socket_counts(counts: &StateCounts) -> BTreeMap<(Protocol, Family, &'static str), u64> {
+    let mut out = BTreeMap::new();
+    for p in Protocol::ALL {
+        for f in Family::ALL {
+            for l in state_labels(p) {
+                out.insert((p, f, *l), 0);
+            }
+        }
+    }
+    for (&(p, f, s), &n) in counts {
+        *out.entry((p, f, s.label(p))).or_default() += n;
+    }
+    out
+}

@@ -1,0 +1,492 @@
+//! The one-shot commands an operator runs on the box: `check`, `wait`, `ports`.
+//! They poll once (or repeatedly for `wait`) with the same collector as the agent,
+//! judge with the rebind engine, and print text or JSON.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::{PortsArgs, SocketArgs, SourceArgs, WaitArgs};
+use crate::collect::{CollectOptions, Collector};
+use crate::metrics::realistic;
+use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
+use crate::rebind::{self, Candidate, Finding, Judgement, Verdict};
+use crate::source::sysctl;
+
+/// Exit codes of `check` and `wait` (contract.md).
+pub const EXIT_CLEAR: i32 = 0;
+pub const EXIT_BLOCKED: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+pub const EXIT_UNKNOWN: i32 = 3;
+
+/// A failure that is the user's or the machine's, reported with exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("--device {0:?}: no such network device")]
+    NoSuchDevice(String),
+    #[error("--restart: nothing listens on {0} port {1}; run check without --restart to test a fresh bind")]
+    NoListener(Protocol, u16),
+    #[error(transparent)]
+    Collect(#[from] crate::collect::CollectError),
+}
+
+pub fn exit_code(v: Verdict) -> i32 {
+    match v {
+        Verdict::Clear => EXIT_CLEAR,
+        Verdict::Blocked => EXIT_BLOCKED,
+        Verdict::Unknown => EXIT_UNKNOWN,
+    }
+}
+
+fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
+    let mut opts = CollectOptions::new(&src.procfs);
+    opts.source = src.source;
+    opts.probe_all = true;
+    opts.probe_max = 8192;
+    opts.ports_max = usize::MAX;
+    Ok(Collector::new(opts)?)
+}
+
+fn ifindex(dev: &str) -> Result<u32, CommandError> {
+    let c = std::ffi::CString::new(dev).map_err(|_| CommandError::NoSuchDevice(dev.to_string()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(CommandError::NoSuchDevice(dev.to_string()));
+    }
+    Ok(idx)
+}
+
+/// One judged new socket, with the listener it restarts (restart mode).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub candidate: Candidate,
+    pub listener: Option<Socket>,
+    pub judgement: Judgement,
+}
+
+/// The outcome of `check`.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub restart: bool,
+    pub checked: Vec<Checked>,
+    pub verdict: Verdict,
+}
+
+fn combine(verdicts: impl Iterator<Item = Verdict>) -> Verdict {
+    let mut out = Verdict::Clear;
+    for v in verdicts {
+        match v {
+            Verdict::Blocked => return Verdict::Blocked,
+            Verdict::Unknown => out = Verdict::Unknown,
+            Verdict::Clear => {}
+        }
+    }
+    out
+}
+
+/// Judges the new socket (or restart) described by `a` against a snapshot.
+///
+/// # Errors
+/// Unknown device, or `--restart` with nothing listening.
+pub fn judge_snapshot(
+    a: &SocketArgs,
+    snap: &Snapshot,
+    bindv6only: bool,
+) -> Result<CheckOutcome, CommandError> {
+    let on_port: Vec<Socket> = snap
+        .port_sockets
+        .iter()
+        .filter(|s| s.protocol == a.protocol && s.local.port() == a.port)
+        .cloned()
+        .collect();
+    let mut checked = Vec::new();
+    if a.restart {
+        let mut seen = BTreeSet::new();
+        for l in on_port.iter().filter(|s| s.is_listener()) {
+            if !seen.insert(l.local) {
+                continue; // one verdict per endpoint (SO_REUSEPORT groups)
+            }
+            let left: Vec<Socket> = rebind::after_restart(l, &on_port).cloned().collect();
+            let j = |reuse: bool| rebind::judge(&rebind::restart_candidate(l, reuse), &left);
+            let judgement = match l.flags.reuseaddr {
+                Tri::True => j(true),
+                Tri::False => j(false),
+                // The daemon's own SO_REUSEADDR decides; if both answers agree it does not matter.
+                Tri::Unknown => {
+                    let (without, with) = (j(false), j(true));
+                    if without.verdict == with.verdict {
+                        with
+                    } else {
+                        Judgement {
+                            verdict: Verdict::Unknown,
+                            findings: without.findings,
+                        }
+                    }
+                }
+            };
+            checked.push(Checked {
+                candidate: rebind::restart_candidate(l, l.flags.reuseaddr == Tri::True),
+                listener: Some(l.clone()),
+                judgement,
+            });
+        }
+        if checked.is_empty() {
+            return Err(CommandError::NoListener(a.protocol, a.port));
+        }
+    } else {
+        let candidate = Candidate {
+            protocol: a.protocol,
+            address: a.address,
+            port: a.port,
+            v6only: Candidate::effective_v6only(a.address, a.v6only.then_some(true), bindv6only),
+            reuseaddr: a.reuseaddr,
+            reuseport: Tri::from_bool(a.reuseport),
+            // SAFETY: geteuid cannot fail.
+            uid: a.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
+            ifindex: match &a.device {
+                Some(d) => ifindex(d)?,
+                None => 0,
+            },
+        };
+        let judgement = rebind::judge(&candidate, &on_port);
+        checked.push(Checked {
+            candidate,
+            listener: None,
+            judgement,
+        });
+    }
+    let verdict = combine(checked.iter().map(|c| c.judgement.verdict));
+    Ok(CheckOutcome {
+        protocol: a.protocol,
+        port: a.port,
+        restart: a.restart,
+        checked,
+        verdict,
+    })
+}
+
+/// Polls once and judges.
+///
+/// # Errors
+/// See [`CommandError`].
+pub fn check_once(
+    a: &SocketArgs,
+    c: &mut Collector,
+) -> Result<(CheckOutcome, Snapshot), CommandError> {
+    let snap = c.poll(&[(a.protocol, a.port)].into())?;
+    let bindv6only = sysctl::read_bindv6only(&a.source.procfs).unwrap_or(false);
+    Ok((judge_snapshot(a, &snap, bindv6only)?, snap))
+}
+
+fn endpoint_str(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    }
+}
+
+fn owner_str(o: Option<&Owner>) -> String {
+    match o {
+        Some(o) => format!("{} (pid {}, user {})", o.process, o.pid, o.user),
+        None => "owner unknown".to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct BlockerJson<'a> {
+    state: &'static str,
+    local: String,
+    remote: String,
+    uid: u32,
+    inode: u64,
+    owner: Option<&'a Owner>,
+    timer_seconds: Option<f64>,
+    blocks: Tri,
+    rule: rebind::Rule,
+    reason: &'static str,
+    undecided_by: &'a [&'static str],
+    reuseaddr: Tri,
+    reuseport: Tri,
+}
+
+fn blocker_json<'a>(f: &'a Finding, snap: &'a Snapshot) -> BlockerJson<'a> {
+    BlockerJson {
+        state: f.socket.state_label(),
+        local: endpoint_str(f.socket.local.ip(), f.socket.local.port()),
+        remote: endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
+        uid: f.socket.uid,
+        inode: f.socket.inode,
+        owner: snap.owners.get(&f.socket.inode),
+        timer_seconds: f.socket.expires_ms.map(|ms| ms as f64 / 1000.0),
+        blocks: f.blocks,
+        rule: f.rule,
+        reason: f.rule.describe(),
+        undecided_by: &f.undecided_by,
+        reuseaddr: f.socket.flags.reuseaddr,
+        reuseport: f.socket.flags.reuseport,
+    }
+}
+
+/// The `--json` document of `check`.
+pub fn check_json(o: &CheckOutcome, snap: &Snapshot) -> serde_json::Value {
+    json!({
+        "protocol": o.protocol,
+        "port": o.port,
+        "mode": if o.restart { "restart" } else { "bind" },
+        "verdict": o.verdict,
+        "exit_code": exit_code(o.verdict),
+        "source": snap.source,
+        "checks": o.checked.iter().map(|c| json!({
+            "address": c.candidate.address.to_string(),
+            "v6only": c.candidate.v6only,
+            "reuseaddr": c.candidate.reuseaddr,
+            "reuseport": c.candidate.reuseport,
+            "uid": c.candidate.uid,
+            "ifindex": c.candidate.ifindex,
+            "listener_owner": c.listener.as_ref().and_then(|l| snap.owners.get(&l.inode)),
+            "verdict": c.judgement.verdict,
+            "clear_seconds": c.judgement.clear_seconds(),
+            "blockers": c.judgement.findings.iter().map(|f| blocker_json(f, snap)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The text report of `check`.
+pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
+    let mut out = String::new();
+    for c in &o.checked {
+        let what = match &c.listener {
+            Some(l) => format!(
+                "restart of {} listening on {} {}",
+                owner_str(snap.owners.get(&l.inode)),
+                o.protocol,
+                endpoint_str(l.local.ip(), l.local.port())
+            ),
+            None => format!(
+                "bind {} {}{}{}",
+                o.protocol,
+                endpoint_str(c.candidate.address, o.port),
+                if c.candidate.reuseaddr {
+                    " with SO_REUSEADDR"
+                } else {
+                    " without SO_REUSEADDR"
+                },
+                if c.candidate.reuseport == Tri::True {
+                    " and SO_REUSEPORT"
+                } else {
+                    ""
+                },
+            ),
+        };
+        let verdict = match c.judgement.verdict {
+            Verdict::Clear => "would succeed".to_string(),
+            Verdict::Blocked => match c.judgement.clear_seconds() {
+                Some(s) if c.judgement.blocking().all(|f| f.remaining().is_some()) => {
+                    format!("would FAIL with EADDRINUSE (clears in {s:.0} s)")
+                }
+                _ => "would FAIL with EADDRINUSE".to_string(),
+            },
+            Verdict::Unknown => {
+                "CANNOT TELL: a deciding flag of an existing socket is unknown".to_string()
+            }
+        };
+        let _ = writeln!(out, "{what}: {verdict}");
+        for f in &c.judgement.findings {
+            let timer = match f.socket.expires_ms {
+                Some(ms) if f.socket.state.is_expiring() => {
+                    format!(", {:.1} s left", ms as f64 / 1000.0)
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {:<12} {} -> {}  {}{}",
+                if f.blocks == Tri::True {
+                    "BLOCKS "
+                } else {
+                    "MAYBE  "
+                },
+                f.socket.state_label(),
+                endpoint_str(f.socket.local.ip(), f.socket.local.port()),
+                endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
+                owner_str(snap.owners.get(&f.socket.inode)),
+                timer,
+            );
+            let _ = writeln!(out, "          why: {}", f.rule.describe());
+            if !f.undecided_by.is_empty() {
+                let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
+            }
+        }
+    }
+    if o.verdict == Verdict::Unknown {
+        out.push_str(
+            "hint: flags of sockets without a file (TIME_WAIT, orphans) cannot be read; the serving agent \
+             remembers the flags of listeners that are gone. Run as root (CAP_SYS_PTRACE) to read live sockets' flags.\n",
+        );
+    }
+    out
+}
+
+/// `bindwatch check`: prints the report and returns the exit status.
+pub fn check(a: &SocketArgs) -> i32 {
+    let result = collector(&a.source).and_then(|mut c| check_once(a, &mut c));
+    match result {
+        Ok((o, snap)) => {
+            if a.json {
+                println!("{}", check_json(&o, &snap));
+            } else {
+                print!("{}", check_text(&o, &snap));
+            }
+            exit_code(o.verdict)
+        }
+        Err(e) => {
+            eprintln!("bindwatch check: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// `bindwatch wait`: checks every interval until the bind would succeed.
+pub fn wait(a: &WaitArgs) -> i32 {
+    let deadline = Instant::now() + a.timeout;
+    let mut c = match collector(&a.socket.source) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bindwatch wait: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let mut last: Option<Verdict> = None;
+    loop {
+        match check_once(&a.socket, &mut c) {
+            Ok((o, snap)) => {
+                if o.verdict == Verdict::Clear {
+                    if a.socket.json {
+                        println!("{}", check_json(&o, &snap));
+                    } else {
+                        print!("{}", check_text(&o, &snap));
+                    }
+                    return EXIT_CLEAR;
+                }
+                if last != Some(o.verdict) || Instant::now() + a.interval >= deadline {
+                    eprint!("{}", check_text(&o, &snap));
+                }
+                last = Some(o.verdict);
+            }
+            Err(e) => {
+                eprintln!("bindwatch wait: {e}");
+                return EXIT_ERROR;
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            eprintln!("bindwatch wait: gave up after {:?}", a.timeout);
+            return EXIT_BLOCKED;
+        }
+        std::thread::sleep(
+            a.interval
+                .min(deadline - now)
+                .max(Duration::from_millis(10)),
+        );
+    }
+}
+
+/// `bindwatch ports`: one poll, one line per listening endpoint.
+pub fn ports(a: &PortsArgs) -> i32 {
+    let mut opts = CollectOptions::new(&a.source.procfs);
+    opts.source = a.source.source;
+    opts.ports_max = usize::MAX;
+    let snap = match Collector::new(opts).and_then(|mut c| c.poll(&BTreeSet::new())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bindwatch ports: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    if a.json {
+        println!("{}", ports_json(&snap));
+    } else {
+        print!("{}", ports_text(&snap));
+    }
+    0
+}
+
+pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
+    json!({
+        "source": snap.source,
+        "capabilities": { "owners": snap.capabilities.owners, "socket_flags": snap.capabilities.socket_flags },
+        "listeners": snap.risks.iter().filter(|r| !r.gone).map(|r| {
+            let j = realistic(r);
+            json!({
+                "protocol": r.endpoint.protocol,
+                "family": r.listener.family(),
+                "address": r.endpoint.address.to_string(),
+                "port": r.endpoint.port,
+                "owner": r.owner,
+                "reuseaddr": r.listener.flags.reuseaddr,
+                "reuseport": r.listener.flags.reuseport,
+                "v6only": r.listener.v6only,
+                "in_ephemeral_range": snap.allocation.is_ephemeral(r.endpoint.port),
+                "blockers": j.blocking().count(),
+                "restart": { "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
+                "clear_seconds": j.clear_seconds(),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn ports_text(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<17} {:<17} NOTE",
+        "PROTO",
+        "ADDRESS",
+        "PROCESS",
+        "USER",
+        "REUSEADDR",
+        "REUSEPORT",
+        "BLOCKERS",
+        "RESTART",
+        "RESTART+REUSEADDR",
+    );
+    for r in snap.risks.iter().filter(|r| !r.gone) {
+        let (proc_, user) = match &r.owner {
+            Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
+            None => ("unknown".into(), "unknown".into()),
+        };
+        let j = realistic(r);
+        let mut note = Vec::new();
+        if let Some(s) = j.clear_seconds() {
+            note.push(format!("clears in {s:.0} s"));
+        }
+        if snap.allocation.is_ephemeral(r.endpoint.port) {
+            note.push("port inside ip_local_port_range".to_string());
+        }
+        let _ = writeln!(
+            out,
+            "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<17} {:<17} {}",
+            r.endpoint.protocol.as_str(),
+            endpoint_str(r.endpoint.address, r.endpoint.port),
+            proc_,
+            user,
+            r.listener.flags.reuseaddr.as_str(),
+            r.listener.flags.reuseport.as_str(),
+            j.blocking().count(),
+            r.without_reuseaddr.verdict.as_str(),
+            r.with_reuseaddr.verdict.as_str(),
+            note.join("; "),
+        );
+    }
+    if !snap.capabilities.owners || !snap.capabilities.socket_flags {
+        out.push_str("note: some owners or flags are unknown: run as root (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)\n");
+    }
+    out
+}

@@ -1,0 +1,25 @@
+//! bindwatch: a Prometheus exporter and port-conflict monitor that predicts whether
+//! restarting a daemon would fail with EADDRINUSE.
+//!
+//! # Layout
+//! - [`cli`]: flags and subcommands (serve, check, wait, ports).
+//! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`.
+//! - [`source`]: reading the kernel: [`source::netlink`] (sock_diag, primary),
+//!   [`source::procnet`] (/proc/net fallback), [`source::owners`] (pids, flags via
+//!   pidfd), [`source::sysctl`] (ephemeral port range).
+//! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict.
+//! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
+//! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
+//! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
+//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, graceful drain.
+//! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
+
+pub mod cli;
+pub mod collect;
+pub mod commands;
+pub mod metrics;
+pub mod model;
+pub mod poller;
+pub mod rebind;
+pub mod server;
+pub mod source;

@@ -1,0 +1,125 @@
+//! Thin entry point: parse the command line, set up logging, run, map errors to
+//! exit codes (2 for usage and runtime errors, as `check` documents).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use bindwatch::cli::{Cli, Command, ServeArgs};
+use bindwatch::collect::{CollectOptions, Collector};
+use bindwatch::{commands, poller, server};
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BINDWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("bindwatch={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(a)) => serve(a),
+        Some(Command::Check(a)) => {
+            init_logging("warn");
+            commands::check(&a.socket)
+        }
+        Some(Command::Wait(a)) => {
+            init_logging("warn");
+            commands::wait(&a)
+        }
+        Some(Command::Ports(a)) => {
+            init_logging("warn");
+            commands::ports(&a)
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn serve(a: ServeArgs) -> i32 {
+    init_logging(&a.log_level);
+    match run_serve(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bindwatch: {e:#}");
+            2
+        }
+    }
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(f) = &a.web_config_file {
+        anyhow::bail!(
+            "--web.config.file {}: TLS and basic auth are not supported by this version; \
+             put bindwatch behind a TLS proxy or restrict access to the port",
+            f.display()
+        );
+    }
+    if let Some(f) = &a.config_file {
+        anyhow::bail!(
+            "--config.file {}: watched services are not supported by this version",
+            f.display()
+        );
+    }
+    let addrs = server::parse_listen_address(&a.listen_address).map_err(anyhow::Error::msg)?;
+    let mut opts = CollectOptions::new(&a.source.procfs);
+    opts.source = a.source.source;
+    opts.ports_max = a.ports_max as usize;
+    opts.remember = a.remember;
+    let collector = Collector::new(opts).context("opening the socket source (--source)")?;
+    tracing::info!(
+        version = bindwatch::metrics::VERSION,
+        source = collector.table().kind().as_str(),
+        poll_interval = ?a.poll_interval,
+        "starting bindwatch"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = server::bind(&addrs)
+            .with_context(|| format!("--web.listen-address {}: cannot listen", a.listen_address))?;
+        let local = listener.local_addr().ok();
+        let latest = Arc::new(poller::Latest::new());
+        let handle = poller::spawn(collector, a.poll_interval, latest.clone());
+        let state = Arc::new(server::AppState {
+            latest,
+            telemetry_path: a.telemetry_path.clone(),
+            stale_after: a.poll_interval * 3 + std::time::Duration::from_secs(1),
+        });
+        tracing::info!(address = ?local, path = %a.telemetry_path, "serving metrics");
+        server::run(listener, state, shutdown_signal()).await;
+        tokio::task::spawn_blocking(move || handle.stop())
+            .await
+            .ok();
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

@@ -1,0 +1,426 @@
+//! Every metric name and help text, and the rendering of a [`Snapshot`] into the
+//! Prometheus text format.
+//!
+//! Snapshot metrics are rendered here by a small writer rather than through
+//! `prometheus` crate vectors: a `GaugeVec` keeps every label set it ever saw, so a
+//! closed port would linger as a stale series; rendering from the immutable
+//! snapshot makes series appear and disappear with the sockets. The `prometheus`
+//! crate is used for what it does best: bindwatch's own counters and histogram.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::UNIX_EPOCH;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::collect::socket_counts;
+use crate::model::{EndpointRisk, Protocol, Snapshot, Tri};
+use crate::rebind::{Judgement, Verdict};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const REVISION: &str = match option_env!("BINDWATCH_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// bindwatch's own instruments, updated by the poller.
+pub struct SelfMetrics {
+    pub registry: Registry,
+    pub poll_duration: HistogramVec,
+    pub poll_errors: IntCounterVec,
+}
+
+impl SelfMetrics {
+    /// # Panics
+    /// Never in practice: the names below are valid and registered once.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let poll_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bindwatch_poll_duration_seconds",
+                "Time of one poll of the socket table.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["source"],
+        )
+        .expect("valid histogram");
+        let poll_errors = IntCounterVec::new(
+            Opts::new(
+                "bindwatch_poll_errors_total",
+                "Polls that failed, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(poll_duration.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(poll_errors.clone()))
+            .expect("registered once");
+        for s in ["netlink", "procfs"] {
+            poll_errors.with_label_values(&[s]);
+        }
+        SelfMetrics {
+            registry,
+            poll_duration,
+            poll_errors,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut buf = Vec::new();
+        // Encoding our own well-formed families into a Vec cannot fail.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_ok()
+        {
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+    }
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes families in the text exposition format, escaping label values.
+struct Writer<'a> {
+    out: &'a mut String,
+}
+
+impl Writer<'_> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.out.push_str("\\\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str("\\n"),
+                        c => self.out.push(c),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn b(v: bool) -> f64 {
+    if v {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The judgement of the restart that will really happen: with the listener's own
+/// SO_REUSEADDR, or without it where that flag is unknown (what surely blocks).
+pub fn realistic(r: &EndpointRisk) -> &Judgement {
+    if r.listener.flags.reuseaddr == Tri::True {
+        &r.with_reuseaddr
+    } else {
+        &r.without_reuseaddr
+    }
+}
+
+/// Extra state the poller adds to a scrape (not part of the snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub last_success_unix: Option<f64>,
+    pub config_reload_ok: bool,
+    pub procfs_bad_lines: u64,
+}
+
+/// Renders the snapshot and bindwatch's own metrics.
+pub fn render(snap: Option<&Snapshot>, selfm: &SelfMetrics, extras: &Extras) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let mut w = Writer { out: &mut out };
+
+    w.family(
+        "bindwatch_build_info",
+        "gauge",
+        "A metric with a constant 1 labelled by version and git revision.",
+    );
+    w.sample(
+        "bindwatch_build_info",
+        &[("version", VERSION), ("revision", REVISION)],
+        1.0,
+    );
+
+    if let Some(t) = extras.last_success_unix {
+        w.family(
+            "bindwatch_last_poll_timestamp_seconds",
+            "gauge",
+            "Unix time at the end of the last successful poll.",
+        );
+        w.sample("bindwatch_last_poll_timestamp_seconds", &[], t);
+    }
+    w.family(
+        "bindwatch_procfs_malformed_lines_total",
+        "counter",
+        "Malformed /proc/net lines skipped by the procfs source.",
+    );
+    w.sample(
+        "bindwatch_procfs_malformed_lines_total",
+        &[],
+        extras.procfs_bad_lines as f64,
+    );
+
+    if let Some(s) = snap {
+        render_snapshot(&mut w, s);
+    }
+    selfm.render(&mut out);
+    out
+}
+
+fn render_snapshot(w: &mut Writer<'_>, s: &Snapshot) {
+    w.family(
+        "bindwatch_source_active",
+        "gauge",
+        "1 for the socket source in use (netlink sock_diag, or the /proc/net fallback).",
+    );
+    for k in ["netlink", "procfs"] {
+        w.sample(
+            "bindwatch_source_active",
+            &[("source", k)],
+            b(s.source.as_str() == k),
+        );
+    }
+    w.family(
+        "bindwatch_capability",
+        "gauge",
+        "1 when bindwatch has the privilege for a feature: owners (read /proc/PID/fd), socket_flags (pidfd_getfd).",
+    );
+    w.sample(
+        "bindwatch_capability",
+        &[("capability", "owners")],
+        b(s.capabilities.owners),
+    );
+    w.sample(
+        "bindwatch_capability",
+        &[("capability", "socket_flags")],
+        b(s.capabilities.socket_flags),
+    );
+
+    w.family(
+        "bindwatch_sockets",
+        "gauge",
+        "Sockets in the network namespace by protocol, family and state.",
+    );
+    for ((p, f, st), n) in socket_counts(&s.counts) {
+        w.sample(
+            "bindwatch_sockets",
+            &[
+                ("protocol", p.as_str()),
+                ("family", f.as_str()),
+                ("state", st),
+            ],
+            n as f64,
+        );
+    }
+
+    w.family(
+        "bindwatch_listener_info",
+        "gauge",
+        "One series per listening endpoint with its owner and flags (true, false or unknown).",
+    );
+    let mut seen = BTreeSet::new();
+    for l in &s.listeners {
+        let sock = &l.socket;
+        let addr = sock.local.ip().to_string();
+        let port = sock.local.port().to_string();
+        let (process, user) = match &l.owner {
+            Some(o) => (o.process.as_str(), o.user.as_str()),
+            None => ("unknown", "unknown"),
+        };
+        let labels = [
+            ("protocol", sock.protocol.as_str()),
+            ("family", sock.family().as_str()),
+            ("address", addr.as_str()),
+            ("port", port.as_str()),
+            ("process", process),
+            ("user", user),
+            ("reuseaddr", sock.flags.reuseaddr.as_str()),
+            ("reuseport", sock.flags.reuseport.as_str()),
+        ];
+        // SO_REUSEPORT groups have several sockets per endpoint: one series.
+        let key: Vec<String> = labels.iter().map(|(_, v)| v.to_string()).collect();
+        if seen.insert(key) {
+            w.sample("bindwatch_listener_info", &labels, 1.0);
+        }
+    }
+
+    w.family(
+        "bindwatch_port_sockets",
+        "gauge",
+        "Sockets whose local port is a port of interest (listening, recently listening or watched), by state.",
+    );
+    let mut per_port: BTreeMap<(Protocol, u16, &str), u64> = BTreeMap::new();
+    for sock in &s.port_sockets {
+        *per_port
+            .entry((sock.protocol, sock.local.port(), sock.state_label()))
+            .or_default() += 1;
+    }
+    for ((p, port, st), n) in &per_port {
+        let port = port.to_string();
+        w.sample(
+            "bindwatch_port_sockets",
+            &[("protocol", p.as_str()), ("port", &port), ("state", st)],
+            *n as f64,
+        );
+    }
+
+    render_rebind(w, s);
+
+    w.family(
+        "bindwatch_port_in_ephemeral_range",
+        "gauge",
+        "1 when a listening or watched port lies inside net.ipv4.ip_local_port_range and is not reserved.",
+    );
+    for (p, port) in &s.ports {
+        let ps = port.to_string();
+        w.sample(
+            "bindwatch_port_in_ephemeral_range",
+            &[("protocol", p.as_str()), ("port", &ps)],
+            b(s.allocation.is_ephemeral(*port)),
+        );
+    }
+    w.family(
+        "bindwatch_ports_dropped_total",
+        "counter",
+        "Ports of interest left out of per-port series by --ports.max.",
+    );
+    w.sample(
+        "bindwatch_ports_dropped_total",
+        &[],
+        s.ports_dropped_total as f64,
+    );
+}
+
+fn render_rebind(w: &mut Writer<'_>, s: &Snapshot) {
+    w.family(
+        "bindwatch_rebind_blocked",
+        "gauge",
+        "1 when a restart of the listener on address:port now would fail with EADDRINUSE, 0 when it would succeed; by whether the new socket sets SO_REUSEADDR. Absent when undecided.",
+    );
+    let label_sets: Vec<(String, String)> = s
+        .risks
+        .iter()
+        .map(|r| (r.endpoint.address.to_string(), r.endpoint.port.to_string()))
+        .collect();
+    for (r, (addr, port)) in s.risks.iter().zip(&label_sets) {
+        for (reuse, j) in [("false", &r.without_reuseaddr), ("true", &r.with_reuseaddr)] {
+            if j.verdict != Verdict::Unknown {
+                w.sample(
+                    "bindwatch_rebind_blocked",
+                    &[
+                        ("protocol", r.endpoint.protocol.as_str()),
+                        ("address", addr),
+                        ("port", port),
+                        ("reuseaddr", reuse),
+                    ],
+                    b(j.verdict == Verdict::Blocked),
+                );
+            }
+        }
+    }
+    w.family(
+        "bindwatch_rebind_undecided",
+        "gauge",
+        "1 when whether a restart would fail depends on a socket flag nobody could read (see bindwatch check).",
+    );
+    for (r, (addr, port)) in s.risks.iter().zip(&label_sets) {
+        for (reuse, j) in [("false", &r.without_reuseaddr), ("true", &r.with_reuseaddr)] {
+            w.sample(
+                "bindwatch_rebind_undecided",
+                &[
+                    ("protocol", r.endpoint.protocol.as_str()),
+                    ("address", addr),
+                    ("port", port),
+                    ("reuseaddr", reuse),
+                ],
+                b(j.verdict == Verdict::Unknown),
+            );
+        }
+    }
+    w.family(
+        "bindwatch_rebind_clear_seconds",
+        "gauge",
+        "Seconds until every expiring socket (TIME_WAIT, orphans) that blocks a restart with the listener's own SO_REUSEADDR is gone.",
+    );
+    for (r, (addr, port)) in s.risks.iter().zip(&label_sets) {
+        if let Some(secs) = realistic(r).clear_seconds() {
+            w.sample(
+                "bindwatch_rebind_clear_seconds",
+                &[
+                    ("protocol", r.endpoint.protocol.as_str()),
+                    ("address", addr),
+                    ("port", port),
+                ],
+                secs,
+            );
+        }
+    }
+    w.family(
+        "bindwatch_rebind_blocking_sockets",
+        "gauge",
+        "Sockets that would block a restart of the port's listener with its own SO_REUSEADDR, by state.",
+    );
+    let mut blockers: BTreeMap<(Protocol, u16), BTreeSet<(String, String, &'static str)>> =
+        BTreeMap::new();
+    for r in &s.risks {
+        let set = blockers
+            .entry((r.endpoint.protocol, r.endpoint.port))
+            .or_default();
+        for f in realistic(r).blocking() {
+            set.insert((
+                f.socket.local.to_string(),
+                f.socket.remote.to_string(),
+                f.socket.state_label(),
+            ));
+        }
+    }
+    for ((p, port), set) in &blockers {
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, _, st) in set {
+            *by_state.entry(st).or_default() += 1;
+        }
+        let ps = port.to_string();
+        for (st, n) in by_state {
+            w.sample(
+                "bindwatch_rebind_blocking_sockets",
+                &[("protocol", p.as_str()), ("port", &ps), ("state", st)],
+                n as f64,
+            );
+        }
+    }
+}
+
+/// Seconds since the Unix epoch of a snapshot.
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

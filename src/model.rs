@@ -1,0 +1,351 @@
+//! Plain data shared by every layer: sockets as the kernel reports them, and the
+//! immutable [`Snapshot`] a poll publishes. No I/O here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+/// Socket state, numbered as the kernel's `enum tcp_states` (include/net/tcp_states.h).
+/// UDP sockets use `Established` (connected) and `Close` (unconnected) like the kernel does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum State {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    /// Bound but neither listening nor connected (Linux 6.8+, sock_diag only).
+    BoundInactive = 13,
+}
+
+impl State {
+    pub const ALL: [State; 13] = [
+        State::Established,
+        State::SynSent,
+        State::SynRecv,
+        State::FinWait1,
+        State::FinWait2,
+        State::TimeWait,
+        State::Close,
+        State::CloseWait,
+        State::LastAck,
+        State::Listen,
+        State::Closing,
+        State::NewSynRecv,
+        State::BoundInactive,
+    ];
+
+    pub fn from_kernel(v: u8) -> Option<State> {
+        State::ALL.get((v as usize).checked_sub(1)?).copied()
+    }
+
+    /// The `state` label value for a TCP socket (contract.md).
+    pub fn tcp_label(self) -> &'static str {
+        match self {
+            State::Established => "established",
+            State::SynSent => "syn_sent",
+            State::SynRecv => "syn_recv",
+            State::FinWait1 => "fin_wait1",
+            State::FinWait2 => "fin_wait2",
+            State::TimeWait => "time_wait",
+            State::Close => "close",
+            State::CloseWait => "close_wait",
+            State::LastAck => "last_ack",
+            State::Listen => "listen",
+            State::Closing => "closing",
+            State::NewSynRecv => "new_syn_recv",
+            State::BoundInactive => "bound_inactive",
+        }
+    }
+
+    /// The `state` label for a socket of `protocol`: UDP only knows connected or not.
+    pub fn label(self, protocol: Protocol) -> &'static str {
+        match (protocol, self) {
+            (Protocol::Tcp, s) => s.tcp_label(),
+            (Protocol::Udp, State::Established) => "established",
+            (Protocol::Udp, _) => "unconnected",
+        }
+    }
+
+    /// States a dying connection passes through on its own timer.
+    pub fn is_expiring(self) -> bool {
+        matches!(
+            self,
+            State::TimeWait | State::FinWait1 | State::FinWait2 | State::Closing | State::LastAck
+        )
+    }
+}
+
+/// Label values for UDP states, in the order they are exported.
+pub const UDP_STATE_LABELS: [&str; 2] = ["established", "unconnected"];
+
+/// A flag of a socket that user space may or may not be able to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tri {
+    True,
+    False,
+    #[default]
+    Unknown,
+}
+
+impl Tri {
+    pub fn from_bool(b: bool) -> Tri {
+        if b {
+            Tri::True
+        } else {
+            Tri::False
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tri::True => "true",
+            Tri::False => "false",
+            Tri::Unknown => "unknown",
+        }
+    }
+    pub fn known(self) -> Option<bool> {
+        match self {
+            Tri::True => Some(true),
+            Tri::False => Some(false),
+            Tri::Unknown => None,
+        }
+    }
+    /// Keeps what is known: `self` if known, else `other`.
+    pub fn or(self, other: Tri) -> Tri {
+        if self == Tri::Unknown {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The socket flags that decide bind conflicts and that sock_diag does not report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct SocketFlags {
+    pub reuseaddr: Tri,
+    pub reuseport: Tri,
+}
+
+/// One socket as read from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    pub protocol: Protocol,
+    pub state: State,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub uid: u32,
+    /// 0 for sockets without a file (TIME_WAIT, orphans, unaccepted children).
+    pub inode: u64,
+    /// Bound device (SO_BINDTODEVICE); `None` where the source cannot tell (/proc).
+    pub ifindex: Option<u32>,
+    /// Milliseconds until the socket's pending timer fires, when one runs.
+    pub expires_ms: Option<u64>,
+    /// `IPV6_V6ONLY` of an IPv6 socket where the source reports it.
+    pub v6only: Tri,
+    /// Flags learnt from the owning process (pidfd) or inherited from the listener.
+    pub flags: SocketFlags,
+}
+
+impl Socket {
+    /// Address family of the local address as the kernel sees it: a v4-mapped IPv6
+    /// address behaves as its IPv4 address in bind conflicts.
+    pub fn family(&self) -> Family {
+        Family::of(&self.local.ip())
+    }
+
+    /// The effective local IPv4 address of a mapped IPv6 socket.
+    pub fn local_ip(&self) -> IpAddr {
+        unmap(self.local.ip())
+    }
+
+    pub fn state_label(&self) -> &'static str {
+        self.state.label(self.protocol)
+    }
+
+    /// A socket that is a listening endpoint: TCP LISTEN or an unconnected bound UDP socket.
+    pub fn is_listener(&self) -> bool {
+        match self.protocol {
+            Protocol::Tcp => self.state == State::Listen,
+            Protocol::Udp => self.state != State::Established && self.local.port() != 0,
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` -> `a.b.c.d`; everything else unchanged.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+pub const V4_ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+pub const V6_ANY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Who holds a socket's file descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// `/proc/PID/comm`.
+    pub process: String,
+    pub uid: u32,
+    pub user: String,
+    /// systemd unit from `/proc/PID/cgroup`, when there is one.
+    pub unit: Option<String>,
+}
+
+/// Key of a listening endpoint: protocol, local address (unmapped) and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Endpoint {
+    pub protocol: Protocol,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V6(a) => write!(f, "{}/[{}]:{}", self.protocol, a, self.port),
+            IpAddr::V4(a) => write!(f, "{}/{}:{}", self.protocol, a, self.port),
+        }
+    }
+}
+
+/// Socket counts keyed by (protocol, family, state).
+pub type StateCounts = BTreeMap<(Protocol, Family, State), u64>;
+
+/// Which kernel interface produced a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Netlink,
+    Procfs,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Netlink => "netlink",
+            SourceKind::Procfs => "procfs",
+        }
+    }
+}
+
+/// A listening endpoint with whoever holds it.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub socket: Socket,
+    pub owner: Option<Owner>,
+}
+
+/// Rebind risk of one endpoint: a live listener, or one that vanished recently and
+/// whose last-seen flags are remembered.
+#[derive(Debug, Clone)]
+pub struct EndpointRisk {
+    pub endpoint: Endpoint,
+    /// The listener (live, or as last seen).
+    pub listener: Socket,
+    pub owner: Option<Owner>,
+    /// True when no process listens there any more.
+    pub gone: bool,
+    /// A restart with a new socket without SO_REUSEADDR.
+    pub without_reuseaddr: crate::rebind::Judgement,
+    /// The same with SO_REUSEADDR.
+    pub with_reuseaddr: crate::rebind::Judgement,
+}
+
+/// Everything one poll learnt. Immutable once published; scrapes render it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: std::time::SystemTime,
+    pub source: SourceKind,
+    /// Every socket of the netns, counted by (protocol, family, state).
+    pub counts: StateCounts,
+    pub listeners: Vec<Listener>,
+    /// Sockets whose local port is a port of interest (listening, remembered, watched).
+    pub port_sockets: Vec<Socket>,
+    pub risks: Vec<EndpointRisk>,
+    pub allocation: crate::source::sysctl::PortAllocation,
+    pub capabilities: crate::source::owners::Capabilities,
+    /// Ports of interest left out by `--ports.max` (cumulative).
+    pub ports_dropped_total: u64,
+    /// Ports of interest, after the cap.
+    pub ports: std::collections::BTreeSet<(Protocol, u16)>,
+    /// Owners of the sockets that were attributed, by inode (pids stay out of metrics).
+    pub owners: std::collections::HashMap<u64, Owner>,
+}

@@ -1,0 +1,676 @@
+//! The bind-conflict engine: would a new socket's `bind()` (+ `listen()`) fail with
+//! EADDRINUSE against the sockets that exist now? Pure: sockets in, verdict out.
+//!
+//! It models the kernel functions named in `shared/design/bind-rules.md`
+//! (`inet_bind_conflict`, `inet_rcv_saddr_equal`, `udp_lib_lport_inuse`) on the data
+//! user space can see. A flag that user space could not see is `Tri::Unknown`; the
+//! engine then evaluates the rule for every value of every unknown flag and answers
+//! `Unknown` only when the outcome really depends on one. It never guesses.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{Protocol, Socket, State, Tri};
+
+/// The new socket whose bind we predict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub protocol: Protocol,
+    /// An IPv4 address makes an AF_INET socket, an IPv6 one (mapped too) an AF_INET6.
+    pub address: IpAddr,
+    pub port: u16,
+    /// IPV6_V6ONLY for an AF_INET6 candidate (ignored for AF_INET).
+    pub v6only: Tri,
+    pub reuseaddr: bool,
+    pub reuseport: Tri,
+    pub uid: u32,
+    /// SO_BINDTODEVICE ifindex; 0 = not bound to a device.
+    pub ifindex: u32,
+}
+
+impl Candidate {
+    /// The V6ONLY a fresh socket gets: an explicit bind to a specific, non-mapped IPv6
+    /// address forces it; otherwise `net.ipv6.bindv6only` (or the caller's option).
+    pub fn effective_v6only(address: IpAddr, requested: Option<bool>, bindv6only: bool) -> Tri {
+        match address {
+            IpAddr::V4(_) => Tri::False,
+            IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+                Tri::from_bool(requested.unwrap_or(false))
+            }
+            IpAddr::V6(a) if !a.is_unspecified() => Tri::True,
+            IpAddr::V6(_) => Tri::from_bool(requested.unwrap_or(bindv6only)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Clear,
+    Blocked,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clear => "clear",
+            Verdict::Blocked => "blocked",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why an existing socket blocks the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// A LISTEN socket on an overlapping address: SO_REUSEADDR never helps.
+    Listening,
+    /// The new socket lacks SO_REUSEADDR, so any socket on an overlapping address blocks.
+    NewWithoutReuseaddr,
+    /// The new socket has SO_REUSEADDR but the old one does not: both need it.
+    OldWithoutReuseaddr,
+    /// UDP: not both sockets have SO_REUSEADDR (nor SO_REUSEPORT with the same uid).
+    UdpInUse,
+}
+
+impl Rule {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rule::Listening => "a listening socket on an overlapping address (SO_REUSEADDR never helps against LISTEN)",
+            Rule::NewWithoutReuseaddr => "the new socket lacks SO_REUSEADDR, so any socket on an overlapping address blocks",
+            Rule::OldWithoutReuseaddr => "this socket lacks SO_REUSEADDR (both old and new must set it)",
+            Rule::UdpInUse => "UDP port in use on an overlapping address (exempt only if both set SO_REUSEADDR, or both SO_REUSEPORT with the same uid)",
+        }
+    }
+}
+
+/// One existing socket that blocks (or may block) the candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    #[serde(skip)]
+    pub socket: Socket,
+    /// `True`: blocks; `Unknown`: blocks for some value of a flag nobody could see.
+    pub blocks: Tri,
+    pub rule: Rule,
+    /// Names of the flags whose value decides, when `blocks` is unknown.
+    pub undecided_by: Vec<&'static str>,
+}
+
+impl Finding {
+    /// Time until this blocker goes away on its own (TIME_WAIT, orphans), if it will.
+    pub fn remaining(&self) -> Option<Duration> {
+        if self.socket.state.is_expiring() {
+            self.socket.expires_ms.map(Duration::from_millis)
+        } else {
+            None
+        }
+    }
+}
+
+/// The engine's answer for one candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+}
+
+impl Judgement {
+    /// Seconds until every expiring blocker is gone; `None` when none blocks.
+    pub fn clear_seconds(&self) -> Option<f64> {
+        self.findings
+            .iter()
+            .filter_map(Finding::remaining)
+            .map(|d| d.as_secs_f64())
+            .reduce(f64::max)
+    }
+
+    /// Number of sockets that certainly block.
+    pub fn blocking(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.blocks == Tri::True)
+    }
+}
+
+/// Judges `candidate` against `sockets` (any sockets: other ports and protocols are
+/// ignored).
+pub fn judge<'a>(
+    candidate: &Candidate,
+    sockets: impl IntoIterator<Item = &'a Socket>,
+) -> Judgement {
+    let mut findings = Vec::new();
+    for old in sockets {
+        if old.protocol != candidate.protocol || old.local.port() != candidate.port {
+            continue;
+        }
+        if !in_bind_table(old) {
+            continue;
+        }
+        if let Some(f) = judge_pair(candidate, old) {
+            findings.push(f);
+        }
+    }
+    let verdict = if findings.iter().any(|f| f.blocks == Tri::True) {
+        Verdict::Blocked
+    } else if findings.is_empty() {
+        Verdict::Clear
+    } else {
+        Verdict::Unknown
+    };
+    Judgement { verdict, findings }
+}
+
+/// Request sockets never block; everything else bound to the port does.
+fn in_bind_table(s: &Socket) -> bool {
+    match s.protocol {
+        Protocol::Tcp => !matches!(s.state, State::SynRecv | State::NewSynRecv),
+        Protocol::Udp => s.local.port() != 0,
+    }
+}
+
+/// The flags of one (candidate, old socket) pair, all known.
+#[derive(Clone, Copy)]
+struct Concrete {
+    new_v6only: bool,
+    new_reuseport: bool,
+    old_v6only: bool,
+    old_reuseaddr: bool,
+    old_reuseport: bool,
+    devices_compatible: bool,
+}
+
+fn judge_pair(c: &Candidate, old: &Socket) -> Option<Finding> {
+    // Every flag that is unknown gets enumerated. `None` marks unknown.
+    let new_v6 = c.address.is_ipv6();
+    let old_v6 = old.local.ip().is_ipv6();
+    let slots: [(&'static str, Option<bool>); 6] = [
+        (
+            "IPV6_V6ONLY of the new socket",
+            if new_v6 {
+                c.v6only.known()
+            } else {
+                Some(false)
+            },
+        ),
+        ("SO_REUSEPORT of the new socket", c.reuseport.known()),
+        (
+            "IPV6_V6ONLY of the existing socket",
+            if old_v6 {
+                old.v6only.known()
+            } else {
+                Some(false)
+            },
+        ),
+        (
+            "SO_REUSEADDR of the existing socket",
+            old.flags.reuseaddr.known(),
+        ),
+        (
+            "SO_REUSEPORT of the existing socket",
+            old.flags.reuseport.known(),
+        ),
+        (
+            "bound device of the existing socket",
+            match (c.ifindex, old.ifindex) {
+                (0, _) | (_, Some(0)) => Some(true),
+                (n, Some(o)) => Some(n == o),
+                (_, None) => None,
+            },
+        ),
+    ];
+    let unknown: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].1.is_none()).collect();
+    let mut outcomes = Vec::with_capacity(1 << unknown.len());
+    for mask in 0u32..(1 << unknown.len()) {
+        let mut v = [false; 6];
+        for (i, (_, known)) in slots.iter().enumerate() {
+            v[i] = known.unwrap_or(false);
+        }
+        for (bit, &i) in unknown.iter().enumerate() {
+            v[i] = mask & (1 << bit) != 0;
+        }
+        let k = Concrete {
+            new_v6only: v[0],
+            new_reuseport: v[1],
+            old_v6only: v[2],
+            old_reuseaddr: v[3],
+            old_reuseport: v[4],
+            devices_compatible: v[5],
+        };
+        outcomes.push((mask, conflict(c, old, k)));
+    }
+    let first_rule = outcomes.iter().find_map(|(_, r)| *r)?;
+    let all_block = outcomes.iter().all(|(_, r)| r.is_some());
+    if all_block {
+        return Some(Finding {
+            socket: old.clone(),
+            blocks: Tri::True,
+            rule: first_rule,
+            undecided_by: Vec::new(),
+        });
+    }
+    // Which unknown flags change the outcome? Flip each bit and compare.
+    let mut deciding = Vec::new();
+    for (bit, &i) in unknown.iter().enumerate() {
+        let flips = outcomes.iter().any(|(m, r)| {
+            let other = outcomes[(m ^ (1 << bit)) as usize].1;
+            r.is_some() != other.is_some()
+        });
+        if flips {
+            deciding.push(slots[i].0);
+        }
+    }
+    Some(Finding {
+        socket: old.clone(),
+        blocks: Tri::Unknown,
+        rule: first_rule,
+        undecided_by: deciding,
+    })
+}
+
+/// `inet_bind_conflict` / `udp_lib_lport_inuse` for one pair with every flag known.
+fn conflict(c: &Candidate, old: &Socket, k: Concrete) -> Option<Rule> {
+    if !k.devices_compatible {
+        return None;
+    }
+    let new_addr = KernelAddr::of(c.address);
+    let old_addr = KernelAddr::of(old.local.ip());
+    if !rcv_saddr_equal(&new_addr, k.new_v6only, &old_addr, k.old_v6only) {
+        return None;
+    }
+    let reuseport_exempt = k.new_reuseport
+        && k.old_reuseport
+        && match c.protocol {
+            Protocol::Tcp => old.state == State::TimeWait || c.uid == old.uid,
+            Protocol::Udp => c.uid == old.uid,
+        };
+    match c.protocol {
+        Protocol::Tcp => {
+            if c.reuseaddr && k.old_reuseaddr && old.state != State::Listen {
+                return None;
+            }
+            if reuseport_exempt {
+                return None;
+            }
+            Some(if old.state == State::Listen {
+                Rule::Listening
+            } else if !c.reuseaddr {
+                Rule::NewWithoutReuseaddr
+            } else {
+                Rule::OldWithoutReuseaddr
+            })
+        }
+        Protocol::Udp => {
+            if (c.reuseaddr && k.old_reuseaddr) || reuseport_exempt {
+                None
+            } else {
+                Some(Rule::UdpInUse)
+            }
+        }
+    }
+}
+
+/// A socket's bound address as the kernel stores it: the family of the socket, its
+/// IPv6 address, and `sk_rcv_saddr`, the IPv4 address an IPv6 socket carries for
+/// IPv4 matching (0 for `::`, the mapped address, or LOOPBACK4_IPV6 127.0.0.6 for a
+/// specific IPv6 address; see `__inet6_bind` and `tcp_v6_syn_recv_sock`).
+struct KernelAddr {
+    inet6: bool,
+    v6: Ipv6Addr,
+    rcv4: Ipv4Addr,
+}
+
+const LOOPBACK4_IPV6: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+impl KernelAddr {
+    fn of(ip: IpAddr) -> KernelAddr {
+        match ip {
+            IpAddr::V4(a) => KernelAddr {
+                inet6: false,
+                v6: a.to_ipv6_mapped(),
+                rcv4: a,
+            },
+            IpAddr::V6(a) => KernelAddr {
+                inet6: true,
+                v6: a,
+                rcv4: match a.to_ipv4_mapped() {
+                    Some(m) => m,
+                    None if a.is_unspecified() => Ipv4Addr::UNSPECIFIED,
+                    None => LOOPBACK4_IPV6,
+                },
+            },
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum V6Type {
+    Any,
+    Mapped,
+    Other,
+}
+
+fn v6_type(a: &Ipv6Addr) -> V6Type {
+    if a.is_unspecified() {
+        V6Type::Any
+    } else if a.to_ipv4_mapped().is_some() {
+        V6Type::Mapped
+    } else {
+        V6Type::Other
+    }
+}
+
+/// `inet_rcv_saddr_equal(new, old, match_wildcard = true)`.
+fn rcv_saddr_equal(new: &KernelAddr, new_v6only: bool, old: &KernelAddr, old_v6only: bool) -> bool {
+    let old_v6only = old.inet6 && old_v6only;
+    if new.inet6 {
+        ipv6_rcv_saddr_equal(new, new_v6only, old, old_v6only)
+    } else {
+        ipv4_rcv_saddr_equal(new.rcv4, old.rcv4, old_v6only)
+    }
+}
+
+fn ipv4_rcv_saddr_equal(a: Ipv4Addr, b: Ipv4Addr, b_v6only: bool) -> bool {
+    if b_v6only {
+        return false;
+    }
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+fn ipv6_rcv_saddr_equal(
+    new: &KernelAddr,
+    new_v6only: bool,
+    old: &KernelAddr,
+    old_v6only: bool,
+) -> bool {
+    let t1 = v6_type(&new.v6);
+    // An AF_INET socket counts as mapped (`inet6_rcv_saddr()` returns NULL for it).
+    let t2 = if old.inet6 {
+        v6_type(&old.v6)
+    } else {
+        V6Type::Mapped
+    };
+    if t1 == V6Type::Mapped && t2 == V6Type::Mapped {
+        return ipv4_rcv_saddr_equal(new.rcv4, old.rcv4, old_v6only);
+    }
+    if t1 == V6Type::Any && t2 == V6Type::Any {
+        return true;
+    }
+    if t2 == V6Type::Any && !(old_v6only && t1 == V6Type::Mapped) {
+        return true;
+    }
+    if t1 == V6Type::Any && !(new_v6only && t2 == V6Type::Mapped) {
+        return true;
+    }
+    old.inet6 && new.v6 == old.v6
+}
+
+/// Fills in flags of sockets that could not be read from their owner, from the
+/// listener they came from: accepted children and their TIME_WAITs copy the
+/// listener's SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY (bind-rules.md,
+/// "Inheritance"). `listeners` are live or remembered listeners of the port.
+pub fn inherit_from_listeners(sockets: &mut [Socket], listeners: &[Socket]) {
+    for s in sockets.iter_mut() {
+        if s.state == State::Listen || s.protocol != Protocol::Tcp {
+            continue;
+        }
+        let Some(l) = parent_listener(s, listeners) else {
+            continue;
+        };
+        s.flags.reuseaddr = s.flags.reuseaddr.or(l.flags.reuseaddr);
+        s.flags.reuseport = s.flags.reuseport.or(l.flags.reuseport);
+        if s.local.ip().is_ipv6() {
+            s.v6only = s.v6only.or(l.v6only);
+        }
+    }
+}
+
+/// The listener a server-side socket was accepted from: same port, and the same
+/// address or the wildcard of the socket's family; the exact address wins.
+fn parent_listener<'a>(s: &Socket, listeners: &'a [Socket]) -> Option<&'a Socket> {
+    let same_port = |l: &&Socket| {
+        l.protocol == s.protocol && l.local.port() == s.local.port() && l.state == State::Listen
+    };
+    listeners
+        .iter()
+        .filter(same_port)
+        .find(|l| l.local.ip() == s.local.ip())
+        .or_else(|| {
+            listeners.iter().filter(same_port).find(|l| {
+                l.local.ip().is_unspecified() && l.local.ip().is_ipv6() == s.local.ip().is_ipv6()
+            })
+        })
+}
+
+/// What a restart of the listener(s) at `listener`'s endpoint leaves: the listeners
+/// at that exact endpoint vanish, and so do children still in the accept queue
+/// (ESTABLISHED without a file). Every other socket stays (the daemon's accepted
+/// connections turn into FIN_WAIT/TIME_WAIT, which blocks exactly like before).
+pub fn after_restart<'a>(
+    listener: &'a Socket,
+    sockets: &'a [Socket],
+) -> impl Iterator<Item = &'a Socket> {
+    sockets.iter().filter(move |s| {
+        let restarted = s.state == State::Listen
+            && s.protocol == listener.protocol
+            && s.local == listener.local;
+        let unaccepted =
+            s.protocol == Protocol::Tcp && s.state == State::Established && s.inode == 0;
+        let same_udp =
+            s.protocol == Protocol::Udp && s.inode == listener.inode && s.local == listener.local;
+        !(restarted || unaccepted || same_udp)
+    })
+}
+
+/// The candidate that restarts `listener` with its own flags, but `reuseaddr` as given.
+pub fn restart_candidate(listener: &Socket, reuseaddr: bool) -> Candidate {
+    Candidate {
+        protocol: listener.protocol,
+        address: listener.local.ip(),
+        port: listener.local.port(),
+        v6only: if listener.local.ip().is_ipv6() {
+            listener.v6only
+        } else {
+            Tri::False
+        },
+        reuseaddr,
+        reuseport: listener.flags.reuseport,
+        uid: listener.uid,
+        // /proc cannot tell a listener's device; judging as unbound is the common case.
+        ifindex: listener.ifindex.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SocketFlags;
+
+    fn sock(state: State, local: &str, reuseaddr: Tri, v6only: Tri) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            state,
+            local: local.parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            uid: 1000,
+            inode: 1,
+            ifindex: Some(0),
+            expires_ms: None,
+            v6only,
+            flags: SocketFlags {
+                reuseaddr,
+                reuseport: Tri::False,
+            },
+        }
+    }
+
+    fn cand(addr: &str, reuseaddr: bool, v6only: bool) -> Candidate {
+        Candidate {
+            protocol: Protocol::Tcp,
+            address: addr.parse().unwrap(),
+            port: 80,
+            v6only: Tri::from_bool(v6only),
+            reuseaddr,
+            reuseport: Tri::False,
+            uid: 1000,
+            ifindex: 0,
+        }
+    }
+
+    use State::*;
+    use Tri::{False as F, True as T, Unknown as U};
+
+    /// (old state, old local, old reuseaddr, old v6only, new addr, new reuseaddr, new v6only, verdict)
+    #[rustfmt::skip]
+    const TABLE: &[(State, &str, Tri, Tri, &str, bool, bool, Verdict)] = &[
+        // Listeners: SO_REUSEADDR never helps.
+        (Listen, "0.0.0.0:80", T, F, "0.0.0.0", true, false, Verdict::Blocked),
+        (Listen, "0.0.0.0:80", T, F, "127.0.0.1", true, false, Verdict::Blocked),
+        (Listen, "127.0.0.1:80", F, F, "127.0.0.2", false, false, Verdict::Clear),
+        (Listen, "127.0.0.1:80", F, F, "0.0.0.0", false, false, Verdict::Blocked),
+        (Listen, "127.0.0.1:80", F, F, "::", false, false, Verdict::Blocked),
+        (Listen, "127.0.0.1:80", F, F, "::", false, true, Verdict::Clear),
+        (Listen, "127.0.0.1:80", F, F, "::1", false, true, Verdict::Clear),
+        (Listen, "[::]:80", F, F, "127.0.0.1", false, false, Verdict::Blocked),
+        (Listen, "[::]:80", F, T, "127.0.0.1", false, false, Verdict::Clear),
+        (Listen, "[::]:80", F, T, "0.0.0.0", false, false, Verdict::Clear),
+        (Listen, "[::]:80", F, T, "::1", false, true, Verdict::Blocked),
+        (Listen, "[::1]:80", F, T, "0.0.0.0", false, false, Verdict::Clear),
+        (Listen, "[::1]:80", F, T, "::", false, true, Verdict::Blocked),
+        (Listen, "[::1]:80", F, T, "::", false, false, Verdict::Blocked),
+        // Leftovers: both need SO_REUSEADDR.
+        (TimeWait, "127.0.0.1:80", T, F, "0.0.0.0", true, false, Verdict::Clear),
+        (TimeWait, "127.0.0.1:80", T, F, "0.0.0.0", false, false, Verdict::Blocked),
+        (TimeWait, "127.0.0.1:80", F, F, "0.0.0.0", true, false, Verdict::Blocked),
+        (TimeWait, "127.0.0.1:80", U, F, "0.0.0.0", true, false, Verdict::Unknown),
+        (TimeWait, "127.0.0.1:80", U, F, "0.0.0.0", false, false, Verdict::Blocked),
+        (TimeWait, "127.0.0.1:80", U, F, "127.0.0.2", true, false, Verdict::Clear),
+        // A dual-stack child on ::1 overlaps 0.0.0.0; a V6ONLY one does not.
+        (TimeWait, "[::1]:80", F, F, "0.0.0.0", false, false, Verdict::Blocked),
+        (TimeWait, "[::1]:80", F, T, "0.0.0.0", false, false, Verdict::Clear),
+        (TimeWait, "[::1]:80", F, U, "0.0.0.0", false, false, Verdict::Unknown),
+        (TimeWait, "[::1]:80", F, U, "127.0.0.1", false, false, Verdict::Clear),
+        // Mapped children behave as IPv4.
+        (Established, "[::ffff:127.0.0.1]:80", F, F, "127.0.0.1", false, false, Verdict::Blocked),
+        (Established, "[::ffff:127.0.0.1]:80", F, F, "127.0.0.2", false, false, Verdict::Clear),
+        (Established, "[::ffff:127.0.0.1]:80", F, F, "::", false, true, Verdict::Clear),
+        (Established, "[::ffff:127.0.0.1]:80", F, F, "::", false, false, Verdict::Blocked),
+    ];
+
+    #[test]
+    fn bind_rules_table() {
+        for (i, &(st, local, ra, v6, addr, nra, nv6, want)) in TABLE.iter().enumerate() {
+            let old = sock(st, local, ra, v6);
+            let j = judge(&cand(addr, nra, nv6), [&old]);
+            assert_eq!(
+                j.verdict, want,
+                "row {i}: {st:?} {local} ra={ra:?} v6={v6:?} vs new {addr} ra={nra} v6only={nv6}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_names_the_deciding_flag_only() {
+        let old = sock(TimeWait, "127.0.0.1:80", U, F);
+        let j = judge(&cand("0.0.0.0", true, false), [&old]);
+        assert_eq!(
+            j.findings[0].undecided_by,
+            vec!["SO_REUSEADDR of the existing socket"]
+        );
+    }
+
+    #[test]
+    fn reuseport_same_uid_or_time_wait() {
+        let mut old = sock(Listen, "0.0.0.0:80", F, F);
+        old.flags.reuseport = T;
+        let mut c = cand("0.0.0.0", false, false);
+        c.reuseport = T;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Clear);
+        c.uid = 0;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Blocked);
+        old.state = TimeWait;
+        assert_eq!(
+            judge(&c, [&old]).verdict,
+            Verdict::Clear,
+            "TIME_WAIT ignores the uid"
+        );
+    }
+
+    #[test]
+    fn devices() {
+        let mut old = sock(Listen, "0.0.0.0:80", F, F);
+        old.ifindex = Some(2);
+        let mut c = cand("0.0.0.0", false, false);
+        c.ifindex = 3;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Clear);
+        c.ifindex = 2;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Blocked);
+        old.ifindex = None;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Unknown);
+        c.ifindex = 0;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Blocked);
+    }
+
+    #[test]
+    fn udp_rules() {
+        let mut old = sock(Close, "0.0.0.0:80", T, F);
+        old.protocol = Protocol::Udp;
+        let mut c = cand("127.0.0.1", true, false);
+        c.protocol = Protocol::Udp;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Clear);
+        c.reuseaddr = false;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Blocked);
+        old.flags.reuseport = T;
+        c.reuseport = T;
+        assert_eq!(judge(&c, [&old]).verdict, Verdict::Clear);
+    }
+
+    #[test]
+    fn request_sockets_and_other_ports_never_block() {
+        let a = sock(SynRecv, "0.0.0.0:80", F, F);
+        let b = sock(Listen, "0.0.0.0:81", F, F);
+        assert_eq!(
+            judge(&cand("0.0.0.0", false, false), [&a, &b]).verdict,
+            Verdict::Clear
+        );
+    }
+
+    #[test]
+    fn inheritance_and_restart() {
+        let listener = sock(Listen, "[::]:80", F, F);
+        let mut child = sock(Established, "[::1]:80", U, U);
+        child.inode = 7;
+        let mut tw = sock(TimeWait, "[::1]:80", U, U);
+        tw.inode = 0;
+        tw.expires_ms = Some(41_500);
+        let queued = Socket {
+            inode: 0,
+            ..sock(Established, "[::1]:80", U, U)
+        };
+        let mut all = vec![listener.clone(), child, tw, queued];
+        inherit_from_listeners(&mut all, std::slice::from_ref(&listener));
+        assert_eq!(all[2].flags.reuseaddr, F);
+        assert_eq!(all[2].v6only, F);
+        let left: Vec<_> = after_restart(&listener, &all).collect();
+        assert_eq!(left.len(), 2, "listener and the unaccepted child vanish");
+        let j = judge(&restart_candidate(&listener, true), left);
+        assert_eq!(j.verdict, Verdict::Blocked);
+        assert_eq!(j.findings.len(), 2);
+        assert!(j
+            .findings
+            .iter()
+            .all(|f| f.rule == Rule::OldWithoutReuseaddr));
+        assert_eq!(j.clear_seconds(), Some(41.5));
+    }
+
+    #[test]
+    fn effective_v6only() {
+        let v = |a: &str, r, d| Candidate::effective_v6only(a.parse().unwrap(), r, d);
+        assert_eq!(v("::1", Some(false), false), T);
+        assert_eq!(v("::", None, true), T);
+        assert_eq!(v("::", None, false), F);
+        assert_eq!(v("::", Some(true), false), T);
+        assert_eq!(v("0.0.0.0", Some(true), true), F);
+    }
+}
