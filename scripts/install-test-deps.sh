@@ -32,7 +32,6 @@ declare -A PKG_FOR=(
     [pgrep]=procps
     [curl]=curl
     [systemd-analyze]=systemd
-    [python3]=python3
 )
 
 missing=()
@@ -41,9 +40,11 @@ for cmd in "${!PKG_FOR[@]}"; do
         missing+=("${PKG_FOR[$cmd]}")
     fi
 done
-# python3 -m venv needs python3-venv on Debian (ensurepip); only matters for the system python.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    missing+=(python3-venv)
+# The venv is built from Debian's own python (not whatever python3 is first on PATH, e.g. a
+# pyenv shim that a later machine may lack); `-m venv` needs python3-venv (ensurepip).
+PY=/usr/bin/python3
+if [ ! -x "$PY" ] || ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -56,10 +57,10 @@ else
     echo "install-test-deps: apt packages already present"
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
     echo "install-test-deps: creating venv $VENV"
     mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV"
+    "$PY" -m venv --clear "$VENV"
 fi
 if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$K8S_VALIDATE_VERSION"; then
     echo "install-test-deps: pip install kubernetes-validate==$K8S_VALIDATE_VERSION into $VENV"

@@ -216,21 +216,18 @@ impl OwnerResolver {
     }
 
     /// Process name, user and unit of `pid`. `None` when it exited meanwhile.
+    /// The `procfs` crate parses `/proc/PID/{stat,status}` (comm and effective uid).
     pub fn owner(&self, pid: u32) -> Option<Owner> {
         let dir = self.procfs.join(pid.to_string());
-        let comm = fs::read_to_string(dir.join("comm")).ok()?;
-        let status = fs::read_to_string(dir.join("status")).ok()?;
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())?;
+        let proc_ = procfs::process::Process::new_with_root(dir.clone()).ok()?;
+        let comm = proc_.stat().ok()?.comm;
+        let uid = proc_.status().ok()?.euid;
         let unit = fs::read_to_string(dir.join("cgroup"))
             .ok()
             .and_then(|t| unit_from_cgroup(&t));
         Some(Owner {
             pid,
-            process: comm.trim_end().to_string(),
+            process: comm,
             uid,
             user: self.user_name(uid),
             unit,
@@ -383,5 +380,8 @@ mod tests {
             "the second lookup is served from the cache"
         );
         assert_eq!(r.stats.cache_hits, 1);
+        let me = r.owner(std::process::id()).expect("own process");
+        assert_eq!(me.uid, unsafe { libc::geteuid() });
+        assert!(!me.process.is_empty());
     }
 }

@@ -1,0 +1,361 @@
+//! Shared test support: private network namespaces, the real bindwatch binary,
+//! scraping and parsing its metrics, and raw sockets with exact flags.
+//!
+//! Tests run in parallel and share the host's socket table; a test that needs exact
+//! counts or fixed ports runs its body in [`in_netns`], a fresh network namespace
+//! with only `lo` up, so no other test (or host daemon) can disturb it.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use socket2::{Domain, Protocol as SockProto, Socket, Type};
+
+/// Path of the binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bindwatch"))
+}
+
+/// Runs `f` on a new thread that has its own network namespace (loopback up).
+/// Sockets and child processes created by `f` live in that namespace.
+///
+/// # Panics
+/// When the namespace cannot be created (tests need root) or `f` panics.
+pub fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread's namespaces.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            r,
+            0,
+            "unshare(CLONE_NEWNET): {} (tests must run as root)",
+            std::io::Error::last_os_error()
+        );
+        run_ok("ip", &["link", "set", "lo", "up"]);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn run_ok(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `bindwatch ARGS` to completion: (exit code, stdout, stderr).
+pub fn bindwatch(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running bindwatch {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `bindwatch serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `bindwatch serve` on 127.0.0.1:`port` with extra flags and waits until
+    /// it answers /healthz 200.
+    pub fn start(port: u16, extra: &[&str]) -> Server {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--web.listen-address", &listen];
+        args.extend_from_slice(extra);
+        let child = Command::new(bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bindwatch serve");
+        let mut s = Server {
+            child,
+            addr: listen.parse().expect("addr"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, _, _)) = http_get(s.addr, "/healthz", &[]) {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = s.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("bindwatch exited early with {status}: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bindwatch did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (code, _, body) = http_get(self.addr, "/metrics", &[]).expect("scrape");
+        assert_eq!(code, 200);
+        Metrics::parse(&String::from_utf8_lossy(&body))
+    }
+
+    /// Scrapes until `pred` holds (the poller publishes asynchronously).
+    pub fn metrics_until(&self, timeout: Duration, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            if pred(&m) || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, headers lowercased, body).
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    http_request(addr, "GET", path, headers)
+}
+
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let hdrs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if hdrs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok((status, hdrs, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+/// Parsed exposition text: series "name{labels}" (labels sorted) -> value.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub series: BTreeMap<String, f64>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut series = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (key, value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match key.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (key, ""),
+            };
+            let mut pairs: Vec<&str> = split_labels(labels);
+            pairs.sort();
+            let k = format!("{name}{{{}}}", pairs.join(","));
+            series.insert(k, value.parse().expect("value"));
+        }
+        Metrics {
+            series,
+            text: text.to_string(),
+        }
+    }
+
+    /// Value of the series `name` with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        pairs.sort();
+        self.series
+            .get(&format!("{name}{{{}}}", pairs.join(",")))
+            .copied()
+    }
+
+    /// All series of `name` whose labels include `subset`.
+    pub fn matching(&self, name: &str, subset: &[(&str, &str)]) -> Vec<(String, f64)> {
+        let prefix = format!("{name}{{");
+        self.series
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| {
+                subset
+                    .iter()
+                    .all(|(lk, lv)| k.contains(&format!("{lk}=\"{lv}\"")))
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+fn split_labels(s: &str) -> Vec<&str> {
+    // Label values in our output never contain ',' inside quotes except escaped text; split on '",'.
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = s.as_bytes();
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'"' => in_quotes = !in_quotes,
+            b',' if !in_quotes => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// A TCP socket with the given flags, bound to `addr`.
+pub fn tcp_socket(
+    addr: SocketAddr,
+    reuseaddr: bool,
+    reuseport: bool,
+    v6only: Option<bool>,
+) -> std::io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )?;
+    s.set_reuse_address(reuseaddr)?;
+    s.set_reuse_port(reuseport)?;
+    if let (Some(v), true) = (v6only, addr.is_ipv6()) {
+        s.set_only_v6(v)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// A listener with the given flags.
+pub fn tcp_listener(
+    addr: SocketAddr,
+    reuseaddr: bool,
+    reuseport: bool,
+    v6only: Option<bool>,
+) -> std::io::Result<Socket> {
+    let s = tcp_socket(addr, reuseaddr, reuseport, v6only)?;
+    s.listen(128)?;
+    Ok(s)
+}
+
+/// What the kernel answers to bind()+listen() of a fresh TCP socket: Ok or the errno.
+pub fn kernel_bind_listen(
+    addr: SocketAddr,
+    reuseaddr: bool,
+    reuseport: bool,
+    v6only: Option<bool>,
+) -> Result<(), i32> {
+    let r = tcp_listener(addr, reuseaddr, reuseport, v6only);
+    r.map(drop).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Waits until `pred` holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes a server-side TIME_WAIT on `listener`'s port: connect, accept, close the
+/// server side first, then the client.
+pub fn server_time_wait(listener: &Socket, addr: SocketAddr) {
+    let c = TcpStream::connect(addr).expect("connect");
+    let (s, _) = listener.accept().expect("accept");
+    drop(s);
+    // Let the FIN arrive so the client answers and the server side reaches TIME_WAIT.
+    std::thread::sleep(Duration::from_millis(50));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(50));
+}
