@@ -52,6 +52,14 @@ pub struct SourceArgs {
     pub source: SourceChoice,
 }
 
+/// The watched-services file for the one-shot commands.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// YAML file declaring watched services; their status is shown too.
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on for HTTP (":PORT" means every address).
@@ -70,7 +78,7 @@ pub struct ServeArgs {
     /// How often the socket table is read.
     #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// YAML file declaring watched services. Not supported by this version yet.
+    /// YAML file declaring watched services (see docs/config.md). Reloaded on SIGHUP and POST /-/reload.
     #[arg(long = "config.file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// At most this many ports get per-port series; the rest are counted in bindwatch_ports_dropped_total.
@@ -120,6 +128,8 @@ pub struct SocketArgs {
     pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -147,6 +157,8 @@ pub struct PortsArgs {
     pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::Service;
+use crate::conflict::{self, EphemeralTally};
 use crate::model::{
     Endpoint, EndpointRisk, Family, Listener, Owner, Protocol, Snapshot, Socket, State, StateCounts,
 };
@@ -31,6 +33,10 @@ pub struct CollectOptions {
     /// Probe every socket on a port of interest, even children of a live listener
     /// (one-shot commands); the agent relies on inheritance instead.
     pub probe_all: bool,
+    /// Counters of the ephemeral-bucket tally (bounded memory).
+    pub ephemeral_counters: usize,
+    /// How many of the fullest ephemeral buckets are exported.
+    pub ephemeral_top_k: usize,
 }
 
 impl CollectOptions {
@@ -43,6 +49,8 @@ impl CollectOptions {
             owners: true,
             probe_max: 256,
             probe_all: false,
+            ephemeral_counters: 4096,
+            ephemeral_top_k: 3,
         }
     }
 }
@@ -107,11 +115,12 @@ impl Collector {
     /// When the socket table cannot be read.
     pub fn poll(
         &mut self,
-        extra_ports: &BTreeSet<(Protocol, u16)>,
+        services: &[Service],
+        extra_ports: &[(Protocol, u16)],
     ) -> Result<Snapshot, CollectError> {
         let mut tries = 0;
         loop {
-            match self.poll_once(extra_ports) {
+            match self.poll_once(services, extra_ports) {
                 Err(CollectError::Source(e)) if e.is_interrupted() && tries < 3 => {
                     tries += 1;
                     tracing::debug!(tries, "socket dump interrupted, retrying");
@@ -123,9 +132,18 @@ impl Collector {
 
     fn poll_once(
         &mut self,
-        extra_ports: &BTreeSet<(Protocol, u16)>,
+        services: &[Service],
+        extra_ports: &[(Protocol, u16)],
     ) -> Result<Snapshot, CollectError> {
         let now = Instant::now();
+        let allocation = match sysctl::read_port_allocation(&self.opts.procfs) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "using the default ephemeral port range");
+                PortAllocation::default()
+            }
+        };
+        let bindv6only = sysctl::read_bindv6only(&self.opts.procfs).unwrap_or(false);
         // 1. Listeners: a cheap in-kernel filtered dump, and the (small) UDP table.
         let mut tcp_listeners = Vec::new();
         self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
@@ -143,6 +161,7 @@ impl Collector {
             .collect();
         wanted.extend(self.memory.keys().map(|e| (e.protocol, e.port)));
         wanted.extend(extra_ports.iter().copied());
+        wanted.extend(services.iter().map(|s| (s.protocol, s.port)));
         if wanted.len() > self.opts.ports_max {
             let dropped = wanted.len() - self.opts.ports_max;
             self.ports_dropped_total += dropped as u64;
@@ -157,10 +176,14 @@ impl Collector {
         // 3. The full TCP walk: count everything, keep sockets on ports of interest.
         let mut counts = StateCounts::new();
         let mut port_sockets: Vec<Socket> = Vec::new();
+        let mut tally = EphemeralTally::new(self.opts.ephemeral_counters);
         self.table.dump(Protocol::Tcp, ALL_STATES, &mut |s| {
             *counts.entry((s.protocol, s.family(), s.state)).or_default() += 1;
             if wanted.contains(&(Protocol::Tcp, s.local.port())) {
                 port_sockets.push(s.clone());
+            }
+            if allocation.in_range(s.local.port()) {
+                tally.add(s);
             }
         })?;
         for s in &udp {
@@ -236,13 +259,13 @@ impl Collector {
             })
             .collect();
 
-        let allocation = match sysctl::read_port_allocation(&self.opts.procfs) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "using the default ephemeral port range");
-                PortAllocation::default()
-            }
-        };
+        let watched = conflict::evaluate(
+            services,
+            &port_sockets,
+            &known_listeners,
+            &owner_of,
+            bindv6only,
+        );
         Ok(Snapshot {
             taken_at: SystemTime::now(),
             source: self.table.kind(),
@@ -262,6 +285,8 @@ impl Collector {
             ports_dropped_total: self.ports_dropped_total,
             ports: wanted,
             owners: owner_of,
+            watched,
+            ephemeral_top: tally.top(self.opts.ephemeral_top_k),
         })
     }
 

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{PortsArgs, SocketArgs, SourceArgs, WaitArgs};
+use crate::cli::{PortsArgs, SocketArgs, SourceArgs, WaitArgs, WatchArgs};
 use crate::collect::{CollectOptions, Collector};
+use crate::config::{self, Service};
 use crate::metrics::realistic;
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Finding, Judgement, Verdict};
@@ -32,6 +33,40 @@ pub enum CommandError {
     NoListener(Protocol, u16),
     #[error(transparent)]
     Collect(#[from] crate::collect::CollectError),
+    #[error("--config.file {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+fn services(w: &WatchArgs) -> Result<Vec<Service>, CommandError> {
+    match &w.config_file {
+        Some(p) => Ok(config::load(p)?.services),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn watched_text(snap: &Snapshot, port: Option<(Protocol, u16)>) -> String {
+    let mut out = String::new();
+    let rows: Vec<_> = snap
+        .watched
+        .iter()
+        .filter(|w| port.is_none_or(|(p, n)| w.protocol == p && w.port == n))
+        .collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nwatched services:");
+    for w in rows {
+        let _ = writeln!(
+            out,
+            "  {:<16} {}/{:<5} {:<13} {}",
+            w.name,
+            w.protocol,
+            w.port,
+            w.status.as_str(),
+            w.detail
+        );
+    }
+    out
 }
 
 pub fn exit_code(v: Verdict) -> i32 {
@@ -180,7 +215,8 @@ pub fn check_once(
     a: &SocketArgs,
     c: &mut Collector,
 ) -> Result<(CheckOutcome, Snapshot), CommandError> {
-    let snap = c.poll(&[(a.protocol, a.port)].into())?;
+    let services = services(&a.watch)?;
+    let snap = c.poll(&services, &[(a.protocol, a.port)])?;
     let bindv6only = sysctl::read_bindv6only(&a.source.procfs).unwrap_or(false);
     Ok((judge_snapshot(a, &snap, bindv6only)?, snap))
 }
@@ -243,6 +279,7 @@ pub fn check_json(o: &CheckOutcome, snap: &Snapshot) -> serde_json::Value {
         "verdict": o.verdict,
         "exit_code": exit_code(o.verdict),
         "source": snap.source,
+        "watched": snap.watched.iter().filter(|w| w.protocol == o.protocol && w.port == o.port).collect::<Vec<_>>(),
         "checks": o.checked.iter().map(|c| json!({
             "address": c.candidate.address.to_string(),
             "v6only": c.candidate.v6only,
@@ -325,6 +362,7 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
             }
         }
     }
+    out.push_str(&watched_text(snap, Some((o.protocol, o.port))));
     if o.verdict == Verdict::Unknown {
         out.push_str(
             "hint: flags of sockets without a file (TIME_WAIT, orphans) cannot be read; the serving agent \
@@ -403,7 +441,8 @@ pub fn ports(a: &PortsArgs) -> i32 {
     let mut opts = CollectOptions::new(&a.source.procfs);
     opts.source = a.source.source;
     opts.ports_max = usize::MAX;
-    let snap = match Collector::new(opts).and_then(|mut c| c.poll(&BTreeSet::new())) {
+    let snap = match services(&a.watch).and_then(|svcs| Ok(Collector::new(opts)?.poll(&svcs, &[])?))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bindwatch ports: {e}");
@@ -422,6 +461,11 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
     json!({
         "source": snap.source,
         "capabilities": { "owners": snap.capabilities.owners, "socket_flags": snap.capabilities.socket_flags },
+        "watched": snap.watched,
+        "ephemeral_buckets": snap.ephemeral_top.iter().map(|((src, dst, dport), n)| json!({
+            "source": src.to_string(), "destination": endpoint_str(*dst, *dport), "ports": n,
+            "ratio": f64::from(*n) / f64::from(snap.allocation.size().max(1)),
+        })).collect::<Vec<_>>(),
         "listeners": snap.risks.iter().filter(|r| !r.gone).map(|r| {
             let j = realistic(r);
             json!({
@@ -485,6 +529,7 @@ pub fn ports_text(snap: &Snapshot) -> String {
             note.join("; "),
         );
     }
+    out.push_str(&watched_text(snap, None));
     if !snap.capabilities.owners || !snap.capabilities.socket_flags {
         out.push_str("note: some owners or flags are unknown: run as root (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)\n");
     }

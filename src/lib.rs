@@ -7,7 +7,10 @@
 //! - [`source`]: reading the kernel: [`source::netlink`] (sock_diag, primary),
 //!   [`source::procnet`] (/proc/net fallback), [`source::owners`] (pids, flags via
 //!   pidfd), [`source::sysctl`] (ephemeral port range).
+//! - [`config`]: the watched-services file, validated with file/line errors.
 //! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict.
+//! - [`conflict`]: the pure port-conflict monitor (watched services) and the
+//!   ephemeral-port exhaustion tally.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
@@ -17,6 +20,8 @@
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod config;
+pub mod conflict;
 pub mod metrics;
 pub mod model;
 pub mod poller;

@@ -63,12 +63,20 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             f.display()
         );
     }
-    if let Some(f) = &a.config_file {
-        anyhow::bail!(
-            "--config.file {}: watched services are not supported by this version",
-            f.display()
-        );
-    }
+    let config = match &a.config_file {
+        Some(path) => match bindwatch::config::load(path) {
+            Ok(current) => {
+                tracing::info!(path = %path.display(), services = current.services.len(), "config loaded");
+                Some(poller::ConfigSource {
+                    path: path.clone(),
+                    current,
+                    last_ok: true,
+                })
+            }
+            Err(e) => anyhow::bail!("--config.file {e}"),
+        },
+        None => None,
+    };
     let addrs = server::parse_listen_address(&a.listen_address).map_err(anyhow::Error::msg)?;
     let mut opts = CollectOptions::new(&a.source.procfs);
     opts.source = a.source.source;
@@ -91,9 +99,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--web.listen-address {}: cannot listen", a.listen_address))?;
         let local = listener.local_addr().ok();
         let latest = Arc::new(poller::Latest::new());
-        let handle = poller::spawn(collector, a.poll_interval, latest.clone());
+        let handle = poller::spawn(collector, a.poll_interval, latest.clone(), config);
+        spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
             latest,
+            control: handle.control.clone(),
             telemetry_path: a.telemetry_path.clone(),
             stale_after: a.poll_interval * 3 + std::time::Duration::from_secs(1),
         });
@@ -105,6 +115,26 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// SIGHUP re-reads `--config.file`, like `POST /-/reload`.
+fn spawn_sighup(control: std::sync::mpsc::Sender<poller::Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received, reloading the config");
+                    if control.send(poller::Control::Reload(None)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; use POST /-/reload")
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -149,7 +149,8 @@ pub fn realistic(r: &EndpointRisk) -> &Judgement {
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
     pub last_success_unix: Option<f64>,
-    pub config_reload_ok: bool,
+    /// Whether the last (re)load of `--config.file` worked; `None` without a file.
+    pub config_reload_ok: Option<bool>,
     pub procfs_bad_lines: u64,
 }
 
@@ -188,6 +189,14 @@ pub fn render(snap: Option<&Snapshot>, selfm: &SelfMetrics, extras: &Extras) -> 
         extras.procfs_bad_lines as f64,
     );
 
+    if let Some(ok) = extras.config_reload_ok {
+        w.family(
+            "bindwatch_config_last_reload_successful",
+            "gauge",
+            "1 when the last load of --config.file succeeded; 0 while an older config stays active after a failed reload.",
+        );
+        w.sample("bindwatch_config_last_reload_successful", &[], b(ok));
+    }
     if let Some(s) = snap {
         render_snapshot(&mut w, s);
     }
@@ -307,6 +316,46 @@ fn render_snapshot(w: &mut Writer<'_>, s: &Snapshot) {
             b(s.allocation.is_ephemeral(*port)),
         );
     }
+    w.family(
+        "bindwatch_watched_port_status",
+        "gauge",
+        "State set per watched service (--config.file): 1 on the current status among ok, missing, foreign_owner, blocked, stolen.",
+    );
+    for ws in &s.watched {
+        let port = ws.port.to_string();
+        for st in crate::conflict::Status::ALL {
+            w.sample(
+                "bindwatch_watched_port_status",
+                &[
+                    ("name", &ws.name),
+                    ("protocol", ws.protocol.as_str()),
+                    ("port", &port),
+                    ("status", st.as_str()),
+                ],
+                b(ws.status == st),
+            );
+        }
+    }
+    w.family(
+        "bindwatch_ephemeral_ports_used_ratio",
+        "gauge",
+        "The fullest source-address -> destination buckets (rank 1 = fullest) as a fraction of the usable ephemeral port range.",
+    );
+    let size = f64::from(s.allocation.size().max(1));
+    for (i, (_, n)) in s.ephemeral_top.iter().enumerate() {
+        let rank = (i + 1).to_string();
+        w.sample(
+            "bindwatch_ephemeral_ports_used_ratio",
+            &[("rank", &rank)],
+            f64::from(*n) / size,
+        );
+    }
+    w.family(
+        "bindwatch_ephemeral_port_range_size",
+        "gauge",
+        "Ports in net.ipv4.ip_local_port_range minus ip_local_reserved_ports.",
+    );
+    w.sample("bindwatch_ephemeral_port_range_size", &[], size);
     w.family(
         "bindwatch_ports_dropped_total",
         "counter",

@@ -348,4 +348,8 @@ pub struct Snapshot {
     pub ports: std::collections::BTreeSet<(Protocol, u16)>,
     /// Owners of the sockets that were attributed, by inode (pids stay out of metrics).
     pub owners: std::collections::HashMap<u64, Owner>,
+    /// Status of each watched service (`--config.file`).
+    pub watched: Vec<crate::conflict::ServiceStatus>,
+    /// The fullest ephemeral-port buckets, fullest first.
+    pub ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
 }

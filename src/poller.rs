@@ -3,7 +3,6 @@
 //! last published bytes, so it never waits on the kernel and its cost does not
 //! grow with the socket table.
 
-use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -14,7 +13,10 @@ use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use std::path::PathBuf;
+
 use crate::collect::Collector;
+use crate::config::{self, Config};
 use crate::metrics::{self, Extras, SelfMetrics};
 use crate::model::Snapshot;
 
@@ -67,11 +69,40 @@ impl Default for Latest {
     }
 }
 
+/// Result of a reload, sent back to whoever asked (HTTP `POST /-/reload`).
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 /// Messages to the poller thread.
 pub enum Control {
     Stop,
-    /// Poll now (e.g. after a config reload).
-    PollNow,
+    /// Re-read `--config.file` (SIGHUP, `POST /-/reload`), then poll at once.
+    Reload(Option<ReloadReply>),
+}
+
+/// The watched-services file and its last good contents.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub current: Config,
+    pub last_ok: bool,
+}
+
+impl ConfigSource {
+    /// Re-reads the file; a bad file keeps the old config active.
+    fn reload(&mut self) -> Result<(), String> {
+        match config::load(&self.path) {
+            Ok(c) => {
+                tracing::info!(path = %self.path.display(), services = c.services.len(), "config reloaded");
+                self.current = c;
+                self.last_ok = true;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("config reload failed, keeping the previous config: {e}");
+                self.last_ok = false;
+                Err(e.to_string())
+            }
+        }
+    }
 }
 
 pub struct PollerHandle {
@@ -98,13 +129,20 @@ fn gzip(body: &[u8]) -> Bytes {
 
 /// Starts the poller on its own thread (polls are blocking syscalls). The first
 /// poll runs before this returns, so the first scrape already has data.
-pub fn spawn(mut collector: Collector, interval: Duration, latest: Arc<Latest>) -> PollerHandle {
+pub fn spawn(
+    mut collector: Collector,
+    interval: Duration,
+    latest: Arc<Latest>,
+    config: Option<ConfigSource>,
+) -> PollerHandle {
     let (tx, rx) = mpsc::channel();
     let selfm = SelfMetrics::new();
     let mut state = LoopState {
         last_success: None,
         last_snapshot: None,
         last_error: None,
+        config,
+        missing_caps_logged: false,
     };
     poll_and_publish(&mut collector, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
@@ -112,7 +150,20 @@ pub fn spawn(mut collector: Collector, interval: Duration, latest: Arc<Latest>) 
         .spawn(move || loop {
             match rx.recv_timeout(interval) {
                 Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Control::PollNow) | Err(RecvTimeoutError::Timeout) => {
+                Ok(Control::Reload(reply)) => {
+                    let r = match state.config.as_mut() {
+                        Some(c) => c.reload(),
+                        None => {
+                            tracing::info!("reload requested; no --config.file to re-read");
+                            Ok(())
+                        }
+                    };
+                    poll_and_publish(&mut collector, &selfm, &latest, &mut state);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
                     poll_and_publish(&mut collector, &selfm, &latest, &mut state)
                 }
             }
@@ -131,6 +182,8 @@ struct LoopState {
     last_success: Option<Instant>,
     last_snapshot: Option<Arc<Snapshot>>,
     last_error: Option<String>,
+    config: Option<ConfigSource>,
+    missing_caps_logged: bool,
 }
 
 fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st: &mut LoopState) {
@@ -138,8 +191,23 @@ fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st:
     let _g = span.enter();
     let source = c.table().kind().as_str();
     let start = Instant::now();
-    match c.poll(&BTreeSet::new()) {
+    let services = st
+        .config
+        .as_ref()
+        .map_or(&[][..], |c| &c.current.services[..]);
+    match c.poll(services, &[]) {
         Ok(snap) => {
+            let caps = snap.capabilities;
+            if (!caps.owners || !caps.socket_flags) && !st.missing_caps_logged {
+                st.missing_caps_logged = true;
+                tracing::warn!(
+                    owners = caps.owners,
+                    socket_flags = caps.socket_flags,
+                    "cannot read every socket's owner or flags; they are reported as unknown. Grant \
+                     CAP_DAC_READ_SEARCH (owners) and CAP_SYS_PTRACE (flags via pidfd_getfd): \
+                     AmbientCapabilities= in the systemd unit, securityContext.capabilities.add in Kubernetes"
+                );
+            }
             selfm
                 .poll_duration
                 .with_label_values(&[snap.source.as_str()])
@@ -172,7 +240,7 @@ fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st:
             .as_ref()
             .map(|s| metrics::unix_seconds(s.taken_at)),
         procfs_bad_lines: c.table().bad_lines,
-        ..Extras::default()
+        config_reload_ok: st.config.as_ref().map(|c| c.last_ok),
     };
     let body = metrics::render(st.last_snapshot.as_deref(), selfm, &extras);
     let gz = gzip(body.as_bytes());

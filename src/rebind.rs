@@ -428,7 +428,7 @@ pub fn inherit_from_listeners(sockets: &mut [Socket], listeners: &[Socket]) {
 
 /// The listener a server-side socket was accepted from: same port, and the same
 /// address or the wildcard of the socket's family; the exact address wins.
-fn parent_listener<'a>(s: &Socket, listeners: &'a [Socket]) -> Option<&'a Socket> {
+pub fn parent_listener<'a>(s: &Socket, listeners: &'a [Socket]) -> Option<&'a Socket> {
     let same_port = |l: &&Socket| {
         l.protocol == s.protocol && l.local.port() == s.local.port() && l.state == State::Listen
     };

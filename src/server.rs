@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::poller::Latest;
+use crate::poller::{Control, Latest};
 
 /// How long a client may take to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +28,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 /// What the handlers need.
 pub struct AppState {
     pub latest: Arc<Latest>,
+    /// To ask the poller for a config reload (`POST /-/reload`).
+    pub control: std::sync::mpsc::Sender<Control>,
     pub telemetry_path: String,
     /// `/healthz` fails when the last successful poll is older than this.
     pub stale_after: Duration,
@@ -119,7 +121,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                         TokioIo::new(stream),
                         service_fn(move |req| {
                             let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(&state, req)) }
+                            async move { Ok::<_, Infallible>(route(&state, req).await) }
                         }),
                     );
                 let conn = graceful.watch(conn);
@@ -163,7 +165,42 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
         })
 }
 
-/// Routes one request. Pure over the published state: never touches the kernel.
+/// Routes one request: the reload endpoint talks to the poller, everything else is
+/// served from the published state.
+pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/-/reload" {
+        if req.method() != Method::POST && req.method() != Method::PUT {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload\n");
+            r.headers_mut()
+                .insert("allow", HeaderValue::from_static("POST, PUT"));
+            return r;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if state.control.send(Control::Reload(Some(tx))).is_err() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the poller is not running\n",
+            );
+        }
+        return match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => text(StatusCode::OK, "config reloaded\n"),
+            Ok(Ok(Err(e))) => {
+                let mut r = Response::new(Full::new(Bytes::from(format!(
+                    "config reload failed, the previous config stays active:\n{e}\n"
+                ))));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+            _ => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the reload did not finish in time\n",
+            ),
+        };
+    }
+    handle(state, req)
+}
+
+/// Routes one read-only request. Pure over the published state: never touches the kernel.
 pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
