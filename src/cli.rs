@@ -50,6 +50,10 @@ pub struct SourceArgs {
     /// Socket table source: netlink sock_diag, /proc/net, or netlink with fallback.
     #[arg(long = "source", value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
+    /// Listener memory shared between the agent (writes it) and check/wait/ports (read it),
+    /// so leftovers of a daemon that just died are judged with its flags. Empty disables.
+    #[arg(long = "state.file", value_name = "FILE", default_value = "/run/bindwatch/state.json", value_parser = parse_path_or_empty)]
+    pub state_file: PathBuf,
 }
 
 /// The watched-services file for the one-shot commands.
@@ -159,6 +163,11 @@ pub struct PortsArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// A path, where the empty string (`--state.file=`) turns the feature off.
+fn parse_path_or_empty(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {

@@ -16,6 +16,7 @@ use crate::source::netlink::ALL_STATES;
 use crate::source::owners::{Capabilities, OwnerResolver};
 use crate::source::sysctl::{self, PortAllocation};
 use crate::source::{listen_mask, SocketTable, SourceChoice, SourceError};
+use crate::state;
 
 /// Limits and knobs of a poll.
 #[derive(Debug, Clone)]
@@ -61,6 +62,7 @@ struct Remembered {
     socket: Socket,
     owner: Option<Owner>,
     last_seen: Instant,
+    seen_at: SystemTime,
 }
 
 /// Polls the kernel and builds snapshots.
@@ -107,6 +109,41 @@ impl Collector {
 
     pub fn owner_stats(&self) -> crate::source::owners::ResolveStats {
         self.owners.stats
+    }
+
+    /// The remembered listeners, for the state file.
+    pub fn memory_entries(&self) -> Vec<state::Entry> {
+        self.memory
+            .values()
+            .map(|r| state::Entry::from_socket(&r.socket, r.owner.as_ref(), r.seen_at))
+            .collect()
+    }
+
+    /// Seeds the memory from a state file written by a running agent; live
+    /// listeners seen by the next poll take precedence.
+    pub fn remember(&mut self, entries: &[state::Entry]) {
+        let now = Instant::now();
+        for e in entries {
+            let Some(socket) = e.to_socket() else {
+                continue;
+            };
+            let age = SystemTime::now()
+                .duration_since(e.seen_at())
+                .unwrap_or_default();
+            let owner = e.process.as_ref().map(|p| Owner {
+                pid: 0,
+                process: p.clone(),
+                uid: e.uid,
+                user: e.user.clone().unwrap_or_else(|| e.uid.to_string()),
+                unit: None,
+            });
+            self.memory.entry(endpoint(&socket)).or_insert(Remembered {
+                socket,
+                owner,
+                last_seen: now.checked_sub(age).unwrap_or(now),
+                seen_at: e.seen_at(),
+            });
+        }
     }
 
     /// One poll. A dump that raced with table changes is retried (bounded).
@@ -215,6 +252,7 @@ impl Collector {
                     socket: l.socket.clone(),
                     owner: l.owner.clone(),
                     last_seen: now,
+                    seen_at: SystemTime::now(),
                 },
             );
         }
@@ -275,7 +313,11 @@ impl Collector {
             risks,
             allocation,
             capabilities: if self.opts.owners {
-                self.owners.caps
+                // Flags are read through the fds attribution finds: no owners, no flags.
+                Capabilities {
+                    owners: self.owners.caps.owners,
+                    socket_flags: self.owners.caps.owners && self.owners.caps.socket_flags,
+                }
             } else {
                 Capabilities {
                     owners: false,

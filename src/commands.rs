@@ -17,6 +17,7 @@ use crate::metrics::realistic;
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Finding, Judgement, Verdict};
 use crate::source::sysctl;
+use crate::state;
 
 /// Exit codes of `check` and `wait` (contract.md).
 pub const EXIT_CLEAR: i32 = 0;
@@ -83,7 +84,21 @@ fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     opts.probe_all = true;
     opts.probe_max = 8192;
     opts.ports_max = usize::MAX;
-    Ok(Collector::new(opts)?)
+    let mut c = Collector::new(opts)?;
+    seed_from_state_file(&mut c, src);
+    Ok(c)
+}
+
+/// Listeners a running agent remembers (see [`crate::state`]).
+fn seed_from_state_file(c: &mut Collector, src: &SourceArgs) {
+    if src.state_file.as_os_str().is_empty() {
+        return;
+    }
+    let netns = state::current_netns(&src.procfs);
+    match state::load(&src.state_file, netns, Duration::from_secs(600)) {
+        Ok(entries) => c.remember(&entries),
+        Err(e) => tracing::warn!("ignoring the state file: {e}"),
+    }
 }
 
 fn ifindex(dev: &str) -> Result<u32, CommandError> {

@@ -13,6 +13,7 @@
 //!   ephemeral-port exhaustion tally.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
+//! - [`state`]: the state file sharing the agent's listener memory with `check`.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, graceful drain.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
@@ -28,3 +29,4 @@ pub mod poller;
 pub mod rebind;
 pub mod server;
 pub mod source;
+pub mod state;

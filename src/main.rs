@@ -99,7 +99,19 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--web.listen-address {}: cannot listen", a.listen_address))?;
         let local = listener.local_addr().ok();
         let latest = Arc::new(poller::Latest::new());
-        let handle = poller::spawn(collector, a.poll_interval, latest.clone(), config);
+        let state_sink = if a.source.state_file.as_os_str().is_empty() {
+            None
+        } else {
+            bindwatch::state::current_netns(&a.source.procfs)
+                .map(|ns| poller::StateSink::new(a.source.state_file.clone(), ns))
+        };
+        let handle = poller::spawn(
+            collector,
+            a.poll_interval,
+            latest.clone(),
+            config,
+            state_sink,
+        );
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
             latest,

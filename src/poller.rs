@@ -19,6 +19,7 @@ use crate::collect::Collector;
 use crate::config::{self, Config};
 use crate::metrics::{self, Extras, SelfMetrics};
 use crate::model::Snapshot;
+use crate::state;
 
 /// What a scrape serves.
 #[derive(Debug, Clone)]
@@ -79,6 +80,66 @@ pub enum Control {
     Reload(Option<ReloadReply>),
 }
 
+/// Where the listener memory is shared (see [`crate::state`]).
+pub struct StateSink {
+    pub path: PathBuf,
+    pub netns: u64,
+    last: Vec<state::Entry>,
+    written: Option<Instant>,
+    failed: bool,
+}
+
+impl StateSink {
+    pub fn new(path: PathBuf, netns: u64) -> Self {
+        StateSink {
+            path,
+            netns,
+            last: Vec::new(),
+            written: None,
+            failed: false,
+        }
+    }
+
+    /// Writes when the set of listeners changed, or every 30 s to refresh `last_seen`.
+    fn maybe_write(&mut self, entries: Vec<state::Entry>) {
+        let same = |a: &state::Entry, b: &state::Entry| {
+            state::Entry {
+                last_seen: 0.0,
+                ..a.clone()
+            } == state::Entry {
+                last_seen: 0.0,
+                ..b.clone()
+            }
+        };
+        let changed = entries.len() != self.last.len()
+            || entries.iter().zip(&self.last).any(|(a, b)| !same(a, b));
+        if !changed
+            && self
+                .written
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        {
+            return;
+        }
+        let file = state::StateFile {
+            netns: self.netns,
+            listeners: entries.clone(),
+        };
+        match state::save(&self.path, &file) {
+            Ok(()) => {
+                self.last = entries;
+                self.written = Some(Instant::now());
+                self.failed = false;
+            }
+            Err(e) => {
+                if !self.failed {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file; `bindwatch check` will not know listeners that are gone");
+                }
+                self.failed = true;
+            }
+        }
+    }
+}
+
 /// The watched-services file and its last good contents.
 pub struct ConfigSource {
     pub path: PathBuf,
@@ -134,6 +195,7 @@ pub fn spawn(
     interval: Duration,
     latest: Arc<Latest>,
     config: Option<ConfigSource>,
+    state_sink: Option<StateSink>,
 ) -> PollerHandle {
     let (tx, rx) = mpsc::channel();
     let selfm = SelfMetrics::new();
@@ -143,6 +205,7 @@ pub fn spawn(
         last_error: None,
         config,
         missing_caps_logged: false,
+        state_sink,
     };
     poll_and_publish(&mut collector, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
@@ -184,6 +247,7 @@ struct LoopState {
     last_error: Option<String>,
     config: Option<ConfigSource>,
     missing_caps_logged: bool,
+    state_sink: Option<StateSink>,
 }
 
 fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st: &mut LoopState) {
@@ -223,6 +287,9 @@ fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st:
             }
             st.last_success = Some(Instant::now());
             st.last_snapshot = Some(Arc::new(snap));
+            if let Some(sink) = st.state_sink.as_mut() {
+                sink.maybe_write(c.memory_entries());
+            }
         }
         Err(e) => {
             selfm.poll_errors.with_label_values(&[source]).inc();
