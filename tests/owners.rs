@@ -147,7 +147,7 @@ fn ports_and_metrics_name_owner_user_and_flags() {
             );
             assert_eq!(got.len(), 1, "{proto} {addr}:{port}: {got:?}");
             for want in [
-                format!("process=\"python3\""),
+                "process=\"python3\"".to_string(),
                 format!("user=\"{user}\""),
                 format!("reuseaddr=\"{ra_s}\""),
                 format!("reuseport=\"{rp_s}\""),
