@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::Protocol;
+use crate::netns::NetnsMode;
 use crate::source::SourceChoice;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,17 @@ pub struct ServeArgs {
     /// How long the flags of a vanished listener are remembered to judge its leftovers.
     #[arg(long = "rebind.remember", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub remember: Duration,
+    /// Network namespaces to watch: the one bindwatch runs in, or every one on the node
+    /// (series then carry a `netns` label).
+    #[arg(long = "netns", value_enum, default_value_t = NetnsMode::Host)]
+    pub netns: NetnsMode,
+    /// Where `ip netns` keeps named namespaces (their names become `netns` labels).
+    #[arg(
+        long = "path.run-netns",
+        value_name = "PATH",
+        default_value = "/run/netns"
+    )]
+    pub run_netns: PathBuf,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
@@ -124,6 +136,9 @@ pub struct SocketArgs {
     /// Bind the new socket to this network device (SO_BINDTODEVICE).
     #[arg(long, value_name = "DEV")]
     pub device: Option<String>,
+    /// Answer inside this network namespace (`ip netns` name, `host`, `pod:UID`, `netns:[INODE]`).
+    #[arg(long = "netns", value_name = "NAME")]
+    pub netns: Option<String>,
     /// Judge a restart of the process(es) now listening on PORT, with their own flags.
     #[arg(long, conflicts_with_all = ["address", "v6only", "reuseaddr", "reuseport", "uid", "device"])]
     pub restart: bool,
@@ -159,6 +174,9 @@ pub struct PortsArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List the listeners of this network namespace instead of bindwatch's own.
+    #[arg(long = "netns", value_name = "NAME")]
+    pub netns: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

@@ -38,6 +38,9 @@ pub struct CollectOptions {
     pub ephemeral_counters: usize,
     /// How many of the fullest ephemeral buckets are exported.
     pub ephemeral_top_k: usize,
+    /// Read /proc/net of the calling thread's namespace (`--netns all` enters
+    /// namespaces per thread), not the process's.
+    pub thread_netns: bool,
 }
 
 impl CollectOptions {
@@ -52,6 +55,7 @@ impl CollectOptions {
             probe_all: false,
             ephemeral_counters: 4096,
             ephemeral_top_k: 3,
+            thread_netns: false,
         }
     }
 }
@@ -92,7 +96,12 @@ impl Collector {
     /// # Errors
     /// When the chosen source cannot be opened at all.
     pub fn new(opts: CollectOptions) -> Result<Self, CollectError> {
-        let table = SocketTable::open(opts.source, &opts.procfs)?;
+        let net_root = if opts.thread_netns {
+            opts.procfs.join("thread-self")
+        } else {
+            opts.procfs.clone()
+        };
+        let table = SocketTable::open(opts.source, &net_root)?;
         let owners = OwnerResolver::new(&opts.procfs);
         Ok(Collector {
             opts,

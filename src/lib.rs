@@ -12,6 +12,7 @@
 //! - [`conflict`]: the pure port-conflict monitor (watched services) and the
 //!   ephemeral-port exhaustion tally.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
+//! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod conflict;
 pub mod metrics;
 pub mod model;
+pub mod netns;
 pub mod poller;
 pub mod rebind;
 pub mod server;

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use bindwatch::cli::{Cli, Command, ServeArgs};
 use bindwatch::collect::{CollectOptions, Collector};
+use bindwatch::netns::{NetnsCollectors, NetnsMode};
 use bindwatch::{commands, poller, server};
 
 fn init_logging(level: &str) {
@@ -28,18 +29,42 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Check(a)) => {
             init_logging("warn");
-            commands::check(&a.socket)
+            enter_netns(&a.socket.netns, &a.socket.source)
+                .unwrap_or_else(|| commands::check(&a.socket))
         }
         Some(Command::Wait(a)) => {
             init_logging("warn");
-            commands::wait(&a)
+            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| commands::wait(&a))
         }
         Some(Command::Ports(a)) => {
             init_logging("warn");
-            commands::ports(&a)
+            enter_netns(&a.netns, &a.source).unwrap_or_else(|| commands::ports(&a))
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// `--netns NAME` of the one-shot commands: move this (still single-threaded)
+/// process into that namespace. `Some(2)` when it cannot.
+fn enter_netns(netns: &Option<String>, src: &bindwatch::cli::SourceArgs) -> Option<i32> {
+    let name = netns.as_deref()?;
+    let all = bindwatch::netns::discover(&src.procfs, std::path::Path::new("/run/netns"));
+    let Some(ns) = bindwatch::netns::find(&all, name) else {
+        let known: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
+        eprintln!(
+            "bindwatch: --netns {name:?}: no such network namespace (known: {})",
+            known.join(", ")
+        );
+        return Some(2);
+    };
+    if let Err(e) = bindwatch::netns::enter_for_good(&ns.path) {
+        eprintln!(
+            "bindwatch: --netns {name:?}: cannot enter {}: {e}",
+            ns.path.display()
+        );
+        return Some(2);
+    }
+    None
 }
 
 fn serve(a: ServeArgs) -> i32 {
@@ -82,10 +107,20 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     opts.source = a.source.source;
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;
-    let collector = Collector::new(opts).context("opening the socket source (--source)")?;
+    let target = match a.netns {
+        NetnsMode::Host => poller::Target::Host(Box::new(
+            Collector::new(opts).context("opening the socket source (--source)")?,
+        )),
+        NetnsMode::All => poller::Target::AllNetns(NetnsCollectors::new(opts, &a.run_netns)),
+    };
+    let source_kind = match &target {
+        poller::Target::Host(c) => c.table().kind().as_str(),
+        poller::Target::AllNetns(_) => "per namespace",
+    };
     tracing::info!(
         version = bindwatch::metrics::VERSION,
-        source = collector.table().kind().as_str(),
+        source = source_kind,
+        netns = ?a.netns,
         poll_interval = ?a.poll_interval,
         "starting bindwatch"
     );
@@ -105,13 +140,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             bindwatch::state::current_netns(&a.source.procfs)
                 .map(|ns| poller::StateSink::new(a.source.state_file.clone(), ns))
         };
-        let handle = poller::spawn(
-            collector,
-            a.poll_interval,
-            latest.clone(),
-            config,
-            state_sink,
-        );
+        let handle = poller::spawn(target, a.poll_interval, latest.clone(), config, state_sink);
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
             latest,

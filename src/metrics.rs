@@ -91,39 +91,69 @@ impl Default for SelfMetrics {
 }
 
 /// Writes families in the text exposition format, escaping label values.
-struct Writer<'a> {
-    out: &'a mut String,
+///
+/// Samples are grouped per family whatever order they are written in (the format
+/// wants each family in one block), so snapshots of several network namespaces can
+/// be rendered one after the other, each with its `netns` label.
+#[derive(Default)]
+struct Writer {
+    order: Vec<&'static str>,
+    families: std::collections::HashMap<&'static str, String>,
+    current: &'static str,
+    /// `netns` label value added first to every sample (`--netns all`).
+    netns: Option<String>,
 }
 
-impl Writer<'_> {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+impl Writer {
+    fn family(&mut self, name: &'static str, kind: &str, help: &str) {
+        self.current = name;
+        if !self.families.contains_key(name) {
+            self.order.push(name);
+            self.families.insert(
+                name,
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"),
+            );
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
+        let netns = self.netns.as_deref();
+        let Some(out) = self.families.get_mut(self.current) else {
+            return;
+        };
+        out.push_str(name);
+        let all = netns
+            .map(|n| ("netns", n))
+            .into_iter()
+            .chain(labels.iter().copied());
+        let mut first = true;
+        for (k, v) in all {
+            out.push(if first { '{' } else { ',' });
+            first = false;
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
                 }
-                self.out.push_str(k);
-                self.out.push_str("=\"");
-                for c in v.chars() {
-                    match c {
-                        '\\' => self.out.push_str("\\\\"),
-                        '"' => self.out.push_str("\\\""),
-                        '\n' => self.out.push_str("\\n"),
-                        c => self.out.push(c),
-                    }
-                }
-                self.out.push('"');
             }
-            self.out.push('}');
+            out.push('"');
         }
-        let _ = writeln!(self.out, " {value}");
+        if !first {
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+    }
+
+    fn finish(self, out: &mut String) {
+        for name in &self.order {
+            if let Some(text) = self.families.get(name) {
+                out.push_str(text);
+            }
+        }
     }
 }
 
@@ -152,12 +182,15 @@ pub struct Extras {
     /// Whether the last (re)load of `--config.file` worked; `None` without a file.
     pub config_reload_ok: Option<bool>,
     pub procfs_bad_lines: u64,
+    /// Seconds of the last poll per namespace, with `--netns all`.
+    pub netns_poll_seconds: Vec<(String, f64)>,
 }
 
-/// Renders the snapshot and bindwatch's own metrics.
-pub fn render(snap: Option<&Snapshot>, selfm: &SelfMetrics, extras: &Extras) -> String {
+/// Renders the snapshots (one per watched network namespace; the name is `None`
+/// without `--netns all`) and bindwatch's own metrics.
+pub fn render(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: &Extras) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let mut w = Writer { out: &mut out };
+    let mut w = Writer::default();
 
     w.family(
         "bindwatch_build_info",
@@ -197,14 +230,31 @@ pub fn render(snap: Option<&Snapshot>, selfm: &SelfMetrics, extras: &Extras) -> 
         );
         w.sample("bindwatch_config_last_reload_successful", &[], b(ok));
     }
-    if let Some(s) = snap {
+    for (netns, s) in snaps {
+        w.netns = netns.map(str::to_string);
         render_snapshot(&mut w, s);
     }
+    w.netns = None;
+    if !extras.netns_poll_seconds.is_empty() {
+        w.family(
+            "bindwatch_netns_poll_duration_seconds",
+            "gauge",
+            "Time of the last poll of each network namespace (--netns all).",
+        );
+        for (name, secs) in &extras.netns_poll_seconds {
+            w.sample(
+                "bindwatch_netns_poll_duration_seconds",
+                &[("netns", name)],
+                *secs,
+            );
+        }
+    }
+    w.finish(&mut out);
     selfm.render(&mut out);
     out
 }
 
-fn render_snapshot(w: &mut Writer<'_>, s: &Snapshot) {
+fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_source_active",
         "gauge",
@@ -368,7 +418,7 @@ fn render_snapshot(w: &mut Writer<'_>, s: &Snapshot) {
     );
 }
 
-fn render_rebind(w: &mut Writer<'_>, s: &Snapshot) {
+fn render_rebind(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_rebind_blocked",
         "gauge",

@@ -19,12 +19,12 @@ use crate::collect::Collector;
 use crate::config::{self, Config};
 use crate::metrics::{self, Extras, SelfMetrics};
 use crate::model::Snapshot;
+use crate::netns::NetnsCollectors;
 use crate::state;
 
 /// What a scrape serves.
 #[derive(Debug, Clone)]
 pub struct Published {
-    pub snapshot: Option<Arc<Snapshot>>,
     pub body: Bytes,
     pub gzip: Bytes,
     pub last_success: Option<Instant>,
@@ -40,7 +40,6 @@ impl Latest {
     pub fn new() -> Self {
         Latest {
             inner: Mutex::new(Arc::new(Published {
-                snapshot: None,
                 body: Bytes::new(),
                 gzip: Bytes::new(),
                 last_success: None,
@@ -188,10 +187,16 @@ fn gzip(body: &[u8]) -> Bytes {
     Bytes::from(enc.finish().unwrap_or_default())
 }
 
+/// What the poller reads: the namespace bindwatch runs in, or every namespace.
+pub enum Target {
+    Host(Box<Collector>),
+    AllNetns(NetnsCollectors),
+}
+
 /// Starts the poller on its own thread (polls are blocking syscalls). The first
 /// poll runs before this returns, so the first scrape already has data.
 pub fn spawn(
-    mut collector: Collector,
+    mut target: Target,
     interval: Duration,
     latest: Arc<Latest>,
     config: Option<ConfigSource>,
@@ -201,13 +206,14 @@ pub fn spawn(
     let selfm = SelfMetrics::new();
     let mut state = LoopState {
         last_success: None,
-        last_snapshot: None,
+        last: Vec::new(),
         last_error: None,
         config,
         missing_caps_logged: false,
         state_sink,
+        netns_poll_seconds: Vec::new(),
     };
-    poll_and_publish(&mut collector, &selfm, &latest, &mut state);
+    poll_and_publish(&mut target, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
         .name("bindwatch-poller".into())
         .spawn(move || loop {
@@ -221,13 +227,13 @@ pub fn spawn(
                             Ok(())
                         }
                     };
-                    poll_and_publish(&mut collector, &selfm, &latest, &mut state);
+                    poll_and_publish(&mut target, &selfm, &latest, &mut state);
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    poll_and_publish(&mut collector, &selfm, &latest, &mut state)
+                    poll_and_publish(&mut target, &selfm, &latest, &mut state)
                 }
             }
         })
@@ -243,76 +249,127 @@ pub fn spawn(
 
 struct LoopState {
     last_success: Option<Instant>,
-    last_snapshot: Option<Arc<Snapshot>>,
+    /// The last good snapshots, with their namespace name under `--netns all`.
+    last: Vec<(Option<String>, Arc<Snapshot>)>,
     last_error: Option<String>,
     config: Option<ConfigSource>,
     missing_caps_logged: bool,
     state_sink: Option<StateSink>,
+    netns_poll_seconds: Vec<(String, f64)>,
 }
 
-fn poll_and_publish(c: &mut Collector, selfm: &SelfMetrics, latest: &Latest, st: &mut LoopState) {
+impl LoopState {
+    fn log_missing_caps(&mut self, snap: &Snapshot) {
+        let caps = snap.capabilities;
+        if (!caps.owners || !caps.socket_flags) && !self.missing_caps_logged {
+            self.missing_caps_logged = true;
+            tracing::warn!(
+                owners = caps.owners,
+                socket_flags = caps.socket_flags,
+                "cannot read every socket's owner or flags; they are reported as unknown. Grant \
+                 CAP_DAC_READ_SEARCH (owners) and CAP_SYS_PTRACE (flags via pidfd_getfd): \
+                 AmbientCapabilities= in the systemd unit, securityContext.capabilities.add in Kubernetes"
+            );
+        }
+    }
+
+    fn failed(&mut self, msg: String) {
+        // Log a failure when it starts or changes, not every interval.
+        if self.last_error.as_deref() != Some(msg.as_str()) {
+            tracing::error!(error = %msg, "poll failed; serving the last good snapshot");
+        }
+        self.last_error = Some(msg);
+    }
+
+    fn succeeded(&mut self) {
+        if self.last_error.take().is_some() {
+            tracing::info!("polling recovered");
+        }
+        self.last_success = Some(Instant::now());
+    }
+}
+
+fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, st: &mut LoopState) {
     let span = tracing::debug_span!("poll");
     let _g = span.enter();
-    let source = c.table().kind().as_str();
     let start = Instant::now();
-    let services = st
+    let services: Vec<crate::config::Service> = st
         .config
         .as_ref()
-        .map_or(&[][..], |c| &c.current.services[..]);
-    match c.poll(services, &[]) {
-        Ok(snap) => {
-            let caps = snap.capabilities;
-            if (!caps.owners || !caps.socket_flags) && !st.missing_caps_logged {
-                st.missing_caps_logged = true;
-                tracing::warn!(
-                    owners = caps.owners,
-                    socket_flags = caps.socket_flags,
-                    "cannot read every socket's owner or flags; they are reported as unknown. Grant \
-                     CAP_DAC_READ_SEARCH (owners) and CAP_SYS_PTRACE (flags via pidfd_getfd): \
-                     AmbientCapabilities= in the systemd unit, securityContext.capabilities.add in Kubernetes"
-                );
+        .map_or(Vec::new(), |c| c.current.services.clone());
+    let mut bad_lines = 0;
+    match target {
+        Target::Host(c) => {
+            let source = c.table().kind().as_str();
+            match c.poll(&services, &[]) {
+                Ok(snap) => {
+                    st.log_missing_caps(&snap);
+                    selfm
+                        .poll_duration
+                        .with_label_values(&[snap.source.as_str()])
+                        .observe(start.elapsed().as_secs_f64());
+                    tracing::debug!(
+                        sockets = snap.counts.values().sum::<u64>(),
+                        listeners = snap.listeners.len(),
+                        ms = start.elapsed().as_millis() as u64,
+                        "poll done"
+                    );
+                    st.succeeded();
+                    st.last = vec![(None, Arc::new(snap))];
+                    if let Some(sink) = st.state_sink.as_mut() {
+                        sink.maybe_write(c.memory_entries());
+                    }
+                }
+                Err(e) => {
+                    selfm.poll_errors.with_label_values(&[source]).inc();
+                    st.failed(e.to_string());
+                }
             }
-            selfm
-                .poll_duration
-                .with_label_values(&[snap.source.as_str()])
-                .observe(start.elapsed().as_secs_f64());
-            tracing::debug!(
-                sockets = snap.counts.values().sum::<u64>(),
-                listeners = snap.listeners.len(),
-                ms = start.elapsed().as_millis() as u64,
-                "poll done"
-            );
-            if st.last_error.take().is_some() {
-                tracing::info!("polling recovered");
-            }
-            st.last_success = Some(Instant::now());
-            st.last_snapshot = Some(Arc::new(snap));
-            if let Some(sink) = st.state_sink.as_mut() {
-                sink.maybe_write(c.memory_entries());
-            }
+            bad_lines = c.table().bad_lines;
         }
-        Err(e) => {
-            selfm.poll_errors.with_label_values(&[source]).inc();
-            let msg = e.to_string();
-            // Log a failure when it starts or changes, not every interval.
-            if st.last_error.as_deref() != Some(msg.as_str()) {
-                tracing::error!(error = %msg, "poll failed; serving the last good snapshot");
+        Target::AllNetns(all) => {
+            let r = all.poll(&services);
+            for (name, e) in &r.errors {
+                selfm.poll_errors.with_label_values(&["netlink"]).inc();
+                tracing::warn!(netns = %name, error = %e, "polling a network namespace failed");
             }
-            st.last_error = Some(msg);
+            if let Some((_, snap)) = r.snapshots.iter().find(|(n, _)| n == "host") {
+                st.log_missing_caps(snap);
+            }
+            if r.snapshots.is_empty() {
+                st.failed("no network namespace could be polled".to_string());
+            } else {
+                selfm
+                    .poll_duration
+                    .with_label_values(&[r.snapshots[0].1.source.as_str()])
+                    .observe(start.elapsed().as_secs_f64());
+                st.succeeded();
+                st.last = r
+                    .snapshots
+                    .into_iter()
+                    .map(|(n, s)| (Some(n), Arc::new(s)))
+                    .collect();
+                st.netns_poll_seconds = r.durations;
+            }
         }
     }
     let extras = Extras {
         last_success_unix: st
-            .last_snapshot
-            .as_ref()
-            .map(|s| metrics::unix_seconds(s.taken_at)),
-        procfs_bad_lines: c.table().bad_lines,
+            .last
+            .first()
+            .map(|(_, s)| metrics::unix_seconds(s.taken_at)),
+        procfs_bad_lines: bad_lines,
         config_reload_ok: st.config.as_ref().map(|c| c.last_ok),
+        netns_poll_seconds: st.netns_poll_seconds.clone(),
     };
-    let body = metrics::render(st.last_snapshot.as_deref(), selfm, &extras);
+    let snaps: Vec<(Option<&str>, &Snapshot)> = st
+        .last
+        .iter()
+        .map(|(n, s)| (n.as_deref(), s.as_ref()))
+        .collect();
+    let body = metrics::render(&snaps, selfm, &extras);
     let gz = gzip(body.as_bytes());
     latest.set(Published {
-        snapshot: st.last_snapshot.clone(),
         body: Bytes::from(body),
         gzip: gz,
         last_success: st.last_success,
