@@ -43,7 +43,7 @@ pub fn name_from_cgroup(text: &str) -> Option<String> {
         let path = line.splitn(3, ':').nth(2).unwrap_or("");
         for comp in path.split('/') {
             // kubepods.slice/kubepods-besteffort-pod<uid>.slice or kubepods/besteffort/pod<uid>
-            if let Some(i) = comp.find("pod") {
+            if let Some(i) = comp.rfind("pod") {
                 let rest = comp[i + 3..].trim_end_matches(".slice");
                 if rest.len() >= 32
                     && rest

@@ -11,6 +11,12 @@
 //! file (TIME_WAIT and orphans, inode 0).
 //!
 //! Needs root (network namespaces, `setpriv`, `ss -K`), `python3`, `ip`, `ss`.
+//!
+//! Situations run in parallel threads of this one process, which shares one fd table. A
+//! fork/clone for a child process (bindwatch, ss, ip, python) copies that table until the
+//! child execs, and a socket another thread closes in that window lives on until then:
+//! a closed listener was once seen by the next `check`. So every spawn here and every close
+//! that must take effect at once go through one lock ([`FORK`]).
 
 mod common;
 
@@ -20,7 +26,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -141,7 +148,153 @@ struct Situation {
     build: fn() -> Held,
 }
 
+/// Excludes process spawns (fork .. exec) from closes of sockets that must be gone at once.
+/// A flag and a condvar rather than a guard, so one thread can take it and another
+/// release it (see [`netns`]).
+struct ForkLock {
+    busy: Mutex<bool>,
+    cv: Condvar,
+}
+
+static FORK: ForkLock = ForkLock {
+    busy: Mutex::new(false),
+    cv: Condvar::new(),
+};
+
+impl ForkLock {
+    fn acquire(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = self.cv.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+    }
+
+    fn release(&self) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.cv.notify_one();
+    }
+
+    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.acquire();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+        self.release();
+        r.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+/// Closes `t` (a socket, stream, ...) while no child process holds a copy of it.
+fn close_now<T>(t: T) {
+    FORK.with(|| drop(t));
+}
+
+/// Spawns `cmd` under [`FORK`], and keeps the lock until the child has dropped its copies
+/// of our sockets: spawn returns once the exec has begun, but the close-on-exec files are
+/// closed a little later in the child, and a woken parent can preempt it before that.
+fn spawn(cmd: &mut Command) -> Child {
+    FORK.with(|| {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while inherited_sockets(child.id()) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "child {} kept our sockets",
+                child.id()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child
+    })
+}
+
+/// Sockets the process `pid` holds under the same fd number and inode as this process:
+/// copies inherited at fork that exec has not closed yet (0 once it exited).
+fn inherited_sockets(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                return false;
+            };
+            let Ok(theirs) = std::fs::read_link(e.path()) else {
+                return false;
+            };
+            n > 2
+                && theirs.to_string_lossy().starts_with("socket:")
+                && std::fs::read_link(format!("/proc/self/fd/{n}")).ok() == Some(theirs)
+        })
+        .count()
+}
+
+/// Runs `cmd` to completion, capturing its output.
+fn output(cmd: &mut Command) -> std::process::Output {
+    let child = spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    child.wait_with_output().expect("wait for child")
+}
+
+/// `run_ok` (tests/common) with the spawn under [`FORK`].
+fn run(cmd: &str, args: &[&str]) -> std::process::Output {
+    let out = output(Command::new(cmd).args(args));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `bindwatch` (tests/common) with the spawn under [`FORK`]: (exit code, stdout, stderr).
+fn bw(args: &[&str]) -> (i32, String, String) {
+    let out = output(Command::new(bin()).args(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `in_netns` (tests/common), with its `ip link set lo up` spawn covered by [`FORK`]: the
+/// lock is taken here and released by the namespace thread once `f` starts.
+fn netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    FORK.acquire();
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        in_netns(move || {
+            if !flag.swap(true, Ordering::SeqCst) {
+                FORK.release();
+            }
+            f()
+        })
+    }));
+    if !released.swap(true, Ordering::SeqCst) {
+        FORK.release();
+    }
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// `server_time_wait` (tests/common) with immediate closes: the server side closes
+/// first, then the client, so the server side (on the service port) ends in TIME_WAIT.
+fn tw_server(listener: &Socket, to: SocketAddr) {
+    let c = TcpStream::connect(to).expect("connect");
+    let (s, _) = listener.accept().expect("accept");
+    close_now(s);
+    std::thread::sleep(Duration::from_millis(50));
+    close_now(c);
+    std::thread::sleep(Duration::from_millis(50));
+}
+
 /// A child process killed (and reaped) on drop.
+
 struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
@@ -177,12 +330,11 @@ fn python(code: &str, uid: Option<u32>) -> ChildGuard {
             c
         }
     };
-    let mut child = ChildGuard(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python3"),
-    );
+    let mut child = ChildGuard(spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    ));
     let mut line = String::new();
     // The program prints `ready` or dies (then read_line returns 0): bounded.
     BufReader::new(child.0.stdout.as_mut().expect("stdout"))
@@ -249,6 +401,13 @@ fn kernel_probe(proto: Proto, port: u16, n: &NewSock) -> Result<(), i32> {
     };
     let s =
         socket_as(n.reuseport_uid.unwrap_or(0), Domain::for_address(a), ty, p).map_err(errno)?;
+    let r = probe_on(&s, proto, a, n);
+    close_now(s);
+    r
+}
+
+/// Sets `n`'s options on `s`, binds, and listens (TCP).
+fn probe_on(s: &Socket, proto: Proto, a: SocketAddr, n: &NewSock) -> Result<(), i32> {
     if let Some(d) = n.device {
         s.bind_device(Some(d.as_bytes())).map_err(errno)?;
         // ::1 lives on lo: a socket bound to d0 gets EADDRNOTAVAIL before the port is
@@ -296,7 +455,7 @@ fn bindwatch_check(proto: Proto, port: u16, n: &NewSock) -> (i32, Value, String)
         args.extend(["--device", d]);
     }
     args.push("--json");
-    let (code, out, err) = bindwatch(&args);
+    let (code, out, err) = bw(&args);
     let json = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
     (code, json, format!("{out}{err}"))
 }
@@ -336,7 +495,7 @@ fn candidates(extra: Extra) -> Vec<NewSock> {
 /// Number of TCP sockets in `state` (ss state name) with local port `port`.
 fn ss_count(state: &str, port: u16) -> usize {
     let filter = format!("( sport = :{port} )");
-    let out = run_ok("ss", &["-Htan", "state", state, &filter]);
+    let out = run("ss", &["-Htan", "state", state, &filter]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -347,7 +506,7 @@ fn assert_state(state: &str, port: u16) {
     assert!(
         eventually(Duration::from_secs(3), || ss_count(state, port) > 0),
         "no {state} socket on port {port}: {}",
-        String::from_utf8_lossy(&run_ok("ss", &["-tanoe"]).stdout)
+        String::from_utf8_lossy(&run("ss", &["-tanoe"]).stdout)
     );
 }
 
@@ -408,13 +567,13 @@ fn time_wait(
         ip.contains(':').then_some(false),
     )
     .expect("listener");
-    server_time_wait(&l, addr(connect_to, P));
+    tw_server(&l, addr(connect_to, P));
     assert_state("time-wait", P);
     let h = Held::new(P);
     if keep_listener {
         h.hold(l)
     } else {
-        drop(l);
+        close_now(l);
         h
     }
 }
@@ -452,8 +611,8 @@ fn fin_wait2_orphan(reuseaddr: bool) -> Held {
     let l = listener("127.0.0.1", P, reuseaddr, None);
     let c = TcpStream::connect(addr("127.0.0.1", P)).expect("connect");
     let (s, _) = l.accept().expect("accept");
-    drop(s);
-    drop(l);
+    close_now(s);
+    close_now(l);
     assert_state("fin-wait-2", P);
     assert_eq!(ss_count("listening", P), 0);
     Held::new(P).hold(c)
@@ -470,8 +629,8 @@ fn close_wait(reuseaddr: bool) -> Held {
     let l = listener("127.0.0.1", P, reuseaddr, None);
     let c = TcpStream::connect(addr("127.0.0.1", P)).expect("connect");
     let (s, _) = l.accept().expect("accept");
-    drop(c);
-    drop(l);
+    close_now(c);
+    close_now(l);
     assert_state("close-wait", P);
     Held::new(P).hold(s)
 }
@@ -540,9 +699,9 @@ fn s_client_time_wait() -> Held {
     c.connect(&addr("127.0.0.1", PEER_PORT).into())
         .expect("connect");
     let (s, _) = peer.accept().expect("accept");
-    drop(c);
+    close_now(c);
     std::thread::sleep(Duration::from_millis(50));
-    drop(s);
+    close_now(s);
     assert_state("time-wait", P);
     Held::new(P).hold(peer)
 }
@@ -578,7 +737,7 @@ fn s_reuseport_other_uid() -> Held {
          print('ready',flush=True); time.sleep(300)\n"
     );
     let child = python(&code, Some(OTHER_UID));
-    let out = run_ok("ss", &["-Htlne", "sport", "=", &format!(":{P}")]);
+    let out = run("ss", &["-Htlne", "sport", "=", &format!(":{P}")]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("uid:{OTHER_UID}")),
         "listener not owned by {OTHER_UID}: {}",
@@ -589,8 +748,8 @@ fn s_reuseport_other_uid() -> Held {
 
 /// `d0`: a second device (this kernel has no `dummy` module; a port-less bridge does).
 fn make_d0() {
-    run_ok("ip", &["link", "add", "d0", "type", "bridge"]);
-    run_ok("ip", &["link", "set", "d0", "up"]);
+    run("ip", &["link", "add", "d0", "type", "bridge"]);
+    run("ip", &["link", "set", "d0", "up"]);
 }
 fn s_device_lo_listener() -> Held {
     make_d0();
@@ -697,8 +856,8 @@ fn s_fw1_orphan() -> Held {
     let c = slow_client();
     let (s, _) = l.accept().expect("accept");
     fill_peer_window(&s);
-    drop(s);
-    drop(l);
+    close_now(s);
+    close_now(l);
     assert_state("fin-wait-1", P);
     Held::new(P).hold(c)
 }
@@ -712,8 +871,8 @@ fn s_last_ack_orphan() -> Held {
     c.shutdown(std::net::Shutdown::Write).expect("shutdown");
     assert_state("close-wait", P);
     fill_peer_window(&s);
-    drop(s);
-    drop(l);
+    close_now(s);
+    close_now(l);
     assert_state("last-ack", P);
     Held::new(P).hold(c)
 }
@@ -730,8 +889,8 @@ fn s_unaccepted_child() -> Held {
 /// the source address 10.9.9.1.
 fn s_syn_sent() -> Held {
     make_d0();
-    run_ok("ip", &["addr", "add", "10.9.9.1/24", "dev", "d0"]);
-    run_ok(
+    run("ip", &["addr", "add", "10.9.9.1/24", "dev", "d0"]);
+    run(
         "ip",
         &[
             "neigh",
@@ -799,7 +958,7 @@ fn s_accepted_v6_dual() -> Held {
     let l = listener("::", P, false, Some(false));
     let c = TcpStream::connect(addr("::1", P)).expect("connect");
     let (s, _) = l.accept().expect("accept");
-    drop(l);
+    close_now(l);
     Held::new(P).hold(c).hold(s)
 }
 
@@ -811,8 +970,8 @@ fn s_tw_device_lo() -> Held {
     l.set_reuse_address(true).expect("reuse");
     l.bind(&addr("0.0.0.0", P).into()).expect("bind");
     l.listen(16).expect("listen");
-    server_time_wait(&l, addr("127.0.0.1", P));
-    drop(l);
+    tw_server(&l, addr("127.0.0.1", P));
+    close_now(l);
     assert_state("time-wait", P);
     Held::new(P)
 }
@@ -1013,9 +1172,8 @@ fn kernel_is_the_oracle() {
                     return;
                 };
                 let t = Instant::now();
-                match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    in_netns(move || run_situation(s))
-                })) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| netns(move || run_situation(s))))
+                {
                     Ok(o) => {
                         // Timers (TIME_WAIT, FIN_WAIT2) last 60 s; a situation must be judged well before.
                         if t.elapsed() > Duration::from_secs(40) {
@@ -1134,7 +1292,7 @@ fn parse_ss_timer(v: &str) -> Option<f64> {
 /// (local, remote, seconds left) of every socket `ss -tano state STATE` shows on `port`.
 fn ss_timers(state: &str, port: u16) -> Vec<(String, String, f64)> {
     let filter = format!("( sport = :{port} )");
-    let out = run_ok("ss", &["-Htano", "state", state, &filter]);
+    let out = run("ss", &["-Htano", "state", state, &filter]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -1161,19 +1319,19 @@ fn ss_timer_parser() {
 
 #[test]
 fn check_names_blockers_with_state_addresses_and_timer() {
-    in_netns(|| {
+    netns(|| {
         // A TIME_WAIT (listener closed) and an orphaned FIN_WAIT2 on the same port.
         let l = listener("127.0.0.1", P, false, None);
-        server_time_wait(&l, addr("127.0.0.1", P));
+        tw_server(&l, addr("127.0.0.1", P));
         let c = TcpStream::connect(addr("127.0.0.1", P)).expect("connect");
         let (s, _) = l.accept().expect("accept");
-        drop(s);
-        drop(l);
+        close_now(s);
+        close_now(l);
         assert_state("time-wait", P);
         assert_state("fin-wait-2", P);
         std::thread::sleep(Duration::from_millis(1500)); // let the timers run a little
 
-        let (code, out, err) = bindwatch(&["check", &P.to_string(), "--json"]);
+        let (code, out, err) = bw(&["check", &P.to_string(), "--json"]);
         let ss_tw = ss_timers("time-wait", P);
         let ss_fw2 = ss_timers("fin-wait-2", P);
         assert_eq!(code, 1, "{out}{err}");
@@ -1205,7 +1363,7 @@ fn check_names_blockers_with_state_addresses_and_timer() {
         }
 
         // The text report names the same.
-        let (code, text, _) = bindwatch(&["check", &P.to_string()]);
+        let (code, text, _) = bw(&["check", &P.to_string()]);
         assert_eq!(code, 1, "{text}");
         for (state, ss) in [("time_wait", &ss_tw), ("fin_wait2", &ss_fw2)] {
             let (local, remote, _) = &ss[0];
@@ -1220,7 +1378,7 @@ fn check_names_blockers_with_state_addresses_and_timer() {
             assert!(line.contains(" s left"), "no timer in {line}");
         }
         assert!(text.contains("why:"), "{text}");
-        drop(c);
+        close_now(c);
     });
 }
 
@@ -1228,15 +1386,13 @@ fn check_names_blockers_with_state_addresses_and_timer() {
 
 /// Spawns `bindwatch wait` (in the current netns).
 fn spawn_wait(args: &[&str]) -> ChildGuard {
-    ChildGuard(
+    ChildGuard(spawn(
         Command::new(bin())
             .arg("wait")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bindwatch wait"),
-    )
+            .stderr(Stdio::null()),
+    ))
 }
 
 /// Waits (bounded) for the child to exit: (exit code, when).
@@ -1253,12 +1409,12 @@ fn exit_of(c: &mut ChildGuard, timeout: Duration) -> Option<(i32, Instant)> {
 
 #[test]
 fn wait_returns_soon_after_the_last_blocker_is_gone() {
-    in_netns(|| {
+    netns(|| {
         let p = P.to_string();
         // 1. A TIME_WAIT (listener closed), destroyed with `ss -K` (CONFIG_INET_DIAG_DESTROY).
         let l = listener("127.0.0.1", P, false, None);
-        server_time_wait(&l, addr("127.0.0.1", P));
-        drop(l);
+        tw_server(&l, addr("127.0.0.1", P));
+        close_now(l);
         assert_state("time-wait", P);
         let mut w = spawn_wait(&[&p, "--timeout", "30s", "--poll.interval", "500ms"]);
         std::thread::sleep(Duration::from_millis(1200));
@@ -1267,9 +1423,7 @@ fn wait_returns_soon_after_the_last_blocker_is_gone() {
             "wait returned while TIME_WAIT blocks"
         );
         let filter = format!("( sport = :{P} )");
-        let _ = Command::new("ss")
-            .args(["-K", "state", "time-wait", &filter])
-            .output();
+        let _ = output(Command::new("ss").args(["-K", "state", "time-wait", &filter]));
         let gone = Instant::now();
         assert_eq!(
             ss_count("time-wait", P),
@@ -1293,7 +1447,7 @@ fn wait_returns_soon_after_the_last_blocker_is_gone() {
             w.0.try_wait().expect("try_wait").is_none(),
             "wait returned while bound socket blocks"
         );
-        drop(b);
+        close_now(b);
         let gone = Instant::now();
         let (code, at) = exit_of(&mut w, Duration::from_secs(10)).expect("wait did not exit");
         let after = at.duration_since(gone);
@@ -1316,7 +1470,7 @@ fn wait_returns_soon_after_the_last_blocker_is_gone() {
             took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
             "{took:?}"
         );
-        drop(l);
+        close_now(l);
     });
 }
 
@@ -1356,7 +1510,7 @@ fn request(msg: &[u8]) -> (TcpStream, Vec<u8>) {
 }
 
 fn restart_case(reuseaddr: bool) -> (i32, Value, Result<(), i32>) {
-    in_netns(move || {
+    netns(move || {
         let mut d = daemon(reuseaddr);
         for _ in 0..2 {
             let (mut c, r) = request(b"hi");
@@ -1364,26 +1518,36 @@ fn restart_case(reuseaddr: bool) -> (i32, Value, Result<(), i32>) {
             // The server closed first; read EOF, then close: server-side TIME_WAIT.
             let mut rest = Vec::new();
             let _ = c.read_to_end(&mut rest);
+            close_now(c);
         }
         let (held, r) = request(b"hold");
         assert_eq!(r, b"held");
         assert_state("time-wait", P);
         assert_state("established", P);
 
-        let (code, out, err) = bindwatch(&["check", &P.to_string(), "--restart", "--json"]);
+        let (code, out, err) = bw(&["check", &P.to_string(), "--restart", "--json"]);
         let json: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
         d.0.kill().expect("kill");
         d.0.wait().expect("reap");
-        let real = kernel_bind_listen(addr("0.0.0.0", P), reuseaddr, false, None);
+        // The real restart: a fresh socket with the daemon's flags.
+        let real = kernel_probe(
+            Proto::Tcp,
+            P,
+            &NewSock {
+                addr: "0.0.0.0",
+                v6only: false,
+                reuseaddr,
+                reuseport_uid: None,
+                device: None,
+            },
+        );
         eprintln!(
             "restart (reuseaddr={reuseaddr}): bindwatch {code} {}; real restart {real:?}; left: {}",
             json["verdict"],
-            String::from_utf8_lossy(
-                &run_ok("ss", &["-tano", "sport", "=", &format!(":{P}")]).stdout
-            )
+            String::from_utf8_lossy(&run("ss", &["-tano", "sport", "=", &format!(":{P}")]).stdout)
         );
         assert!(!json.is_null(), "{out}{err}");
-        drop(held);
+        close_now(held);
         (code, json, real)
     })
 }

@@ -138,7 +138,9 @@ impl ChildProc {
     fn answer(&mut self) -> io::Result<String> {
         let mut s = String::new();
         if self.stdout.read_line(&mut s)? == 0 {
-            return Err(io::Error::other("popgen child exited early (see its stderr)"));
+            return Err(io::Error::other(
+                "popgen child exited early (see its stderr)",
+            ));
         }
         Ok(s.trim().to_string())
     }
@@ -222,7 +224,11 @@ impl Population {
         }
         let mut made = 0;
         for c in &mut self.children {
-            made += c.answer()?.trim_start_matches("ok ").parse::<usize>().unwrap_or(0);
+            made += c
+                .answer()?
+                .trim_start_matches("ok ")
+                .parse::<usize>()
+                .unwrap_or(0);
         }
         self.time_wait += made;
         Ok(made)
@@ -323,10 +329,18 @@ fn bind_any(fd: i32, v6: bool, ip4: Ipv4Addr, port: u16) -> io::Result<()> {
     let r = unsafe {
         if v6 {
             let sa = sockaddr6(Ipv6Addr::UNSPECIFIED, port);
-            libc::bind(fd, (&sa as *const libc::sockaddr_in6).cast(), mem::size_of_val(&sa) as u32)
+            libc::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in6).cast(),
+                mem::size_of_val(&sa) as u32,
+            )
         } else {
             let sa = sockaddr4(ip4, port);
-            libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), mem::size_of_val(&sa) as u32)
+            libc::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                mem::size_of_val(&sa) as u32,
+            )
         }
     };
     check(r, "bind").map(|_| ())
@@ -334,9 +348,21 @@ fn bind_any(fd: i32, v6: bool, ip4: Ipv4Addr, port: u16) -> io::Result<()> {
 
 fn listener(l: ListenSpec) -> io::Result<i32> {
     let fd = tcp_socket(l.v6)?;
-    setopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32, "SO_REUSEADDR")?;
+    setopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &1i32,
+        "SO_REUSEADDR",
+    )?;
     if l.v6 {
-        setopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32, "IPV6_V6ONLY")?;
+        setopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &1i32,
+            "IPV6_V6ONLY",
+        )?;
     }
     bind_any(fd, l.v6, Ipv4Addr::UNSPECIFIED, l.port)?;
     // SAFETY: plain listen(2).
@@ -357,22 +383,43 @@ fn connect_pair(lfd: i32, l: ListenSpec, src: Ipv4Addr) -> io::Result<(i32, i32)
         if l.v6 {
             let sa = sockaddr6(Ipv6Addr::LOCALHOST, l.port);
             check(
-                libc::connect(c, (&sa as *const libc::sockaddr_in6).cast(), mem::size_of_val(&sa) as u32),
+                libc::connect(
+                    c,
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    mem::size_of_val(&sa) as u32,
+                ),
                 "connect6",
             )?;
         } else {
-            setopt(c, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &1i32, "IP_BIND_ADDRESS_NO_PORT")?;
+            setopt(
+                c,
+                libc::IPPROTO_IP,
+                IP_BIND_ADDRESS_NO_PORT,
+                &1i32,
+                "IP_BIND_ADDRESS_NO_PORT",
+            )?;
             bind_any(c, false, src, 0)?;
             let sa = sockaddr4(Ipv4Addr::LOCALHOST, l.port);
             check(
-                libc::connect(c, (&sa as *const libc::sockaddr_in).cast(), mem::size_of_val(&sa) as u32),
+                libc::connect(
+                    c,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    mem::size_of_val(&sa) as u32,
+                ),
                 "connect",
             )?;
         }
     }
     // SAFETY: accept4 without an address.
     let s = check(
-        unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) },
+        unsafe {
+            libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        },
         "accept",
     )?;
     Ok((c, s))
@@ -488,7 +535,13 @@ fn child_loop() -> io::Result<()> {
                         unsafe { libc::close(fd) };
                     }
                 }
-                writeln!(out, "ready {} {} {}", if close { 0 } else { nl }, st.held.len(), tw)?;
+                writeln!(
+                    out,
+                    "ready {} {} {}",
+                    if close { 0 } else { nl },
+                    st.held.len(),
+                    tw
+                )?;
             }
             Some("tw") => {
                 let n: usize = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
