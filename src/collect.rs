@@ -38,6 +38,9 @@ pub struct CollectOptions {
     pub ephemeral_counters: usize,
     /// How many of the fullest ephemeral buckets are exported.
     pub ephemeral_top_k: usize,
+    /// Fold connections that differ only in their peer (the agent); one-shot
+    /// commands list every socket.
+    pub fold: bool,
     /// Read /proc/net of the calling thread's namespace (`--netns all` enters
     /// namespaces per thread), not the process's.
     pub thread_netns: bool,
@@ -56,6 +59,7 @@ impl CollectOptions {
             ephemeral_counters: 4096,
             ephemeral_top_k: 3,
             thread_netns: false,
+            fold: true,
         }
     }
 }
@@ -220,24 +224,36 @@ impl Collector {
         }
 
         // 3. The full TCP walk: count everything, keep sockets on ports of interest.
-        let mut counts = StateCounts::new();
+        // Per socket this must stay a few array and bitmap look-ups: at a million
+        // sockets every nanosecond here is a millisecond of poll.
+        let wanted_set = PortSet::from_iter(
+            wanted
+                .iter()
+                .filter(|(p, _)| *p == Protocol::Tcp)
+                .map(|(_, n)| *n),
+        );
+        let listener_ports = PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port()));
+        let mut counts = FastCounts::default();
         let mut port_sockets: Vec<Socket> = Vec::new();
+        let mut folder = Folder::new(self.opts.fold, self.opts.probe_max);
         let mut tally = EphemeralTally::new(self.opts.ephemeral_counters);
         self.table.dump(Protocol::Tcp, ALL_STATES, &mut |s| {
-            *counts.entry((s.protocol, s.family(), s.state)).or_default() += 1;
-            if wanted.contains(&(Protocol::Tcp, s.local.port())) {
-                port_sockets.push(s.clone());
+            counts.add(s);
+            let port = s.local.port();
+            if wanted_set.contains(port) {
+                folder.push(s, listener_ports.contains(port), &mut port_sockets);
             }
-            if allocation.in_range(s.local.port()) {
+            if allocation.in_range(port) {
                 tally.add(s);
             }
         })?;
         for s in &udp {
-            *counts.entry((s.protocol, s.family(), s.state)).or_default() += 1;
+            counts.add(s);
             if wanted.contains(&(Protocol::Udp, s.local.port())) {
                 port_sockets.push(s.clone());
             }
         }
+        let counts = counts.into_map();
 
         // 4. Owners and flags of the sockets that matter.
         let mut owner_of: HashMap<u64, Owner> = HashMap::new();
@@ -388,6 +404,112 @@ impl Collector {
                     s.ifindex = Some(p.ifindex);
                 }
                 s.v6only = s.v6only.or(p.v6only);
+            }
+        }
+    }
+}
+
+/// Ports as a 65,536-bit set: one bit test per socket in the hot loop.
+struct PortSet(Vec<u64>);
+
+impl PortSet {
+    fn from_iter(ports: impl Iterator<Item = u16>) -> Self {
+        let mut bits = vec![0u64; 1024];
+        for p in ports {
+            bits[usize::from(p) / 64] |= 1 << (p % 64);
+        }
+        PortSet(bits)
+    }
+
+    fn contains(&self, p: u16) -> bool {
+        self.0[usize::from(p) / 64] & (1 << (p % 64)) != 0
+    }
+}
+
+/// Socket counts by (protocol, family, state) in a flat array.
+#[derive(Default)]
+struct FastCounts([[[u64; 14]; 2]; 2]);
+
+impl FastCounts {
+    fn add(&mut self, s: &Socket) {
+        let p = (s.protocol == Protocol::Udp) as usize;
+        let f = (s.family() == Family::Ipv6) as usize;
+        self.0[p][f][s.state as usize] += 1;
+    }
+
+    fn into_map(self) -> StateCounts {
+        let mut m = StateCounts::new();
+        for (pi, p) in Protocol::ALL.iter().enumerate() {
+            for (fi, f) in Family::ALL.iter().enumerate() {
+                for st in State::ALL {
+                    let n = self.0[pi][fi][st as usize];
+                    if n > 0 {
+                        m.insert((*p, *f, st), n);
+                    }
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Folds the sockets of a busy port that differ only in their peer (and so are
+/// judged alike by the bind rules) into one entry with a count, so the agent's
+/// memory stays flat however many connections a port has. Listeners, and sockets
+/// with a file on ports without a live listener (possible thieves, forked
+/// children), stay individual up to `individual_max` so their owners can be read.
+struct Folder {
+    enabled: bool,
+    individual_left: usize,
+    index: HashMap<FoldKey, usize>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct FoldKey {
+    state: State,
+    local: std::net::SocketAddr,
+    uid: u32,
+    ifindex: Option<u32>,
+    v6only: crate::model::Tri,
+    has_file: bool,
+}
+
+impl Folder {
+    fn new(enabled: bool, individual_max: usize) -> Self {
+        Folder {
+            enabled,
+            individual_left: individual_max,
+            index: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, s: &Socket, port_has_listener: bool, out: &mut Vec<Socket>) {
+        if !self.enabled || s.state == State::Listen {
+            out.push(s.clone());
+            return;
+        }
+        if s.inode != 0 && !port_has_listener && self.individual_left > 0 {
+            self.individual_left -= 1;
+            out.push(s.clone());
+            return;
+        }
+        let key = FoldKey {
+            state: s.state,
+            local: s.local,
+            uid: s.uid,
+            ifindex: s.ifindex,
+            v6only: s.v6only,
+            has_file: s.inode != 0,
+        };
+        match self.index.get(&key) {
+            Some(&i) => {
+                let e = &mut out[i];
+                e.count += s.count;
+                e.expires_ms = e.expires_ms.max(s.expires_ms);
+            }
+            None => {
+                self.index.insert(key, out.len());
+                out.push(s.clone());
             }
         }
     }

@@ -82,6 +82,7 @@ fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     let mut opts = CollectOptions::new(&src.procfs);
     opts.source = src.source;
     opts.probe_all = true;
+    opts.fold = false;
     opts.probe_max = 8192;
     opts.ports_max = usize::MAX;
     let mut c = Collector::new(opts)?;
@@ -493,7 +494,7 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
                 "reuseport": r.listener.flags.reuseport,
                 "v6only": r.listener.v6only,
                 "in_ephemeral_range": snap.allocation.is_ephemeral(r.endpoint.port),
-                "blockers": j.blocking().count(),
+                "blockers": j.blocking_count(),
                 "restart": { "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
                 "clear_seconds": j.clear_seconds(),
             })
@@ -538,7 +539,7 @@ pub fn ports_text(snap: &Snapshot) -> String {
             user,
             r.listener.flags.reuseaddr.as_str(),
             r.listener.flags.reuseport.as_str(),
-            j.blocking().count(),
+            j.blocking_count(),
             r.without_reuseaddr.verdict.as_str(),
             r.with_reuseaddr.verdict.as_str(),
             note.join("; "),

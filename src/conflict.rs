@@ -195,7 +195,7 @@ fn judge_service(
         let j = rebind::judge(&c, on_port.iter().copied());
         match j.verdict {
             Verdict::Blocked => {
-                let n = j.blocking().count();
+                let n = j.blocking_count();
                 let clear = j
                     .clear_seconds()
                     .map_or(String::new(), |s| format!(", clears in {s:.0} s"));
@@ -290,6 +290,7 @@ mod tests {
                 reuseaddr: Tri::False,
                 reuseport: Tri::False,
             },
+            count: 1,
         }
     }
 

@@ -340,7 +340,7 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     for sock in &s.port_sockets {
         *per_port
             .entry((sock.protocol, sock.local.port(), sock.state_label()))
-            .or_default() += 1;
+            .or_default() += u64::from(sock.count);
     }
     for ((p, port, st), n) in &per_port {
         let port = port.to_string();
@@ -487,24 +487,28 @@ fn render_rebind(w: &mut Writer, s: &Snapshot) {
         "gauge",
         "Sockets that would block a restart of the port's listener with its own SO_REUSEADDR, by state.",
     );
-    let mut blockers: BTreeMap<(Protocol, u16), BTreeSet<(String, String, &'static str)>> =
-        BTreeMap::new();
+    // A socket can block the restarts of several endpoints on one port: count it once.
+    type Blocker = (
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+        &'static str,
+        u64,
+        u32,
+    );
+    let mut blockers: BTreeMap<(Protocol, u16), BTreeSet<Blocker>> = BTreeMap::new();
     for r in &s.risks {
         let set = blockers
             .entry((r.endpoint.protocol, r.endpoint.port))
             .or_default();
         for f in realistic(r).blocking() {
-            set.insert((
-                f.socket.local.to_string(),
-                f.socket.remote.to_string(),
-                f.socket.state_label(),
-            ));
+            let sk = &f.socket;
+            set.insert((sk.local, sk.remote, sk.state_label(), sk.inode, sk.count));
         }
     }
     for ((p, port), set) in &blockers {
         let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-        for (_, _, st) in set {
-            *by_state.entry(st).or_default() += 1;
+        for (_, _, st, _, count) in set {
+            *by_state.entry(st).or_default() += u64::from(*count);
         }
         let ps = port.to_string();
         for (st, n) in by_state {

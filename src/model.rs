@@ -216,6 +216,10 @@ pub struct Socket {
     pub v6only: Tri,
     /// Flags learnt from the owning process (pidfd) or inherited from the listener.
     pub flags: SocketFlags,
+    /// How many sockets this entry stands for. 1 for a socket as read; the agent
+    /// folds the connections of a busy port that differ only in their peer into one
+    /// entry, so memory does not grow with the connection count.
+    pub count: u32,
 }
 
 impl Socket {

@@ -128,9 +128,14 @@ impl Judgement {
             .reduce(f64::max)
     }
 
-    /// Number of sockets that certainly block.
+    /// The findings that certainly block.
     pub fn blocking(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| f.blocks == Tri::True)
+    }
+
+    /// Number of sockets that certainly block (folded entries count as many).
+    pub fn blocking_count(&self) -> u64 {
+        self.blocking().map(|f| u64::from(f.socket.count)).sum()
     }
 }
 
@@ -502,6 +507,7 @@ mod tests {
                 reuseaddr,
                 reuseport: Tri::False,
             },
+            count: 1,
         }
     }
 

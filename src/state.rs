@@ -89,6 +89,7 @@ impl Entry {
                 reuseaddr: tri(self.reuseaddr),
                 reuseport: tri(self.reuseport),
             },
+            count: 1,
         })
     }
 
@@ -164,6 +165,7 @@ mod tests {
                 reuseaddr: Tri::False,
                 reuseport: Tri::Unknown,
             },
+            count: 1,
         };
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3600);

@@ -288,6 +288,7 @@ pub fn decode_diag_msg(b: &[u8], protocol: Protocol) -> Result<Option<Socket>, &
         expires_ms,
         v6only,
         flags: SocketFlags::default(),
+        count: 1,
     }))
 }
 

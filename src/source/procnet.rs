@@ -162,6 +162,7 @@ pub fn parse_line(line: &str, protocol: Protocol) -> Result<Socket, String> {
         expires_ms,
         v6only: Tri::Unknown,
         flags: SocketFlags::default(),
+        count: 1,
     })
 }
 
