@@ -77,9 +77,16 @@ pub struct ServeArgs {
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
     pub telemetry_path: String,
-    /// Exporter-toolkit web config (TLS, basic auth). Not supported by this version yet.
+    /// Exporter-toolkit web config: TLS, basic auth, headers (see docs/security.md).
+    /// Certificates and users are re-read when their files change.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Requests served at once; more are answered 503. 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+    /// Time a client has to send its request headers (and to finish the TLS handshake).
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub read_header_timeout: Duration,
     /// How often the socket table is read.
     #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Service;
@@ -77,7 +78,10 @@ struct Remembered {
 pub struct Collector {
     opts: CollectOptions,
     table: SocketTable,
-    owners: OwnerResolver,
+    /// Shared by every namespace's collector under `--netns all`.
+    owners: Arc<Mutex<OwnerResolver>>,
+    /// Whether this collector starts the resolver's rounds (false when shared).
+    owns_rounds: bool,
     memory: BTreeMap<Endpoint, Remembered>,
     ports_dropped_total: u64,
 }
@@ -106,11 +110,12 @@ impl Collector {
             opts.procfs.clone()
         };
         let table = SocketTable::open(opts.source, &net_root)?;
-        let owners = OwnerResolver::new(&opts.procfs);
+        let owners = Arc::new(Mutex::new(OwnerResolver::new(&opts.procfs)));
         Ok(Collector {
             opts,
             table,
             owners,
+            owns_rounds: true,
             memory: BTreeMap::new(),
             ports_dropped_total: 0,
         })
@@ -120,8 +125,27 @@ impl Collector {
         &self.table
     }
 
+    /// A collector that shares `owners` with others; the caller starts the rounds.
+    ///
+    /// # Errors
+    /// As [`Collector::new`].
+    pub fn with_shared_owners(
+        opts: CollectOptions,
+        owners: Arc<Mutex<OwnerResolver>>,
+    ) -> Result<Self, CollectError> {
+        let mut c = Collector::new(opts)?;
+        c.owners = owners;
+        c.owns_rounds = false;
+        Ok(c)
+    }
+
+    fn resolver(&self) -> std::sync::MutexGuard<'_, OwnerResolver> {
+        // A panic while holding it cannot leave the cache inconsistent in a way that matters.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn owner_stats(&self) -> crate::source::owners::ResolveStats {
-        self.owners.stats
+        self.resolver().stats
     }
 
     /// The remembered listeners, for the state file.
@@ -339,9 +363,10 @@ impl Collector {
             allocation,
             capabilities: if self.opts.owners {
                 // Flags are read through the fds attribution finds: no owners, no flags.
+                let caps = self.resolver().caps;
                 Capabilities {
-                    owners: self.owners.caps.owners,
-                    socket_flags: self.owners.caps.owners && self.owners.caps.socket_flags,
+                    owners: caps.owners,
+                    socket_flags: caps.owners && caps.socket_flags,
                 }
             } else {
                 Capabilities {
@@ -362,7 +387,14 @@ impl Collector {
     /// listener (bounded by `probe_max`), since accepted children copy the
     /// listener's flags and probing thousands of connections each poll is waste.
     fn attribute(&mut self, sockets: &mut [Socket], owner_of: &mut HashMap<u64, Owner>) {
-        self.owners.caps = Capabilities::default();
+        let owners = self.owners.clone();
+        let mut resolver = owners.lock().unwrap_or_else(|p| p.into_inner());
+        if self.owns_rounds {
+            resolver.next_round();
+        }
+        // `owners` is what the last full scan found (it persists while no scan is
+        // needed); `socket_flags` is re-learnt by this poll's probes.
+        resolver.caps.socket_flags = true;
         let listener_ports: HashSet<(Protocol, u16)> = sockets
             .iter()
             .filter(|s| s.state == State::Listen)
@@ -378,7 +410,7 @@ impl Collector {
             })
             .map(|s| s.inode)
             .collect();
-        let fds = self.owners.resolve(&wanted);
+        let fds = resolver.resolve(&wanted);
         let mut probes = 0;
         let mut by_pid: HashMap<u32, Option<Owner>> = HashMap::new();
         for s in sockets.iter_mut() {
@@ -387,7 +419,7 @@ impl Collector {
             };
             let owner = by_pid
                 .entry(r.pid)
-                .or_insert_with(|| self.owners.owner(r.pid))
+                .or_insert_with(|| resolver.owner(r.pid))
                 .clone();
             if let Some(o) = owner {
                 owner_of.insert(s.inode, o);
@@ -398,7 +430,7 @@ impl Collector {
                 }
                 probes += 1;
             }
-            if let Some(p) = self.owners.probe(r, s.local.ip().is_ipv6()) {
+            if let Some(p) = resolver.probe(r, s.local.ip().is_ipv6()) {
                 s.flags = p.flags;
                 if s.ifindex.is_none() {
                     s.ifindex = Some(p.ifindex);

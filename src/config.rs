@@ -2,7 +2,8 @@
 //!
 //! serde stops at the first error and forgets where a value stood; an operator
 //! fixing a file wants every problem at once, each with its line. So the YAML is read
-//! into a small tree that keeps line numbers (from `yaml-rust2`'s event parser) and
+//! into a small tree that keeps line numbers (the private `yaml` module, shared with the
+//! web config) and
 //! validated by hand, collecting every error. Pure apart from [`load`].
 
 use std::collections::BTreeMap;
@@ -10,10 +11,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
-
 use crate::model::Protocol;
+use crate::yaml::{parse_tree, Node, Value};
 
 /// Who is expected to own a watched port. Every given field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,84 +95,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A YAML value with the line it starts on.
-#[derive(Debug, Clone)]
-struct Node {
-    line: usize,
-    value: Value,
-}
-
-#[derive(Debug, Clone)]
-enum Value {
-    /// Text and whether it was quoted (a quoted `"true"` is a string, not a bool).
-    Scalar(String, bool),
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
-    Alias,
-}
-
-/// Builds [`Node`] trees from parser events.
-#[derive(Default)]
-struct TreeBuilder {
-    stack: Vec<(Node, Option<Node>)>,
-    root: Option<Node>,
-}
-
-impl TreeBuilder {
-    fn push_value(&mut self, node: Node) {
-        match self.stack.last_mut() {
-            None => self.root = Some(node),
-            Some((parent, pending_key)) => match &mut parent.value {
-                Value::Seq(items) => items.push(node),
-                Value::Map(entries) => match pending_key.take() {
-                    None => *pending_key = Some(node),
-                    Some(k) => entries.push((k, node)),
-                },
-                _ => {}
-            },
-        }
-    }
-}
-
-impl MarkedEventReceiver for TreeBuilder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let line = mark.line();
-        match ev {
-            Event::Scalar(s, style, _, _) => {
-                let quoted = !matches!(style, TScalarStyle::Plain);
-                self.push_value(Node {
-                    line,
-                    value: Value::Scalar(s, quoted),
-                });
-            }
-            Event::SequenceStart(..) => self.stack.push((
-                Node {
-                    line,
-                    value: Value::Seq(Vec::new()),
-                },
-                None,
-            )),
-            Event::MappingStart(..) => self.stack.push((
-                Node {
-                    line,
-                    value: Value::Map(Vec::new()),
-                },
-                None,
-            )),
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((node, _)) = self.stack.pop() {
-                    self.push_value(node);
-                }
-            }
-            Event::Alias(_) => self.push_value(Node {
-                line,
-                value: Value::Alias,
-            }),
-            _ => {}
-        }
-    }
-}
-
 /// Reads and validates `path`.
 ///
 /// # Errors
@@ -198,17 +119,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// Every problem found, in document order.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut b = TreeBuilder::default();
-    let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, false) {
-        return Err(vec![Problem {
-            line: e.marker().line(),
-            key: String::new(),
-            message: format!("YAML syntax error: {}", e.info()),
-        }]);
-    }
+    let root = parse_tree(text).map_err(|p| vec![p])?;
     let mut problems = Vec::new();
-    let cfg = match b.root {
+    let cfg = match root {
         // An empty file watches nothing.
         None => Config::default(),
         Some(root) => validate(&root, &mut problems),

@@ -16,7 +16,9 @@
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
-//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, graceful drain.
+//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
+//! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers.
+//! - `yaml` (private): the YAML tree with line numbers both config files are read into.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
 
 pub mod cli;
@@ -32,3 +34,5 @@ pub mod rebind;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod web;
+mod yaml;

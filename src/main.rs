@@ -81,13 +81,16 @@ fn serve(a: ServeArgs) -> i32 {
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(f) = &a.web_config_file {
-        anyhow::bail!(
-            "--web.config.file {}: TLS and basic auth are not supported by this version; \
-             put bindwatch behind a TLS proxy or restrict access to the port",
-            f.display()
-        );
-    }
+    let web = match &a.web_config_file {
+        Some(path) => match bindwatch::web::WebState::load(path) {
+            Ok(w) => {
+                tracing::info!(path = %path.display(), tls = w.tls_enabled(), "web config loaded");
+                Some(Arc::new(w))
+            }
+            Err(e) => anyhow::bail!("--web.config.file {e}"),
+        },
+        None => None,
+    };
     let config = match &a.config_file {
         Some(path) => match bindwatch::config::load(path) {
             Ok(current) => {
@@ -147,6 +150,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             control: handle.control.clone(),
             telemetry_path: a.telemetry_path.clone(),
             stale_after: a.poll_interval * 3 + std::time::Duration::from_secs(1),
+            web,
+            limits: server::Limits {
+                max_requests: a.max_requests,
+                read_header_timeout: a.read_header_timeout,
+            },
         });
         tracing::info!(address = ?local, path = %a.telemetry_path, "serving metrics");
         server::run(listener, state, shutdown_signal()).await;

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::collect::{CollectOptions, Collector};
 use crate::config::Service;
 use crate::model::Snapshot;
+use crate::source::owners::OwnerResolver;
+use std::sync::{Arc, Mutex};
 
 /// `--netns`: which namespaces to watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -202,6 +204,7 @@ pub struct NetnsCollectors {
     opts: CollectOptions,
     run_netns: PathBuf,
     collectors: BTreeMap<u64, (Netns, Collector)>,
+    owners: Arc<Mutex<OwnerResolver>>,
 }
 
 /// The outcome of polling every namespace.
@@ -214,6 +217,7 @@ pub struct NetnsPoll {
 impl NetnsCollectors {
     pub fn new(opts: CollectOptions, run_netns: &Path) -> Self {
         NetnsCollectors {
+            owners: Arc::new(Mutex::new(OwnerResolver::new(&opts.procfs))),
             opts,
             run_netns: run_netns.to_path_buf(),
             collectors: BTreeMap::new(),
@@ -229,6 +233,10 @@ impl NetnsCollectors {
             durations: Vec::new(),
             errors: Vec::new(),
         };
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_round();
         let live: std::collections::BTreeSet<u64> = found.iter().map(|n| n.inode).collect();
         self.collectors.retain(|ino, _| live.contains(ino));
         for ns in found {
@@ -244,7 +252,7 @@ impl NetnsCollectors {
                 let mut opts = self.opts.clone();
                 // /proc/net follows the process's main thread; this thread's view is thread-self.
                 opts.thread_netns = true;
-                match Collector::new(opts) {
+                match Collector::with_shared_owners(opts, self.owners.clone()) {
                     Ok(c) => {
                         self.collectors.insert(ns.inode, (ns.clone(), c));
                     }

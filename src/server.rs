@@ -1,29 +1,61 @@
-//! HTTP: `/metrics` (or `--web.telemetry-path`), `/healthz`, `/`, with gzip, header
-//! timeouts and a graceful, time-bounded drain on shutdown.
+//! HTTP: `/metrics` (or `--web.telemetry-path`), `/healthz`, `/`, with gzip; TLS, basic
+//! auth and extra headers from `--web.config.file` ([`crate::web`]); limits on header
+//! time, header size and concurrent requests; a graceful, time-bounded drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::poller::{Control, Latest};
+use crate::web::WebState;
 
-/// How long a client may take to send its request headers.
+/// Default of `--web.read-header-timeout`: how long a client may take to send its
+/// request headers (and, with TLS, to finish the handshake).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--web.max-requests` (exporter-toolkit's).
+pub const MAX_REQUESTS: usize = 40;
+/// Request headers larger than this are refused (431) before any handler runs.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Limits on what one client can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests served at once; more get 503. 0: no limit.
+    pub max_requests: usize,
+    /// Time to send the request headers (and to finish a TLS handshake).
+    pub read_header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_requests: MAX_REQUESTS,
+            read_header_timeout: HEADER_TIMEOUT,
+        }
+    }
+}
 
 /// What the handlers need.
 pub struct AppState {
@@ -33,6 +65,10 @@ pub struct AppState {
     pub telemetry_path: String,
     /// `/healthz` fails when the last successful poll is older than this.
     pub stale_after: Duration,
+    /// TLS, basic auth, headers and rate limit from `--web.config.file`; `None` serves
+    /// plain HTTP to everyone.
+    pub web: Option<Arc<WebState>>,
+    pub limits: Limits,
 }
 
 /// Parses `--web.listen-address`: `:PORT` (every address), `HOST:PORT`, `[V6]:PORT`.
@@ -99,6 +135,8 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
 /// [`DRAIN_TIMEOUT`].
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
+    let in_flight = (state.limits.max_requests > 0)
+        .then(|| Arc::new(Semaphore::new(state.limits.max_requests)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -113,22 +151,10 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     }
                 };
                 let state = state.clone();
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(route(&state, req).await) }
-                        }),
-                    );
-                let conn = graceful.watch(conn);
+                let in_flight = in_flight.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    serve_connection(stream, peer, state, in_flight, watcher).await;
                 });
             }
             () = &mut shutdown => break,
@@ -139,6 +165,167 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timed out; closing remaining connections"),
     }
+}
+
+/// Go's answer to plain HTTP on a TLS port, so that `curl http://` says what is wrong.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    in_flight: Option<Arc<Semaphore>>,
+    watcher: Watcher,
+) {
+    let timeout = state.limits.read_header_timeout;
+    // Decided per connection, so a rotated certificate applies to the next handshake.
+    let tls = match &state.web {
+        Some(w) if w.tls_enabled() => w.current().tls.clone(),
+        _ => None,
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES + 8 * 1024);
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let in_flight = in_flight.clone();
+        async move { Ok::<_, Infallible>(serve_request(&state, in_flight, req).await) }
+    });
+    let result = match tls {
+        None => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
+        Some(cfg) => {
+            let stream = match tokio::time::timeout(timeout, handshake(stream, cfg)).await {
+                Ok(Ok(Some(s))) => s,
+                Ok(Ok(None)) => {
+                    tracing::debug!(%peer, "plain HTTP request on the TLS port refused");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// TLS handshake; `Ok(None)` when the client spoke plain HTTP (answered with a 400).
+async fn handshake(
+    mut stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    // A TLS connection starts with a handshake record (22); HTTP with a method name.
+    if n == 1 && first[0].is_ascii_uppercase() {
+        let _ = stream.write_all(PLAIN_HTTP_ON_TLS).await;
+        let _ = stream.shutdown().await;
+        // Read what the client sent until it closes (bounded in size here, in time by
+        // the caller): closing with unread input would send a reset, which can destroy
+        // the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < MAX_HEADER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        return Ok(None);
+    }
+    tokio_rustls::TlsAcceptor::from(cfg)
+        .accept(stream)
+        .await
+        .map(Some)
+}
+
+/// A response body that holds its `--web.max-requests` slot until hyper has taken the
+/// last byte.
+pub struct Body {
+    inner: Full<Bytes>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request through the limits and the web config, then [`route`].
+async fn serve_request(
+    state: &AppState,
+    in_flight: Option<Arc<Semaphore>>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let active = state.web.as_ref().map(|w| w.current());
+    let mut slot = None;
+    let resp = 'resp: {
+        if let Some(sem) = in_flight {
+            match sem.try_acquire_owned() {
+                Ok(p) => slot = Some(p),
+                Err(_) => {
+                    break 'resp text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many concurrent requests (--web.max-requests)\n",
+                    )
+                }
+            }
+        }
+        if let Some(a) = &active {
+            if a.rate_limit.as_ref().is_some_and(|r| !r.allow()) {
+                break 'resp text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+            }
+            if let (Some(auth), true) = (&a.auth, a.requires_auth(req.uri().path())) {
+                let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+                if !auth.check(header).await {
+                    let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                    r.headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+                    break 'resp r;
+                }
+            }
+        }
+        route(state, req).await
+    };
+    let (mut parts, inner) = resp.into_parts();
+    if let Some(a) = &active {
+        for (k, v) in &a.headers {
+            parts.headers.insert(k.clone(), v.clone());
+        }
+    }
+    Response::from_parts(parts, Body { inner, _slot: slot })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

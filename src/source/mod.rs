@@ -45,6 +45,8 @@ pub struct SocketTable {
     pub fallback_reason: Option<String>,
     /// Malformed /proc/net lines seen (each is skipped, never fatal).
     pub bad_lines: u64,
+    /// Bad lines already logged: each is logged once, not at every read.
+    logged: std::collections::HashSet<String>,
 }
 
 impl SocketTable {
@@ -57,6 +59,7 @@ impl SocketTable {
             choice,
             fallback_reason: None,
             bad_lines: 0,
+            logged: std::collections::HashSet::new(),
         };
         match choice {
             SourceChoice::Procfs => {}
@@ -115,10 +118,15 @@ impl SocketTable {
             }
         };
         let mut bad = 0u64;
+        let logged = &mut self.logged;
         for v6 in [false, true] {
             let r = procnet::read_table(&self.procfs, protocol, v6, &mut filtered, &mut |e| {
                 bad += 1;
-                tracing::warn!(error = %e, "skipping malformed socket table line");
+                let msg = e.to_string();
+                // Bounded: a file full of garbage must not grow this set without limit.
+                if logged.len() < 1000 && logged.insert(msg.clone()) {
+                    tracing::warn!(error = %msg, "skipping malformed socket table line");
+                }
             });
             match r {
                 // No IPv6 stack: /proc/net/tcp6 is absent and its table is empty.

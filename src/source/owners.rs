@@ -60,7 +60,13 @@ pub struct ResolveStats {
 /// Inode -> owner resolution with a cache that survives between polls.
 pub struct OwnerResolver {
     procfs: PathBuf,
-    cache: HashMap<u64, FdRef>,
+    /// inode -> (fd, round it was last wanted in).
+    cache: HashMap<u64, (FdRef, u64)>,
+    /// Inodes a full scan could not find (held by a process in another pid
+    /// namespace, or closed meanwhile): not worth another scan until new ones
+    /// appear. Value: round last wanted in.
+    not_found: HashMap<u64, u64>,
+    round: u64,
     users: HashMap<u32, String>,
     pub caps: Capabilities,
     pub stats: ResolveStats,
@@ -109,6 +115,8 @@ impl OwnerResolver {
         OwnerResolver {
             procfs: procfs.to_path_buf(),
             cache: HashMap::new(),
+            not_found: HashMap::new(),
+            round: 0,
             users,
             caps: Capabilities::default(),
             stats: ResolveStats::default(),
@@ -122,18 +130,30 @@ impl OwnerResolver {
             .join(r.fd.to_string())
     }
 
+    /// Starts a new round: forgets cache entries no poll of the last round wanted.
+    /// One round is one poll, or one pass over every namespace with `--netns all`
+    /// (namespaces share one resolver: inodes are global, and one cache means one
+    /// scan finds the sockets of every namespace).
+    pub fn next_round(&mut self) {
+        let last = self.round;
+        self.cache.retain(|_, (_, r)| *r >= last);
+        self.not_found.retain(|_, r| *r >= last);
+        self.round += 1;
+    }
+
     /// Maps each inode in `wanted` to the fd that holds it, where one can be found.
     /// Cached entries are re-checked with one readlink; a full scan runs only if a
-    /// wanted inode is missing from the cache. Entries no longer wanted are dropped.
+    /// wanted inode is neither cached nor known to be unfindable.
     pub fn resolve(&mut self, wanted: &HashSet<u64>) -> HashMap<u64, FdRef> {
+        let round = self.round;
         let mut found = HashMap::with_capacity(wanted.len());
         let mut missing = false;
         for &inode in wanted {
             if inode == 0 {
                 continue;
             }
-            match self.cache.get(&inode) {
-                Some(&r)
+            match self.cache.get(&inode).map(|(r, _)| *r) {
+                Some(r)
                     if fs::read_link(self.fd_path(r))
                         .ok()
                         .as_deref()
@@ -143,13 +163,27 @@ impl OwnerResolver {
                     self.stats.cache_hits += 1;
                     found.insert(inode, r);
                 }
-                _ => missing = true,
+                // A cached fd that moved or closed, or an inode never seen: scan,
+                // unless a scan already looked for it in vain.
+                Some(_) => missing = true,
+                None => match self.not_found.get_mut(&inode) {
+                    Some(r) => *r = round,
+                    None => missing = true,
+                },
             }
         }
         if missing {
             self.scan(wanted, &mut found);
+            for &i in wanted {
+                if i != 0 && !found.contains_key(&i) {
+                    self.not_found.insert(i, round);
+                }
+            }
         }
-        self.cache = found.clone();
+        for (&i, &r) in &found {
+            self.cache.insert(i, (r, round));
+            self.not_found.remove(&i);
+        }
         found
     }
 
@@ -366,6 +400,7 @@ mod tests {
         assert_eq!(p.flags.reuseport, Tri::False);
         assert_eq!(p.ifindex, 0);
         let mut r = OwnerResolver::new(Path::new("/proc"));
+        r.next_round();
         let inode = fs::metadata(format!("/proc/self/fd/{fd}"))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap();
@@ -379,7 +414,20 @@ mod tests {
             r.stats.full_scans, 1,
             "the second lookup is served from the cache"
         );
-        assert_eq!(r.stats.cache_hits, 1);
+        // An inode nobody holds is looked for once, not at every poll.
+        let ghost: HashSet<u64> = [inode, u64::MAX - 1].into();
+        r.next_round();
+        r.resolve(&ghost);
+        r.next_round();
+        r.resolve(&ghost);
+        assert_eq!(
+            r.stats.full_scans, 2,
+            "one scan for the new inode, none for the repeat"
+        );
+        assert_eq!(
+            r.stats.cache_hits, 3,
+            "the real inode: once before, twice now"
+        );
         let me = r.owner(std::process::id()).expect("own process");
         assert_eq!(me.uid, unsafe { libc::geteuid() });
         assert!(!me.process.is_empty());

@@ -13,8 +13,8 @@ use rustls::crypto::SupportedKxGroup;
 use rustls::SupportedCipherSuite;
 
 use super::tls;
-use super::yaml::{join, parse_tree, Node, Problems};
 use crate::config::Problem;
+use crate::yaml::{join, parse_tree, Node, Problems};
 
 /// Where a PEM document comes from: a file (re-read when it changes) or the YAML itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +208,11 @@ fn validate(root: &Node, base: &Path, p: &mut Problems) -> WebConfig {
                     if s.starts_with('/') {
                         cfg.auth_excluded_paths.push(s.to_string());
                     } else {
-                        p.add(item, &key, format!("{s:?} is not a path (must start with '/')"));
+                        p.add(
+                            item,
+                            &key,
+                            format!("{s:?} is not a path (must start with '/')"),
+                        );
                     }
                 }
             }
@@ -227,9 +231,10 @@ fn pem(
     base: &Path,
     p: &mut Problems,
 ) -> Option<Pem> {
-    let file = f
-        .get(file_key)
-        .and_then(|n| p.optional_string(n, &join("tls_server_config", file_key)).map(|s| (n, s)));
+    let file = f.get(file_key).and_then(|n| {
+        p.optional_string(n, &join("tls_server_config", file_key))
+            .map(|s| (n, s))
+    });
     let inline = f.get(inline_key).and_then(|n| {
         p.optional_string(n, &join("tls_server_config", inline_key))
             .map(|s| (n, s))
@@ -328,7 +333,12 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
     }
     let mut cipher_suites = Vec::new();
     if let Some(n) = f.get("cipher_suites") {
-        for (i, item) in p.list(n, &key("cipher_suites")).unwrap_or(&[]).iter().enumerate() {
+        for (i, item) in p
+            .list(n, &key("cipher_suites"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
             let k = format!("{}[{i}]", key("cipher_suites"));
             let Some(name) = p.scalar(item, &k) else {
                 continue;
@@ -346,7 +356,12 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
     }
     let mut curves: Vec<&'static dyn SupportedKxGroup> = Vec::new();
     if let Some(n) = f.get("curve_preferences") {
-        for (i, item) in p.list(n, &key("curve_preferences")).unwrap_or(&[]).iter().enumerate() {
+        for (i, item) in p
+            .list(n, &key("curve_preferences"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
             let k = format!("{}[{i}]", key("curve_preferences"));
             let Some(name) = p.scalar(item, &k) else {
                 continue;
@@ -363,7 +378,9 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
     }
     let prefer_server_cipher_suites = match f.get("prefer_server_cipher_suites") {
         None => true,
-        Some(n) => p.boolean(n, &key("prefer_server_cipher_suites")).unwrap_or(true),
+        Some(n) => p
+            .boolean(n, &key("prefer_server_cipher_suites"))
+            .unwrap_or(true),
     };
     if !enabled {
         // Versions or suites alone do not turn TLS on (as in exporter-toolkit).
@@ -442,7 +459,11 @@ fn http_settings(n: &Node, p: &mut Problems) -> Vec<(String, String)> {
             );
             continue;
         };
-        let Some(value) = (if v.is_null() { Some("") } else { p.scalar(v, &key) }) else {
+        let Some(value) = (if v.is_null() {
+            Some("")
+        } else {
+            p.scalar(v, &key)
+        }) else {
             continue;
         };
         if value.is_empty() {
@@ -479,11 +500,17 @@ pub fn check_bcrypt_hash(h: &str) -> Result<(), String> {
     }
     match cost.parse::<u32>() {
         Ok(c) if (4..=31).contains(&c) && cost.len() == 2 => {}
-        _ => return Err(format!("bcrypt cost {cost:?} is not a number from 04 to 31")),
+        _ => {
+            return Err(format!(
+                "bcrypt cost {cost:?} is not a number from 04 to 31"
+            ))
+        }
     }
     let b64 = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '/';
     if rest.len() != 53 || !rest.chars().all(b64) {
-        return Err("is not a bcrypt hash (salt and hash must be 53 characters of [./A-Za-z0-9])".into());
+        return Err(
+            "is not a bcrypt hash (salt and hash must be 53 characters of [./A-Za-z0-9])".into(),
+        );
     }
     Ok(())
 }
@@ -497,7 +524,11 @@ fn users(n: &Node, p: &mut Problems) -> BTreeMap<String, String> {
     for (name, k, v) in p.entries(entries, AT) {
         let key = join(AT, name);
         if name.contains(':') {
-            p.add(k, &key, "a user name cannot contain ':' (basic auth splits on it)");
+            p.add(
+                k,
+                &key,
+                "a user name cannot contain ':' (basic auth splits on it)",
+            );
             continue;
         }
         let Some(hash) = p.scalar(v, &key) else {
@@ -549,7 +580,11 @@ fn rate_limit(n: &Node, p: &mut Problems) -> Option<RateLimit> {
     }
     if burst == 0 {
         let line = f.get("burst").map_or(n.line, |b| b.line);
-        p.add_line(line, &join(AT, "burst"), "must be at least 1 when interval is set (0 would refuse every request)");
+        p.add_line(
+            line,
+            &join(AT, "burst"),
+            "must be at least 1 when interval is set (0 would refuse every request)",
+        );
         return None;
     }
     Some(RateLimit { interval, burst })
@@ -596,13 +631,20 @@ rate_limit:
         );
         let c = parse(&text, base()).unwrap();
         let t = c.tls.unwrap();
-        assert_eq!(t.cert.source, PemSource::File("/etc/bindwatch/server.crt".into()));
+        assert_eq!(
+            t.cert.source,
+            PemSource::File("/etc/bindwatch/server.crt".into())
+        );
         assert_eq!(t.cert.line, 3);
         assert_eq!(t.key.source, PemSource::File("/abs/server.key".into()));
         assert_eq!(t.client_auth, ClientAuth::RequireAndVerifyClientCert);
         assert_eq!(t.min_version, TlsVersion::Tls13);
         assert_eq!(t.max_version, TlsVersion::Tls13);
-        assert_eq!(t.cipher_suites.len(), 1, "TLS 1.3 names are accepted and always on");
+        assert_eq!(
+            t.cipher_suites.len(),
+            1,
+            "TLS 1.3 names are accepted and always on"
+        );
         assert_eq!(t.curves.len(), 2);
         assert!(!t.prefer_server_cipher_suites);
         assert_eq!(
@@ -629,7 +671,12 @@ rate_limit:
 
     #[test]
     fn empty_and_tls_less_files_mean_plain_http() {
-        for text in ["", "tls_server_config:\n", "tls_server_config:\n  min_version: TLS13\n", "basic_auth_users:\n"] {
+        for text in [
+            "",
+            "tls_server_config:\n",
+            "tls_server_config:\n  min_version: TLS13\n",
+            "basic_auth_users:\n",
+        ] {
             let c = parse(text, base()).unwrap();
             assert!(c.tls.is_none(), "{text:?}");
             assert!(c.users.is_empty());
@@ -654,9 +701,21 @@ rate_limit:
             ],
             "{p:#?}"
         );
-        assert!(p[0].message.contains("TLS10 is not supported"), "{}", p[0].message);
-        assert!(p[1].message.contains("not supported by rustls"), "{}", p[1].message);
-        assert!(p[2].message.contains("unknown cipher suite"), "{}", p[2].message);
+        assert!(
+            p[0].message.contains("TLS10 is not supported"),
+            "{}",
+            p[0].message
+        );
+        assert!(
+            p[1].message.contains("not supported by rustls"),
+            "{}",
+            p[1].message
+        );
+        assert!(
+            p[2].message.contains("unknown cipher suite"),
+            "{}",
+            p[2].message
+        );
         assert!(p[3].message.contains("can not be configured"));
         assert!(p[4].message.contains("deny, sameorigin"));
         assert!(p[5].message.contains("not the password"));
@@ -709,7 +768,15 @@ rate_limit:
     #[test]
     fn bcrypt_shapes() {
         assert!(check_bcrypt_hash(HASH).is_ok());
-        for bad in ["", "$2y$10$", "2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG", "$1$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG", "$2y$3$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG", "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z!", "$2y$10$é0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z"] {
+        for bad in [
+            "",
+            "$2y$10$",
+            "2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
+            "$1$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
+            "$2y$3$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
+            "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z!",
+            "$2y$10$é0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z",
+        ] {
             assert!(check_bcrypt_hash(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,13 +1,15 @@
-//! A YAML tree that keeps line numbers, and the checking helpers the web config
-//! validator needs (unknown and duplicate keys, scalars, lists, booleans).
+//! A YAML tree that keeps line numbers, shared by the two YAML files bindwatch reads
+//! ([`crate::config`] and [`crate::web::config`]), and checking helpers for validators
+//! that report every problem at once, each with its line.
 //!
-//! A small copy of the one in [`crate::config`]: the two files share the approach
-//! (every problem at once, each with its line) but not code, so that the watched-services
-//! parser stays untouched by the web config.
+//! serde stops at the first error and forgets where a value stood, hence a tree. It is
+//! built from `yaml-rust2`'s parser events in a loop, not with its recursive `load`:
+//! a file nested a few thousand levels deep would otherwise overflow the stack (found by
+//! tests/fuzz_parsers.rs); nesting is capped at [`MAX_DEPTH`] instead.
 
 use std::collections::BTreeMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use crate::config::Problem;
@@ -66,7 +68,7 @@ impl TreeBuilder {
     }
 }
 
-impl MarkedEventReceiver for TreeBuilder {
+impl TreeBuilder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line();
         match ev {
@@ -93,21 +95,36 @@ impl MarkedEventReceiver for TreeBuilder {
     }
 }
 
-/// Parses YAML text into a tree; `Ok(None)` for an empty document.
+/// Deeper nesting is refused: no config needs it, and the tree is dropped recursively.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Parses the first document of YAML text into a tree; `Ok(None)` for an empty one.
 ///
 /// # Errors
-/// A syntax error, with its line.
+/// A syntax error, or nesting deeper than [`MAX_DEPTH`], with its line.
 pub(crate) fn parse_tree(text: &str) -> Result<Option<Node>, Problem> {
+    // A byte order mark (as some editors write) would otherwise join the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut b = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, false) {
-        return Err(Problem {
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| Problem {
             line: e.marker().line().max(1),
             key: String::new(),
             message: format!("YAML syntax error: {}", e.info()),
-        });
+        })?;
+        match ev {
+            Event::StreamEnd | Event::DocumentEnd => return Ok(b.root),
+            Event::SequenceStart(..) | Event::MappingStart(..) if b.stack.len() >= MAX_DEPTH => {
+                return Err(Problem {
+                    line: mark.line().max(1),
+                    key: String::new(),
+                    message: format!("nested more than {MAX_DEPTH} levels deep"),
+                });
+            }
+            ev => b.on_event(ev, mark),
+        }
     }
-    Ok(b.root)
 }
 
 /// Collects problems, each with the line of the node it is about.
@@ -247,5 +264,47 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{prefix}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut block = String::from("services:\n");
+        for i in 0..5000 {
+            block.push_str(&" ".repeat(i));
+            block.push_str("-\n");
+        }
+        let flow = format!("a: {}", "[".repeat(100_000));
+        for text in [block, flow] {
+            let p = parse_tree(&text).unwrap_err();
+            assert!(p.line >= 1, "{p:?}");
+            assert!(
+                p.message.contains("levels deep") || p.message.contains("recursion limit"),
+                "{p:?}"
+            );
+        }
+        let ok = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse_tree(&ok).is_ok());
+    }
+
+    #[test]
+    fn first_document_only_and_lines() {
+        let t = parse_tree("a: 1\nb:\n  - x\n---\nc: [\n").unwrap().unwrap();
+        let Value::Map(m) = &t.value else {
+            panic!("{t:?}")
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].1.line, 3);
+        assert!(parse_tree("").unwrap().is_none());
+        assert!(parse_tree("# only a comment\n").unwrap().is_none());
+        let bom = parse_tree("\u{feff}a: 1\n").unwrap().unwrap();
+        let Value::Map(m) = &bom.value else {
+            panic!("{bom:?}")
+        };
+        assert!(matches!(&m[0].0.value, Value::Scalar(k, _) if k == "a"));
     }
 }

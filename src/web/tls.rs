@@ -1,0 +1,418 @@
+//! TLS for the HTTP server: rustls with the `ring` provider, configured from
+//! [`TlsSettings`]. Names (cipher suites, curves, client auth types) are Go's, as
+//! exporter-toolkit writes them; the ones rustls does not implement are refused with
+//! a message that says so.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedCipherSuite, SupportedProtocolVersion,
+};
+
+use super::config::{ClientAuth, Pem, PemSource, TlsSettings, TlsVersion};
+use crate::config::Problem;
+
+/// Go's `tls.CipherSuites()` names with their IANA numbers.
+const GO_SUITES: [(&str, u16); 13] = [
+    ("TLS_AES_128_GCM_SHA256", 0x1301),
+    ("TLS_AES_256_GCM_SHA384", 0x1302),
+    ("TLS_CHACHA20_POLY1305_SHA256", 0x1303),
+    ("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", 0xc009),
+    ("TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", 0xc00a),
+    ("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", 0xc013),
+    ("TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", 0xc014),
+    ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", 0xc02b),
+    ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", 0xc02c),
+    ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", 0xc02f),
+    ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", 0xc030),
+    ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", 0xcca8),
+    ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", 0xcca9),
+];
+
+fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The TLS 1.2 cipher suite called `name` in Go. `Ok(None)` for a TLS 1.3 suite: those
+/// are always enabled (Go ignores them in `cipher_suites` too).
+///
+/// # Errors
+/// An unknown name, or one rustls does not implement (the CBC suites).
+pub fn cipher_suite_by_name(name: &str) -> Result<Option<SupportedCipherSuite>, String> {
+    let p = provider();
+    let tls12: Vec<&str> = GO_SUITES
+        .iter()
+        .filter(|(_, id)| {
+            p.cipher_suites
+                .iter()
+                .any(|s| u16::from(s.suite()) == *id && s.tls13().is_none())
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    let Some(&(_, id)) = GO_SUITES.iter().find(|(n, _)| *n == name) else {
+        return Err(format!(
+            "unknown cipher suite {name:?} (supported: {})",
+            tls12.join(", ")
+        ));
+    };
+    match p.cipher_suites.iter().find(|s| u16::from(s.suite()) == id) {
+        Some(s) if s.tls13().is_some() => Ok(None),
+        Some(s) => Ok(Some(*s)),
+        None => Err(format!(
+            "{name} is not supported by rustls, bindwatch's TLS library (supported: {})",
+            tls12.join(", ")
+        )),
+    }
+}
+
+/// The key exchange group called `name` in Go's `curve_preferences`.
+///
+/// # Errors
+/// An unknown name, or one the `ring` provider lacks.
+pub fn kx_group_by_name(name: &str) -> Result<&'static dyn SupportedKxGroup, String> {
+    use rustls::crypto::ring::kx_group;
+    match name {
+        "X25519" => Ok(kx_group::X25519),
+        "CurveP256" => Ok(kx_group::SECP256R1),
+        "CurveP384" => Ok(kx_group::SECP384R1),
+        "CurveP521" | "X25519MLKEM768" => Err(format!(
+            "{name} is not supported by rustls, bindwatch's TLS library (supported: X25519, CurveP256, CurveP384)"
+        )),
+        _ => Err(format!(
+            "unknown curve {name:?} (supported: X25519, CurveP256, CurveP384)"
+        )),
+    }
+}
+
+fn problem(pem: &Pem, message: impl Into<String>) -> Problem {
+    Problem {
+        line: pem.line,
+        key: format!("tls_server_config.{}", pem.key),
+        message: message.into(),
+    }
+}
+
+fn read_pem(pem: &Pem) -> Result<Vec<u8>, Problem> {
+    match &pem.source {
+        PemSource::Inline(text) => Ok(text.as_bytes().to_vec()),
+        PemSource::File(path) => std::fs::read(path)
+            .map_err(|e| problem(pem, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn where_(pem: &Pem) -> String {
+    match &pem.source {
+        PemSource::File(p) => p.display().to_string(),
+        PemSource::Inline(_) => "the inline PEM".to_string(),
+    }
+}
+
+fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, Problem> {
+    let bytes = read_pem(pem)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(pem, format!("{}: bad PEM: {e}", where_(pem))))?;
+    if certs.is_empty() {
+        return Err(problem(
+            pem,
+            format!("{}: no CERTIFICATE block found", where_(pem)),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls server configuration, reading certificate, key and client CA.
+///
+/// # Errors
+/// Every file that cannot be read or used, on the line of the key that named it.
+pub fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let chain = certificates(&s.cert).map_err(|p| problems.push(p)).ok();
+    let key = read_pem(&s.key)
+        .and_then(|bytes| {
+            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                problem(
+                    &s.key,
+                    format!(
+                        "{}: no usable private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block): {e}",
+                        where_(&s.key)
+                    ),
+                )
+            })
+        })
+        .map_err(|p| problems.push(p))
+        .ok();
+
+    let mut p = provider();
+    if !s.cipher_suites.is_empty() {
+        let mut suites: Vec<SupportedCipherSuite> = p
+            .cipher_suites
+            .iter()
+            .filter(|c| c.tls13().is_some())
+            .copied()
+            .collect();
+        suites.extend(s.cipher_suites.iter().copied());
+        p.cipher_suites = suites;
+    }
+    if !s.curves.is_empty() {
+        p.kx_groups = s.curves.clone();
+    }
+    let p = Arc::new(p);
+
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match s.client_auth {
+        ClientAuth::NoClientCert => Some(WebPkiClientVerifier::no_client_auth()),
+        ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
+            Some(Arc::new(AnyClientCert {
+                mandatory: s.client_auth == ClientAuth::RequireAnyClientCert,
+                algs: p.signature_verification_algorithms,
+            }))
+        }
+        ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert => {
+            match s.client_ca.as_ref().map(|ca| (ca, certificates(ca))) {
+                Some((ca, Ok(certs))) => {
+                    let mut roots = RootCertStore::empty();
+                    let mut bad = None;
+                    for c in certs {
+                        if let Err(e) = roots.add(c) {
+                            bad = Some(e);
+                        }
+                    }
+                    match bad {
+                        Some(e) => {
+                            problems.push(problem(
+                                ca,
+                                format!("{}: unusable CA certificate: {e}", where_(ca)),
+                            ));
+                            None
+                        }
+                        None => {
+                            let b = WebPkiClientVerifier::builder_with_provider(
+                                Arc::new(roots),
+                                p.clone(),
+                            );
+                            let b = if s.client_auth == ClientAuth::VerifyClientCertIfGiven {
+                                b.allow_unauthenticated()
+                            } else {
+                                b
+                            };
+                            match b.build() {
+                                Ok(v) => Some(v),
+                                Err(e) => {
+                                    problems.push(problem(ca, format!("{}: {e}", where_(ca))));
+                                    None
+                                }
+                            }
+                        }
+                    }
+                }
+                Some((_, Err(e))) => {
+                    problems.push(e);
+                    None
+                }
+                // The parser refuses verifying modes without a CA.
+                None => None,
+            }
+        }
+    };
+    let (Some(chain), Some(key), Some(verifier)) = (chain, key, verifier) else {
+        return Err(problems);
+    };
+
+    let versions: Vec<&'static SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (s.min_version..=s.max_version).contains(v))
+    .map(|(_, v)| v)
+    .collect();
+    let builder = ServerConfig::builder_with_provider(p)
+        .with_protocol_versions(&versions)
+        .map_err(|e| {
+            vec![problem(
+                &s.cert,
+                format!("TLS settings do not fit together: {e}"),
+            )]
+        })?;
+    let mut cfg = builder
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            let msg = match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "{} does not belong to the certificate in {}",
+                    where_(&s.key),
+                    where_(&s.cert)
+                ),
+                other => format!("{}: unusable certificate or key: {other}", where_(&s.key)),
+            };
+            vec![problem(&s.key, msg)]
+        })?;
+    cfg.ignore_client_order = s.prefer_server_cipher_suites;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// `RequestClientCert` / `RequireAnyClientCert`: a certificate is asked for (and, when
+/// `mandatory`, required) but not checked against any CA; only the handshake signature
+/// proving possession of its key is verified. Go's semantics; insecure for
+/// authentication, as exporter-toolkit's docs warn.
+#[derive(Debug)]
+struct AnyClientCert {
+    mandatory: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_names_map_to_rustls_suites() {
+        let s = cipher_suite_by_name("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256")
+            .unwrap()
+            .unwrap();
+        assert_eq!(u16::from(s.suite()), 0xcca9);
+        assert!(cipher_suite_by_name("TLS_AES_256_GCM_SHA384")
+            .unwrap()
+            .is_none());
+        let e = cipher_suite_by_name("TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA").unwrap_err();
+        assert!(e.contains("not supported by rustls"), "{e}");
+        assert!(
+            e.contains("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "lists the supported: {e}"
+        );
+        let e = cipher_suite_by_name("TLS_RSA_WITH_RC4_128_SHA").unwrap_err();
+        assert!(e.starts_with("unknown cipher suite"), "{e}");
+        // Every Go name is either supported or refused with the rustls message.
+        for (n, _) in GO_SUITES {
+            match cipher_suite_by_name(n) {
+                Ok(_) => {}
+                Err(e) => assert!(e.contains("not supported by rustls"), "{n}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn curves() {
+        assert!(kx_group_by_name("X25519").is_ok());
+        assert!(kx_group_by_name("CurveP384").is_ok());
+        assert!(kx_group_by_name("CurveP521")
+            .unwrap_err()
+            .contains("not supported by rustls"));
+        assert!(kx_group_by_name("P256")
+            .unwrap_err()
+            .starts_with("unknown curve"));
+    }
+
+    #[test]
+    fn missing_files_are_reported_on_their_lines() {
+        let pem = |key: &'static str, line: usize| Pem {
+            source: PemSource::File(format!("/nonexistent/{key}").into()),
+            line,
+            key,
+        };
+        let s = TlsSettings {
+            cert: pem("cert_file", 2),
+            key: pem("key_file", 3),
+            client_auth: ClientAuth::RequireAndVerifyClientCert,
+            client_ca: Some(pem("client_ca_file", 5)),
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+            curves: Vec::new(),
+            prefer_server_cipher_suites: true,
+        };
+        let p = build(&s).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "tls_server_config.cert_file"),
+                (3, "tls_server_config.key_file"),
+                (5, "tls_server_config.client_ca_file")
+            ]
+        );
+        assert!(
+            p[0].message.contains("cannot read /nonexistent/cert_file"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn inline_garbage_is_a_problem_not_a_panic() {
+        let inline = |key: &'static str, text: &str| Pem {
+            source: PemSource::Inline(text.to_string()),
+            line: 1,
+            key,
+        };
+        let s = TlsSettings {
+            cert: inline(
+                "cert",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+            key: inline("key", "nothing here"),
+            client_auth: ClientAuth::NoClientCert,
+            client_ca: None,
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+            curves: Vec::new(),
+            prefer_server_cipher_suites: true,
+        };
+        let p = build(&s).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:#?}");
+    }
+}
