@@ -60,6 +60,11 @@ pub struct SourceArgs {
 /// The watched-services file for the one-shot commands.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
+    /// Average CPU the poller may use, as a fraction of one core. Listeners are read
+    /// every poll; walks of the whole socket table are spaced out to stay within it
+    /// (bindwatch_view_timestamp_seconds shows how old each view is). 0 = walk every poll.
+    #[arg(long = "poll.cpu-budget", value_name = "FRACTION", default_value_t = 0.01, value_parser = parse_fraction)]
+    pub cpu_budget: f64,
     /// YAML file declaring watched services; their status is shown too.
     #[arg(long = "config.file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
@@ -90,6 +95,11 @@ pub struct ServeArgs {
     /// How often the socket table is read.
     #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Average CPU the poller may use, as a fraction of one core. Listeners are read
+    /// every poll; walks of the whole socket table are spaced out to stay within it
+    /// (bindwatch_view_timestamp_seconds shows how old each view is). 0 = walk every poll.
+    #[arg(long = "poll.cpu-budget", value_name = "FRACTION", default_value_t = 0.01, value_parser = parse_fraction)]
+    pub cpu_budget: f64,
     /// YAML file declaring watched services (see docs/config.md). Reloaded on SIGHUP and POST /-/reload.
     #[arg(long = "config.file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
@@ -204,6 +214,15 @@ fn parse_http_path(s: &str) -> Result<String, String> {
         return Err(format!("{s:?} must start with '/'"));
     }
     Ok(s.to_string())
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a fraction of one core from 0 to 1 (e.g. 0.01 for 1%)"
+        )),
+    }
 }
 
 /// Durations as Prometheus writes them: `500ms`, `5s`, `2m`, `1h`, or combined `1m30s`.

@@ -84,12 +84,24 @@ pub struct Collector {
     owns_rounds: bool,
     memory: BTreeMap<Endpoint, Remembered>,
     ports_dropped_total: u64,
+    /// The last walk of the whole TCP table.
+    table_view: Option<TableView>,
+}
+
+/// What one walk of the whole TCP table yields.
+struct TableView {
+    counts: FastCounts,
+    port_sockets: Vec<Socket>,
+    ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
+    taken_at: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error("reading the socket table: {0}")]
     Source(#[from] SourceError),
+    #[error("no walk of the socket table yet")]
+    NoTableView,
 }
 
 fn endpoint(s: &Socket) -> Endpoint {
@@ -118,6 +130,7 @@ impl Collector {
             owns_rounds: true,
             memory: BTreeMap::new(),
             ports_dropped_total: 0,
+            table_view: None,
         })
     }
 
@@ -192,9 +205,24 @@ impl Collector {
         services: &[Service],
         extra_ports: &[(Protocol, u16)],
     ) -> Result<Snapshot, CollectError> {
+        self.poll_views(services, extra_ports, true)
+    }
+
+    /// A poll that walks the whole TCP table only when `walk_table` is set (or
+    /// when it never has); otherwise the last walk's counts and port sockets are
+    /// reused with fresh listeners. See `Snapshot::table_taken_at`.
+    ///
+    /// # Errors
+    /// When the socket table cannot be read.
+    pub fn poll_views(
+        &mut self,
+        services: &[Service],
+        extra_ports: &[(Protocol, u16)],
+        walk_table: bool,
+    ) -> Result<Snapshot, CollectError> {
         let mut tries = 0;
         loop {
-            match self.poll_once(services, extra_ports) {
+            match self.poll_once(services, extra_ports, walk_table) {
                 Err(CollectError::Source(e)) if e.is_interrupted() && tries < 3 => {
                     tries += 1;
                     tracing::debug!(tries, "socket dump interrupted, retrying");
@@ -204,10 +232,54 @@ impl Collector {
         }
     }
 
+    /// One walk of the whole TCP table (listeners excepted): counts, the sockets on
+    /// ports of interest, and the ephemeral-bucket tally. Per socket this must stay
+    /// a few array and bitmap look-ups: at a million sockets every nanosecond here
+    /// is a millisecond of poll.
+    fn walk_table(
+        &mut self,
+        wanted: &BTreeSet<(Protocol, u16)>,
+        tcp_listeners: &[Socket],
+        allocation: &PortAllocation,
+    ) -> Result<TableView, CollectError> {
+        let wanted_set = PortSet::from_iter(
+            wanted
+                .iter()
+                .filter(|(p, _)| *p == Protocol::Tcp)
+                .map(|(_, n)| *n),
+        );
+        let listener_ports = PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port()));
+        let mut counts = FastCounts::default();
+        let mut port_sockets: Vec<Socket> = Vec::new();
+        let mut folder = Folder::new(self.opts.fold, self.opts.probe_max);
+        let mut tally = EphemeralTally::new(self.opts.ephemeral_counters);
+        let states = ALL_STATES & !listen_mask();
+        self.table.dump(Protocol::Tcp, states, &mut |s| {
+            if s.state == State::Listen {
+                return;
+            }
+            counts.add(s);
+            let port = s.local.port();
+            if wanted_set.contains(port) {
+                folder.push(s, listener_ports.contains(port), &mut port_sockets);
+            }
+            if allocation.in_range(port) {
+                tally.add(s);
+            }
+        })?;
+        Ok(TableView {
+            counts,
+            port_sockets,
+            ephemeral_top: tally.top(self.opts.ephemeral_top_k),
+            taken_at: SystemTime::now(),
+        })
+    }
+
     fn poll_once(
         &mut self,
         services: &[Service],
         extra_ports: &[(Protocol, u16)],
+        walk_table: bool,
     ) -> Result<Snapshot, CollectError> {
         let now = Instant::now();
         let allocation = match sysctl::read_port_allocation(&self.opts.procfs) {
@@ -247,37 +319,36 @@ impl Collector {
             wanted = wanted.into_iter().take(self.opts.ports_max).collect();
         }
 
-        // 3. The full TCP walk: count everything, keep sockets on ports of interest.
-        // Per socket this must stay a few array and bitmap look-ups: at a million
-        // sockets every nanosecond here is a millisecond of poll.
-        let wanted_set = PortSet::from_iter(
-            wanted
+        // 3. The TCP table (everything but listeners, which step 1 read fresh):
+        // walked in full when `walk_table` is set, else the last walk is reused, so a
+        // CPU budget can space out the expensive view while listeners stay fresh.
+        if walk_table || self.table_view.is_none() {
+            self.table_view = Some(self.walk_table(&wanted, &tcp_listeners, &allocation)?);
+        }
+        let view = self.table_view.as_ref().ok_or(CollectError::NoTableView)?;
+        let mut counts = view.counts.clone();
+        for s in tcp_listeners.iter().chain(&udp) {
+            counts.add(s);
+        }
+        let mut port_sockets: Vec<Socket> = tcp_listeners
+            .iter()
+            .filter(|s| wanted.contains(&(Protocol::Tcp, s.local.port())))
+            .cloned()
+            .collect();
+        port_sockets.extend(
+            view.port_sockets
                 .iter()
-                .filter(|(p, _)| *p == Protocol::Tcp)
-                .map(|(_, n)| *n),
+                .filter(|s| wanted.contains(&(Protocol::Tcp, s.local.port())))
+                .cloned(),
         );
-        let listener_ports = PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port()));
-        let mut counts = FastCounts::default();
-        let mut port_sockets: Vec<Socket> = Vec::new();
-        let mut folder = Folder::new(self.opts.fold, self.opts.probe_max);
-        let mut tally = EphemeralTally::new(self.opts.ephemeral_counters);
-        self.table.dump(Protocol::Tcp, ALL_STATES, &mut |s| {
-            counts.add(s);
-            let port = s.local.port();
-            if wanted_set.contains(port) {
-                folder.push(s, listener_ports.contains(port), &mut port_sockets);
-            }
-            if allocation.in_range(port) {
-                tally.add(s);
-            }
-        })?;
         for s in &udp {
-            counts.add(s);
             if wanted.contains(&(Protocol::Udp, s.local.port())) {
                 port_sockets.push(s.clone());
             }
         }
         let counts = counts.into_map();
+        let table_taken_at = view.taken_at;
+        let ephemeral_top = view.ephemeral_top.clone();
 
         // 4. Owners and flags of the sockets that matter.
         let mut owner_of: HashMap<u64, Owner> = HashMap::new();
@@ -378,7 +449,8 @@ impl Collector {
             ports: wanted,
             owners: owner_of,
             watched,
-            ephemeral_top: tally.top(self.opts.ephemeral_top_k),
+            ephemeral_top,
+            table_taken_at,
         })
     }
 
@@ -459,7 +531,7 @@ impl PortSet {
 }
 
 /// Socket counts by (protocol, family, state) in a flat array.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct FastCounts([[[u64; 14]; 2]; 2]);
 
 impl FastCounts {

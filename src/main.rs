@@ -143,7 +143,14 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             bindwatch::state::current_netns(&a.source.procfs)
                 .map(|ns| poller::StateSink::new(a.source.state_file.clone(), ns))
         };
-        let handle = poller::spawn(target, a.poll_interval, latest.clone(), config, state_sink);
+        let handle = poller::spawn(
+            target,
+            a.poll_interval,
+            latest.clone(),
+            config,
+            state_sink,
+            poller::CpuBudget::new(a.cpu_budget),
+        );
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
             latest,

@@ -184,6 +184,10 @@ pub struct Extras {
     pub procfs_bad_lines: u64,
     /// Seconds of the last poll per namespace, with `--netns all`.
     pub netns_poll_seconds: Vec<(String, f64)>,
+    /// CPU seconds spent polling since start.
+    pub poll_cpu_seconds_total: f64,
+    /// `--poll.cpu-budget`.
+    pub cpu_budget: f64,
 }
 
 /// Renders the snapshots (one per watched network namespace; the name is `None`
@@ -211,6 +215,22 @@ pub fn render(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: 
         );
         w.sample("bindwatch_last_poll_timestamp_seconds", &[], t);
     }
+    w.family(
+        "bindwatch_poll_cpu_seconds_total",
+        "counter",
+        "CPU time the poller spent reading and judging the socket table.",
+    );
+    w.sample(
+        "bindwatch_poll_cpu_seconds_total",
+        &[],
+        extras.poll_cpu_seconds_total,
+    );
+    w.family(
+        "bindwatch_poll_cpu_budget_ratio",
+        "gauge",
+        "--poll.cpu-budget: the fraction of one core the poller may use on average (0: no budget).",
+    );
+    w.sample("bindwatch_poll_cpu_budget_ratio", &[], extras.cpu_budget);
     w.family(
         "bindwatch_procfs_malformed_lines_total",
         "counter",
@@ -255,6 +275,21 @@ pub fn render(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: 
 }
 
 fn render_snapshot(w: &mut Writer, s: &Snapshot) {
+    w.family(
+        "bindwatch_view_timestamp_seconds",
+        "gauge",
+        "When each view was last read: listeners (every poll) and table (the walk of the whole TCP table: counts, sockets on ports of interest, ephemeral buckets; spaced out by --poll.cpu-budget).",
+    );
+    w.sample(
+        "bindwatch_view_timestamp_seconds",
+        &[("view", "listeners")],
+        unix_seconds(s.taken_at),
+    );
+    w.sample(
+        "bindwatch_view_timestamp_seconds",
+        &[("view", "table")],
+        unix_seconds(s.table_taken_at),
+    );
     w.family(
         "bindwatch_source_active",
         "gauge",

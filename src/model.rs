@@ -356,4 +356,7 @@ pub struct Snapshot {
     pub watched: Vec<crate::conflict::ServiceStatus>,
     /// The fullest ephemeral-port buckets, fullest first.
     pub ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
+    /// When the whole TCP table was last walked (counts, sockets on ports of
+    /// interest, ephemeral buckets); listeners are read fresh at `taken_at`.
+    pub table_taken_at: std::time::SystemTime,
 }

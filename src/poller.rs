@@ -187,6 +187,69 @@ fn gzip(body: &[u8]) -> Bytes {
     Bytes::from(enc.finish().unwrap_or_default())
 }
 
+/// Spaces out walks of the whole socket table so bindwatch's average CPU stays
+/// within `--poll.cpu-budget` (a fraction of one core). Listeners are read every
+/// poll (a LISTEN-only dump costs about a millisecond even at a million sockets);
+/// the table walk runs when the CPU saved up since the last one pays for it.
+/// Pure: callers feed it wall time and CPU time.
+#[derive(Debug, Clone)]
+pub struct CpuBudget {
+    /// Fraction of one core; 0 or less disables the budget (walk every poll).
+    pub fraction: f64,
+    /// CPU seconds saved up (may go negative after an expensive walk).
+    tokens: f64,
+    /// CPU seconds the last table walk cost.
+    walk_cost: Option<f64>,
+}
+
+impl CpuBudget {
+    pub fn new(fraction: f64) -> Self {
+        CpuBudget {
+            fraction,
+            tokens: 0.0,
+            walk_cost: None,
+        }
+    }
+
+    /// Adds the allowance for `elapsed` wall seconds; should the table be walked now?
+    pub fn tick(&mut self, elapsed: f64) -> bool {
+        if self.fraction <= 0.0 {
+            return true;
+        }
+        let Some(cost) = self.walk_cost else {
+            return true; // never walked: the first poll must
+        };
+        // Saving up beyond one walk (plus a minute of allowance) would allow bursts.
+        let cap = cost + self.fraction * 60.0;
+        self.tokens = (self.tokens + self.fraction * elapsed).min(cap);
+        self.tokens >= cost
+    }
+
+    /// Charges the CPU one poll used; `walked` says whether it included a table walk.
+    pub fn charge(&mut self, cpu: f64, walked: bool) {
+        if self.fraction <= 0.0 {
+            return;
+        }
+        self.tokens -= cpu;
+        if walked {
+            self.walk_cost = Some(cpu);
+        }
+    }
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 /// What the poller reads: the namespace bindwatch runs in, or every namespace.
 pub enum Target {
     Host(Box<Collector>),
@@ -201,6 +264,7 @@ pub fn spawn(
     latest: Arc<Latest>,
     config: Option<ConfigSource>,
     state_sink: Option<StateSink>,
+    budget: CpuBudget,
 ) -> PollerHandle {
     let (tx, rx) = mpsc::channel();
     let selfm = SelfMetrics::new();
@@ -212,6 +276,9 @@ pub fn spawn(
         missing_caps_logged: false,
         state_sink,
         netns_poll_seconds: Vec::new(),
+        budget,
+        last_poll: None,
+        poll_cpu_total: 0.0,
     };
     poll_and_publish(&mut target, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
@@ -256,6 +323,9 @@ struct LoopState {
     missing_caps_logged: bool,
     state_sink: Option<StateSink>,
     netns_poll_seconds: Vec<(String, f64)>,
+    budget: CpuBudget,
+    last_poll: Option<Instant>,
+    poll_cpu_total: f64,
 }
 
 impl LoopState {
@@ -298,10 +368,14 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         .as_ref()
         .map_or(Vec::new(), |c| c.current.services.clone());
     let mut bad_lines = 0;
+    let cpu_start = thread_cpu_seconds();
+    let elapsed = st.last_poll.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    st.last_poll = Some(start);
+    let walk = st.budget.tick(elapsed);
     match target {
         Target::Host(c) => {
             let source = c.table().kind().as_str();
-            match c.poll(&services, &[]) {
+            match c.poll_views(&services, &[], walk) {
                 Ok(snap) => {
                     st.log_missing_caps(&snap);
                     selfm
@@ -353,6 +427,9 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
             }
         }
     }
+    let cpu = (thread_cpu_seconds() - cpu_start).max(0.0);
+    st.budget.charge(cpu, walk);
+    st.poll_cpu_total += cpu;
     let extras = Extras {
         last_success_unix: st
             .last
@@ -361,6 +438,8 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         procfs_bad_lines: bad_lines,
         config_reload_ok: st.config.as_ref().map(|c| c.last_ok),
         netns_poll_seconds: st.netns_poll_seconds.clone(),
+        poll_cpu_seconds_total: st.poll_cpu_total,
+        cpu_budget: st.budget.fraction,
     };
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
@@ -374,4 +453,45 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         gzip: gz,
         last_success: st.last_success,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_spaces_out_expensive_walks() {
+        // A walk costs 1.2 s CPU; 1% of a core; a poll every 5 s.
+        let mut b = CpuBudget::new(0.01);
+        assert!(b.tick(0.0), "the first poll walks");
+        b.charge(1.2, true);
+        let mut walks = 0;
+        let mut cpu = 1.2;
+        for _ in 0..(3600 / 5) {
+            let w = b.tick(5.0);
+            let c = if w { 1.2 } else { 0.002 };
+            b.charge(c, w);
+            cpu += c;
+            walks += usize::from(w);
+        }
+        // Over an hour: about one walk every 1.2 / 0.01 = 120 s, CPU within budget.
+        assert!((25..=31).contains(&walks), "walks: {walks}");
+        assert!(cpu / 3600.0 <= 0.0101, "average CPU {:.4}", cpu / 3600.0);
+    }
+
+    #[test]
+    fn cheap_tables_walk_every_poll_and_zero_disables() {
+        let mut b = CpuBudget::new(0.01);
+        assert!(b.tick(0.0));
+        b.charge(0.001, true);
+        for _ in 0..100 {
+            assert!(b.tick(5.0), "a 1 ms walk fits in 50 ms of allowance");
+            b.charge(0.001, true);
+        }
+        let mut off = CpuBudget::new(0.0);
+        for _ in 0..10 {
+            assert!(off.tick(5.0));
+            off.charge(9.0, true);
+        }
+    }
 }

@@ -420,3 +420,53 @@ fn procfs_root_is_a_flag() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a CPU budget too small for another table walk, listeners still show
+/// within a poll, and the table view's timestamp says how old the rest is.
+#[test]
+fn cpu_budget_keeps_listeners_fresh_and_says_how_old_the_table_is() {
+    in_netns(|| {
+        let srv = Server::start(
+            HTTP,
+            &["--poll.interval", "300ms", "--poll.cpu-budget", "0.0000001"],
+        );
+        let m0 = srv.metrics();
+        let table0 = m0
+            .get("bindwatch_view_timestamp_seconds", &[("view", "table")])
+            .expect("table view");
+        let lst0 = m0
+            .get("bindwatch_view_timestamp_seconds", &[("view", "listeners")])
+            .expect("listener view");
+        assert_eq!(
+            m0.get("bindwatch_poll_cpu_budget_ratio", &[]),
+            Some(0.0000001)
+        );
+        let _l = tcp_listener(a("127.0.0.1:18150"), false, false, None).expect("listener");
+        let m = srv.metrics_until(Duration::from_secs(3), |m| {
+            !m.matching("bindwatch_listener_info", &[("port", "18150")])
+                .is_empty()
+        });
+        assert_eq!(
+            m.matching("bindwatch_listener_info", &[("port", "18150")])
+                .len(),
+            1,
+            "a new listener shows within a poll"
+        );
+        let lst = m
+            .get("bindwatch_view_timestamp_seconds", &[("view", "listeners")])
+            .expect("listener view");
+        let table = m
+            .get("bindwatch_view_timestamp_seconds", &[("view", "table")])
+            .expect("table view");
+        assert!(lst > lst0, "the listener view is fresh");
+        assert_eq!(
+            table, table0,
+            "the table was not walked again within the budget"
+        );
+        assert!(
+            m.get("bindwatch_poll_cpu_seconds_total", &[])
+                .unwrap_or(0.0)
+                > 0.0
+        );
+    });
+}
