@@ -502,7 +502,7 @@ impl Collector {
                 }
                 probes += 1;
             }
-            if let Some(p) = resolver.probe(r, s.local.ip().is_ipv6()) {
+            if let Some(p) = resolver.probe(r, s.local.ip().is_ipv6(), s.inode) {
                 s.flags = p.flags;
                 if s.ifindex.is_none() {
                     s.ifindex = Some(p.ifindex);

@@ -371,6 +371,12 @@ fn rcv_saddr_equal(new: &KernelAddr, new_v6only: bool, old: &KernelAddr, old_v6o
     let old_v6only = old.inet6 && old_v6only;
     if new.inet6 {
         ipv6_rcv_saddr_equal(new, new_v6only, old, old_v6only)
+    } else if old.inet6 && v6_type(&old.v6) == V6Type::Other {
+        // Linux >= 6.1 checks a specific bind against its own address's bucket and
+        // the wildcards only, so a socket on a specific IPv6 address (even a
+        // dual-stack child, whose rcv_saddr is LOOPBACK4_IPV6) meets IPv4 only at
+        // 0.0.0.0. Found by the kernel-oracle suite with a new bind on 127.0.0.6.
+        new.rcv4.is_unspecified() && !old_v6only
     } else {
         ipv4_rcv_saddr_equal(new.rcv4, old.rcv4, old_v6only)
     }
@@ -557,6 +563,7 @@ mod tests {
         (TimeWait, "[::1]:80", F, T, "0.0.0.0", false, false, Verdict::Clear),
         (TimeWait, "[::1]:80", F, U, "0.0.0.0", false, false, Verdict::Unknown),
         (TimeWait, "[::1]:80", F, U, "127.0.0.1", false, false, Verdict::Clear),
+        (Established, "[::1]:80", F, F, "127.0.0.6", false, false, Verdict::Clear),
         // Mapped children behave as IPv4.
         (Established, "[::ffff:127.0.0.1]:80", F, F, "127.0.0.1", false, false, Verdict::Blocked),
         (Established, "[::ffff:127.0.0.1]:80", F, F, "127.0.0.2", false, false, Verdict::Clear),

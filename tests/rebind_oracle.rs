@@ -13,10 +13,17 @@
 //! Needs root (network namespaces, `setpriv`, `ss -K`), `python3`, `ip`, `ss`.
 //!
 //! Situations run in parallel threads of this one process, which shares one fd table. A
-//! fork/clone for a child process (bindwatch, ss, ip, python) copies that table until the
-//! child execs, and a socket another thread closes in that window lives on until then:
-//! a closed listener was once seen by the next `check`. So every spawn here and every close
-//! that must take effect at once go through one lock ([`FORK`]).
+//! fork/clone for a child process (bindwatch, ss, ip, python) copies that table, and the
+//! copies live until the child's exec has closed them: a socket another thread closes
+//! meanwhile lives on (a closed probe listener was seen by the next `check`). So every
+//! spawn here holds one lock ([`FORK`]) until the child has dropped its copies, and every
+//! close that must take effect at once takes the same lock.
+//!
+//! bindwatch attributes a socket to the lowest pid that holds it. Once pids wrap (pid_max
+//! is 32768 on the test machine) a child being spawned by another thread can be that pid,
+//! and the flags read through it are lost or wrong. A check whose blocker is attributed to
+//! a process that does not hold the situation's sockets is run again (at most 3 times) and
+//! listed as "checked again"; see [`foreign_owner`].
 
 mod common;
 
@@ -125,6 +132,8 @@ struct Held {
     keep: Vec<Box<dyn std::any::Any>>,
     /// The port the situation is about (may differ from the planned one for autobind).
     port: u16,
+    /// Processes that hold the situation's sockets: this one and its child processes.
+    holders: Vec<u32>,
 }
 
 impl Held {
@@ -132,11 +141,16 @@ impl Held {
         Held {
             keep: Vec::new(),
             port,
+            holders: vec![std::process::id()],
         }
     }
     fn hold<T: 'static>(mut self, t: T) -> Self {
         self.keep.push(Box::new(t));
         self
+    }
+    fn hold_child(mut self, c: ChildGuard) -> Self {
+        self.holders.push(c.0.id());
+        self.hold(c)
     }
 }
 
@@ -294,7 +308,6 @@ fn tw_server(listener: &Socket, to: SocketAddr) {
 }
 
 /// A child process killed (and reaped) on drop.
-
 struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
@@ -655,7 +668,7 @@ fn established_other(reuseaddr: bool) -> Held {
     let child = python(&code, None);
     assert_state("established", P);
     assert_eq!(ss_count("listening", P), 0);
-    Held::new(P).hold(child)
+    Held::new(P).hold_child(child)
 }
 fn s_established_other() -> Held {
     established_other(false)
@@ -720,6 +733,10 @@ fn s_client_ephemeral() -> Held {
         .as_socket()
         .expect("inet")
         .port();
+    assert_eq!(
+        port, EPH_P,
+        "IP_LOCAL_PORT_RANGE did not pin the source port"
+    );
     assert_state("established", port);
     Held::new(port).hold(peer).hold(c).hold(s)
 }
@@ -743,7 +760,7 @@ fn s_reuseport_other_uid() -> Held {
         "listener not owned by {OTHER_UID}: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    Held::new(P).hold(child)
+    Held::new(P).hold_child(child)
 }
 
 /// `d0`: a second device (this kernel has no `dummy` module; a port-less bridge does).
@@ -823,7 +840,10 @@ fn s_udp_autobound() -> Held {
         .as_socket()
         .expect("inet")
         .port();
-    assert_ne!(port, 0);
+    assert_eq!(
+        port, EPH_P,
+        "IP_LOCAL_PORT_RANGE did not pin the autobound port"
+    );
     Held::new(port).hold(s)
 }
 
@@ -949,7 +969,7 @@ fn s_udp_reuseport_other_uid() -> Held {
          u.bind(('0.0.0.0',{P}))\n\
          print('ready',flush=True); time.sleep(300)\n"
     );
-    Held::new(P).hold(python(&code, Some(OTHER_UID)))
+    Held::new(P).hold_child(python(&code, Some(OTHER_UID)))
 }
 
 /// An accepted [::1] connection of a dual-stack listener (so V6ONLY is 0), held by this
@@ -1083,9 +1103,10 @@ impl Outcome {
                 a.iter()
                     .map(|b| {
                         format!(
-                            "{} {}->{} blocks={} rule={} reuseaddr={} reuseport={} inode={} undecided_by={}",
+                            "{} {}->{} blocks={} rule={} reuseaddr={} reuseport={} inode={} owner={}/{} undecided_by={}",
                             b["state"], b["local"], b["remote"], b["blocks"], b["rule"],
-                            b["reuseaddr"], b["reuseport"], b["inode"], b["undecided_by"]
+                            b["reuseaddr"], b["reuseport"], b["inode"], b["owner"]["process"],
+                            b["owner"]["pid"], b["undecided_by"]
                         )
                     })
                     .collect()
@@ -1113,12 +1134,51 @@ impl Outcome {
     }
 }
 
+/// Blockers with a file whose owner is not a process that holds the situation's sockets.
+///
+/// bindwatch attributes a socket to the lowest pid that has it in its fd table and reads
+/// its flags there. A child being spawned by another thread of this test holds copies of
+/// all our sockets until its exec has closed them; once pids wrap (pid_max is 32768 here)
+/// such a child can have a lower pid than this process, bindwatch picks it, and its
+/// pidfd_getfd fails (flags `unknown`) or reads whatever that fd number holds by then. That
+/// is bindwatch's attribution race, not the engine: such a check is run again (counted).
+fn foreign_owner(json: &Value, holders: &[u32]) -> Option<String> {
+    json["checks"][0]["blockers"]
+        .as_array()?
+        .iter()
+        .filter(|b| b["inode"].as_u64().unwrap_or(0) != 0)
+        .find(|b| {
+            !b["owner"]["pid"]
+                .as_u64()
+                .is_some_and(|p| holders.contains(&(p as u32)))
+        })
+        .map(|b| format!("{} {} owner {}", b["state"], b["local"], b["owner"]))
+}
+
+/// Checks run again because of [`foreign_owner`], for the summary.
+static RETRIED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 fn run_situation(s: Situation) -> Vec<Outcome> {
     let held = (s.build)();
     let port = held.port;
     let mut out = Vec::new();
     for n in candidates(s.extra) {
-        let (exit, json, raw) = bindwatch_check(s.proto, port, &n);
+        let mut attempt = 0;
+        let (exit, json, raw) = loop {
+            let (exit, json, raw) = bindwatch_check(s.proto, port, &n);
+            match foreign_owner(&json, &held.holders) {
+                Some(why) if attempt < 3 => {
+                    attempt += 1;
+                    RETRIED.lock().unwrap().push(format!(
+                        "[{}] new {}: exit {exit}, {why}",
+                        s.name,
+                        n.describe()
+                    ));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => break (exit, json, raw),
+            }
+        };
         let kernel = kernel_probe(s.proto, port, &n);
         out.push(Outcome {
             situation: s.name,
@@ -1225,6 +1285,9 @@ fn kernel_is_the_oracle() {
     for o in results.iter().filter(|o| o.exit == 3) {
         eprintln!("unknown: {}", o.report());
     }
+    for r in RETRIED.lock().unwrap().iter() {
+        eprintln!("checked again (socket attributed to a transient holder): {r}");
+    }
     for s in SITUATIONS {
         let mine: Vec<&Outcome> = results.iter().filter(|o| o.situation == s.name).collect();
         let count = |f: &dyn Fn(&Outcome) -> bool| mine.iter().filter(|o| f(o)).count();
@@ -1240,7 +1303,8 @@ fn kernel_is_the_oracle() {
         );
     }
     eprintln!(
-        "{} situations, {} checks in {:.1} s",
+        "test process pid {}; {} situations, {} checks in {:.1} s",
+        std::process::id(),
         SITUATIONS.len(),
         results.len(),
         started.elapsed().as_secs_f64()
@@ -1249,21 +1313,24 @@ fn kernel_is_the_oracle() {
         "{agree} agree, {} disagree, {unknown} unknown",
         disagree.len()
     );
-    assert!(
-        failures.is_empty(),
-        "situations that failed:\n{}",
-        failures.join("\n")
-    );
-    assert!(
-        disagree.is_empty(),
-        "disagreements with the kernel:\n{}",
-        disagree.join("\n")
-    );
-    assert!(
-        bad_unknown.is_empty(),
-        "`unknown` where every deciding flag could be seen:\n{}",
-        bad_unknown.join("\n")
-    );
+    let mut problems = Vec::new();
+    if !failures.is_empty() {
+        problems.push(format!("situations that failed:\n{}", failures.join("\n")));
+    }
+    if !disagree.is_empty() {
+        problems.push(format!(
+            "disagreements with the kernel:\n{}",
+            disagree.join("\n")
+        ));
+    }
+    if !bad_unknown.is_empty() {
+        problems.push(format!(
+            "`unknown` where every deciding flag could be seen (a socket with a file, or not \
+             an expiring state):\n{}",
+            bad_unknown.join("\n")
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
 // ---- acceptance 2: blockers are named, timers agree with ss ----------------------------

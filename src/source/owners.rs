@@ -268,14 +268,17 @@ impl OwnerResolver {
         })
     }
 
-    /// Reads the socket's flags through a duplicate of its fd. Records a missing
-    /// privilege in `caps`.
-    pub fn probe(&mut self, r: FdRef, ipv6: bool) -> Option<ProbedFlags> {
-        match probe_flags(r, ipv6) {
+    /// Reads the flags of socket `inode` through a duplicate of its fd. Records a
+    /// missing privilege in `caps`; a stale cache entry is dropped.
+    pub fn probe(&mut self, r: FdRef, ipv6: bool, inode: u64) -> Option<ProbedFlags> {
+        match probe_flags(r, ipv6, Some(inode)) {
             Ok(p) => Some(p),
             Err(e) => {
-                if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                    self.caps.socket_flags = false;
+                match e.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => self.caps.socket_flags = false,
+                    _ => {
+                        self.cache.remove(&inode);
+                    }
                 }
                 None
             }
@@ -307,7 +310,7 @@ fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> io::Result<i32> {
 ///
 /// # Errors
 /// EPERM without PTRACE_MODE_ATTACH on the target, ESRCH/EBADF when it went away.
-pub fn probe_flags(r: FdRef, ipv6: bool) -> io::Result<ProbedFlags> {
+pub fn probe_flags(r: FdRef, ipv6: bool, expected_inode: Option<u64>) -> io::Result<ProbedFlags> {
     // SAFETY: raw syscalls with integer arguments; results are checked.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, r.pid as libc::c_int, 0) };
     if pidfd < 0 {
@@ -322,6 +325,19 @@ pub fn probe_flags(r: FdRef, ipv6: bool) -> io::Result<ProbedFlags> {
     }
     // SAFETY: a fresh fd we own.
     let sock = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+    // The fd number may have been reused since the scan (or a just-forked child
+    // holds a copy that is about to close): read flags only from the right socket.
+    if let Some(want) = expected_inode {
+        // SAFETY: st is a valid out-pointer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: sock is a valid fd.
+        if unsafe { libc::fstat(sock.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_ino != want {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+    }
     let reuseaddr = getsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0;
     let reuseport = getsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0;
     // SO_BINDTOIFINDEX (62) can be read since Linux 5.0.
@@ -394,6 +410,7 @@ mod tests {
                 fd,
             },
             false,
+            None,
         )
         .unwrap();
         assert_eq!(p.flags.reuseaddr, Tri::True);
@@ -404,6 +421,20 @@ mod tests {
         let inode = fs::metadata(format!("/proc/self/fd/{fd}"))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap();
+        let me = FdRef {
+            pid: std::process::id(),
+            fd,
+        };
+        assert!(
+            probe_flags(me, false, Some(inode)).is_ok(),
+            "the right socket"
+        );
+        let wrong = probe_flags(me, false, Some(inode + 1)).unwrap_err();
+        assert_eq!(
+            wrong.raw_os_error(),
+            Some(libc::ESTALE),
+            "a reused fd number is refused"
+        );
         let wanted: HashSet<u64> = [inode].into();
         let got = r.resolve(&wanted);
         assert_eq!(got.get(&inode).map(|f| f.pid), Some(std::process::id()));
