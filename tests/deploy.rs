@@ -10,7 +10,8 @@
 //! venv's Python (`yaml.safe_load_all`) and compared / inspected as `serde_json::Value`.
 //!
 //! The metric names that dashboards and alerts may use come from the contract,
-//! `../shared/design/contract.md` (or `$BINDWATCH_CONTRACT`), plus [`ADDED_METRICS`].
+//! `../shared/design/contract.md` (or `$BINDWATCH_CONTRACT`), plus [`ADDED_METRICS`]; every
+//! bindwatch name used must also be one that the source (`src/`) really exports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -23,13 +24,16 @@ use serde_json::Value;
 /// `kubernetes-validate` (see `scripts/install-test-deps.sh`) ships schemas for.
 const K8S_VERSION: &str = "1.34.0";
 
-/// Metric names in use that are not (yet) in the contract's table.
+/// Metric names that rules and dashboards may use but the contract's table does not list
+/// (each must be exported by `src/`, see `metric_names_exist_in_the_source`).
 const ADDED_METRICS: &[&str] = &[
     "bindwatch_rebind_undecided",
     "bindwatch_capability",
     "bindwatch_source_active",
     "bindwatch_config_last_reload_successful",
     "bindwatch_ports_dropped_total",
+    "bindwatch_ephemeral_port_range_size",
+    "bindwatch_procfs_malformed_lines_total",
 ];
 
 /// Non-bindwatch metrics that rules and dashboards may use.
@@ -46,6 +50,7 @@ const E2E_PANELS: &[&str] = &[
     "Listeners",
     "Restart risk",
     "Leftovers per port",
+    "Watched services",
     "Poll duration",
 ];
 
@@ -529,6 +534,14 @@ fn daemonset_service_and_monitor_fit_together() {
         .collect();
     assert!(args.contains(&"--path.procfs=/host/proc"), "{args:?}");
     assert!(args.contains(&"--web.listen-address=:10033"), "{args:?}");
+    assert!(
+        args.contains(&"--config.file=/etc/bindwatch/bindwatch.yml"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--state.file=/run/bindwatch/state.json"),
+        "{args:?}"
+    );
 
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -552,6 +565,47 @@ fn daemonset_service_and_monitor_fit_together() {
         .expect("mount of the /proc volume");
     assert_eq!(mount["mountPath"], "/host/proc");
     assert_eq!(mount["readOnly"], true);
+
+    // --config.file: the ConfigMap's bindwatch.yml, mounted as a directory (not subPath, so
+    // the kubelet updates it after an edit)
+    let volumes = arr(&pod["volumes"], "volumes");
+    let mounts = arr(&c["volumeMounts"], "volumeMounts");
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no volume mounted at {path}"))
+    };
+    let volume_of = |m: &Value| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume {}", m["name"]))
+    };
+    let cfg_mount = mount_of("/etc/bindwatch");
+    assert!(cfg_mount.get("subPath").is_none(), "{cfg_mount}");
+    let cm_name = s(
+        &volume_of(cfg_mount)["configMap"]["name"],
+        "config volume configMap.name",
+    );
+    let cm = yaml(&k8s_dir().join("configmap.yaml"));
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], cm_name);
+    assert!(cm["data"]["bindwatch.yml"].is_string(), "{cm}");
+
+    // --state.file: a writable /run/bindwatch on the node, so a host-side `bindwatch check`
+    // reads the agent's listener memory
+    let state_mount = mount_of("/run/bindwatch");
+    assert_ne!(state_mount["readOnly"], true, "{state_mount}");
+    let state_vol = volume_of(state_mount);
+    assert_eq!(
+        state_vol["hostPath"]["path"], "/run/bindwatch",
+        "{state_vol}"
+    );
+    assert_eq!(
+        state_vol["hostPath"]["type"], "DirectoryOrCreate",
+        "{state_vol}"
+    );
 
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
@@ -673,6 +727,8 @@ fn systemd_unit_has_the_contracted_settings() {
         ),
         ("EnvironmentFile", "-/etc/default/bindwatch"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        // the default --state.file is /run/bindwatch/state.json
+        ("RuntimeDirectory", "bindwatch"),
         ("DynamicUser", "yes"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -730,6 +786,7 @@ fn systemd_env_file_and_sysctl_dropin() {
         "--web.listen-address=:10033",
         "--poll.interval=5s",
         "--config.file=/etc/bindwatch/bindwatch.yml",
+        "--state.file=/run/bindwatch/state.json",
         "--web.config.file=",
     ] {
         assert!(
@@ -737,6 +794,15 @@ fn systemd_env_file_and_sysctl_dropin() {
             "bindwatch.default lacks an example of {flag}"
         );
     }
+    // The active setting watches the services of the shipped config file.
+    let active: Vec<&str> = env
+        .lines()
+        .filter(|l| l.starts_with("BINDWATCH_ARGS="))
+        .collect();
+    assert_eq!(
+        active,
+        vec!["BINDWATCH_ARGS=\"--config.file=/etc/bindwatch/bindwatch.yml\""]
+    );
 
     let sysctl = read(&repo().join("deploy/systemd/60-bindwatch.conf"));
     let settings: Vec<(&str, &str)> = sysctl
@@ -754,6 +820,69 @@ fn systemd_env_file_and_sysctl_dropin() {
         settings,
         vec![("net.ipv4.ip_local_reserved_ports", "10033")]
     );
+}
+
+/// The config files shipped (systemd example, ConfigMap) and the examples in their comments
+/// load with the real binary.
+#[test]
+fn shipped_config_files_load() {
+    let dir = scratch("configs");
+    let cm = yaml(&k8s_dir().join("configmap.yaml"));
+    let mut files = vec![
+        (
+            "deploy/systemd/bindwatch.yml".to_string(),
+            read(&repo().join("deploy/systemd/bindwatch.yml")),
+        ),
+        (
+            "configmap.yaml data bindwatch.yml".to_string(),
+            s(&cm["data"]["bindwatch.yml"], "bindwatch.yml").to_string(),
+        ),
+    ];
+    // The commented example after "# services:" in each, uncommented.
+    for (name, body) in files.clone() {
+        let lines: Vec<&str> = body.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.trim_start() == "# services:")
+            .unwrap_or_else(|| panic!("{name}: no commented example"));
+        let example: Vec<String> = lines[start..]
+            .iter()
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .map(|l| {
+                let t = l.trim_start().trim_start_matches('#');
+                t.strip_prefix(' ').unwrap_or(t).to_string()
+            })
+            .collect();
+        files.push((format!("{name} (example)"), example.join("\n") + "\n"));
+    }
+    for (i, (name, body)) in files.iter().enumerate() {
+        let path = dir.join(format!("config-{i}.yml"));
+        fs::write(&path, body).unwrap();
+        let out = run(Command::new(env!("CARGO_BIN_EXE_bindwatch"))
+            .args(["ports", "--json", "--state.file=", "--config.file"])
+            .arg(&path));
+        assert!(
+            out.status.success(),
+            "{name} does not load:\n{body}\n{}",
+            text(&out)
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("ports --json");
+        let declared: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("- name:"))
+            .map(str::trim)
+            .collect();
+        let watched: Vec<&str> = arr(&doc["watched"], "watched")
+            .iter()
+            .map(|w| s(&w["name"], "watched name"))
+            .collect();
+        assert_eq!(watched, declared, "{name}: services watched");
+        assert!(
+            !name.ends_with("(example)") || !declared.is_empty(),
+            "{name}: the example declares no service"
+        );
+    }
+    let _ = fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -1013,6 +1142,45 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
     out
 }
 
+/// Every bindwatch metric name that rules, annotations or dashboards use (and every name of
+/// [`ADDED_METRICS`]) is exported by the source: it appears there as a string literal.
+#[test]
+fn metric_names_exist_in_the_source() {
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&repo().join("src"), &mut files);
+    let src: String = files.iter().map(|f| read(f)).collect();
+    let mut names: BTreeSet<String> = used_metrics()
+        .into_keys()
+        .filter(|m| m.starts_with("bindwatch_"))
+        .collect();
+    names.extend(ADDED_METRICS.iter().map(|m| m.to_string()));
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|m| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| m.strip_suffix(suffix))
+                .filter(|b| src.contains(&format!("\"{b}\"")))
+                .unwrap_or(m);
+            !src.contains(&format!("\"{base}\""))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metric names used by rules/dashboards or listed in ADDED_METRICS that src/ does not export: {missing:?}"
+    );
+}
+
 #[test]
 fn promql_metric_extraction_works() {
     let got = promql_metrics(
@@ -1027,10 +1195,10 @@ fn promql_metric_extraction_works() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn metric_names_are_in_the_contract() {
-    let contract = contract_metrics();
-    let mut used: BTreeMap<String, String> = BTreeMap::new(); // name -> where
+/// Metric names used by alert expressions, annotation query templates, dashboard targets and
+/// the dashboard's variable: name -> where.
+fn used_metrics() -> BTreeMap<String, String> {
+    let mut used: BTreeMap<String, String> = BTreeMap::new();
 
     // alert expressions, and metric names in annotation query templates
     for (name, rule) in alerts() {
@@ -1055,7 +1223,13 @@ fn metric_names_are_in_the_contract() {
         }
     }
     used.insert("bindwatch_build_info".into(), "variable instance".into());
+    used
+}
 
+#[test]
+fn metric_names_are_in_the_contract() {
+    let contract = contract_metrics();
+    let used = used_metrics();
     assert!(used.len() >= 10, "suspiciously few metrics found: {used:?}");
     let unknown: Vec<String> = used
         .iter()

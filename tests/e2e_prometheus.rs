@@ -1,8 +1,12 @@
 //! End to end with a real Prometheus: bindwatch is scraped by `prometheus` (2.42, installed by
 //! scripts/install-test-deps.sh) that loads the shipped alert rules; a real blocked restart
-//! makes `BindwatchRestartWouldFail` fire and then resolve once the blockers are removed, and
-//! every query of every panel of the shipped Grafana dashboard is evaluated against that
-//! Prometheus while the port is blocked.
+//! makes `BindwatchRestartWouldFail` fire (first while the listener without SO_REUSEADDR still
+//! lives, when its description names the lasting fix, then after it closed) and then resolve
+//! once the blockers are removed. bindwatch watches two services from a `--config.file`: one
+//! nobody listens on (`BindwatchWatchedPortMissing`) and one on the blocked port
+//! (`BindwatchWatchedPortBlocked`); a broken config reloaded with `POST /-/reload` raises
+//! `BindwatchConfigReloadFailed`. Every query of every panel of the shipped Grafana dashboard
+//! is evaluated against that Prometheus while the port is blocked.
 //!
 //! Everything runs in a private network namespace (bindwatch, prometheus, the sockets and `ss`),
 //! every wait is bounded, and both child processes are killed on drop.
@@ -18,12 +22,35 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// bindwatch's HTTP port, Prometheus's, and the port whose restart gets blocked.
+/// bindwatch's HTTP port, Prometheus's, the port whose restart gets blocked, and the port of
+/// a watched service nobody listens on.
 const BW: u16 = 19100;
 const PROM: u16 = 19090;
 const P: u16 = 19200;
+const M: u16 = 19201;
 const ALERT: &str = "BindwatchRestartWouldFail";
 const ALERT_WARN: &str = "BindwatchRestartWouldFailWithoutReuseaddr";
+const ALERT_MISSING: &str = "BindwatchWatchedPortMissing";
+const ALERT_BLOCKED: &str = "BindwatchWatchedPortBlocked";
+const ALERT_RELOAD: &str = "BindwatchConfigReloadFailed";
+/// The sentence the critical alert adds while the listener lacks SO_REUSEADDR.
+const NO_REUSEADDR_HINT: &str = "The listener does not set SO_REUSEADDR";
+
+/// Watched services: `e2e-missing` on M (nobody listens), `e2e-blocked` on 127.0.0.1:P with
+/// SO_REUSEADDR, which the TIME_WAITs of a listener without it block.
+fn watched_config() -> String {
+    format!(
+        "services:\n\
+         \x20 - name: e2e-missing\n\
+         \x20   protocol: tcp\n\
+         \x20   port: {M}\n\
+         \x20 - name: e2e-blocked\n\
+         \x20   protocol: tcp\n\
+         \x20   port: {P}\n\
+         \x20   addresses: [\"127.0.0.1\"]\n\
+         \x20   reuseaddr: true\n"
+    )
+}
 
 fn manifest(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -164,19 +191,77 @@ impl Prometheus {
 
     /// Active (pending or firing) alerts named `name` on port `port`.
     fn alerts(&self, name: &str, port: u16) -> Vec<Value> {
-        let data = self.api("/api/v1/alerts").unwrap_or_else(|e| panic!("{e}"));
         let port = port.to_string();
+        self.alerts_where(name, &[("port", &port)])
+    }
+
+    /// Active (pending or firing) alerts named `name` whose labels include `labels`.
+    fn alerts_where(&self, name: &str, labels: &[(&str, &str)]) -> Vec<Value> {
+        let data = self.api("/api/v1/alerts").unwrap_or_else(|e| panic!("{e}"));
         data["alerts"]
             .as_array()
             .expect("alerts array")
             .iter()
             .filter(|a| {
                 a["labels"]["alertname"] == name
-                    && a["labels"]["port"].as_str() == Some(port.as_str())
+                    && labels
+                        .iter()
+                        .all(|(k, v)| a["labels"][*k].as_str() == Some(*v))
             })
             .cloned()
             .collect()
     }
+
+    /// Waits (bounded) until the alert goes pending or firing, then until it fires; logs both
+    /// and checks that no annotation failed to expand. Returns the firing alert.
+    fn wait_firing(&self, name: &str, labels: &[(&str, &str)], t0: Instant) -> Value {
+        let what = format!("{name} {labels:?}");
+        let a = wait_for(
+            &format!("{what} pending or firing"),
+            Duration::from_secs(30),
+            || self.alerts_where(name, labels).into_iter().next(),
+        );
+        log(t0, format!("{what} is {}", a["state"]));
+        let a = wait_for(&format!("{what} firing"), Duration::from_secs(30), || {
+            self.alerts_where(name, labels)
+                .into_iter()
+                .find(|a| a["state"] == "firing")
+        });
+        log(t0, format!("{what} is firing: {}", a["labels"]));
+        for (k, v) in a["annotations"].as_object().expect("annotations") {
+            let v = v.as_str().unwrap_or("");
+            assert!(
+                !v.contains("error expanding") && !v.contains("<no value>"),
+                "{what}: annotation {k}: {v}"
+            );
+        }
+        a
+    }
+
+    /// Waits (bounded) until no alert `name` with `labels` is active and ALERTS has none.
+    fn wait_resolved(&self, name: &str, labels: &[(&str, &str)], t0: Instant) {
+        let what = format!("{name} {labels:?}");
+        let sel: String = labels
+            .iter()
+            .map(|(k, v)| format!(",{k}=\"{v}\""))
+            .collect();
+        wait_for(&format!("{what} resolved"), Duration::from_secs(30), || {
+            let gone = self.alerts_where(name, labels).is_empty()
+                && self
+                    .query(&format!("ALERTS{{alertname=\"{name}\"{sel}}}"))
+                    .expect("ALERTS query")
+                    .is_empty();
+            gone.then_some(())
+        });
+        log(t0, format!("{what} resolved"));
+    }
+}
+
+fn description(alert: &Value) -> String {
+    alert["annotations"]["description"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 impl Drop for Prometheus {
@@ -448,7 +533,24 @@ fn check_dashboard(prom: &Prometheus, instance: &str, t0: Instant) {
 fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
     in_netns(|| {
         let t0 = Instant::now();
-        let srv = Server::start(BW, &["--poll.interval", "500ms"]);
+        // bindwatch's own files: the watched services and the state file (never the host's
+        // /run/bindwatch, which a real agent may own).
+        let bwdir = TempDir::new("e2e-bw");
+        let config = bwdir.0.join("bindwatch.yml");
+        std::fs::write(&config, watched_config()).expect("write config");
+        let state = bwdir.0.join("state.json");
+        let (config_s, state_s) = (config.display().to_string(), state.display().to_string());
+        let srv = Server::start(
+            BW,
+            &[
+                "--poll.interval",
+                "500ms",
+                "--config.file",
+                &config_s,
+                "--state.file",
+                &state_s,
+            ],
+        );
         log(t0, format!("bindwatch serving on {}", srv.addr));
         let prom = Prometheus::start(PROM, srv.addr);
         let instance = srv.addr.to_string();
@@ -467,15 +569,48 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
         );
         log(t0, "prometheus scrapes bindwatch");
 
+        // A watched service nobody listens on: missing.
+        let (m_port, p_port) = (M.to_string(), P.to_string());
+        let status = |name: &'static str, port: &str, st: &str| {
+            [
+                ("name", name),
+                ("protocol", "tcp"),
+                ("port", port),
+                ("status", st),
+            ]
+            .map(|(k, v)| (k, v.to_string()))
+        };
+        let get_status = |m: &Metrics, labels: &[(&str, String); 4]| {
+            let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            m.get("bindwatch_watched_port_status", &l)
+        };
+        let missing = status("e2e-missing", &m_port, "missing");
+        let m = srv.metrics_until(Duration::from_secs(5), |m| {
+            get_status(m, &missing) == Some(1.0)
+        });
+        assert_eq!(
+            get_status(&m, &missing),
+            Some(1.0),
+            "{:#?}",
+            m.matching("bindwatch_watched_port_status", &[])
+        );
+        assert_eq!(
+            m.get("bindwatch_config_last_reload_successful", &[]),
+            Some(1.0)
+        );
+        let a = prom.wait_firing(ALERT_MISSING, &[("name", "e2e-missing")], t0);
+        assert_eq!(a["labels"]["port"], m_port.as_str());
+        assert_eq!(a["labels"]["status"], "missing");
+
         // A listener without SO_REUSEADDR that leaves server-side TIME_WAITs, alive for more
-        // than one poll so bindwatch reads (and remembers) its flags, then closed.
+        // than one poll so bindwatch reads (and remembers) its flags.
         let addr: SocketAddr = format!("127.0.0.1:{P}").parse().expect("addr");
         let listener = tcp_listener(addr, false, false, None).expect("listener");
         for _ in 0..3 {
             server_time_wait(&listener, addr);
         }
-        let port = P.to_string();
-        let seen = srv.metrics_until(Duration::from_secs(10), |m| {
+        let port = p_port.clone();
+        let seen = srv.metrics_until(Duration::from_secs(20), |m| {
             !m.matching(
                 "bindwatch_listener_info",
                 &[("port", &port), ("reuseaddr", "false")],
@@ -492,32 +627,77 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
             "bindwatch saw the listener with reuseaddr=\"false\": {:#?}",
             seen.matching("bindwatch_listener_info", &[("port", &port)])
         );
-        std::thread::sleep(Duration::from_millis(1200));
-        log(
-            t0,
-            format!(
-                "while the listener lives: {:?}",
-                srv.metrics()
-                    .matching("bindwatch_rebind_blocked", &[("port", &port)])
-            ),
-        );
-        drop(listener);
-        assert_eq!(time_waits(P), 3, "three server-side TIME_WAITs on :{P}");
-        log(
-            t0,
-            format!("listener on {addr} (no SO_REUSEADDR) closed, 3 TIME_WAITs left"),
-        );
-
         let blocked = [
             ("protocol", "tcp"),
             ("address", "127.0.0.1"),
             ("port", port.as_str()),
             ("reuseaddr", "true"),
         ];
+        // The live listener's own TIME_WAITs lack SO_REUSEADDR: its restart is blocked even
+        // with SO_REUSEADDR, and the watched service on the port is fine (it listens).
+        let ok = status("e2e-blocked", &p_port, "ok");
+        let m = srv.metrics_until(Duration::from_secs(5), |m| {
+            m.get("bindwatch_rebind_blocked", &blocked) == Some(1.0)
+                && get_status(m, &ok) == Some(1.0)
+        });
+        log(
+            t0,
+            format!(
+                "while the listener lives: {:?}",
+                m.matching("bindwatch_rebind_blocked", &[("port", &port)])
+            ),
+        );
+        assert_eq!(m.get("bindwatch_rebind_blocked", &blocked), Some(1.0));
+        assert_eq!(get_status(&m, &ok), Some(1.0), "e2e-blocked listens: ok");
+
+        // The critical alert fires and, since the listener lacks SO_REUSEADDR, names the
+        // lasting fix; the warning cannot fire (the critical one covers the endpoint).
+        let a = wait_for(
+            &format!("{ALERT} firing for port {P} with the SO_REUSEADDR hint"),
+            Duration::from_secs(30),
+            || {
+                prom.alerts(ALERT, P)
+                    .into_iter()
+                    .find(|a| a["state"] == "firing" && description(a).contains(NO_REUSEADDR_HINT))
+            },
+        );
+        let d = description(&a);
+        log(t0, format!("{ALERT} firing while the listener lives: {d}"));
+        assert!(
+            d.ends_with("enable it in the daemon's configuration."),
+            "{d}"
+        );
+        assert!(
+            !d.contains("error expanding") && !d.contains("<no value>"),
+            "{d}"
+        );
+        assert!(
+            prom.alerts(ALERT_WARN, P).is_empty(),
+            "{ALERT_WARN} stays silent while {ALERT} fires for the same endpoint"
+        );
+        // The agent shares the listener's flags through the state file.
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).expect("state file"))
+            .expect("state file is JSON");
+        assert!(
+            st["listeners"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e["port"] == P && e["reuseaddr"] == false)),
+            "state file names the listener on {P} without SO_REUSEADDR: {st}"
+        );
+
+        // Close the listener; its TIME_WAITs stay.
+        drop(listener);
+        assert_eq!(time_waits(P), 3, "three server-side TIME_WAITs on :{P}");
+        log(
+            t0,
+            format!("listener on {addr} (no SO_REUSEADDR) closed, 3 TIME_WAITs left"),
+        );
+        let watched_blocked = status("e2e-blocked", &p_port, "blocked");
         let m = srv.metrics_until(Duration::from_secs(5), |m| {
             m.matching("bindwatch_listener_info", &[("port", &port)])
                 .is_empty()
                 && m.get("bindwatch_rebind_blocked", &blocked) == Some(1.0)
+                && get_status(m, &watched_blocked) == Some(1.0)
         });
         assert!(
             m.matching("bindwatch_listener_info", &[("port", &port)])
@@ -531,26 +711,27 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
             m.matching("bindwatch_rebind_blocked", &[("port", &port)])
         );
         assert_eq!(
+            get_status(&m, &watched_blocked),
+            Some(1.0),
+            "e2e-blocked (SO_REUSEADDR) is blocked by TIME_WAITs without it: {:#?}",
+            m.matching("bindwatch_watched_port_status", &[("name", "e2e-blocked")])
+        );
+        assert_eq!(
             kernel_bind_listen(addr, true, false, None),
             Err(libc::EADDRINUSE),
             "the kernel agrees: a new socket with SO_REUSEADDR cannot bind {addr}"
         );
-        log(t0, format!("bindwatch: bindwatch_rebind_blocked{{reuseaddr=\"true\",port=\"{P}\"}} 1 (kernel agrees)"));
+        log(t0, format!("bindwatch: bindwatch_rebind_blocked{{reuseaddr=\"true\",port=\"{P}\"}} 1 and e2e-blocked blocked (kernel agrees)"));
 
-        // The critical alert goes pending, then firing.
+        // The critical alert keeps firing; without a listener there are no flags to show,
+        // so the hint goes.
         let a = wait_for(
-            &format!("{ALERT} pending/firing for port {P}"),
-            Duration::from_secs(30),
-            || prom.alerts(ALERT, P).into_iter().next(),
-        );
-        log(t0, format!("{ALERT} is {}", a["state"]));
-        let a = wait_for(
-            &format!("{ALERT} firing for port {P}"),
+            &format!("{ALERT} firing for port {P} without the hint"),
             Duration::from_secs(30),
             || {
                 prom.alerts(ALERT, P)
                     .into_iter()
-                    .find(|a| a["state"] == "firing")
+                    .find(|a| a["state"] == "firing" && !description(a).contains(NO_REUSEADDR_HINT))
             },
         );
         log(t0, format!("{ALERT} is firing: {}", a["labels"]));
@@ -570,14 +751,24 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
                 "annotation {k}: {v}"
             );
         }
-        let description = a["annotations"]["description"].as_str().unwrap_or("");
+        let d = description(&a);
         assert!(
-            description.contains("for the next "),
-            "TIME_WAIT blockers expire, so the description gives the seconds (bindwatch_rebind_clear_seconds): {description}"
+            d.contains("for the next "),
+            "TIME_WAIT blockers expire, so the description gives the seconds (bindwatch_rebind_clear_seconds): {d}"
         );
         assert!(
             prom.alerts(ALERT_WARN, P).is_empty(),
             "{ALERT_WARN} stays silent while {ALERT} fires for the same endpoint"
+        );
+
+        // The watched service on the blocked port.
+        let a = prom.wait_firing(ALERT_BLOCKED, &[("name", "e2e-blocked")], t0);
+        assert_eq!(a["labels"]["port"], p_port.as_str());
+        assert_eq!(a["labels"]["status"], "blocked");
+        assert!(
+            prom.alerts_where(ALERT_MISSING, &[("name", "e2e-blocked")])
+                .is_empty(),
+            "e2e-blocked is blocked, not missing"
         );
 
         // Every rule evaluates without error on real bindwatch data.
@@ -622,7 +813,41 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
             "still firing while the dashboard was checked"
         );
 
-        // Remove the blockers; the alert resolves.
+        // A broken config: the reload fails, the previous services stay, the alert fires;
+        // the good file reloads again.
+        std::fs::write(&config, "services:\n  - name: broken\n    port: 70000\n")
+            .expect("write broken config");
+        let (code, _, body) =
+            http_request(srv.addr, "POST", "/-/reload", &[]).expect("POST /-/reload");
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 500, "a broken config fails to reload: {body}");
+        assert!(
+            body.contains("70000"),
+            "the answer names the problem: {body}"
+        );
+        let m = srv.metrics();
+        assert_eq!(
+            m.get("bindwatch_config_last_reload_successful", &[]),
+            Some(0.0)
+        );
+        assert_eq!(
+            get_status(&m, &watched_blocked),
+            Some(1.0),
+            "the previous services stay watched"
+        );
+        prom.wait_firing(ALERT_RELOAD, &[("instance", &instance)], t0);
+        std::fs::write(&config, watched_config()).expect("restore config");
+        let (code, _, body) =
+            http_request(srv.addr, "POST", "/-/reload", &[]).expect("POST /-/reload");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            srv.metrics()
+                .get("bindwatch_config_last_reload_successful", &[]),
+            Some(1.0)
+        );
+        prom.wait_resolved(ALERT_RELOAD, &[("instance", &instance)], t0);
+
+        // Remove the blockers; the alerts resolve.
         let out = run_ok(
             "ss",
             &["-K", "state", "time-wait", &format!("( sport = :{P} )")],
@@ -651,20 +876,19 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
             "no blockers left: {:#?}",
             m.matching("bindwatch_rebind_blocked", &[("port", &port)])
         );
-        log(t0, "bindwatch: port no longer blocked");
-        wait_for(
-            &format!("{ALERT} resolved for port {P}"),
-            Duration::from_secs(30),
-            || {
-                let gone = prom.alerts(ALERT, P).is_empty()
-                    && prom
-                        .query(&format!("ALERTS{{alertname=\"{ALERT}\",port=\"{P}\"}}"))
-                        .expect("ALERTS query")
-                        .is_empty();
-                gone.then_some(())
-            },
+        let now_missing = status("e2e-blocked", &p_port, "missing");
+        let m = srv.metrics_until(Duration::from_secs(5), |m| {
+            get_status(m, &now_missing) == Some(1.0)
+        });
+        assert_eq!(
+            get_status(&m, &now_missing),
+            Some(1.0),
+            "nothing blocks e2e-blocked any more: {:#?}",
+            m.matching("bindwatch_watched_port_status", &[("name", "e2e-blocked")])
         );
-        log(t0, format!("{ALERT} resolved"));
+        log(t0, "bindwatch: port no longer blocked");
+        prom.wait_resolved(ALERT, &[("port", &p_port)], t0);
+        prom.wait_resolved(ALERT_BLOCKED, &[("name", "e2e-blocked")], t0);
         // Last, since a successful probe is a (short-lived) listener bindwatch may see.
         assert_eq!(
             kernel_bind_listen(addr, true, false, None),
