@@ -111,9 +111,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;
     let target = match a.netns {
-        NetnsMode::Host => poller::Target::Host(Box::new(
-            Collector::new(opts).context("opening the socket source (--source)")?,
-        )),
+        NetnsMode::Host => {
+            let mut c = Collector::new(opts).context("opening the socket source (--source)")?;
+            restore_memory(&mut c, &a);
+            poller::Target::Host(Box::new(c))
+        }
         NetnsMode::All => poller::Target::AllNetns(NetnsCollectors::new(opts, &a.run_netns)),
     };
     let source_kind = match &target {
@@ -171,6 +173,24 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Picks up the listener memory a previous run left in `--state.file`, so a
+/// restart of bindwatch itself does not forget the flags of listeners that died
+/// just before.
+fn restore_memory(c: &mut Collector, a: &ServeArgs) {
+    if a.source.state_file.as_os_str().is_empty() {
+        return;
+    }
+    let netns = bindwatch::state::current_netns(&a.source.procfs);
+    match bindwatch::state::load(&a.source.state_file, netns, a.remember) {
+        Ok(entries) if !entries.is_empty() => {
+            tracing::info!(listeners = entries.len(), path = %a.source.state_file.display(), "restored the memory of listeners");
+            c.remember(&entries);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("ignoring the state file: {e}"),
+    }
 }
 
 /// SIGHUP re-reads `--config.file`, like `POST /-/reload`.

@@ -340,3 +340,47 @@ fn unprivileged_agent_degrades_to_unknown() {
         assert!(!log.contains("panicked"), "{log}");
     });
 }
+
+/// A restarted agent picks its listener memory up from the state file, so the
+/// leftovers of a daemon that died while bindwatch was down are still judged.
+#[test]
+fn restarted_agent_restores_listener_memory() {
+    in_netns(|| {
+        let state =
+            std::env::temp_dir().join(format!("bindwatch-restore-{}.json", std::process::id()));
+        let state_s = state.to_string_lossy().into_owned();
+        let first = Server::start(
+            18385,
+            &["--poll.interval", "200ms", "--state.file", &state_s],
+        );
+        let mut child = spawn_child(false, "tcp", "127.0.0.1", 18313, false, false, "-", true);
+        let client = TcpStream::connect("127.0.0.1:18313").expect("connect");
+        assert!(child.0.wait().expect("child exit").success());
+        drop(client);
+        std::thread::sleep(Duration::from_millis(500));
+        drop(first);
+        let labels = [
+            ("protocol", "tcp"),
+            ("address", "127.0.0.1"),
+            ("port", "18313"),
+            ("reuseaddr", "true"),
+        ];
+        let second = Server::start(
+            18386,
+            &["--poll.interval", "200ms", "--state.file", &state_s],
+        );
+        assert_eq!(
+            second.metrics().get("bindwatch_rebind_blocked", &labels),
+            Some(1.0),
+            "judged with the remembered flags"
+        );
+        let fresh = Server::start(18387, &["--poll.interval", "200ms"]);
+        let m = fresh.metrics();
+        assert_eq!(
+            m.get("bindwatch_rebind_blocked", &labels),
+            None,
+            "without memory the port is not even of interest"
+        );
+        let _ = std::fs::remove_file(state);
+    });
+}

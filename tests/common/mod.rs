@@ -83,6 +83,10 @@ impl Server {
     pub fn start(port: u16, extra: &[&str]) -> Server {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--web.listen-address", &listen];
+        // Never touch the host's /run/bindwatch/state.json from a test.
+        if !extra.contains(&"--state.file") {
+            args.extend_from_slice(&["--state.file", ""]);
+        }
         args.extend_from_slice(extra);
         let child = Command::new(bin())
             .args(&args)
