@@ -86,6 +86,8 @@ pub struct Collector {
     ports_dropped_total: u64,
     /// The last walk of the whole TCP table.
     table_view: Option<TableView>,
+    /// CPU seconds of the table walk of the last poll, if it walked (for the budget).
+    pub last_walk_cpu: Option<f64>,
 }
 
 /// What one walk of the whole TCP table yields.
@@ -131,6 +133,7 @@ impl Collector {
             memory: BTreeMap::new(),
             ports_dropped_total: 0,
             table_view: None,
+            last_walk_cpu: None,
         })
     }
 
@@ -323,7 +326,9 @@ impl Collector {
         // walked in full when `walk_table` is set, else the last walk is reused, so a
         // CPU budget can space out the expensive view while listeners stay fresh.
         if walk_table || self.table_view.is_none() {
+            let cpu = thread_cpu_seconds();
             self.table_view = Some(self.walk_table(&wanted, &tcp_listeners, &allocation)?);
+            self.last_walk_cpu = Some((thread_cpu_seconds() - cpu).max(0.0));
         }
         let view = self.table_view.as_ref().ok_or(CollectError::NoTableView)?;
         let mut counts = view.counts.clone();
@@ -511,6 +516,19 @@ impl Collector {
             }
         }
     }
+}
+
+/// CPU time of the calling thread, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Ports as a 65,536-bit set: one bit test per socket in the hot loop.

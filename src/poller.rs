@@ -190,7 +190,8 @@ fn gzip(body: &[u8]) -> Bytes {
 /// Spaces out walks of the whole socket table so bindwatch's average CPU stays
 /// within `--poll.cpu-budget` (a fraction of one core). Listeners are read every
 /// poll (a LISTEN-only dump costs about a millisecond even at a million sockets);
-/// the table walk runs when the CPU saved up since the last one pays for it.
+/// the table walk runs when the CPU saved up since the last one pays for it, and
+/// at least every [`CpuBudget::MAX_TABLE_AGE`] so no view goes stale for good.
 /// Pure: callers feed it wall time and CPU time.
 #[derive(Debug, Clone)]
 pub struct CpuBudget {
@@ -198,21 +199,29 @@ pub struct CpuBudget {
     pub fraction: f64,
     /// CPU seconds saved up (may go negative after an expensive walk).
     tokens: f64,
-    /// CPU seconds the last table walk cost.
+    /// CPU seconds the last table walk itself cost.
     walk_cost: Option<f64>,
+    /// Wall seconds since the last walk.
+    since_walk: f64,
 }
 
 impl CpuBudget {
+    /// The table is walked at least this often, budget or not (at a million
+    /// sockets, one walk per 5 minutes is 0.4% of a core).
+    pub const MAX_TABLE_AGE: f64 = 300.0;
+
     pub fn new(fraction: f64) -> Self {
         CpuBudget {
             fraction,
             tokens: 0.0,
             walk_cost: None,
+            since_walk: 0.0,
         }
     }
 
     /// Adds the allowance for `elapsed` wall seconds; should the table be walked now?
     pub fn tick(&mut self, elapsed: f64) -> bool {
+        self.since_walk += elapsed;
         if self.fraction <= 0.0 {
             return true;
         }
@@ -222,32 +231,20 @@ impl CpuBudget {
         // Saving up beyond one walk (plus a minute of allowance) would allow bursts.
         let cap = cost + self.fraction * 60.0;
         self.tokens = (self.tokens + self.fraction * elapsed).min(cap);
-        self.tokens >= cost
+        self.tokens >= cost || self.since_walk >= Self::MAX_TABLE_AGE
     }
 
-    /// Charges the CPU one poll used; `walked` says whether it included a table walk.
-    pub fn charge(&mut self, cpu: f64, walked: bool) {
-        if self.fraction <= 0.0 {
-            return;
+    /// Charges the CPU one poll used in all; `walk_cpu` is what its table walk
+    /// cost, when it walked.
+    pub fn charge(&mut self, poll_cpu: f64, walk_cpu: Option<f64>) {
+        if let Some(w) = walk_cpu {
+            self.walk_cost = Some(w);
+            self.since_walk = 0.0;
         }
-        self.tokens -= cpu;
-        if walked {
-            self.walk_cost = Some(cpu);
+        if self.fraction > 0.0 {
+            self.tokens -= poll_cpu;
         }
     }
-}
-
-/// CPU time of the calling thread, in seconds.
-fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// What the poller reads: the namespace bindwatch runs in, or every namespace.
@@ -368,7 +365,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         .as_ref()
         .map_or(Vec::new(), |c| c.current.services.clone());
     let mut bad_lines = 0;
-    let cpu_start = thread_cpu_seconds();
+    let cpu_start = crate::collect::thread_cpu_seconds();
     let elapsed = st.last_poll.map_or(0.0, |t| t.elapsed().as_secs_f64());
     st.last_poll = Some(start);
     let walk = st.budget.tick(elapsed);
@@ -427,8 +424,12 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
             }
         }
     }
-    let cpu = (thread_cpu_seconds() - cpu_start).max(0.0);
-    st.budget.charge(cpu, walk);
+    let cpu = (crate::collect::thread_cpu_seconds() - cpu_start).max(0.0);
+    let walk_cpu = match target {
+        Target::Host(c) => c.last_walk_cpu.take(),
+        Target::AllNetns(_) => walk.then_some(cpu),
+    };
+    st.budget.charge(cpu, walk_cpu);
     st.poll_cpu_total += cpu;
     let extras = Extras {
         last_success_unix: st
@@ -464,13 +465,13 @@ mod tests {
         // A walk costs 1.2 s CPU; 1% of a core; a poll every 5 s.
         let mut b = CpuBudget::new(0.01);
         assert!(b.tick(0.0), "the first poll walks");
-        b.charge(1.2, true);
+        b.charge(1.2, Some(1.19));
         let mut walks = 0;
         let mut cpu = 1.2;
         for _ in 0..(3600 / 5) {
             let w = b.tick(5.0);
             let c = if w { 1.2 } else { 0.002 };
-            b.charge(c, w);
+            b.charge(c, w.then_some(1.19));
             cpu += c;
             walks += usize::from(w);
         }
@@ -483,15 +484,33 @@ mod tests {
     fn cheap_tables_walk_every_poll_and_zero_disables() {
         let mut b = CpuBudget::new(0.01);
         assert!(b.tick(0.0));
-        b.charge(0.001, true);
+        b.charge(0.001, Some(0.0005));
         for _ in 0..100 {
             assert!(b.tick(5.0), "a 1 ms walk fits in 50 ms of allowance");
-            b.charge(0.001, true);
+            b.charge(0.001, Some(0.0005));
         }
         let mut off = CpuBudget::new(0.0);
         for _ in 0..10 {
             assert!(off.tick(5.0));
-            off.charge(9.0, true);
+            off.charge(9.0, Some(9.0));
+        }
+    }
+
+    #[test]
+    fn overhead_above_budget_still_walks_within_max_age() {
+        // Each poll costs more than the budget allows even without a walk.
+        let mut b = CpuBudget::new(0.001);
+        assert!(b.tick(0.0));
+        b.charge(0.05, Some(0.01));
+        let mut since = 0.0;
+        for _ in 0..1000 {
+            let w = b.tick(1.0);
+            since = if w { 0.0 } else { since + 1.0 };
+            assert!(
+                since < CpuBudget::MAX_TABLE_AGE,
+                "the table never gets older than the bound"
+            );
+            b.charge(0.05, w.then_some(0.01));
         }
     }
 }

@@ -34,6 +34,10 @@ const ADDED_METRICS: &[&str] = &[
     "bindwatch_ports_dropped_total",
     "bindwatch_ephemeral_port_range_size",
     "bindwatch_procfs_malformed_lines_total",
+    "bindwatch_view_timestamp_seconds",
+    "bindwatch_poll_cpu_seconds_total",
+    "bindwatch_poll_cpu_budget_ratio",
+    "bindwatch_netns_poll_duration_seconds",
 ];
 
 /// Non-bindwatch metrics that rules and dashboards may use.
