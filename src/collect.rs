@@ -583,7 +583,7 @@ impl FastCounts {
 struct Folder {
     enabled: bool,
     individual_left: usize,
-    index: HashMap<FoldKey, usize>,
+    index: crate::fasthash::FxHashMap<FoldKey, usize>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -601,7 +601,7 @@ impl Folder {
         Folder {
             enabled,
             individual_left: individual_max,
-            index: HashMap::new(),
+            index: Default::default(),
         }
     }
 

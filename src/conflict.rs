@@ -231,14 +231,17 @@ pub type Bucket = (IpAddr, IpAddr, u16);
 /// every count is low by at most N/k, so the fullest buckets are still found.
 #[derive(Debug, Clone)]
 pub struct EphemeralTally {
-    counts: HashMap<Bucket, u32>,
+    counts: crate::fasthash::FxHashMap<Bucket, u32>,
     k: usize,
 }
 
 impl EphemeralTally {
     pub fn new(k: usize) -> Self {
         EphemeralTally {
-            counts: HashMap::with_capacity(k.min(4096)),
+            counts: crate::fasthash::FxHashMap::with_capacity_and_hasher(
+                k.min(4096),
+                Default::default(),
+            ),
             k: k.max(1),
         }
     }

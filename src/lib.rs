@@ -15,6 +15,7 @@
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`.
+//! - [`fasthash`]: the hasher of the maps in the per-socket hot loop.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers.
@@ -26,6 +27,7 @@ pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod conflict;
+pub mod fasthash;
 pub mod metrics;
 pub mod model;
 pub mod netns;

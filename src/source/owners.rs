@@ -13,6 +13,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::model::{Owner, SocketFlags, Tri};
 
@@ -67,6 +68,14 @@ pub struct OwnerResolver {
     /// appear. Value: round last wanted in.
     not_found: HashMap<u64, u64>,
     round: u64,
+    /// pid -> (its start time, owner, round last used): re-reading comm, status
+    /// and cgroup of every owner at every poll cost more than the rest of the
+    /// attribution together; the start time (one read of /proc/PID/stat) tells a
+    /// reused pid apart.
+    owners: HashMap<u32, (u64, Owner, u64)>,
+    /// inode -> (flags, when read, round last used): flags are re-read at most
+    /// every [`FLAGS_TTL`], they practically never change after listen().
+    flags: HashMap<u64, (ProbedFlags, Instant, u64)>,
     users: HashMap<u32, String>,
     pub caps: Capabilities,
     pub stats: ResolveStats,
@@ -95,6 +104,16 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
     scope
 }
 
+/// How long flags read from a live socket are trusted.
+pub const FLAGS_TTL: Duration = Duration::from_secs(60);
+
+/// Field 22 (`starttime`) of a `/proc/PID/stat` text; the comm before it may
+/// contain spaces and parentheses, so fields are counted after the last ')'.
+pub fn start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 /// `name:x:uid:...` lines of /etc/passwd.
 pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
     text.lines()
@@ -117,6 +136,8 @@ impl OwnerResolver {
             cache: HashMap::new(),
             not_found: HashMap::new(),
             round: 0,
+            owners: HashMap::new(),
+            flags: HashMap::new(),
             users,
             caps: Capabilities::default(),
             stats: ResolveStats::default(),
@@ -138,6 +159,8 @@ impl OwnerResolver {
         let last = self.round;
         self.cache.retain(|_, (_, r)| *r >= last);
         self.not_found.retain(|_, r| *r >= last);
+        self.owners.retain(|_, (_, _, r)| *r >= last);
+        self.flags.retain(|_, (_, _, r)| *r >= last);
         self.round += 1;
     }
 
@@ -251,28 +274,50 @@ impl OwnerResolver {
 
     /// Process name, user and unit of `pid`. `None` when it exited meanwhile.
     /// The `procfs` crate parses `/proc/PID/{stat,status}` (comm and effective uid).
-    pub fn owner(&self, pid: u32) -> Option<Owner> {
+    pub fn owner(&mut self, pid: u32) -> Option<Owner> {
         let dir = self.procfs.join(pid.to_string());
+        let start = fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|t| start_time(&t))?;
+        let round = self.round;
+        if let Some((t, o, r)) = self.owners.get_mut(&pid) {
+            if *t == start {
+                *r = round;
+                return Some(o.clone());
+            }
+        }
         let proc_ = procfs::process::Process::new_with_root(dir.clone()).ok()?;
         let comm = proc_.stat().ok()?.comm;
         let uid = proc_.status().ok()?.euid;
         let unit = fs::read_to_string(dir.join("cgroup"))
             .ok()
             .and_then(|t| unit_from_cgroup(&t));
-        Some(Owner {
+        let o = Owner {
             pid,
             process: comm,
             uid,
             user: self.user_name(uid),
             unit,
-        })
+        };
+        self.owners.insert(pid, (start, o.clone(), round));
+        Some(o)
     }
 
     /// Reads the flags of socket `inode` through a duplicate of its fd. Records a
     /// missing privilege in `caps`; a stale cache entry is dropped.
     pub fn probe(&mut self, r: FdRef, ipv6: bool, inode: u64) -> Option<ProbedFlags> {
+        let round = self.round;
+        if let Some((p, at, used)) = self.flags.get_mut(&inode) {
+            if at.elapsed() < FLAGS_TTL {
+                *used = round;
+                return Some(*p);
+            }
+        }
         match probe_flags(r, ipv6, Some(inode)) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                self.flags.insert(inode, (p, Instant::now(), round));
+                Some(p)
+            }
             Err(e) => {
                 match e.raw_os_error() {
                     Some(libc::EPERM) | Some(libc::EACCES) => self.caps.socket_flags = false,
@@ -382,6 +427,14 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(unit_from_cgroup(text).as_deref(), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn stat_start_time() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345678 300 18446744073709551615";
+        assert_eq!(start_time(stat), Some(987654));
+        assert_eq!(start_time("garbage"), None);
+        assert_eq!(start_time("1 (x) S 1"), None);
     }
 
     #[test]
