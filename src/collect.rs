@@ -584,6 +584,10 @@ struct Folder {
     enabled: bool,
     individual_left: usize,
     index: crate::fasthash::FxHashMap<FoldKey, usize>,
+    /// Per local port, 1 + the index of the entry the last socket on that port
+    /// folded into (0: none). Most sockets of a busy port fold into the same entry,
+    /// so one array read and a field compare usually replace the hash look-up.
+    last: Vec<u32>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -602,7 +606,17 @@ impl Folder {
             enabled,
             individual_left: individual_max,
             index: Default::default(),
+            last: if enabled { vec![0; 65536] } else { Vec::new() },
         }
+    }
+
+    fn same_class(e: &Socket, s: &Socket) -> bool {
+        e.state == s.state
+            && e.local == s.local
+            && e.uid == s.uid
+            && e.ifindex == s.ifindex
+            && e.v6only == s.v6only
+            && (e.inode != 0) == (s.inode != 0)
     }
 
     fn push(&mut self, s: &Socket, port_has_listener: bool, out: &mut Vec<Socket>) {
@@ -615,6 +629,14 @@ impl Folder {
             out.push(s.clone());
             return;
         }
+        let port = usize::from(s.local.port());
+        let hint = self.last[port] as usize;
+        if hint != 0 && Self::same_class(&out[hint - 1], s) {
+            let e = &mut out[hint - 1];
+            e.count += s.count;
+            e.expires_ms = e.expires_ms.max(s.expires_ms);
+            return;
+        }
         let key = FoldKey {
             state: s.state,
             local: s.local,
@@ -623,17 +645,20 @@ impl Folder {
             v6only: s.v6only,
             has_file: s.inode != 0,
         };
-        match self.index.get(&key) {
+        let i = match self.index.get(&key) {
             Some(&i) => {
                 let e = &mut out[i];
                 e.count += s.count;
                 e.expires_ms = e.expires_ms.max(s.expires_ms);
+                i
             }
             None => {
                 self.index.insert(key, out.len());
                 out.push(s.clone());
+                out.len() - 1
             }
-        }
+        };
+        self.last[port] = u32::try_from(i + 1).unwrap_or(0);
     }
 }
 
@@ -673,4 +698,83 @@ pub fn socket_counts(counts: &StateCounts) -> BTreeMap<(Protocol, Family, &'stat
         *out.entry((p, f, s.label(p))).or_default() += n;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SocketFlags, Tri};
+
+    fn sock(state: State, local: &str, remote: &str, inode: u64, expires: u64) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            inode,
+            ifindex: Some(0),
+            expires_ms: Some(expires),
+            v6only: Tri::Unknown,
+            flags: SocketFlags::default(),
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn folding_keeps_counts_classes_and_the_longest_timer() {
+        let mut out = Vec::new();
+        let mut f = Folder::new(true, 1);
+        let input = [
+            sock(State::Established, "10.0.0.1:443", "10.0.0.9:1", 11, 0),
+            sock(State::TimeWait, "10.0.0.1:443", "10.0.0.9:2", 0, 30_000),
+            sock(State::Established, "10.0.0.1:443", "10.0.0.9:3", 12, 0),
+            sock(State::TimeWait, "10.0.0.1:443", "10.0.0.9:4", 0, 59_000),
+            sock(State::Established, "10.0.0.2:443", "10.0.0.9:5", 13, 0),
+            sock(State::Established, "10.0.0.1:443", "10.0.0.9:6", 14, 0),
+        ];
+        for s in &input {
+            f.push(s, true, &mut out);
+        }
+        // On a port without a listener, the first socket with a file stays individual.
+        f.push(
+            &sock(State::Established, "10.0.0.1:8080", "10.0.0.9:7", 15, 0),
+            false,
+            &mut out,
+        );
+        f.push(
+            &sock(State::Established, "10.0.0.1:8080", "10.0.0.9:8", 16, 0),
+            false,
+            &mut out,
+        );
+        let summary: Vec<(State, String, u32, Option<u64>)> = out
+            .iter()
+            .map(|s| (s.state, s.local.to_string(), s.count, s.expires_ms))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (State::Established, "10.0.0.1:443".into(), 3, Some(0)),
+                (State::TimeWait, "10.0.0.1:443".into(), 2, Some(59_000)),
+                (State::Established, "10.0.0.2:443".into(), 1, Some(0)),
+                (State::Established, "10.0.0.1:8080".into(), 1, Some(0)),
+                (State::Established, "10.0.0.1:8080".into(), 1, Some(0)),
+            ]
+        );
+        assert_eq!(
+            out.iter().map(|s| s.count).sum::<u32>(),
+            8,
+            "no socket lost"
+        );
+        let mut plain = Vec::new();
+        let mut off = Folder::new(false, 0);
+        for s in &input {
+            off.push(s, true, &mut plain);
+        }
+        assert_eq!(
+            plain.len(),
+            input.len(),
+            "one-shot commands see every socket"
+        );
+    }
 }

@@ -81,9 +81,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// About `total` sockets: `listeners` listening ports (one in 20 IPv6), `tw`
-    /// TIME_WAITs, the rest ESTABLISHED (both ends), over as few children as the fd
-    /// limit allows. Ports start at `first_port` (below the ephemeral range).
+    /// About `total` sockets: `listeners` listening ports (one in 20 IPv6), room for
+    /// `tw` TIME_WAITs (made later with [`Population::add_time_wait`], so they are
+    /// fresh when measured), the rest ESTABLISHED (both ends), over as few children
+    /// as the fd limit allows. Ports start at `first_port` (below the ephemeral range).
     pub fn sized(total: usize, listeners: usize, tw: usize, first_port: u16) -> Plan {
         let conns = total.saturating_sub(listeners + tw) / 2;
         let per_child = (FDS_PER_CHILD - listeners.min(1000)) / 2;
@@ -92,7 +93,7 @@ impl Plan {
             .map(|i| ChildPlan {
                 listeners: Vec::new(),
                 conns: conns / n + usize::from(i < conns % n),
-                tw: tw / n + usize::from(i < tw % n),
+                tw: 0,
                 src: (i as u32 * 37) % SOURCES,
                 close_listeners: false,
             })
@@ -104,13 +105,6 @@ impl Plan {
             });
         }
         Plan { children }
-    }
-
-    pub fn sockets(&self) -> usize {
-        self.children
-            .iter()
-            .map(|c| c.listeners.len() * usize::from(!c.close_listeners) + 2 * c.conns + c.tw)
-            .sum()
     }
 }
 
