@@ -265,7 +265,12 @@ pub fn decode_diag_msg(b: &[u8], protocol: Protocol) -> Result<Option<Socket>, &
         None
     };
     let mut v6only = Tri::Unknown;
-    let mut off = DIAG_MSG_LEN;
+    // The kernel reports V6ONLY only for IPv6 sockets in LISTEN or CLOSE (bound,
+    // unconnected); other messages' attributes hold nothing we read, and skipping
+    // them matters at a million messages per poll.
+    let has_v6only = family == libc::AF_INET6
+        && matches!(state, State::Listen | State::Close | State::BoundInactive);
+    let mut off = if has_v6only { DIAG_MSG_LEN } else { b.len() };
     while off + 4 <= b.len() {
         let alen = u16::from_ne_bytes([b[off], b[off + 1]]) as usize;
         let aty = u16::from_ne_bytes([b[off + 2], b[off + 3]]) & 0x3fff;
@@ -300,6 +305,56 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Runs `f` with CAP_NET_ADMIN out of the calling thread's effective set (when it
+/// was in it), then puts it back. Capabilities are per thread, so no other thread
+/// is affected. Any failure just runs `f` unchanged.
+fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
+    let hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut saved = [CapData::default(); 2];
+    // SAFETY: capget with a v3 header and room for two data structs.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &hdr as *const CapHeader,
+            saved.as_mut_ptr(),
+        )
+    };
+    let bit = 1u32 << CAP_NET_ADMIN;
+    if got != 0 || saved[0].effective & bit == 0 {
+        return f();
+    }
+    let mut lowered = saved;
+    lowered[0].effective &= !bit;
+    // SAFETY: as above; only lowers the effective set.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, lowered.as_ptr()) } != 0 {
+        return f();
+    }
+    let r = f();
+    // SAFETY: restores the effective set we had (a subset of the permitted set).
+    unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, saved.as_ptr()) };
+    r
+}
+
 /// An open NETLINK_SOCK_DIAG socket with its receive buffer, reused across dumps.
 pub struct NetlinkDiag {
     fd: OwnedFd,
@@ -311,14 +366,20 @@ impl NetlinkDiag {
     /// # Errors
     /// When the kernel refuses the socket (no sock_diag, seccomp, netns limits).
     pub fn open() -> Result<Self, NetlinkError> {
-        // SAFETY: plain socket(2); the fd is owned immediately below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
+        // The kernel adds attributes we never read (INET_DIAG_MARK, MD5 and ULP
+        // info) to every socket's message when the requesting socket was opened with
+        // CAP_NET_ADMIN. Opening it without that capability makes a million-socket
+        // dump measurably cheaper; nothing bindwatch reads needs it.
+        let fd = without_net_admin(|| {
+            // SAFETY: plain socket(2); the fd is owned immediately below.
+            unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    NETLINK_SOCK_DIAG,
+                )
+            }
+        });
         if fd < 0 {
             return Err(NetlinkError::Open(io::Error::last_os_error()));
         }
