@@ -39,6 +39,9 @@ pub struct CollectOptions {
     pub ephemeral_counters: usize,
     /// How many of the fullest ephemeral buckets are exported.
     pub ephemeral_top_k: usize,
+    /// Time a poll may spend scanning /proc/*/fd for owners before continuing at
+    /// the next poll; `None` (one-shot commands) scans to the end.
+    pub scan_slice: Option<std::time::Duration>,
     /// Fold connections that differ only in their peer (the agent); one-shot
     /// commands list every socket.
     pub fold: bool,
@@ -61,6 +64,7 @@ impl CollectOptions {
             ephemeral_top_k: 3,
             thread_netns: false,
             fold: true,
+            scan_slice: Some(crate::source::owners::SCAN_SLICE),
         }
     }
 }
@@ -124,7 +128,9 @@ impl Collector {
             opts.procfs.clone()
         };
         let table = SocketTable::open(opts.source, &net_root)?;
-        let owners = Arc::new(Mutex::new(OwnerResolver::new(&opts.procfs)));
+        let mut resolver = OwnerResolver::new(&opts.procfs);
+        resolver.scan_slice = opts.scan_slice;
+        let owners = Arc::new(Mutex::new(resolver));
         Ok(Collector {
             opts,
             table,

@@ -82,6 +82,8 @@ fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     let mut opts = CollectOptions::new(&src.procfs);
     opts.source = src.source;
     opts.probe_all = true;
+    // One answer, so the owner scan runs to its end.
+    opts.scan_slice = None;
     opts.fold = false;
     opts.probe_max = 8192;
     opts.ports_max = usize::MAX;
@@ -457,6 +459,7 @@ pub fn ports(a: &PortsArgs) -> i32 {
     let mut opts = CollectOptions::new(&a.source.procfs);
     opts.source = a.source.source;
     opts.ports_max = usize::MAX;
+    opts.scan_slice = None;
     let snap = match services(&a.watch).and_then(|svcs| Ok(Collector::new(opts)?.poll(&svcs, &[])?))
     {
         Ok(s) => s,

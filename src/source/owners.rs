@@ -76,6 +76,10 @@ pub struct OwnerResolver {
     /// inode -> (flags, when read, round last used): flags are re-read at most
     /// every [`FLAGS_TTL`], they practically never change after listen().
     flags: HashMap<u64, (ProbedFlags, Instant, u64)>,
+    /// A scan that ran out of its time slice, to continue at the next poll.
+    scan_state: Option<Scan>,
+    /// Time one call may spend scanning; `None` scans to the end (one-shot commands).
+    pub scan_slice: Option<Duration>,
     users: HashMap<u32, String>,
     pub caps: Capabilities,
     pub stats: ResolveStats,
@@ -103,6 +107,18 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
     }
     scope
 }
+
+/// A scan in progress.
+struct Scan {
+    /// Pids not read yet, ascending (popped from the end: newest first).
+    pids: Vec<u32>,
+    targets: HashSet<u64>,
+    denied: bool,
+}
+
+/// How long one poll of the agent may spend scanning `/proc/*/fd` (about 50,000
+/// fds); the rest of a scan continues at the next poll.
+pub const SCAN_SLICE: Duration = Duration::from_millis(150);
 
 /// How long flags read from a live socket are trusted.
 pub const FLAGS_TTL: Duration = Duration::from_secs(60);
@@ -138,6 +154,8 @@ impl OwnerResolver {
             round: 0,
             owners: HashMap::new(),
             flags: HashMap::new(),
+            scan_state: None,
+            scan_slice: Some(SCAN_SLICE),
             users,
             caps: Capabilities::default(),
             stats: ResolveStats::default(),
@@ -195,11 +213,26 @@ impl OwnerResolver {
                 },
             }
         }
-        if missing {
-            self.scan(wanted, &mut found);
-            for &i in wanted {
-                if i != 0 && !found.contains_key(&i) {
-                    self.not_found.insert(i, round);
+        // A scan that did not finish last poll goes on for what is still wanted.
+        let mut targets: HashSet<u64> = wanted
+            .iter()
+            .filter(|i| **i != 0 && !found.contains_key(i) && !self.not_found.contains_key(i))
+            .copied()
+            .collect();
+        if let Some(st) = &self.scan_state {
+            targets.extend(
+                st.targets
+                    .iter()
+                    .filter(|i| wanted.contains(i) && !found.contains_key(i)),
+            );
+        }
+        if missing || self.scan_state.is_some() {
+            let complete = self.scan(&targets, &mut found);
+            if complete {
+                for &i in &targets {
+                    if !found.contains_key(&i) {
+                        self.not_found.insert(i, round);
+                    }
                 }
             }
         }
@@ -210,28 +243,56 @@ impl OwnerResolver {
         found
     }
 
-    fn scan(&mut self, wanted: &HashSet<u64>, found: &mut HashMap<u64, FdRef>) {
-        self.stats.full_scans += 1;
-        let Ok(dir) = fs::read_dir(&self.procfs) else {
-            self.caps.owners = false;
-            return;
+    /// Reads `/proc/PID/fd` links looking for `targets`, newest process first (a
+    /// new listener usually belongs to a process that just started), and stops as
+    /// soon as every target is found. At most [`SCAN_SLICE`] per call: a scan of a
+    /// million fds takes seconds, so it continues at the next poll instead of
+    /// holding this one back. Returns whether the scan is complete.
+    fn scan(&mut self, targets: &HashSet<u64>, found: &mut HashMap<u64, FdRef>) -> bool {
+        let restart = match &self.scan_state {
+            None => true,
+            Some(st) => !targets.is_subset(&st.targets),
         };
-        let mut denied = false;
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
+        if restart {
+            self.stats.full_scans += 1;
+            let Ok(dir) = fs::read_dir(&self.procfs) else {
+                self.caps.owners = false;
+                return true;
             };
-            let fd_dir = entry.path().join("fd");
-            let fds = match fs::read_dir(&fd_dir) {
+            let mut pids: Vec<u32> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect();
+            // Popped from the end: highest pid first.
+            pids.sort_unstable();
+            self.scan_state = Some(Scan {
+                pids,
+                targets: targets.clone(),
+                denied: false,
+            });
+        }
+        let deadline = self.scan_slice.map(|d| Instant::now() + d);
+        let Some(st) = self.scan_state.as_mut() else {
+            return true;
+        };
+        let mut remaining: HashSet<u64> = st
+            .targets
+            .iter()
+            .filter(|i| !found.contains_key(i))
+            .copied()
+            .collect();
+        let mut complete = remaining.is_empty();
+        while !complete {
+            let Some(pid) = st.pids.pop() else {
+                complete = true;
+                break;
+            };
+            let fds = match fs::read_dir(self.procfs.join(pid.to_string()).join("fd")) {
                 Ok(d) => d,
                 Err(e) => {
                     // Kernel threads and exited processes have nothing to show.
                     if e.kind() == io::ErrorKind::PermissionDenied {
-                        denied = true;
+                        st.denied = true;
                     }
                     continue;
                 }
@@ -248,21 +309,26 @@ impl OwnerResolver {
                 else {
                     continue;
                 };
-                if wanted.contains(&inode) {
-                    // A socket shared by several processes (fork): keep the lowest pid,
-                    // usually the parent, so the answer is stable across scans.
-                    found
-                        .entry(inode)
-                        .and_modify(|r| {
-                            if pid < r.pid {
-                                *r = FdRef { pid, fd: n };
-                            }
-                        })
-                        .or_insert(FdRef { pid, fd: n });
+                if remaining.remove(&inode) {
+                    found.insert(inode, FdRef { pid, fd: n });
                 }
             }
+            if remaining.is_empty() {
+                complete = true;
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
         }
-        self.caps.owners = !denied;
+        if complete {
+            if st.denied || st.pids.is_empty() {
+                // A whole pass tells whether every process was readable.
+                self.caps.owners = !st.denied;
+            }
+            self.scan_state = None;
+        } else if st.denied {
+            self.caps.owners = false;
+        }
+        complete
     }
 
     pub fn user_name(&self, uid: u32) -> String {
