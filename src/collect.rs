@@ -398,23 +398,40 @@ impl Collector {
 
         // 6. Leftovers inherit the flags of their (live or remembered) listener.
         let known_listeners: Vec<Socket> = self.memory.values().map(|r| r.socket.clone()).collect();
-        rebind::inherit_from_listeners(&mut port_sockets, &known_listeners);
+        // Everything below is per port: group once instead of filtering per endpoint
+        // (hundreds of listening ports times thousands of sockets at scale).
+        let mut listeners_by_port: HashMap<(Protocol, u16), Vec<Socket>> = HashMap::new();
+        for l in &known_listeners {
+            listeners_by_port
+                .entry((l.protocol, l.local.port()))
+                .or_default()
+                .push(l.clone());
+        }
+        let mut by_port: HashMap<(Protocol, u16), Vec<Socket>> = HashMap::new();
+        for s in port_sockets.drain(..) {
+            by_port
+                .entry((s.protocol, s.local.port()))
+                .or_default()
+                .push(s);
+        }
+        for (key, socks) in by_port.iter_mut() {
+            if let Some(ls) = listeners_by_port.get(key) {
+                rebind::inherit_from_listeners(socks, ls);
+            }
+        }
 
         // 7. Rebind risk per endpoint.
         let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
+        let empty = Vec::new();
         let risks = self
             .memory
             .iter()
             .map(|(ep, r)| {
-                let on_port: Vec<Socket> = port_sockets
-                    .iter()
-                    .filter(|s| s.protocol == ep.protocol && s.local.port() == ep.port)
-                    .cloned()
-                    .collect();
+                let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
                 let judge = |reuse: bool| {
                     rebind::judge(
                         &rebind::restart_candidate(&r.socket, reuse),
-                        rebind::after_restart(&r.socket, &on_port),
+                        rebind::after_restart(&r.socket, on_port),
                     )
                 };
                 EndpointRisk {
@@ -427,6 +444,9 @@ impl Collector {
                 }
             })
             .collect();
+        let mut ports_sorted: Vec<((Protocol, u16), Vec<Socket>)> = by_port.into_iter().collect();
+        ports_sorted.sort_by_key(|(k, _)| *k);
+        let port_sockets: Vec<Socket> = ports_sorted.into_iter().flat_map(|(_, v)| v).collect();
 
         let watched = conflict::evaluate(
             services,

@@ -110,6 +110,15 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     opts.source = a.source.source;
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;
+    // The owner scan is part of the poller's CPU: give it no more per poll than
+    // a quarter of what the budget allows per interval (within 5-150 ms).
+    if a.cpu_budget > 0.0 {
+        let share = a.poll_interval.mul_f64(a.cpu_budget / 4.0);
+        opts.scan_slice = Some(share.clamp(
+            std::time::Duration::from_millis(5),
+            bindwatch::source::owners::SCAN_SLICE,
+        ));
+    }
     let target = match a.netns {
         NetnsMode::Host => {
             let mut c = Collector::new(opts).context("opening the socket source (--source)")?;
