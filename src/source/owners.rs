@@ -112,6 +112,8 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
 struct Scan {
     /// Pids not read yet, ascending (popped from the end: newest first).
     pids: Vec<u32>,
+    /// A process whose fd table was read only in part: (pid, entries read).
+    current: Option<(u32, usize)>,
     targets: HashSet<u64>,
     denied: bool,
 }
@@ -267,6 +269,7 @@ impl OwnerResolver {
             pids.sort_unstable();
             self.scan_state = Some(Scan {
                 pids,
+                current: None,
                 targets: targets.clone(),
                 denied: false,
             });
@@ -283,9 +286,16 @@ impl OwnerResolver {
             .collect();
         let mut complete = remaining.is_empty();
         while !complete {
-            let Some(pid) = st.pids.pop() else {
-                complete = true;
-                break;
+            // Resume inside a big process where the last slice stopped.
+            let (pid, skip) = match st.current.take() {
+                Some(c) => c,
+                None => match st.pids.pop() {
+                    Some(p) => (p, 0),
+                    None => {
+                        complete = true;
+                        break;
+                    }
+                },
             };
             let fds = match fs::read_dir(self.procfs.join(pid.to_string()).join("fd")) {
                 Ok(d) => d,
@@ -297,30 +307,38 @@ impl OwnerResolver {
                     continue;
                 }
             };
-            for fd in fds.flatten() {
+            let mut read = 0usize;
+            let mut out_of_time = false;
+            for fd in fds.flatten().skip(skip) {
+                read += 1;
                 self.stats.fds_read += 1;
-                let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let Some(inode) = fs::read_link(fd.path())
-                    .ok()
-                    .as_deref()
-                    .and_then(socket_inode)
-                else {
-                    continue;
-                };
-                if remaining.remove(&inode) {
-                    found.insert(inode, FdRef { pid, fd: n });
+                if let (Some(n), Some(inode)) = (
+                    fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
+                    fs::read_link(fd.path())
+                        .ok()
+                        .as_deref()
+                        .and_then(socket_inode),
+                ) {
+                    if remaining.remove(&inode) {
+                        found.insert(inode, FdRef { pid, fd: n });
+                    }
+                }
+                if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    out_of_time = true;
+                    break;
                 }
             }
             if remaining.is_empty() {
                 complete = true;
+            } else if out_of_time {
+                st.current = Some((pid, skip + read));
+                break;
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
         if complete {
-            if st.denied || st.pids.is_empty() {
+            if st.denied || (st.pids.is_empty() && st.current.is_none()) {
                 // A whole pass tells whether every process was readable.
                 self.caps.owners = !st.denied;
             }
@@ -493,6 +511,42 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(unit_from_cgroup(text).as_deref(), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_sliced_scan_resumes_inside_a_big_process() {
+        let socks: Vec<std::net::UdpSocket> = (0..700)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let last = socks.last().unwrap().as_raw_fd();
+        let inode = fs::metadata(format!("/proc/self/fd/{last}"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let mut r = OwnerResolver::new(Path::new("/proc"));
+        r.scan_slice = Some(Duration::ZERO);
+        let wanted: HashSet<u64> = [inode].into();
+        let mut calls = 0;
+        let found = loop {
+            r.next_round();
+            calls += 1;
+            let got = r.resolve(&wanted);
+            if let Some(f) = got.get(&inode) {
+                break *f;
+            }
+            assert!(calls < 100_000, "the scan never finished");
+        };
+        assert_eq!(
+            found,
+            FdRef {
+                pid: std::process::id(),
+                fd: last
+            }
+        );
+        assert!(
+            calls >= 3,
+            "700 fds at 256 per slice need several calls, took {calls}"
+        );
+        assert_eq!(r.stats.full_scans, 1, "one scan, resumed, not restarted");
     }
 
     #[test]
