@@ -31,6 +31,10 @@ declare -A PKG_FOR=(
     [sysctl]=procps
     [pgrep]=procps
     [curl]=curl
+    [openssl]=openssl
+    [ip]=iproute2
+    [setpriv]=util-linux
+    [unshare]=util-linux
     [systemd-analyze]=systemd
 )
 
