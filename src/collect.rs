@@ -122,20 +122,27 @@ impl Collector {
     /// # Errors
     /// When the chosen source cannot be opened at all.
     pub fn new(opts: CollectOptions) -> Result<Self, CollectError> {
+        let mut resolver = OwnerResolver::new(&opts.procfs);
+        resolver.scan_slice = opts.scan_slice;
+        Self::build(opts, Arc::new(Mutex::new(resolver)), true)
+    }
+
+    fn build(
+        opts: CollectOptions,
+        owners: Arc<Mutex<OwnerResolver>>,
+        owns_rounds: bool,
+    ) -> Result<Self, CollectError> {
         let net_root = if opts.thread_netns {
             opts.procfs.join("thread-self")
         } else {
             opts.procfs.clone()
         };
         let table = SocketTable::open(opts.source, &net_root)?;
-        let mut resolver = OwnerResolver::new(&opts.procfs);
-        resolver.scan_slice = opts.scan_slice;
-        let owners = Arc::new(Mutex::new(resolver));
         Ok(Collector {
             opts,
             table,
             owners,
-            owns_rounds: true,
+            owns_rounds,
             memory: BTreeMap::new(),
             ports_dropped_total: 0,
             table_view: None,
@@ -155,10 +162,7 @@ impl Collector {
         opts: CollectOptions,
         owners: Arc<Mutex<OwnerResolver>>,
     ) -> Result<Self, CollectError> {
-        let mut c = Collector::new(opts)?;
-        c.owners = owners;
-        c.owns_rounds = false;
-        Ok(c)
+        Self::build(opts, owners, false)
     }
 
     fn resolver(&self) -> std::sync::MutexGuard<'_, OwnerResolver> {
@@ -729,21 +733,12 @@ pub fn socket_counts(counts: &StateCounts) -> BTreeMap<(Protocol, Family, &'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SocketFlags, Tri};
 
     fn sock(state: State, local: &str, remote: &str, inode: u64, expires: u64) -> Socket {
         Socket {
-            protocol: Protocol::Tcp,
-            state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
-            uid: 0,
             inode,
-            ifindex: Some(0),
             expires_ms: Some(expires),
-            v6only: Tri::Unknown,
-            flags: SocketFlags::default(),
-            count: 1,
+            ..Socket::test(state, local, remote)
         }
     }
 

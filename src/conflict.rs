@@ -280,20 +280,14 @@ mod tests {
 
     fn sock(state: State, local: &str, remote: &str, inode: u64) -> Socket {
         Socket {
-            protocol: Protocol::Tcp,
-            state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
-            uid: 0,
             inode,
-            ifindex: Some(0),
             expires_ms: Some(30_000),
             v6only: Tri::False,
             flags: SocketFlags {
                 reuseaddr: Tri::False,
                 reuseport: Tri::False,
             },
-            count: 1,
+            ..Socket::test(state, local, remote)
         }
     }
 

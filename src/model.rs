@@ -247,6 +247,27 @@ impl Socket {
     }
 }
 
+#[cfg(test)]
+impl Socket {
+    /// A TCP socket for unit tests: uid 0, a file (inode 1), no device, no timer,
+    /// flags unknown. Tests override fields with struct update syntax.
+    pub(crate) fn test(state: State, local: &str, remote: &str) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            state,
+            local: local.parse().expect("test address"),
+            remote: remote.parse().expect("test address"),
+            uid: 0,
+            inode: 1,
+            ifindex: Some(0),
+            expires_ms: None,
+            v6only: Tri::Unknown,
+            flags: SocketFlags::default(),
+            count: 1,
+        }
+    }
+}
+
 /// `::ffff:a.b.c.d` -> `a.b.c.d`; everything else unchanged.
 pub fn unmap(ip: IpAddr) -> IpAddr {
     match ip {

@@ -500,20 +500,13 @@ mod tests {
 
     fn sock(state: State, local: &str, reuseaddr: Tri, v6only: Tri) -> Socket {
         Socket {
-            protocol: Protocol::Tcp,
-            state,
-            local: local.parse().unwrap(),
-            remote: "0.0.0.0:0".parse().unwrap(),
             uid: 1000,
-            inode: 1,
-            ifindex: Some(0),
-            expires_ms: None,
             v6only,
             flags: SocketFlags {
                 reuseaddr,
                 reuseport: Tri::False,
             },
-            count: 1,
+            ..Socket::test(state, local, "0.0.0.0:0")
         }
     }
 

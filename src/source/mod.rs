@@ -41,8 +41,6 @@ pub struct SocketTable {
     netlink: Option<NetlinkDiag>,
     procfs: PathBuf,
     choice: SourceChoice,
-    /// Why `auto` fell back to /proc, once it did.
-    pub fallback_reason: Option<String>,
     /// Malformed /proc/net lines seen (each is skipped, never fatal).
     pub bad_lines: u64,
     /// Bad lines already logged: each is logged once, not at every read.
@@ -57,7 +55,6 @@ impl SocketTable {
             netlink: None,
             procfs: procfs.to_path_buf(),
             choice,
-            fallback_reason: None,
             bad_lines: 0,
             logged: std::collections::HashSet::new(),
         };
@@ -89,7 +86,6 @@ impl SocketTable {
             self.procfs.display()
         );
         self.netlink = None;
-        self.fallback_reason = Some(reason);
     }
 
     /// Streams every socket of `protocol` whose state bit is in `states`.
