@@ -56,42 +56,34 @@ fn openssl(dir: &Dir, args: &[&str]) {
     );
 }
 
+/// `NAME.key` (RSA 2048 or EC P-256) and a request `NAME.csr` for CN=NAME.
+fn key_and_request(dir: &Dir, name: &str, rsa: bool) -> (String, String) {
+    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+    let alg: &[&str] = if rsa {
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    } else {
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    };
+    let mut genpkey = vec!["genpkey"];
+    genpkey.extend_from_slice(alg);
+    genpkey.extend_from_slice(&["-out", &key]);
+    openssl(dir, &genpkey);
+    let subj = format!("/CN={name}");
+    openssl(
+        dir,
+        &["req", "-new", "-key", &key, "-subj", &subj, "-out", &csr],
+    );
+    (key, csr)
+}
+
 /// A CA: `NAME.key`, `NAME.crt`.
 fn make_ca(dir: &Dir, name: &str) {
     dir.write(
         "ca.ext",
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
     );
-    let (key, csr, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-    );
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &csr,
-        ],
-    );
+    let (key, csr) = key_and_request(dir, name, false);
+    let crt = format!("{name}.crt");
     openssl(
         dir,
         &[
@@ -111,51 +103,10 @@ fn make_leaf(dir: &Dir, name: &str, ca: &str, server: bool, rsa: bool) {
     };
     let ext_file = format!("{name}.ext");
     dir.write(&ext_file, ext);
-    let (key, csr, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-    );
-    if rsa {
-        openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &key,
-            ],
-        );
-    } else {
-        openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key,
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &csr,
-        ],
-    );
+    let (_, csr) = key_and_request(dir, name, rsa);
+    let crt = format!("{name}.crt");
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+    let serial = format!("{}", std::process::id() + name.len() as u32);
     openssl(
         dir,
         &[
@@ -164,11 +115,11 @@ fn make_leaf(dir: &Dir, name: &str, ca: &str, server: bool, rsa: bool) {
             "-in",
             &csr,
             "-CA",
-            &format!("{ca}.crt"),
+            &ca_crt,
             "-CAkey",
-            &format!("{ca}.key"),
+            &ca_key,
             "-set_serial",
-            &format!("{}", std::process::id() + name.len() as u32),
+            &serial,
             "-days",
             "2",
             "-extfile",
