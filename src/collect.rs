@@ -461,6 +461,7 @@ impl Collector {
         );
         Ok(Snapshot {
             taken_at: SystemTime::now(),
+            bindv6only,
             source: self.table.kind(),
             counts,
             listeners,

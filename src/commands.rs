@@ -16,7 +16,6 @@ use crate::config::{self, Service};
 use crate::metrics::realistic;
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Finding, Judgement, Verdict};
-use crate::source::sysctl;
 use crate::state;
 
 /// Exit codes of `check` and `wait` (contract.md).
@@ -148,11 +147,7 @@ fn combine(verdicts: impl Iterator<Item = Verdict>) -> Verdict {
 ///
 /// # Errors
 /// Unknown device, or `--restart` with nothing listening.
-pub fn judge_snapshot(
-    a: &SocketArgs,
-    snap: &Snapshot,
-    bindv6only: bool,
-) -> Result<CheckOutcome, CommandError> {
+pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, CommandError> {
     let on_port: Vec<Socket> = snap
         .port_sockets
         .iter()
@@ -198,7 +193,11 @@ pub fn judge_snapshot(
             protocol: a.protocol,
             address: a.address,
             port: a.port,
-            v6only: Candidate::effective_v6only(a.address, a.v6only.then_some(true), bindv6only),
+            v6only: Candidate::effective_v6only(
+                a.address,
+                a.v6only.then_some(true),
+                snap.bindv6only,
+            ),
             reuseaddr: a.reuseaddr,
             reuseport: Tri::from_bool(a.reuseport),
             // SAFETY: geteuid cannot fail.
@@ -235,8 +234,7 @@ pub fn check_once(
 ) -> Result<(CheckOutcome, Snapshot), CommandError> {
     let services = services(&a.watch)?;
     let snap = c.poll(&services, &[(a.protocol, a.port)])?;
-    let bindv6only = sysctl::read_bindv6only(&a.source.procfs).unwrap_or(false);
-    Ok((judge_snapshot(a, &snap, bindv6only)?, snap))
+    Ok((judge_snapshot(a, &snap)?, snap))
 }
 
 fn endpoint_str(ip: IpAddr, port: u16) -> String {

@@ -377,6 +377,8 @@ pub struct Snapshot {
     pub watched: Vec<crate::conflict::ServiceStatus>,
     /// The fullest ephemeral-port buckets, fullest first.
     pub ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
+    /// `net.ipv6.bindv6only` as read by this poll: the V6ONLY a new `[::]` socket gets.
+    pub bindv6only: bool,
     /// When the whole TCP table was last walked (counts, sockets on ports of
     /// interest, ephemeral buckets); listeners are read fresh at `taken_at`.
     pub table_taken_at: std::time::SystemTime,
