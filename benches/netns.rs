@@ -95,7 +95,10 @@ fn main() {
             .recv_timeout(Duration::from_secs(60))
             .expect("namespace ready");
     }
-    let opts = CollectOptions::new(Path::new("/proc"));
+    // The first poll scans every fd to the end (as one-shot commands do), so the
+    // timed polls after it are steady state.
+    let mut opts = CollectOptions::new(Path::new("/proc"));
+    opts.scan_slice = None;
     let mut all = NetnsCollectors::new(opts.clone(), Path::new("/run/netns"));
     let mut host = Collector::new(opts).expect("host collector");
     // Warm-up: creates the per-namespace collectors and owner caches.

@@ -226,12 +226,63 @@ fn judge_service(
 /// destination compete for the same ephemeral ports.
 pub type Bucket = (IpAddr, IpAddr, u16);
 
+/// A [`Bucket`] packed into fixed-size integers: the tally looks one up per
+/// outgoing connection (hundreds of thousands per walk), and hashing `IpAddr`
+/// enums field by field cost more than the rest of the walk's per-socket work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedBucket {
+    /// IPv4: the address in the low 32 bits of `src.1`; IPv6: (high, low) halves.
+    src: (u64, u64),
+    dst: (u64, u64),
+    /// Destination port, with bit 16 set for IPv6.
+    port_v6: u32,
+}
+
+impl std::hash::Hash for PackedBucket {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // Two words: IPv4 addresses (the common case) sit in the low halves.
+        h.write_u64(self.src.1 ^ self.src.0.rotate_left(29) ^ (u64::from(self.port_v6) << 32));
+        h.write_u64(self.dst.1 ^ self.dst.0.rotate_left(29));
+    }
+}
+
+impl PackedBucket {
+    #[inline]
+    fn of(s: &Socket) -> PackedBucket {
+        let halves = |a: IpAddr| match a {
+            IpAddr::V4(v) => (0, u64::from(u32::from(v))),
+            IpAddr::V6(v) => {
+                let b = u128::from(v);
+                ((b >> 64) as u64, b as u64)
+            }
+        };
+        PackedBucket {
+            src: halves(s.local.ip()),
+            dst: halves(s.remote.ip()),
+            port_v6: u32::from(s.remote.port()) | (u32::from(s.local.is_ipv6()) << 16),
+        }
+    }
+
+    fn unpack(self) -> Bucket {
+        let v6 = self.port_v6 >> 16 != 0;
+        let ip = |(hi, lo): (u64, u64)| -> IpAddr {
+            if v6 {
+                IpAddr::V6((u128::from(hi) << 64 | u128::from(lo)).into())
+            } else {
+                IpAddr::V4((lo as u32).into())
+            }
+        };
+        (ip(self.src), ip(self.dst), self.port_v6 as u16)
+    }
+}
+
 /// Heavy-hitter tally of ephemeral-port buckets in bounded memory (Misra-Gries with
 /// `k` counters): exact while there are at most `k` distinct buckets; beyond that
 /// every count is low by at most N/k, so the fullest buckets are still found.
 #[derive(Debug, Clone)]
 pub struct EphemeralTally {
-    counts: crate::fasthash::FxHashMap<Bucket, u32>,
+    counts: crate::fasthash::FxHashMap<PackedBucket, u32>,
     k: usize,
 }
 
@@ -247,26 +298,40 @@ impl EphemeralTally {
     }
 
     /// Counts a client socket (local port inside the ephemeral range).
+    #[inline]
     pub fn add(&mut self, s: &Socket) {
         if s.state == State::Listen || s.remote.port() == 0 {
             return;
         }
-        let key = (s.local.ip(), s.remote.ip(), s.remote.port());
-        if let Some(c) = self.counts.get_mut(&key) {
-            *c += 1;
-        } else if self.counts.len() < self.k {
-            self.counts.insert(key, 1);
-        } else {
-            self.counts.retain(|_, c| {
-                *c -= 1;
-                *c > 0
-            });
+        use std::collections::hash_map::Entry;
+        let full = self.counts.len() >= self.k;
+        match self.counts.entry(PackedBucket::of(s)) {
+            Entry::Occupied(mut e) => *e.get_mut() += 1,
+            Entry::Vacant(e) if !full => {
+                e.insert(1);
+            }
+            Entry::Vacant(_) => self.decrement_all(),
         }
+    }
+
+    /// Misra-Gries' step for an item with no free counter: every count drops by
+    /// one. Rebuilt rather than `retain`ed: erasing in place leaves tombstones that
+    /// lengthen every later miss's probe, and with mostly distinct buckets (a
+    /// busy client host) this runs every `k` sockets.
+    fn decrement_all(&mut self) {
+        let survivors: Vec<(PackedBucket, u32)> = self
+            .counts
+            .iter()
+            .filter(|(_, &c)| c > 1)
+            .map(|(k, &c)| (*k, c - 1))
+            .collect();
+        self.counts.clear();
+        self.counts.extend(survivors);
     }
 
     /// The `n` fullest buckets, fullest first.
     pub fn top(&self, n: usize) -> Vec<(Bucket, u32)> {
-        let mut v: Vec<(Bucket, u32)> = self.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        let mut v: Vec<(Bucket, u32)> = self.counts.iter().map(|(k, c)| (k.unpack(), *c)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v

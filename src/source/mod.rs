@@ -93,11 +93,11 @@ impl SocketTable {
     /// # Errors
     /// Source errors; with `--source auto` a netlink permission or support error
     /// switches to /proc for this and every later dump instead.
-    pub fn dump(
+    pub fn dump<F: FnMut(&Socket) + ?Sized>(
         &mut self,
         protocol: Protocol,
         states: u32,
-        sink: &mut dyn FnMut(&Socket),
+        sink: &mut F,
     ) -> Result<(), SourceError> {
         if let Some(nl) = self.netlink.as_mut() {
             match dump_netlink(nl, protocol, states, sink) {
@@ -135,11 +135,11 @@ impl SocketTable {
     }
 }
 
-fn dump_netlink(
+fn dump_netlink<F: FnMut(&Socket) + ?Sized>(
     nl: &mut NetlinkDiag,
     protocol: Protocol,
     states: u32,
-    sink: &mut dyn FnMut(&Socket),
+    sink: &mut F,
 ) -> Result<(), NetlinkError> {
     match protocol {
         // One walk of the TCP hash tables for both families.
