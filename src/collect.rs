@@ -620,63 +620,88 @@ struct Folder {
     index: crate::fasthash::FxHashMap<FoldKey, usize>,
     /// Per local port, its row in `slots` (0: none yet).
     rows: Vec<u16>,
-    /// Per (row, state): the class the last such socket folded into, with the
-    /// sockets gathered for it since. Most sockets of a busy port in one state
-    /// share a class, so one cache line per socket replaces the hash look-up and
-    /// the entry's update; keyed by state because a busy port's ESTABLISHED and
-    /// TIME_WAIT sockets interleave in the kernel's hash. (Between two receive
-    /// buffers the kernel's walk evicts our data from the caches: lines touched
-    /// per socket are what the walk's user time is made of.)
+    /// Per (row, state): the class and entry the last such socket folded into.
+    /// Most sockets of a busy port in one state share a class, so a compare here
+    /// replaces the hash look-up; keyed by state because a busy port's
+    /// ESTABLISHED and TIME_WAIT sockets interleave in the kernel's hash.
+    ///
+    /// Compact on purpose: between two receive buffers the kernel's walk evicts
+    /// our data from the caches, so the walk's user time is the cache lines it
+    /// touches per socket. A port's ESTABLISHED and TIME_WAIT slots share one.
     slots: Vec<[Slot; STATES]>,
+    /// Per entry of `out`: sockets folded into it through a slot and not yet
+    /// added, with their longest timer.
+    pending: Vec<(u32, Option<u64>)>,
 }
 
-const STATES: usize = State::ALL.len() + 1;
+const STATES: usize = State::ALL.len();
 
-/// What makes two sockets of one port and state fold together.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct SlotClass {
-    ip: std::net::IpAddr,
-    uid: u32,
-    ifindex: Option<u32>,
-    v6only: crate::model::Tri,
-    has_file: bool,
-}
-
-impl SlotClass {
-    fn of(s: &Socket) -> SlotClass {
-        SlotClass {
-            ip: s.local.ip(),
-            uid: s.uid,
-            ifindex: s.ifindex,
-            v6only: s.v6only,
-            has_file: s.inode != 0,
-        }
+/// Slot of each state in a row, the common states first.
+fn slot_of(state: State) -> usize {
+    match state {
+        State::Established => 0,
+        State::TimeWait => 1,
+        State::CloseWait => 2,
+        State::FinWait2 => 3,
+        State::SynSent => 4,
+        State::SynRecv => 5,
+        State::FinWait1 => 6,
+        State::Close => 7,
+        State::LastAck => 8,
+        State::Listen => 9,
+        State::Closing => 10,
+        State::NewSynRecv => 11,
+        State::BoundInactive => 12,
     }
 }
 
-#[derive(Clone, Copy)]
-#[repr(align(64))]
+/// What makes two sockets of one port and state fold together, packed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(32))]
 struct Slot {
-    class: SlotClass,
-    /// 1 + index of the entry in `out` (0: empty slot).
+    /// The local address; IPv4 in the first word.
+    ip: [u32; 4],
+    uid: u32,
+    /// `u32::MAX` where the source cannot tell.
+    ifindex: u32,
+    /// 1 + the index of the entry (0: empty slot).
     entry: u32,
-    /// Sockets folded here and not yet added to the entry, and their longest timer.
-    pending: u32,
-    pending_expires: Option<u64>,
+    /// Bit 0: IPv6; bits 1-2: V6ONLY as `Tri`; bit 3: has a file.
+    flags: u8,
 }
 
 const EMPTY_SLOT: Slot = Slot {
-    class: SlotClass {
-        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        uid: 0,
-        ifindex: None,
-        v6only: crate::model::Tri::Unknown,
-        has_file: false,
-    },
+    ip: [0; 4],
+    uid: 0,
+    ifindex: 0,
     entry: 0,
-    pending: 0,
-    pending_expires: None,
+    flags: 0,
 };
+
+impl Slot {
+    fn of(s: &Socket, entry: u32) -> Slot {
+        let (ip, v6) = match s.local.ip() {
+            std::net::IpAddr::V4(a) => ([u32::from(a), 0, 0, 0], 0),
+            std::net::IpAddr::V6(a) => {
+                let o = a.octets();
+                let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                ([w(0), w(4), w(8), w(12)], 1)
+            }
+        };
+        let v6only = match s.v6only {
+            crate::model::Tri::True => 1,
+            crate::model::Tri::False => 2,
+            crate::model::Tri::Unknown => 3,
+        };
+        Slot {
+            ip,
+            uid: s.uid,
+            ifindex: s.ifindex.unwrap_or(u32::MAX),
+            entry,
+            flags: v6 | v6only << 1 | u8::from(s.inode != 0) << 3,
+        }
+    }
+}
 
 #[derive(Hash, PartialEq, Eq)]
 struct FoldKey {
@@ -697,17 +722,8 @@ impl Folder {
             rows: if enabled { vec![0; 65536] } else { Vec::new() },
             // Row 0 is the "none yet" sentinel.
             slots: vec![[EMPTY_SLOT; STATES]],
+            pending: Vec::new(),
         }
-    }
-
-    fn flush(slot: &mut Slot, out: &mut [Socket]) {
-        if slot.entry != 0 && slot.pending != 0 {
-            let e = &mut out[slot.entry as usize - 1];
-            e.count += slot.pending;
-            e.expires_ms = e.expires_ms.max(slot.pending_expires);
-        }
-        slot.pending = 0;
-        slot.pending_expires = None;
     }
 
     fn push(&mut self, s: &Socket, port_has_listener: bool, out: &mut Vec<Socket>) {
@@ -730,16 +746,15 @@ impl Folder {
                 self.slots.push([EMPTY_SLOT; STATES]);
             }
         }
-        let st = s.state as usize;
-        let class = SlotClass::of(s);
+        let st = slot_of(s.state);
         if row != 0 {
-            let slot = &mut self.slots[row][st];
-            if slot.entry != 0 && slot.class == class {
-                slot.pending += s.count;
-                slot.pending_expires = slot.pending_expires.max(s.expires_ms);
+            let slot = &self.slots[row][st];
+            if slot.entry != 0 && *slot == Slot::of(s, slot.entry) {
+                let p = &mut self.pending[slot.entry as usize - 1];
+                p.0 += s.count;
+                p.1 = p.1.max(s.expires_ms);
                 return;
             }
-            Self::flush(slot, out);
         }
         let key = FoldKey {
             state: s.state,
@@ -751,32 +766,30 @@ impl Folder {
         };
         let i = match self.index.get(&key) {
             Some(&i) => {
-                let e = &mut out[i];
-                e.count += s.count;
-                e.expires_ms = e.expires_ms.max(s.expires_ms);
+                let p = &mut self.pending[i];
+                p.0 += s.count;
+                p.1 = p.1.max(s.expires_ms);
                 i
             }
             None => {
                 self.index.insert(key, out.len());
                 out.push(s.clone());
+                self.pending.resize(out.len(), (0, None));
                 out.len() - 1
             }
         };
         if row != 0 {
-            self.slots[row][st] = Slot {
-                class,
-                entry: u32::try_from(i + 1).unwrap_or(0),
-                ..EMPTY_SLOT
-            };
+            if let Ok(e) = u32::try_from(i + 1) {
+                self.slots[row][st] = Slot::of(s, e);
+            }
         }
     }
 
-    /// Adds what the slots gathered to their entries.
+    /// Adds what was gathered to the entries.
     fn finish(&mut self, out: &mut [Socket]) {
-        for row in &mut self.slots {
-            for slot in row.iter_mut() {
-                Self::flush(slot, out);
-            }
+        for (e, (n, expires)) in out.iter_mut().zip(self.pending.drain(..)) {
+            e.count += n;
+            e.expires_ms = e.expires_ms.max(expires);
         }
     }
 }
@@ -905,7 +918,11 @@ mod tests {
         let mut naive: BTreeMap<(State, String, bool), (u32, Option<u64>)> = BTreeMap::new();
         for i in 0..5000u64 {
             let r = next();
-            let state = [State::Established, State::TimeWait, State::CloseWait][(r % 3) as usize];
+            // Every state but LISTEN (listeners stay individual by design).
+            let state = match State::ALL[(r % 13) as usize] {
+                State::Listen => State::Established,
+                st => st,
+            };
             let local = format!("10.0.0.{}:{}", 1 + (r >> 8) % 2, 440 + (r >> 16) % 4);
             let has_file = state != State::TimeWait && (r >> 24) % 5 != 0;
             let s = sock(

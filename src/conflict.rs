@@ -226,73 +226,71 @@ fn judge_service(
 /// destination compete for the same ephemeral ports.
 pub type Bucket = (IpAddr, IpAddr, u16);
 
-/// A [`Bucket`] packed into fixed-size integers: the tally looks one up per
-/// outgoing connection (hundreds of thousands per walk), and hashing `IpAddr`
-/// enums field by field cost more than the rest of the walk's per-socket work.
+/// An IPv4 [`Bucket`] as plain integers: (source, destination, port). The tally
+/// looks one up per outgoing connection (hundreds of thousands per walk), right
+/// after the kernel's walk has evicted it from the caches: a 16-byte entry keeps
+/// the whole table small enough to stay cached, and hashing it is two rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PackedBucket {
-    /// IPv4: the address in the low 32 bits of `src.1`; IPv6: (high, low) halves.
-    src: (u64, u64),
-    dst: (u64, u64),
-    /// Destination port, with bit 16 set for IPv6.
-    port_v6: u32,
-}
+struct V4Bucket([u32; 3]);
 
-impl std::hash::Hash for PackedBucket {
+impl std::hash::Hash for V4Bucket {
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // Two words: IPv4 addresses (the common case) sit in the low halves.
-        h.write_u64(self.src.1 ^ self.src.0.rotate_left(29) ^ (u64::from(self.port_v6) << 32));
-        h.write_u64(self.dst.1 ^ self.dst.0.rotate_left(29));
+        h.write_u64(u64::from(self.0[0]) << 32 | u64::from(self.0[1]));
+        h.write_u32(self.0[2]);
     }
 }
 
-impl PackedBucket {
-    #[inline]
-    fn of(s: &Socket) -> PackedBucket {
-        let halves = |a: IpAddr| match a {
-            IpAddr::V4(v) => (0, u64::from(u32::from(v))),
-            IpAddr::V6(v) => {
-                let b = u128::from(v);
-                ((b >> 64) as u64, b as u64)
-            }
-        };
-        PackedBucket {
-            src: halves(s.local.ip()),
-            dst: halves(s.remote.ip()),
-            port_v6: u32::from(s.remote.port()) | (u32::from(s.local.is_ipv6()) << 16),
-        }
-    }
+/// An IPv6 [`Bucket`]: addresses as integers, port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct V6Bucket(u128, u128, u16);
 
-    fn unpack(self) -> Bucket {
-        let v6 = self.port_v6 >> 16 != 0;
-        let ip = |(hi, lo): (u64, u64)| -> IpAddr {
-            if v6 {
-                IpAddr::V6((u128::from(hi) << 64 | u128::from(lo)).into())
-            } else {
-                IpAddr::V4((lo as u32).into())
-            }
-        };
-        (ip(self.src), ip(self.dst), self.port_v6 as u16)
-    }
-}
+type Counters<K> = crate::fasthash::FxHashMap<K, u32>;
 
 /// Heavy-hitter tally of ephemeral-port buckets in bounded memory (Misra-Gries with
-/// `k` counters): exact while there are at most `k` distinct buckets; beyond that
-/// every count is low by at most N/k, so the fullest buckets are still found.
+/// `k` counters over both families): exact while there are at most `k` distinct
+/// buckets; beyond that every count is low by at most N/k, so the fullest buckets
+/// are still found.
 #[derive(Debug, Clone)]
 pub struct EphemeralTally {
-    counts: crate::fasthash::FxHashMap<PackedBucket, u32>,
+    v4: Counters<V4Bucket>,
+    v6: Counters<V6Bucket>,
     k: usize,
+}
+
+/// Adds one to `key`'s counter; false when it has none and none is free.
+#[inline]
+fn bump<K: std::hash::Hash + Eq>(map: &mut Counters<K>, key: K, full: bool) -> bool {
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Occupied(mut e) => *e.get_mut() += 1,
+        Entry::Vacant(e) if !full => {
+            e.insert(1);
+        }
+        Entry::Vacant(_) => return false,
+    }
+    true
+}
+
+/// Misra-Gries' step for an item with no free counter: every count drops by one.
+/// Rebuilt rather than `retain`ed: erasing in place leaves tombstones that
+/// lengthen every later miss's probe, and with mostly distinct buckets (a busy
+/// client host) this runs every `k` sockets.
+fn decrement<K: std::hash::Hash + Eq + Copy>(map: &mut Counters<K>) {
+    let survivors: Vec<(K, u32)> = map
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(k, &c)| (*k, c - 1))
+        .collect();
+    map.clear();
+    map.extend(survivors);
 }
 
 impl EphemeralTally {
     pub fn new(k: usize) -> Self {
         EphemeralTally {
-            counts: crate::fasthash::FxHashMap::with_capacity_and_hasher(
-                k.min(4096),
-                Default::default(),
-            ),
+            v4: Counters::with_capacity_and_hasher(k.min(4096), Default::default()),
+            v6: Counters::default(),
             k: k.max(1),
         }
     }
@@ -303,35 +301,42 @@ impl EphemeralTally {
         if s.state == State::Listen || s.remote.port() == 0 {
             return;
         }
-        use std::collections::hash_map::Entry;
-        let full = self.counts.len() >= self.k;
-        match self.counts.entry(PackedBucket::of(s)) {
-            Entry::Occupied(mut e) => *e.get_mut() += 1,
-            Entry::Vacant(e) if !full => {
-                e.insert(1);
+        let full = self.v4.len() + self.v6.len() >= self.k;
+        let counted = match (s.local.ip(), s.remote.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => bump(
+                &mut self.v4,
+                V4Bucket([a.into(), b.into(), u32::from(s.remote.port())]),
+                full,
+            ),
+            (a, b) => {
+                let bits = |ip: IpAddr| match ip {
+                    IpAddr::V4(v) => u128::from(v.to_ipv6_mapped()),
+                    IpAddr::V6(v) => u128::from(v),
+                };
+                bump(
+                    &mut self.v6,
+                    V6Bucket(bits(a), bits(b), s.remote.port()),
+                    full,
+                )
             }
-            Entry::Vacant(_) => self.decrement_all(),
+        };
+        if !counted {
+            decrement(&mut self.v4);
+            decrement(&mut self.v6);
         }
-    }
-
-    /// Misra-Gries' step for an item with no free counter: every count drops by
-    /// one. Rebuilt rather than `retain`ed: erasing in place leaves tombstones that
-    /// lengthen every later miss's probe, and with mostly distinct buckets (a
-    /// busy client host) this runs every `k` sockets.
-    fn decrement_all(&mut self) {
-        let survivors: Vec<(PackedBucket, u32)> = self
-            .counts
-            .iter()
-            .filter(|(_, &c)| c > 1)
-            .map(|(k, &c)| (*k, c - 1))
-            .collect();
-        self.counts.clear();
-        self.counts.extend(survivors);
     }
 
     /// The `n` fullest buckets, fullest first.
     pub fn top(&self, n: usize) -> Vec<(Bucket, u32)> {
-        let mut v: Vec<(Bucket, u32)> = self.counts.iter().map(|(k, c)| (k.unpack(), *c)).collect();
+        let v4 = self.v4.iter().map(|(k, &c)| {
+            let [a, b, p] = k.0;
+            ((IpAddr::V4(a.into()), IpAddr::V4(b.into()), p as u16), c)
+        });
+        let v6 = self
+            .v6
+            .iter()
+            .map(|(k, &c)| ((IpAddr::V6(k.0.into()), IpAddr::V6(k.1.into()), k.2), c));
+        let mut v: Vec<(Bucket, u32)> = v4.chain(v6).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
@@ -525,5 +530,26 @@ mod tests {
             ));
         }
         assert_eq!(t.top(1)[0].0 .1, "127.0.0.2".parse::<IpAddr>().unwrap());
+        // Both families share the k counters; IPv6 buckets keep their addresses,
+        // and the heavy IPv6 bucket survives IPv4 churn.
+        let mut t = EphemeralTally::new(8);
+        for i in 0..2000u32 {
+            let dst = format!("10.{}.{}.1:443", i / 256, i % 256);
+            t.add(&sock(State::Established, "127.0.0.1:40000", &dst, 1));
+            if i % 2 == 0 {
+                t.add(&sock(
+                    State::Established,
+                    "[::1]:40001",
+                    "[2001:db8::7]:443",
+                    1,
+                ));
+            }
+        }
+        let top = t.top(1);
+        assert_eq!(
+            top[0].0,
+            ("::1".parse().unwrap(), "2001:db8::7".parse().unwrap(), 443)
+        );
+        assert!(top[0].1 > 500, "{top:?}");
     }
 }
