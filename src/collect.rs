@@ -261,25 +261,43 @@ impl Collector {
                 .filter(|(p, _)| *p == Protocol::Tcp)
                 .map(|(_, n)| *n),
         );
-        let listener_ports = PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port()));
-        let mut counts = FastCounts::default();
-        let mut port_sockets: Vec<Socket> = Vec::new();
-        let mut folder = Folder::new(self.opts.fold, self.opts.probe_max);
-        let mut tally = EphemeralTally::new(self.opts.ephemeral_counters);
+        let mut walk = Walk {
+            listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
+            wanted: wanted_set,
+            allocation,
+            counts: FastCounts::default(),
+            port_sockets: Vec::new(),
+            folder: Folder::new(self.opts.fold, self.opts.probe_max),
+            tally: EphemeralTally::new(self.opts.ephemeral_counters),
+        };
+        // Each socket is taken AHEAD messages after it was decoded and its slot
+        // and counter prefetched, so their loads overlap instead of stalling.
+        const AHEAD: usize = 8;
+        let mut ring: [Option<Socket>; AHEAD] = Default::default();
+        let mut head = 0;
         let states = ALL_STATES & !listen_mask();
         self.table.dump(Protocol::Tcp, states, &mut |s| {
             if s.state == State::Listen {
                 return;
             }
-            counts.add(s);
-            let port = s.local.port();
-            if wanted_set.contains(port) {
-                folder.push(s, listener_ports.contains(port), &mut port_sockets);
+            walk.prefetch(s);
+            if let Some(old) = ring[head].replace(s.clone()) {
+                walk.take(&old);
             }
-            if allocation.in_range(port) {
-                tally.add(s);
-            }
+            head = (head + 1) % AHEAD;
         })?;
+        for i in 0..AHEAD {
+            if let Some(s) = ring[(head + i) % AHEAD].take() {
+                walk.take(&s);
+            }
+        }
+        let Walk {
+            counts,
+            mut port_sockets,
+            mut folder,
+            tally,
+            ..
+        } = walk;
         folder.finish(&mut port_sockets);
         Ok(TableView {
             counts,
@@ -563,6 +581,46 @@ pub fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// What one walk of the TCP table gathers, socket by socket.
+struct Walk<'a> {
+    wanted: PortSet,
+    listener_ports: PortSet,
+    allocation: &'a PortAllocation,
+    counts: FastCounts,
+    port_sockets: Vec<Socket>,
+    folder: Folder,
+    tally: EphemeralTally,
+}
+
+impl Walk<'_> {
+    #[inline]
+    fn prefetch(&self, s: &Socket) {
+        let port = s.local.port();
+        if self.wanted.contains(port) {
+            self.folder.prefetch(s);
+        }
+        if self.allocation.in_range(port) {
+            self.tally.prefetch(s);
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, s: &Socket) {
+        self.counts.add(s);
+        let port = s.local.port();
+        if self.wanted.contains(port) {
+            self.folder.push(
+                s,
+                self.listener_ports.contains(port),
+                &mut self.port_sockets,
+            );
+        }
+        if self.allocation.in_range(port) {
+            self.tally.add(s);
+        }
+    }
+}
+
 /// Ports as a 65,536-bit set: one bit test per socket in the hot loop.
 struct PortSet(Vec<u64>);
 
@@ -620,66 +678,30 @@ struct Folder {
     index: crate::fasthash::FxHashMap<FoldKey, usize>,
     /// Per local port, its row in `slots` (0: none yet).
     rows: Vec<u16>,
-    /// Per (row, state): the class and entry the last such socket folded into.
-    /// Most sockets of a busy port in one state share a class, so a compare here
-    /// replaces the hash look-up; keyed by state because a busy port's
-    /// ESTABLISHED and TIME_WAIT sockets interleave in the kernel's hash.
-    ///
-    /// Compact on purpose: between two receive buffers the kernel's walk evicts
-    /// our data from the caches, so the walk's user time is the cache lines it
-    /// touches per socket. A port's ESTABLISHED and TIME_WAIT slots share one.
+    /// Per (row, state): the class and entry the last such socket folded into,
+    /// and the sockets gathered for it since. Most sockets of a busy port in one
+    /// state share a class, so a compare here replaces the hash look-up; keyed by
+    /// state because a busy port's ESTABLISHED and TIME_WAIT sockets interleave in
+    /// the kernel's hash. One cache line per slot, prefetched by the walk.
     slots: Vec<[Slot; STATES]>,
-    /// Per entry of `out`: sockets folded into it through a slot and not yet
-    /// added, with their longest timer.
-    pending: Vec<(u32, Option<u64>)>,
 }
 
 const STATES: usize = State::ALL.len();
 
-/// Slot of each state in a row, the common states first.
-fn slot_of(state: State) -> usize {
-    match state {
-        State::Established => 0,
-        State::TimeWait => 1,
-        State::CloseWait => 2,
-        State::FinWait2 => 3,
-        State::SynSent => 4,
-        State::SynRecv => 5,
-        State::FinWait1 => 6,
-        State::Close => 7,
-        State::LastAck => 8,
-        State::Listen => 9,
-        State::Closing => 10,
-        State::NewSynRecv => 11,
-        State::BoundInactive => 12,
-    }
-}
-
 /// What makes two sockets of one port and state fold together, packed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(C, align(32))]
-struct Slot {
+struct SlotClass {
     /// The local address; IPv4 in the first word.
     ip: [u32; 4],
     uid: u32,
     /// `u32::MAX` where the source cannot tell.
     ifindex: u32,
-    /// 1 + the index of the entry (0: empty slot).
-    entry: u32,
     /// Bit 0: IPv6; bits 1-2: V6ONLY as `Tri`; bit 3: has a file.
     flags: u8,
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    ip: [0; 4],
-    uid: 0,
-    ifindex: 0,
-    entry: 0,
-    flags: 0,
-};
-
-impl Slot {
-    fn of(s: &Socket, entry: u32) -> Slot {
+impl SlotClass {
+    fn of(s: &Socket) -> SlotClass {
         let (ip, v6) = match s.local.ip() {
             std::net::IpAddr::V4(a) => ([u32::from(a), 0, 0, 0], 0),
             std::net::IpAddr::V6(a) => {
@@ -693,15 +715,37 @@ impl Slot {
             crate::model::Tri::False => 2,
             crate::model::Tri::Unknown => 3,
         };
-        Slot {
+        SlotClass {
             ip,
             uid: s.uid,
             ifindex: s.ifindex.unwrap_or(u32::MAX),
-            entry,
             flags: v6 | v6only << 1 | u8::from(s.inode != 0) << 3,
         }
     }
 }
+
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Slot {
+    class: SlotClass,
+    /// 1 + the index of the entry (0: empty slot).
+    entry: u32,
+    /// Sockets folded here and not yet added to the entry, and their longest timer.
+    pending: u32,
+    pending_expires: Option<u64>,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    class: SlotClass {
+        ip: [0; 4],
+        uid: 0,
+        ifindex: 0,
+        flags: 0,
+    },
+    entry: 0,
+    pending: 0,
+    pending_expires: None,
+};
 
 #[derive(Hash, PartialEq, Eq)]
 struct FoldKey {
@@ -722,8 +766,27 @@ impl Folder {
             rows: if enabled { vec![0; 65536] } else { Vec::new() },
             // Row 0 is the "none yet" sentinel.
             slots: vec![[EMPTY_SLOT; STATES]],
-            pending: Vec::new(),
         }
+    }
+
+    /// Starts loading the slot `push(s)` will touch.
+    #[inline]
+    fn prefetch(&self, s: &Socket) {
+        if let Some(&row) = self.rows.get(usize::from(s.local.port())) {
+            if row != 0 {
+                crate::fasthash::prefetch(&self.slots[usize::from(row)][s.state as usize - 1]);
+            }
+        }
+    }
+
+    fn flush(slot: &mut Slot, out: &mut [Socket]) {
+        if slot.entry != 0 && slot.pending != 0 {
+            let e = &mut out[slot.entry as usize - 1];
+            e.count += slot.pending;
+            e.expires_ms = e.expires_ms.max(slot.pending_expires);
+        }
+        slot.pending = 0;
+        slot.pending_expires = None;
     }
 
     fn push(&mut self, s: &Socket, port_has_listener: bool, out: &mut Vec<Socket>) {
@@ -746,15 +809,17 @@ impl Folder {
                 self.slots.push([EMPTY_SLOT; STATES]);
             }
         }
-        let st = slot_of(s.state);
+        // States are numbered from 1.
+        let st = s.state as usize - 1;
+        let class = SlotClass::of(s);
         if row != 0 {
-            let slot = &self.slots[row][st];
-            if slot.entry != 0 && *slot == Slot::of(s, slot.entry) {
-                let p = &mut self.pending[slot.entry as usize - 1];
-                p.0 += s.count;
-                p.1 = p.1.max(s.expires_ms);
+            let slot = &mut self.slots[row][st];
+            if slot.entry != 0 && slot.class == class {
+                slot.pending += s.count;
+                slot.pending_expires = slot.pending_expires.max(s.expires_ms);
                 return;
             }
+            Self::flush(slot, out);
         }
         let key = FoldKey {
             state: s.state,
@@ -766,30 +831,32 @@ impl Folder {
         };
         let i = match self.index.get(&key) {
             Some(&i) => {
-                let p = &mut self.pending[i];
-                p.0 += s.count;
-                p.1 = p.1.max(s.expires_ms);
+                let e = &mut out[i];
+                e.count += s.count;
+                e.expires_ms = e.expires_ms.max(s.expires_ms);
                 i
             }
             None => {
                 self.index.insert(key, out.len());
                 out.push(s.clone());
-                self.pending.resize(out.len(), (0, None));
                 out.len() - 1
             }
         };
         if row != 0 {
-            if let Ok(e) = u32::try_from(i + 1) {
-                self.slots[row][st] = Slot::of(s, e);
-            }
+            self.slots[row][st] = Slot {
+                class,
+                entry: u32::try_from(i + 1).unwrap_or(0),
+                ..EMPTY_SLOT
+            };
         }
     }
 
-    /// Adds what was gathered to the entries.
+    /// Adds what the slots gathered to their entries.
     fn finish(&mut self, out: &mut [Socket]) {
-        for (e, (n, expires)) in out.iter_mut().zip(self.pending.drain(..)) {
-            e.count += n;
-            e.expires_ms = e.expires_ms.max(expires);
+        for row in &mut self.slots {
+            for slot in row.iter_mut() {
+                Self::flush(slot, out);
+            }
         }
     }
 }

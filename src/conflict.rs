@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::{OwnerMatch, Service};
+use crate::fasthash::CounterTable;
 use crate::model::{Owner, Protocol, Socket, State, Tri, V4_ANY, V6_ANY};
 use crate::rebind::{self, Candidate, Verdict};
 
@@ -227,10 +228,9 @@ fn judge_service(
 pub type Bucket = (IpAddr, IpAddr, u16);
 
 /// An IPv4 [`Bucket`] as plain integers: (source, destination, port). The tally
-/// looks one up per outgoing connection (hundreds of thousands per walk), right
-/// after the kernel's walk has evicted it from the caches: a 16-byte entry keeps
-/// the whole table small enough to stay cached, and hashing it is two rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// counts one per outgoing connection (hundreds of thousands per walk): a
+/// 16-byte slot keeps its table small, and hashing it is two rounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct V4Bucket([u32; 3]);
 
 impl std::hash::Hash for V4Bucket {
@@ -242,10 +242,13 @@ impl std::hash::Hash for V4Bucket {
 }
 
 /// An IPv6 [`Bucket`]: addresses as integers, port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 struct V6Bucket(u128, u128, u16);
 
-type Counters<K> = crate::fasthash::FxHashMap<K, u32>;
+enum Key {
+    V4(V4Bucket),
+    V6(V6Bucket),
+}
 
 /// Heavy-hitter tally of ephemeral-port buckets in bounded memory (Misra-Gries with
 /// `k` counters over both families): exact while there are at most `k` distinct
@@ -253,89 +256,77 @@ type Counters<K> = crate::fasthash::FxHashMap<K, u32>;
 /// are still found.
 #[derive(Debug, Clone)]
 pub struct EphemeralTally {
-    v4: Counters<V4Bucket>,
-    v6: Counters<V6Bucket>,
+    v4: CounterTable<V4Bucket>,
+    v6: CounterTable<V6Bucket>,
     k: usize,
-}
-
-/// Adds one to `key`'s counter; false when it has none and none is free.
-#[inline]
-fn bump<K: std::hash::Hash + Eq>(map: &mut Counters<K>, key: K, full: bool) -> bool {
-    use std::collections::hash_map::Entry;
-    match map.entry(key) {
-        Entry::Occupied(mut e) => *e.get_mut() += 1,
-        Entry::Vacant(e) if !full => {
-            e.insert(1);
-        }
-        Entry::Vacant(_) => return false,
-    }
-    true
-}
-
-/// Misra-Gries' step for an item with no free counter: every count drops by one.
-/// Rebuilt rather than `retain`ed: erasing in place leaves tombstones that
-/// lengthen every later miss's probe, and with mostly distinct buckets (a busy
-/// client host) this runs every `k` sockets.
-fn decrement<K: std::hash::Hash + Eq + Copy>(map: &mut Counters<K>) {
-    let survivors: Vec<(K, u32)> = map
-        .iter()
-        .filter(|(_, &c)| c > 1)
-        .map(|(k, &c)| (*k, c - 1))
-        .collect();
-    map.clear();
-    map.extend(survivors);
 }
 
 impl EphemeralTally {
     pub fn new(k: usize) -> Self {
+        let k = k.max(1);
         EphemeralTally {
-            v4: Counters::with_capacity_and_hasher(k.min(4096), Default::default()),
-            v6: Counters::default(),
-            k: k.max(1),
+            v4: CounterTable::new(k),
+            v6: CounterTable::new(k),
+            k,
+        }
+    }
+
+    #[inline]
+    fn key(s: &Socket) -> Option<Key> {
+        if s.state == State::Listen || s.remote.port() == 0 {
+            return None;
+        }
+        Some(match (s.local.ip(), s.remote.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                Key::V4(V4Bucket([a.into(), b.into(), u32::from(s.remote.port())]))
+            }
+            (a, b) => {
+                let bits = |ip: IpAddr| match ip {
+                    IpAddr::V4(v) => u128::from(v.to_ipv6_mapped()),
+                    IpAddr::V6(v) => u128::from(v),
+                };
+                Key::V6(V6Bucket(bits(a), bits(b), s.remote.port()))
+            }
+        })
+    }
+
+    /// Starts loading the counter `add(s)` will touch.
+    #[inline]
+    pub fn prefetch(&self, s: &Socket) {
+        match Self::key(s) {
+            Some(Key::V4(k)) => self.v4.prefetch(&k),
+            Some(Key::V6(k)) => self.v6.prefetch(&k),
+            None => {}
         }
     }
 
     /// Counts a client socket (local port inside the ephemeral range).
     #[inline]
     pub fn add(&mut self, s: &Socket) {
-        if s.state == State::Listen || s.remote.port() == 0 {
-            return;
-        }
-        let full = self.v4.len() + self.v6.len() >= self.k;
-        let counted = match (s.local.ip(), s.remote.ip()) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => bump(
-                &mut self.v4,
-                V4Bucket([a.into(), b.into(), u32::from(s.remote.port())]),
-                full,
-            ),
-            (a, b) => {
-                let bits = |ip: IpAddr| match ip {
-                    IpAddr::V4(v) => u128::from(v.to_ipv6_mapped()),
-                    IpAddr::V6(v) => u128::from(v),
-                };
-                bump(
-                    &mut self.v6,
-                    V6Bucket(bits(a), bits(b), s.remote.port()),
-                    full,
-                )
-            }
+        // Both families share the k counters.
+        let room = self.k.saturating_sub(self.v4.len() + self.v6.len());
+        let counted = match Self::key(s) {
+            Some(Key::V4(k)) => self.v4.bump(k, self.v4.len() + room),
+            Some(Key::V6(k)) => self.v6.bump(k, self.v6.len() + room),
+            None => true,
         };
         if !counted {
-            decrement(&mut self.v4);
-            decrement(&mut self.v6);
+            // Misra-Gries: an item without a counter when none is free lowers all.
+            self.v4.decrement_all();
+            self.v6.decrement_all();
         }
     }
 
     /// The `n` fullest buckets, fullest first.
     pub fn top(&self, n: usize) -> Vec<(Bucket, u32)> {
-        let v4 = self.v4.iter().map(|(k, &c)| {
+        let v4 = self.v4.iter().map(|(k, c)| {
             let [a, b, p] = k.0;
             ((IpAddr::V4(a.into()), IpAddr::V4(b.into()), p as u16), c)
         });
         let v6 = self
             .v6
             .iter()
-            .map(|(k, &c)| ((IpAddr::V6(k.0.into()), IpAddr::V6(k.1.into()), k.2), c));
+            .map(|(k, c)| ((IpAddr::V6(k.0.into()), IpAddr::V6(k.1.into()), k.2), c));
         let mut v: Vec<(Bucket, u32)> = v4.chain(v6).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);

@@ -1,7 +1,8 @@
-//! A fast hasher for the maps touched once per socket in the table walk (the
-//! fold index and the ephemeral tally). SipHash, std's default, costs tens of
-//! nanoseconds per small key, which at a million sockets is tens of
-//! milliseconds per poll. This is the multiply-rotate hash rustc uses (FxHash).
+//! Fast structures for what the table walk touches once per socket (the fold
+//! index and the ephemeral tally): a hasher, a flat counter table, a prefetch.
+//! SipHash, std's default, costs tens of nanoseconds per small key, which at a
+//! million sockets is tens of milliseconds per poll; the hasher here is the
+//! multiply-rotate hash rustc uses (FxHash).
 //!
 //! Not collision-resistant: use it only where keys are not chosen by remote
 //! peers. The fold index keys on local addresses; the tally keys on outgoing
@@ -76,6 +77,119 @@ impl Hasher for FxHasher {
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxHashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
 
+fn fx_hash<K: std::hash::Hash>(k: &K) -> u64 {
+    let mut h = FxHasher::default();
+    k.hash(&mut h);
+    h.finish()
+}
+
+/// Asks the CPU to start loading `p`'s cache line. The walk decodes a socket a
+/// few messages before it folds and tallies it, and prefetches what that will
+/// touch: the kernel's walk between two receive buffers evicts our tables from
+/// the caches, so without this every socket waits for memory.
+#[inline(always)]
+pub fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and has no visible effect.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Counters keyed by `K` in one flat open-addressed array of fixed capacity (no
+/// tombstones, no growth): what a heavy-hitter tally needs, with a slot address
+/// that can be prefetched before the count.
+#[derive(Debug, Clone)]
+pub struct CounterTable<K> {
+    /// (key, count); count 0 marks a free slot.
+    slots: Vec<(K, u32)>,
+    len: usize,
+    shift: u32,
+}
+
+impl<K: Copy + Default + Eq + std::hash::Hash> CounterTable<K> {
+    /// Room for `max` keys at a load of at most one half.
+    pub fn new(max: usize) -> Self {
+        let cap = (max.max(1) * 2).next_power_of_two().max(2);
+        CounterTable {
+            slots: vec![(K::default(), 0); cap],
+            len: 0,
+            shift: 64 - cap.trailing_zeros(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    // The multiplicative hash's best bits are its high ones.
+    #[inline]
+    fn home(&self, k: &K) -> usize {
+        (fx_hash(k) >> self.shift) as usize
+    }
+
+    #[inline]
+    pub fn prefetch(&self, k: &K) {
+        prefetch(&self.slots[self.home(k)]);
+    }
+
+    /// Adds one to `k`; a new key takes a slot only while fewer than `max` are
+    /// used. False when `k` has no counter and `max` are used.
+    #[inline]
+    pub fn bump(&mut self, k: K, max: usize) -> bool {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(&k);
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.1 == 0 {
+                if self.len >= max || self.len + 1 > mask {
+                    return false;
+                }
+                *slot = (k, 1);
+                self.len += 1;
+                return true;
+            }
+            if slot.0 == k {
+                slot.1 += 1;
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Every count drops by one; keys reaching zero free their slots.
+    pub fn decrement_all(&mut self) {
+        let survivors: Vec<(K, u32)> = self
+            .iter()
+            .filter(|(_, c)| *c > 1)
+            .map(|(k, c)| (k, c - 1))
+            .collect();
+        self.slots.fill((K::default(), 0));
+        self.len = 0;
+        let mask = self.slots.len() - 1;
+        for (k, c) in survivors {
+            let mut i = self.home(&k);
+            while self.slots[i].1 != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = (k, c);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+        self.slots.iter().filter(|(_, c)| *c > 0).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +212,36 @@ mod tests {
         let mut m: FxHashMap<u32, u32> = FxHashMap::default();
         m.insert(1, 2);
         assert_eq!(m.get(&1), Some(&2));
+    }
+
+    #[test]
+    fn counter_table_counts_bounds_and_decrements() {
+        let mut t: CounterTable<u32> = CounterTable::new(4);
+        for (k, n) in [(7u32, 3), (9, 1), (11, 2), (13, 5)] {
+            for _ in 0..n {
+                assert!(t.bump(k, 4));
+            }
+        }
+        assert_eq!(t.len(), 4);
+        assert!(!t.bump(15, 4), "no fifth key while four are counted");
+        assert!(t.bump(7, 4), "a counted key still counts");
+        let mut v: Vec<(u32, u32)> = t.iter().collect();
+        v.sort();
+        assert_eq!(v, vec![(7, 4), (9, 1), (11, 2), (13, 5)]);
+        t.decrement_all();
+        let mut v: Vec<(u32, u32)> = t.iter().collect();
+        v.sort();
+        assert_eq!(v, vec![(7, 3), (11, 1), (13, 4)]);
+        assert_eq!(t.len(), 3);
+        assert!(t.bump(15, 4), "the freed slot takes a new key");
+        // Many keys colliding in a small table still each find their count.
+        let mut t: CounterTable<u64> = CounterTable::new(300);
+        for round in 0..3u32 {
+            for k in 0..300u64 {
+                assert!(t.bump(k << 40, 300));
+            }
+            assert_eq!(t.len(), 300);
+            assert!(t.iter().all(|(_, c)| c == round + 1));
+        }
     }
 }
