@@ -100,26 +100,33 @@ pub fn prefetch<T>(p: &T) {
     let _ = p;
 }
 
-/// Counters keyed by `K` in one flat open-addressed array of fixed capacity (no
-/// tombstones, no growth): what a heavy-hitter tally needs, with a slot address
-/// that can be prefetched before the count.
+/// Counters keyed by `K` in one flat open-addressed array (no tombstones): what a
+/// heavy-hitter tally needs, with a slot address that can be prefetched before
+/// the count. Grows by doubling, from a small start, up to room for `max` keys at
+/// a load of at most one half, so an unused table costs next to nothing.
 #[derive(Debug, Clone)]
 pub struct CounterTable<K> {
     /// (key, count); count 0 marks a free slot.
     slots: Vec<(K, u32)>,
     len: usize,
     shift: u32,
+    /// Slots needed for `max` keys.
+    cap_max: usize,
 }
 
+const START_SLOTS: usize = 64;
+
 impl<K: Copy + Default + Eq + std::hash::Hash> CounterTable<K> {
-    /// Room for `max` keys at a load of at most one half.
     pub fn new(max: usize) -> Self {
-        let cap = (max.max(1) * 2).next_power_of_two().max(2);
-        CounterTable {
-            slots: vec![(K::default(), 0); cap],
+        let cap_max = (max.max(1) * 2).next_power_of_two();
+        let mut t = CounterTable {
+            slots: Vec::new(),
             len: 0,
-            shift: 64 - cap.trailing_zeros(),
-        }
+            shift: 0,
+            cap_max,
+        };
+        t.resize(START_SLOTS.min(cap_max));
+        t
     }
 
     pub fn len(&self) -> usize {
@@ -141,48 +148,64 @@ impl<K: Copy + Default + Eq + std::hash::Hash> CounterTable<K> {
         prefetch(&self.slots[self.home(k)]);
     }
 
-    /// Adds one to `k`; a new key takes a slot only while fewer than `max` are
-    /// used. False when `k` has no counter and `max` are used.
-    #[inline]
-    pub fn bump(&mut self, k: K, max: usize) -> bool {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(&k);
-        loop {
-            let slot = &mut self.slots[i];
-            if slot.1 == 0 {
-                if self.len >= max || self.len + 1 > mask {
-                    return false;
-                }
-                *slot = (k, 1);
-                self.len += 1;
-                return true;
-            }
-            if slot.0 == k {
-                slot.1 += 1;
-                return true;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Every count drops by one; keys reaching zero free their slots.
-    pub fn decrement_all(&mut self) {
-        let survivors: Vec<(K, u32)> = self
-            .iter()
-            .filter(|(_, c)| *c > 1)
-            .map(|(k, c)| (k, c - 1))
-            .collect();
-        self.slots.fill((K::default(), 0));
-        self.len = 0;
-        let mask = self.slots.len() - 1;
-        for (k, c) in survivors {
+    /// Re-lays the table out in `cap` slots (a power of two, more than `len`).
+    fn resize(&mut self, cap: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![(K::default(), 0); cap]);
+        self.shift = 64 - cap.trailing_zeros();
+        let mask = cap - 1;
+        for (k, c) in old.into_iter().filter(|(_, c)| *c > 0) {
             let mut i = self.home(&k);
             while self.slots[i].1 != 0 {
                 i = (i + 1) & mask;
             }
             self.slots[i] = (k, c);
-            self.len += 1;
         }
+    }
+
+    /// Adds one to `k`; a new key takes a slot only while fewer than `max` are
+    /// used. False when `k` has no counter and `max` are used.
+    #[inline]
+    pub fn bump(&mut self, k: K, max: usize) -> bool {
+        loop {
+            let mask = self.slots.len() - 1;
+            let mut i = self.home(&k);
+            loop {
+                let slot = &mut self.slots[i];
+                if slot.0 == k && slot.1 != 0 {
+                    slot.1 += 1;
+                    return true;
+                }
+                if slot.1 == 0 {
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
+            if self.len >= max {
+                return false;
+            }
+            // Keep the load at one half: grow first, then place the key.
+            if (self.len + 1) * 2 > self.slots.len() {
+                if self.slots.len() >= self.cap_max {
+                    return false;
+                }
+                self.resize(self.slots.len() * 2);
+                continue;
+            }
+            self.slots[i] = (k, 1);
+            self.len += 1;
+            return true;
+        }
+    }
+
+    /// Every count drops by one; keys reaching zero free their slots.
+    pub fn decrement_all(&mut self) {
+        for s in &mut self.slots {
+            s.1 = s.1.saturating_sub(1);
+        }
+        self.len = self.slots.iter().filter(|(_, c)| *c > 0).count();
+        // Re-lay the survivors out: freed slots in the middle of a probe run
+        // would otherwise hide the keys after them.
+        self.resize(self.slots.len());
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
@@ -234,7 +257,8 @@ mod tests {
         assert_eq!(v, vec![(7, 3), (11, 1), (13, 4)]);
         assert_eq!(t.len(), 3);
         assert!(t.bump(15, 4), "the freed slot takes a new key");
-        // Many keys colliding in a small table still each find their count.
+        // Keys that collide in the high bits, in a table that grows from its
+        // small start, each keep their own count.
         let mut t: CounterTable<u64> = CounterTable::new(300);
         for round in 0..3u32 {
             for k in 0..300u64 {
