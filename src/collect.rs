@@ -678,15 +678,27 @@ struct Folder {
     index: crate::fasthash::FxHashMap<FoldKey, usize>,
     /// Per local port, its row in `slots` (0: none yet).
     rows: Vec<u16>,
-    /// Per (row, state): the class and entry the last such socket folded into,
-    /// and the sockets gathered for it since. Most sockets of a busy port in one
-    /// state share a class, so a compare here replaces the hash look-up; keyed by
-    /// state because a busy port's ESTABLISHED and TIME_WAIT sockets interleave in
-    /// the kernel's hash. One cache line per slot, prefetched by the walk.
-    slots: Vec<[Slot; STATES]>,
+    /// Per (row, common state): the class and entry the last such socket folded
+    /// into, and the sockets gathered for it since. Most sockets of a busy port in
+    /// one state share a class, so a compare here replaces the hash look-up; keyed
+    /// by state because a busy port's ESTABLISHED and TIME_WAIT sockets interleave
+    /// in the kernel's hash. One cache line per slot, prefetched by the walk; the
+    /// rare states go to the hash directly, which keeps a row at 256 bytes.
+    slots: Vec<[Slot; SLOTTED]>,
 }
 
-const STATES: usize = State::ALL.len();
+/// States with a slot: where a busy port's sockets pile up.
+const SLOTTED: usize = 4;
+
+fn slot_of(state: State) -> Option<usize> {
+    match state {
+        State::Established => Some(0),
+        State::TimeWait => Some(1),
+        State::CloseWait => Some(2),
+        State::FinWait2 => Some(3),
+        _ => None,
+    }
+}
 
 /// What makes two sockets of one port and state fold together, packed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -765,17 +777,16 @@ impl Folder {
             index: Default::default(),
             rows: if enabled { vec![0; 65536] } else { Vec::new() },
             // Row 0 is the "none yet" sentinel.
-            slots: vec![[EMPTY_SLOT; STATES]],
+            slots: vec![[EMPTY_SLOT; SLOTTED]],
         }
     }
 
     /// Starts loading the slot `push(s)` will touch.
     #[inline]
     fn prefetch(&self, s: &Socket) {
-        if let Some(&row) = self.rows.get(usize::from(s.local.port())) {
-            if row != 0 {
-                crate::fasthash::prefetch(&self.slots[usize::from(row)][s.state as usize - 1]);
-            }
+        let row = self.rows.get(usize::from(s.local.port())).copied();
+        if let (Some(row @ 1..), Some(st)) = (row, slot_of(s.state)) {
+            crate::fasthash::prefetch(&self.slots[usize::from(row)][st]);
         }
     }
 
@@ -806,13 +817,12 @@ impl Folder {
             if let Ok(r) = u16::try_from(self.slots.len()) {
                 row = usize::from(r);
                 self.rows[port] = r;
-                self.slots.push([EMPTY_SLOT; STATES]);
+                self.slots.push([EMPTY_SLOT; SLOTTED]);
             }
         }
-        // States are numbered from 1.
-        let st = s.state as usize - 1;
+        let st = slot_of(s.state).filter(|_| row != 0);
         let class = SlotClass::of(s);
-        if row != 0 {
+        if let Some(st) = st {
             let slot = &mut self.slots[row][st];
             if slot.entry != 0 && slot.class == class {
                 slot.pending += s.count;
@@ -842,7 +852,7 @@ impl Folder {
                 out.len() - 1
             }
         };
-        if row != 0 {
+        if let Some(st) = st {
             self.slots[row][st] = Slot {
                 class,
                 entry: u32::try_from(i + 1).unwrap_or(0),

@@ -367,8 +367,9 @@ fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
 pub fn open_socket() -> Result<OwnedFd, NetlinkError> {
     // The kernel adds attributes we never read (INET_DIAG_MARK, MD5 and ULP
     // info) to every socket's message when the requesting socket was opened with
-    // CAP_NET_ADMIN. Opening it without that capability makes a million-socket
-    // dump measurably cheaper; nothing bindwatch reads needs it.
+    // CAP_NET_ADMIN; without it there is less to fill and copy (at 1M sockets the
+    // saving is within run-to-run noise, docs/performance.md), and nothing
+    // bindwatch reads needs it.
     let fd = without_net_admin(|| {
         // SAFETY: plain socket(2); the fd is owned immediately below.
         unsafe {
