@@ -29,8 +29,9 @@ HP=$(grep -o "nsenter -t [0-9]*" "$out/hold.out" | awk '{print $3}')
 in_ns() { nsenter -t "$HP" -n "$@"; }
 echo "population held by pid $HP"
 
-in_ns ./target/release/bindwatch --web.listen-address "127.0.0.1:$PORT" --state.file "" \
-    >"$out/bindwatch.log" 2>&1 &
+# nsenter execs the command (no fork for -n), so $! is bindwatch itself.
+nsenter -t "$HP" -n ./target/release/bindwatch --web.listen-address "127.0.0.1:$PORT" \
+    --state.file "" >"$out/bindwatch.log" 2>&1 &
 BW=$!
 for _ in $(seq 1 60); do in_ns curl -sf -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 1; done
 sleep 6
@@ -39,16 +40,19 @@ cpu() { awk -v t="$tick" '{print ($14+$15)/t}' "/proc/$BW/stat"; }
 c0=$(cpu); t0=$(date +%s.%N)
 in_ns curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^bindwatch_sockets\{.*state="(established|time_wait)"' || true
 sleep 60
-in_ns python3 -c "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',$NEW_LISTENER)); s.listen(); time.sleep(30)" &
+nsenter -t "$HP" -n python3 -c "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',$NEW_LISTENER)); s.listen(); time.sleep(30)" &
 PY=$!
 t_l=$(date +%s.%N)
 for _ in $(seq 1 100); do
-    if in_ns curl -s "http://127.0.0.1:$PORT/metrics" | grep -q "bindwatch_listener_info{.*port=\"$NEW_LISTENER\""; then
+    # Not `curl | grep -q`: with pipefail, grep's early exit fails the pipeline.
+    body=$(in_ns curl -s "http://127.0.0.1:$PORT/metrics")
+    if grep -q "bindwatch_listener_info{.*port=\"$NEW_LISTENER\"" <<<"$body"; then
         echo "new listener visible after $(echo "$(date +%s.%N) - $t_l" | bc) s"
         break
     fi
     sleep 0.2
 done
+in_ns ss -ltnH "sport = :$NEW_LISTENER" | grep -q . || echo "the new listener did not come up"
 sleep "$(echo "120 - ($(date +%s.%N) - $t0)" | bc)"
 c1=$(cpu); t1=$(date +%s.%N)
 echo "CPU over the window: $(echo "$c1 - $c0" | bc) s in $(echo "$t1 - $t0" | bc) s = $(echo "scale=5; ($c1 - $c0)/($t1 - $t0)" | bc) of a core (budget 0.01)"
