@@ -15,7 +15,8 @@
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`.
-//! - [`fasthash`]: the hasher of the maps in the per-socket hot loop.
+//! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
+//!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers.
