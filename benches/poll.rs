@@ -24,6 +24,7 @@ mod popgen;
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -134,9 +135,8 @@ fn ms(d: Duration) -> f64 {
 
 /// The floor: a dump loop that only counts messages (no decoding into sockets).
 struct RawDiag {
-    fd: i32,
+    fd: std::os::fd::OwnedFd,
     buf: Vec<u8>,
-    _owned: Option<std::os::fd::OwnedFd>,
 }
 
 impl RawDiag {
@@ -147,21 +147,18 @@ impl RawDiag {
             unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 4) };
         assert!(fd >= 0, "netlink socket: {}", io::Error::last_os_error());
         RawDiag {
-            fd,
+            // SAFETY: a fresh descriptor nothing else owns.
+            fd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
             buf: vec![0u8; 64 * 1024],
-            _owned: None,
         }
     }
 
     /// The socket as bindwatch opens it (without CAP_NET_ADMIN, so the kernel
     /// leaves out attributes): the floor of bindwatch's own dump.
     fn open_as_bindwatch() -> RawDiag {
-        use std::os::fd::AsRawFd;
-        let owned = bindwatch::source::netlink::open_socket().expect("netlink socket");
         RawDiag {
-            fd: owned.as_raw_fd(),
+            fd: bindwatch::source::netlink::open_socket().expect("netlink socket"),
             buf: vec![0u8; 64 * 1024],
-            _owned: Some(owned),
         }
     }
 
@@ -174,7 +171,7 @@ impl RawDiag {
         // SAFETY: msg and sa outlive the call.
         let n = unsafe {
             libc::sendto(
-                self.fd,
+                self.fd.as_raw_fd(),
                 msg.as_ptr().cast(),
                 msg.len(),
                 0,
@@ -186,7 +183,14 @@ impl RawDiag {
         let mut count = 0;
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
             assert!(n > 0, "recv: {}", io::Error::last_os_error());
             let b = &self.buf[..n as usize];
             let mut off = 0;
@@ -226,13 +230,6 @@ impl RawDiag {
             established: st[State::Established as usize],
             time_wait: st[State::TimeWait as usize],
         }
-    }
-}
-
-impl Drop for RawDiag {
-    fn drop(&mut self) {
-        // SAFETY: our fd.
-        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -1118,8 +1115,8 @@ fn profile(size: Size, polls: usize) {
             ms(su),
             ms(d.cpu),
             ms(du),
-            ms(ru),
             ms(r.cpu),
+            ms(ru),
             ms(n.cpu)
         );
         ps.push(s.cpu);

@@ -85,6 +85,12 @@ impl Drop for Agent {
 
 /// Copies a fixture tree into a scratch directory (world-readable) so a test can add
 /// what git cannot hold, such as an unreadable directory.
+/// The agent reading `procfs` as its /proc, with `--source procfs`.
+fn procfs_agent(cmd: Command, name: &str, procfs: &Path) -> Agent {
+    let root = procfs.to_str().expect("utf8");
+    Agent::spawn(cmd, name, &["--source", "procfs", "--path.procfs", root])
+}
+
 fn scratch_copy(name: &str) -> PathBuf {
     let dst = std::env::temp_dir().join(format!("bindwatch-odd-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dst);
@@ -113,16 +119,7 @@ fn missing_tcp6_and_truncated_line() {
     in_netns(|| {
         let procfs = fixture("odd");
         assert!(!procfs.join("net/tcp6").exists());
-        let agent = Agent::spawn(
-            Command::new(bin()),
-            "odd",
-            &[
-                "--source",
-                "procfs",
-                "--path.procfs",
-                procfs.to_str().expect("utf8"),
-            ],
-        );
+        let agent = procfs_agent(Command::new(bin()), "odd", &procfs);
         let m = agent.metrics();
         assert_eq!(
             m.get("bindwatch_source_active", &[("source", "procfs")]),
@@ -175,16 +172,7 @@ fn missing_tcp6_and_truncated_line() {
 fn missing_ipv4_table_fails_polls_not_the_agent() {
     in_netns(|| {
         let procfs = fixture("no-udp");
-        let mut agent = Agent::spawn(
-            Command::new(bin()),
-            "noudp",
-            &[
-                "--source",
-                "procfs",
-                "--path.procfs",
-                procfs.to_str().expect("utf8"),
-            ],
-        );
+        let mut agent = procfs_agent(Command::new(bin()), "noudp", &procfs);
         let m = agent.metrics();
         assert!(
             m.get("bindwatch_poll_errors_total", &[("source", "procfs")])
@@ -218,16 +206,7 @@ fn unreadable_fd_dir_degrades_owners_capability() {
         fs::set_permissions(&fd, fs::Permissions::from_mode(0o000)).expect("chmod");
         let mut cmd = Command::new(bin());
         cmd.uid(65534).gid(65534); // nobody: root would read the directory anyway
-        let agent = Agent::spawn(
-            cmd,
-            "fd",
-            &[
-                "--source",
-                "procfs",
-                "--path.procfs",
-                procfs.to_str().expect("utf8"),
-            ],
-        );
+        let agent = procfs_agent(cmd, "fd", &procfs);
         let m = agent.metrics();
         assert_eq!(
             m.get("bindwatch_capability", &[("capability", "owners")]),

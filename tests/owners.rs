@@ -172,14 +172,7 @@ fn ports_and_metrics_name_owner_user_and_flags() {
             assert_eq!(j["reuseport"], rp_s.as_str());
         }
         assert!(!m.text.contains("pid="), "no pid label in metrics");
-        assert_eq!(
-            m.get("bindwatch_capability", &[("capability", "owners")]),
-            Some(1.0)
-        );
-        assert_eq!(
-            m.get("bindwatch_capability", &[("capability", "socket_flags")]),
-            Some(1.0)
-        );
+        assert_capabilities(&m, 1.0);
     });
 }
 
@@ -313,14 +306,7 @@ fn unprivileged_agent_degrades_to_unknown() {
             "{}",
             l[0].0
         );
-        assert_eq!(
-            m.get("bindwatch_capability", &[("capability", "owners")]),
-            Some(0.0)
-        );
-        assert_eq!(
-            m.get("bindwatch_capability", &[("capability", "socket_flags")]),
-            Some(0.0)
-        );
+        assert_capabilities(&m, 0.0);
         assert!(
             child.try_wait().expect("try_wait").is_none(),
             "still running"
@@ -383,4 +369,15 @@ fn restarted_agent_restores_listener_memory() {
         );
         let _ = std::fs::remove_file(state);
     });
+}
+
+/// `bindwatch_capability` is `value` for both owners and socket flags.
+fn assert_capabilities(m: &Metrics, value: f64) {
+    for cap in ["owners", "socket_flags"] {
+        assert_eq!(
+            m.get("bindwatch_capability", &[("capability", cap)]),
+            Some(value),
+            "bindwatch_capability{{capability=\"{cap}\"}}"
+        );
+    }
 }

@@ -256,14 +256,7 @@ fn output(cmd: &mut Command) -> std::process::Output {
 
 /// `run_ok` (tests/common) with the spawn under [`FORK`].
 fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    let out = output(Command::new(cmd).args(args));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(cmd, args, output(Command::new(cmd).args(args)))
 }
 
 /// `bindwatch` (tests/common) with the spawn under [`FORK`]: (exit code, stdout, stderr).

@@ -49,6 +49,11 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
+    succeeded(cmd, args, out)
+}
+
+/// `out` of `cmd args`, or a panic with its stdout and stderr when it failed.
+pub fn succeeded(cmd: &str, args: &[&str], out: Output) -> Output {
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
