@@ -386,20 +386,12 @@ struct Size {
     tw: usize,
 }
 
-const SIZES: [Size; 5] = [
+/// The base sizes; `-<N>l` after a name sets its number of listening ports instead.
+const SIZES: [Size; 4] = [
     Size {
         name: "1k",
         total: 1_000,
         listeners: 10,
-        tw: 100,
-    },
-    // 1k sockets with the 1M table's 500 listening ports: the /metrics body is
-    // made of per-port series, so this isolates what the socket count does to a
-    // scrape from what the number of ports does.
-    Size {
-        name: "1k-500l",
-        total: 1_000,
-        listeners: 500,
         tw: 100,
     },
     Size {
@@ -423,6 +415,50 @@ const SIZES: [Size; 5] = [
     },
 ];
 
+/// `1k-500l` is 1k sockets on the 1M table's 500 listening ports: the /metrics body
+/// is made of per-port series, so it isolates what the socket count does to a
+/// scrape from what the number of ports does (`1m-50l` and `1k-50l` likewise).
+const DEFAULT_SIZES: &str = "1k,1k-500l,10k,100k,1m";
+
+/// `1m`, or `1m-50l` for the 1m table with 50 listening ports.
+fn parse_size(spec: &str) -> Result<Size, String> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (base, ports) = match spec.split_once('-') {
+        Some((b, p)) => {
+            let n = p
+                .strip_suffix('l')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    format!("size {spec}: expected -<N>l with N listening ports, 1 to 10000")
+                })?;
+            (b, Some(n))
+        }
+        None => (spec.as_str(), None),
+    };
+    let mut size = SIZES
+        .iter()
+        .copied()
+        .find(|s| s.name == base)
+        .ok_or_else(|| {
+            format!("unknown size {spec} (1k, 10k, 100k, 1m, each with an optional -<N>l)")
+        })?;
+    if let Some(n) = ports {
+        let needed = Plan::children_needed(size.total, n, size.tw);
+        if n < needed || n + size.tw >= size.total {
+            return Err(format!(
+                "size {spec}: {} sockets need {needed} to {} listening ports (one per child process)",
+                size.total,
+                size.total - size.tw - 1
+            ));
+        }
+        size.listeners = n;
+        // A bench run lives as long as its sizes: leaking the few names is simplest.
+        size.name = Box::leak(spec.clone().into_boxed_str());
+    }
+    Ok(size)
+}
+
 /// Seconds a TIME_WAIT lives (TCP_TIMEWAIT_LEN).
 const TW_LIFE: Duration = Duration::from_secs(60);
 
@@ -437,20 +473,14 @@ struct Args {
 }
 
 fn parse_args() -> Args {
+    let find = |n: &str| parse_size(n).unwrap_or_else(|e| panic!("{e}"));
     let mut a = Args {
-        sizes: SIZES.to_vec(),
+        sizes: DEFAULT_SIZES.split(',').map(find).collect(),
         runs: 5,
         serve: true,
         owners: true,
         hold: None,
         profile: None,
-    };
-    let find = |n: &str| {
-        SIZES
-            .iter()
-            .copied()
-            .find(|s| s.name.eq_ignore_ascii_case(n))
-            .unwrap_or_else(|| panic!("unknown size {n} (1k, 1k-500l, 10k, 100k, 1m)"))
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {

@@ -85,10 +85,18 @@ impl Plan {
     /// `tw` TIME_WAITs (made later with [`Population::add_time_wait`], so they are
     /// fresh when measured), the rest ESTABLISHED (both ends), over as few children
     /// as the fd limit allows. Ports start at `first_port` (below the ephemeral range).
-    pub fn sized(total: usize, listeners: usize, tw: usize, first_port: u16) -> Plan {
+    /// Child processes a population needs: each holds both ends of its connections
+    /// and at most [`FDS_PER_CHILD`] fds. Each child owns at least one listener, so a
+    /// population needs at least this many listening ports.
+    pub fn children_needed(total: usize, listeners: usize, tw: usize) -> usize {
         let conns = total.saturating_sub(listeners + tw) / 2;
         let per_child = (FDS_PER_CHILD - listeners.min(1000)) / 2;
-        let n = conns.div_ceil(per_child).clamp(1, listeners.max(1));
+        conns.div_ceil(per_child).max(1)
+    }
+
+    pub fn sized(total: usize, listeners: usize, tw: usize, first_port: u16) -> Plan {
+        let conns = total.saturating_sub(listeners + tw) / 2;
+        let n = Self::children_needed(total, listeners, tw).min(listeners.max(1));
         let mut children: Vec<ChildPlan> = (0..n)
             .map(|i| ChildPlan {
                 listeners: Vec::new(),
