@@ -677,6 +677,9 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
 struct ServeRow {
     /// `--poll.cpu-budget`: "0" walks the table every poll.
     cpu_budget: String,
+    /// False: `--poll.interval 1h`, no poll after the first: the control for what
+    /// the polls do to scrape latency.
+    polling: bool,
     census: Census,
     first_poll: Duration,
     hwm_kb: u64,
@@ -718,6 +721,14 @@ fn wrk_us(v: &str) -> f64 {
 /// wrk `times` times; the run with the median p99, with every run's p99. A tail
 /// percentile of one 10 s run on 2 shared CPUs moves by several times between
 /// runs (scheduler slices), so one run is not a measurement.
+fn budget_label(r: &ServeRow) -> String {
+    if r.polling {
+        r.cpu_budget.clone()
+    } else {
+        format!("{}, no polls", r.cpu_budget)
+    }
+}
+
 fn run_wrk_median(port: u16, secs: u32, gzip: bool, times: usize) -> Option<WrkResult> {
     let mut runs: Vec<WrkResult> = (0..times)
         .filter_map(|_| run_wrk(port, secs, gzip))
@@ -812,10 +823,17 @@ fn run_wrk(port: u16, secs: u32, gzip: bool) -> Option<WrkResult> {
 
 /// The real `bindwatch serve` against the population: memory, CPU per poll and per
 /// scrape, scrape latency with wrk; then node_exporter's tcpstat on the same table.
-fn serve_phase(tw: &mut TwKeeper, cpu_budget: &str, plain_wrk: bool, wrk_secs: u32) -> ServeRow {
+fn serve_phase(
+    tw: &mut TwKeeper,
+    cpu_budget: &str,
+    polling: bool,
+    plain_wrk: bool,
+    wrk_secs: u32,
+) -> ServeRow {
     let mut raw = RawDiag::open();
     let mut row = ServeRow {
         cpu_budget: cpu_budget.to_string(),
+        polling,
         ..Default::default()
     };
     let bin = env!("CARGO_BIN_EXE_bindwatch");
@@ -826,7 +844,7 @@ fn serve_phase(tw: &mut TwKeeper, cpu_budget: &str, plain_wrk: bool, wrk_secs: u
             "--web.listen-address",
             &format!("127.0.0.1:{SERVE_PORT}"),
             "--poll.interval",
-            "1s",
+            if polling { "1s" } else { "1h" },
             "--poll.cpu-budget",
             cpu_budget,
             "--log.level",
@@ -848,20 +866,22 @@ fn serve_phase(tw: &mut TwKeeper, cpu_budget: &str, plain_wrk: bool, wrk_secs: u
     let need = Duration::from_secs(2 * u64::from(times * wrk_secs) + 25);
     tw.ensure(&mut raw, need);
     row.census = raw.census();
-    // Several polls of this table, then the high-water mark.
-    let p0 = wait_polls(
-        SERVE_PORT,
-        polls_done(SERVE_PORT).0,
-        1.0,
-        Duration::from_secs(60),
-    );
-    let c0 = proc_cpu(pid);
-    let p1 = wait_polls(SERVE_PORT, p0.0, 5.0, Duration::from_secs(120));
-    let c1 = proc_cpu(pid);
-    // The scrapes that count polls cost a little CPU too; negligible beside a poll.
-    row.polls = p1.0 - p0.0;
-    row.poll_wall = Duration::from_secs_f64((p1.1 - p0.1) / row.polls.max(1.0));
-    row.cpu_per_poll = (c1 - c0).div_f64(row.polls.max(1.0));
+    if polling {
+        // Several polls of this table, then the high-water mark.
+        let p0 = wait_polls(
+            SERVE_PORT,
+            polls_done(SERVE_PORT).0,
+            1.0,
+            Duration::from_secs(60),
+        );
+        let c0 = proc_cpu(pid);
+        let p1 = wait_polls(SERVE_PORT, p0.0, 5.0, Duration::from_secs(120));
+        let c1 = proc_cpu(pid);
+        // The scrapes that count polls cost a little CPU too; negligible beside a poll.
+        row.polls = p1.0 - p0.0;
+        row.poll_wall = Duration::from_secs_f64((p1.1 - p0.1) / row.polls.max(1.0));
+        row.cpu_per_poll = (c1 - c0).div_f64(row.polls.max(1.0));
+    }
     // CPU per scrape: back-to-back scrapes, minus the polls that ran meanwhile.
     let n = 200;
     let p2 = polls_done(SERVE_PORT);
@@ -1300,8 +1320,9 @@ fn main() {
             made: None,
             batches: 0,
         };
-        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0.01", true, 5)));
-        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0", false, 5)));
+        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0.01", true, true, 5)));
+        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0", true, false, 5)));
+        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0.01", false, true, 5)));
         if have("prometheus-node-exporter") {
             let mut raw = RawDiag::open();
             ne_rows.push(("empty".into(), node_exporter_phase(&mut tw, &mut raw)));
@@ -1343,8 +1364,18 @@ fn main() {
         if args.serve {
             // As deployed (default CPU budget: the table is walked when the budget
             // allows), then the worst case: a full walk every poll.
-            serve_rows.push((size.name.to_string(), serve_phase(&mut tw, "0.01", true, 5)));
-            serve_rows.push((size.name.to_string(), serve_phase(&mut tw, "0", false, 5)));
+            serve_rows.push((
+                size.name.to_string(),
+                serve_phase(&mut tw, "0.01", true, true, 5),
+            ));
+            serve_rows.push((
+                size.name.to_string(),
+                serve_phase(&mut tw, "0", true, false, 5),
+            ));
+            serve_rows.push((
+                size.name.to_string(),
+                serve_phase(&mut tw, "0.01", false, true, 5),
+            ));
             log!("== {}: serve phases done", size.name);
             if have("prometheus-node-exporter") {
                 ne_rows.push((
@@ -1433,7 +1464,8 @@ fn main() {
         println!("\n## bindwatch serve (poll interval 1s)\n");
         println!(
             "budget 0.01 is the default `--poll.cpu-budget` (the table is walked when the saved-up CPU pays \
-             for it, listeners every poll); budget 0 walks the whole table every poll.\n"
+             for it, listeners every poll); budget 0 walks the whole table every poll; \"no polls\" is the \
+             control: `--poll.interval 1h`, so nothing runs after the first poll but the scrapes.\n"
         );
         println!(
             "| table | --poll.cpu-budget | first poll s | VmHWM MiB | VmRSS MiB | poll wall ms | CPU/poll ms | \
@@ -1460,7 +1492,7 @@ fn main() {
             println!(
                 "| {name}: {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.1} | {} | {} |",
                 r.census.total,
-                r.cpu_budget,
+                budget_label(r),
                 r.first_poll.as_secs_f64(),
                 r.hwm_kb as f64 / 1024.0,
                 r.rss_kb as f64 / 1024.0,
@@ -1476,7 +1508,7 @@ fn main() {
         for (n, r) in &serve_rows {
             println!(
                 "- {n}, budget {}: {} polls timed; wrk {} + {} (gzip) requests at {} + {} req/s",
-                r.cpu_budget,
+                budget_label(r),
                 r.polls,
                 r.wrk.as_ref().map(|w| w.requests).unwrap_or(0),
                 r.wrk_gzip.as_ref().map(|w| w.requests).unwrap_or(0),
@@ -1501,12 +1533,12 @@ fn main() {
             };
             let full = serve_rows
                 .iter()
-                .find(|(x, r)| x == name && r.cpu_budget == "0")
+                .find(|(x, r)| x == name && r.polling && r.cpu_budget == "0")
                 .map(|(_, r)| r.cpu_per_poll + r.cpu_per_scrape)
                 .unwrap_or_default();
             let dflt = serve_rows
                 .iter()
-                .find(|(x, r)| x == name && r.cpu_budget == "0.01")
+                .find(|(x, r)| x == name && r.polling && r.cpu_budget == "0.01")
                 .map(|(_, r)| {
                     // Every poll is charged to the budget: 1% of a core, unless even the
                     // listener-only polls cost more than that.

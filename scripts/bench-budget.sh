@@ -9,25 +9,15 @@ cd "$(dirname "$0")/.."
 PORT=19999
 NEW_LISTENER=23456
 out=$(mktemp -d)
+. scripts/lib-hold.sh
 cleanup() {
     [[ -n "${PY:-}" ]] && kill "$PY" 2>/dev/null || true
     [[ -n "${BW:-}" ]] && kill "$BW" 2>/dev/null || true
-    # The holder ends when its stdin (the fifo) gets a line.
-    [[ -n "${HOLD_FD:-}" ]] && echo >&"$HOLD_FD" || true
-    wait 2>/dev/null || true
+    hold_stop
 }
 trap cleanup EXIT
 
-cargo build --release --quiet
-cargo bench --bench poll --no-run --quiet 2>/dev/null
-mkfifo "$out/hold.fifo"
-cargo bench --quiet --bench poll -- --hold 1m <"$out/hold.fifo" >"$out/hold.out" 2>&1 &
-exec {HOLD_FD}>"$out/hold.fifo"
-for _ in $(seq 1 180); do grep -q "nsenter -t" "$out/hold.out" 2>/dev/null && break; sleep 1; done
-HP=$(grep -o "nsenter -t [0-9]*" "$out/hold.out" | awk '{print $3}')
-[[ -n "$HP" ]] || { echo "population did not come up:"; cat "$out/hold.out"; exit 1; }
-in_ns() { nsenter -t "$HP" -n "$@"; }
-echo "population held by pid $HP"
+hold_start 1m "$out"
 
 # nsenter execs the command (no fork for -n), so $! is bindwatch itself.
 nsenter -t "$HP" -n ./target/release/bindwatch --web.listen-address "127.0.0.1:$PORT" \

@@ -150,10 +150,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                         continue;
                     }
                 };
-                // Without TCP_NODELAY, the last partial segment of a large body waits
-                // for the client's delayed ACK (up to 40 ms on Linux): measured as a 26-38 ms
-                // p99 for the 358 KiB body (docs/performance.md). Go's net/http, which
-                // Prometheus and node_exporter use, sets it on every connection too.
+                // With Nagle, a response written in several pieces (TLS records, a body
+                // larger than the socket buffer) can hold its last small segment until
+                // the client's delayed ACK, up to 40 ms. Go's net/http (Prometheus,
+                // node_exporter) sets TCP_NODELAY on every connection too. On plain
+                // HTTP over loopback it made no measurable difference here.
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, %peer, "setting TCP_NODELAY failed");
                 }
