@@ -470,3 +470,52 @@ fn cpu_budget_keeps_listeners_fresh_and_says_how_old_the_table_is() {
         );
     });
 }
+
+/// The peer and TCP_NODELAY of a socket held by process `pid` as fd `fd`, read
+/// through a duplicate of the fd, as the owner probe reads flags.
+fn nodelay_of(pid: u32, fd: i32) -> std::io::Result<(SocketAddr, bool)> {
+    use bindwatch::source::owners::{duplicate_fd, FdRef};
+    let sock = socket2::Socket::from(duplicate_fd(FdRef { pid, fd })?);
+    let peer = sock
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an inet socket"))?;
+    Ok((peer, sock.nodelay()?))
+}
+
+#[test]
+fn accepted_connections_have_tcp_nodelay() {
+    in_netns(|| {
+        use std::io::{Read, Write};
+        let srv = Server::start(HTTP, &[]);
+        let mut client = TcpStream::connect(srv.addr).expect("connect");
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("request");
+        let mut buf = [0u8; 512];
+        let n = client.read(&mut buf).expect("response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        // The connection stays open (keep-alive): find the agent's end of it.
+        let me = client.local_addr().expect("local addr");
+        let mut found = None;
+        for e in std::fs::read_dir(format!("/proc/{}/fd", srv.pid())).expect("agent's fds") {
+            let fd: i32 = e
+                .expect("fd entry")
+                .file_name()
+                .to_string_lossy()
+                .parse()
+                .expect("fd");
+            if let Ok((peer, nodelay)) = nodelay_of(srv.child.id(), fd) {
+                if peer == me {
+                    found = Some(nodelay);
+                }
+            }
+        }
+        assert_eq!(found, Some(true), "the agent's end of {me} has TCP_NODELAY");
+        // The same read on the test's own end, which never set it, says false: the
+        // check can fail.
+        let own = nodelay_of(std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&client))
+            .expect("own socket");
+        assert_eq!(own, (srv.addr, false));
+    });
+}

@@ -434,12 +434,11 @@ fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> io::Result<i32> {
     Ok(v)
 }
 
-/// `pidfd_open` + `pidfd_getfd` + `getsockopt`. Both duplicated fds are closed when
-/// this returns (OwnedFd).
+/// A duplicate of another process's fd (`pidfd_open` + `pidfd_getfd`), closed on drop.
 ///
 /// # Errors
 /// EPERM without PTRACE_MODE_ATTACH on the target, ESRCH/EBADF when it went away.
-pub fn probe_flags(r: FdRef, ipv6: bool, expected_inode: Option<u64>) -> io::Result<ProbedFlags> {
+pub fn duplicate_fd(r: FdRef) -> io::Result<OwnedFd> {
     // SAFETY: raw syscalls with integer arguments; results are checked.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, r.pid as libc::c_int, 0) };
     if pidfd < 0 {
@@ -453,7 +452,16 @@ pub fn probe_flags(r: FdRef, ipv6: bool, expected_inode: Option<u64>) -> io::Res
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
+}
+
+/// `pidfd_open` + `pidfd_getfd` + `getsockopt`. Both duplicated fds are closed when
+/// this returns (OwnedFd).
+///
+/// # Errors
+/// EPERM without PTRACE_MODE_ATTACH on the target, ESRCH/EBADF when it went away.
+pub fn probe_flags(r: FdRef, ipv6: bool, expected_inode: Option<u64>) -> io::Result<ProbedFlags> {
+    let sock = duplicate_fd(r)?;
     // The fd number may have been reused since the scan (or a just-forked child
     // holds a copy that is about to close): read flags only from the right socket.
     if let Some(want) = expected_inode {
