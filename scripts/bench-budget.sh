@@ -6,10 +6,9 @@
 # Stops only the processes it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib-hold.sh
 PORT=19999
 NEW_LISTENER=23456
-out=$(mktemp -d)
-. scripts/lib-hold.sh
 cleanup() {
     [[ -n "${PY:-}" ]] && kill "$PY" 2>/dev/null || true
     [[ -n "${BW:-}" ]] && kill "$BW" 2>/dev/null || true

@@ -8,10 +8,9 @@
 # Stops only the processes it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib-hold.sh
 BW_PORT=19998
 NE_PORT=19997
-out=$(mktemp -d)
-. scripts/lib-hold.sh
 SERVER=
 cleanup() {
     [[ -n "$SERVER" ]] && kill "$SERVER" 2>/dev/null || true

@@ -3,6 +3,9 @@
 #   hold_start SIZE DIR   build, start the holder, set HP (a pid in the namespace)
 #   in_ns CMD...          run CMD in that namespace
 #   hold_stop             tear the population down (the holder ends on a line on stdin)
+#   $out                  a scratch directory for the script's logs
+
+out=$(mktemp -d)
 
 hold_start() {
     local size=$1 dir=$2
