@@ -691,6 +691,103 @@ struct ServeRow {
     body_bytes: usize,
     wrk: Option<WrkResult>,
     wrk_gzip: Option<WrkResult>,
+    /// Scrapes at a Prometheus-like pace: (plain, gzip).
+    paced: Option<(Paced, Paced)>,
+}
+
+/// Latencies of paced scrapes, ms.
+#[derive(Debug, Clone, Default)]
+struct Paced {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Scrapers per paced run, their pace, and how long a run lasts.
+const PACED_SCRAPERS: usize = 10;
+const PACED_PERIOD: Duration = Duration::from_millis(50);
+const PACED_RUN: Duration = Duration::from_secs(5);
+
+/// Ten scrapers, each on its own keep-alive connection like a Prometheus target's,
+/// each sending a request every 50 ms: 200 scrapes/s, far from saturating the agent,
+/// so the latency is the scrape's own and not a queue's (wrk's closed loop measures the
+/// queue). Open loop: a latency runs from the scheduled send time, so a stall also
+/// counts against the requests it delays.
+fn paced_scrapes(port: u16, gzip: bool) -> Option<Paced> {
+    let start = Instant::now() + Duration::from_millis(100);
+    let workers: Vec<_> = (0..PACED_SCRAPERS)
+        .map(|i| {
+            std::thread::spawn(move || -> io::Result<Vec<f64>> {
+                let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+                conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let req = format!(
+                    "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+                    if gzip {
+                        "Accept-Encoding: gzip\r\n"
+                    } else {
+                        ""
+                    }
+                );
+                let mut lat = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                // Staggered like independent scrapers.
+                let mut due = start + PACED_PERIOD.mul_f64(i as f64 / PACED_SCRAPERS as f64);
+                while due < start + PACED_RUN {
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    conn.write_all(req.as_bytes())?;
+                    read_response(&mut conn, &mut buf)?;
+                    lat.push(due.elapsed().as_secs_f64() * 1e3);
+                    due += PACED_PERIOD;
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.join().ok()?.ok()?);
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
+    Some(Paced {
+        n: all.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: *all.last()?,
+    })
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a keep-alive connection.
+fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let mut head = Vec::new();
+    let body_start = loop {
+        let n = conn.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::other("connection closed mid-response"));
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let headers = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+    let len: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("response without content-length"))?;
+    let mut have = head.len() - body_start;
+    while have < len {
+        let n = conn.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::other("connection closed mid-body"));
+        }
+        have += n;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -794,8 +891,8 @@ fn run_wrk(port: u16, secs: u32, gzip: bool) -> Option<WrkResult> {
     }
     args.push(format!("http://127.0.0.1:{port}/metrics"));
     // Not pinned: with bindwatch confined to one CPU and wrk to the other, the
-    // 1M p99 rose to 25-35 ms (docs/performance.md); as deployed, bindwatch
-    // shares every CPU of the node.
+    // 1M p99 rose to 25-35 ms, node_exporter's too (scripts/bench-pinned.sh); as
+    // deployed, bindwatch shares every CPU of the node.
     let out = Command::new("wrk").args(&args).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let field = |prefix: &str, n: usize| {
@@ -863,7 +960,13 @@ fn serve_phase(
     row.first_poll = t0.elapsed();
     // wrk runs 3 times per encoding on the default-budget row (once otherwise).
     let times: u32 = if plain_wrk { 3 } else { 1 };
-    let need = Duration::from_secs(2 * u64::from(times * wrk_secs) + 25);
+    let paced = if plain_wrk {
+        2 * PACED_RUN
+    } else {
+        Duration::ZERO
+    };
+    // Within a TIME_WAIT's 60 s even on the default-budget row (30 s of wrk, 10 s paced).
+    let need = Duration::from_secs(2 * u64::from(times * wrk_secs) + 15) + paced;
     tw.ensure(&mut raw, need);
     row.census = raw.census();
     if polling {
@@ -906,6 +1009,17 @@ fn serve_phase(
             row.wrk = run_wrk_median(SERVE_PORT, wrk_secs, false, times as usize);
         }
         row.wrk_gzip = run_wrk_median(SERVE_PORT, wrk_secs, true, times as usize);
+    }
+    if plain_wrk {
+        row.paced = paced_scrapes(SERVE_PORT, false).zip(paced_scrapes(SERVE_PORT, true));
+        match &row.paced {
+            Some((p, g)) => log!(
+                "   paced scrapes: p99 {:.2} ms plain, {:.2} ms gzip",
+                p.p99,
+                g.p99
+            ),
+            None => log!("   paced scrapes failed"),
+        }
     }
     row.hwm_kb = status_kb(pid, "VmHWM:");
     row.rss_kb = status_kb(pid, "VmRSS:");
@@ -1515,6 +1629,29 @@ fn main() {
                 r.wrk.as_ref().map(|w| w.rps.as_str()).unwrap_or("-"),
                 r.wrk_gzip.as_ref().map(|w| w.rps.as_str()).unwrap_or("-"),
             );
+        }
+        println!(
+            "\n### Paced scrapes: {PACED_SCRAPERS} keep-alive scrapers, one request each every {} ms, {} s, open loop\n",
+            PACED_PERIOD.as_millis(),
+            PACED_RUN.as_secs()
+        );
+        println!("| table | --poll.cpu-budget | scrapes | plain p50 / p99 / max ms | gzip p50 / p99 / max ms |");
+        println!("|---|---|---|---|---|");
+        for (n, r) in &serve_rows {
+            if let Some((p, g)) = &r.paced {
+                println!(
+                    "| {n} | {} | {} + {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+                    budget_label(r),
+                    p.n,
+                    g.n,
+                    p.p50,
+                    p.p99,
+                    p.max,
+                    g.p50,
+                    g.p99,
+                    g.max
+                );
+            }
         }
     }
     if !ne_rows.is_empty() {
