@@ -4,7 +4,8 @@
 # 1k-500l (1k sockets on the same 500 listening ports, so the same /metrics body):
 # with a poll every second, with polls stopped after the first one, and
 # node_exporter pinned the same way as a control, inside the population's namespace
-# and in an empty one. Root, 2 CPUs or more; about 8 minutes.
+# and in an empty one; then, with no socket at all, 47 processes holding 0, 1,950 or
+# 19,500 eventfds each. Root, 2 CPUs or more; about 10 minutes.
 # Stops only the processes it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,7 +85,41 @@ EOS
     hold_stop
 }
 
+# No sockets at all: 47 processes (as many as hold the 1M table) with N eventfds each,
+# and bindwatch pinned as above in an empty namespace. Does the number of open files
+# alone slow the loopback tail?
+files() {
+    local per=$1
+    cat >"$out/files.sh" <<EOS
+ip link set lo up
+taskset -c 0 ./target/release/bindwatch --web.listen-address 127.0.0.1:$BW_PORT --state.file "" \\
+    --poll.interval 1h >"$out/server.log" 2>&1 &
+bw=\$!
+holders=()
+for i in \$(seq 1 47); do
+    python3 -c "
+import os, resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+fds = [os.eventfd(0) for _ in range($per)]
+print(flush=True)
+time.sleep(300)" >"$out/holder.\$i" &
+    holders+=(\$!)
+done
+for i in \$(seq 1 47); do
+    for _ in \$(seq 1 100); do [ -s "$out/holder.\$i" ] && break; sleep 0.2; done
+done
+for _ in 1 2 3; do
+    taskset -c 1 wrk -t1 -c10 -d5s --latency http://127.0.0.1:$BW_PORT/metrics | awk '\$1 == "99%" {printf "%s ", \$2}'
+done
+kill "\${holders[@]}" \$bw
+EOS
+    echo "no sockets, 47 processes with $per eventfds each, bindwatch plain p99: $(unshare -n bash "$out/files.sh")"
+}
+
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v prometheus-node-exporter >/dev/null || { echo "needs prometheus-node-exporter"; exit 1; }
 measure 1m
 measure 1k-500l
+files 0
+files 1950
+files 19500
