@@ -83,14 +83,14 @@ impl Drop for Agent {
     }
 }
 
-/// Copies a fixture tree into a scratch directory (world-readable) so a test can add
-/// what git cannot hold, such as an unreadable directory.
 /// The agent reading `procfs` as its /proc, with `--source procfs`.
 fn procfs_agent(cmd: Command, name: &str, procfs: &Path) -> Agent {
     let root = procfs.to_str().expect("utf8");
     Agent::spawn(cmd, name, &["--source", "procfs", "--path.procfs", root])
 }
 
+/// Copies a fixture tree into a scratch directory (world-readable) so a test can add
+/// what git cannot hold, such as an unreadable directory.
 fn scratch_copy(name: &str) -> PathBuf {
     let dst = std::env::temp_dir().join(format!("bindwatch-odd-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dst);
