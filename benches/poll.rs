@@ -311,6 +311,58 @@ fn proc_cpu(pid: u32) -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// CPU time and name of every process on the machine (utime + stime, in ticks of
+/// 10 ms: enough for the seconds-long windows this is used over).
+fn all_proc_cpu() -> BTreeMap<u32, (String, Duration)> {
+    let mut m = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return m;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces: fields count from the last ')'.
+        let (Some(l), Some(r)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[r + 1..].split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        // After ')': state is field 0, utime 11, stime 12.
+        let cpu = Duration::from_millis((tick(11) + tick(12)) * 10);
+        m.insert(pid, (stat[l + 1..r].to_string(), cpu));
+    }
+    m
+}
+
+/// The process outside the benchmark that used the most CPU between two
+/// [`all_proc_cpu`] snapshots: "name (pid): N% of a core".
+fn busiest_other(
+    before: &BTreeMap<u32, (String, Duration)>,
+    after: &BTreeMap<u32, (String, Duration)>,
+    window: Duration,
+    ours: &[u32],
+) -> String {
+    after
+        .iter()
+        .filter(|(pid, _)| !ours.contains(pid))
+        .filter_map(|(pid, (name, c1))| {
+            let (_, c0) = before.get(pid)?;
+            Some((c1.saturating_sub(*c0), *pid, name))
+        })
+        .max()
+        .map(|(d, pid, name)| {
+            format!(
+                "{name} ({pid}): {:.1}% of a core",
+                100.0 * d.as_secs_f64() / window.as_secs_f64().max(1e-9)
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
 fn status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -384,6 +436,8 @@ struct Size {
     total: usize,
     listeners: usize,
     tw: usize,
+    /// `-p`: the connections' fds are parked in flight (popgen's `park`).
+    parked: bool,
 }
 
 /// The base sizes; `-<N>l` after a name sets its number of listening ports instead.
@@ -393,18 +447,21 @@ const SIZES: [Size; 4] = [
         total: 1_000,
         listeners: 10,
         tw: 100,
+        parked: false,
     },
     Size {
         name: "10k",
         total: 10_000,
         listeners: 50,
         tw: 1_000,
+        parked: false,
     },
     Size {
         name: "100k",
         total: 100_000,
         listeners: 200,
         tw: 10_000,
+        parked: false,
     },
     // TIME_WAIT stays under tcp_max_tw_buckets (131,072).
     Size {
@@ -412,6 +469,7 @@ const SIZES: [Size; 4] = [
         total: 1_000_000,
         listeners: 500,
         tw: 100_000,
+        parked: false,
     },
 ];
 
@@ -420,28 +478,34 @@ const SIZES: [Size; 4] = [
 /// scrape from what the number of ports does (`1m-50l` and `1k-50l` likewise).
 const DEFAULT_SIZES: &str = "1k,1k-500l,10k,100k,1m";
 
-/// `1m`, or `1m-50l` for the 1m table with 50 listening ports.
+/// `1m`, `1m-50l` for the 1m table with 50 listening ports, and `-p` after either
+/// for the same table with its connections parked in flight: the sockets exist, no
+/// process holds their fds (`1m-p`, `1m-50l-p`).
 fn parse_size(spec: &str) -> Result<Size, String> {
     let spec = spec.trim().to_ascii_lowercase();
-    let (base, ports) = match spec.split_once('-') {
+    let (rest, parked) = match spec.strip_suffix("-p") {
+        Some(r) => (r, true),
+        None => (spec.as_str(), false),
+    };
+    let (base, ports) = match rest.split_once('-') {
         Some((b, p)) => {
             let n = p
                 .strip_suffix('l')
                 .and_then(|n| n.parse::<usize>().ok())
                 .filter(|n| (1..=10_000).contains(n))
                 .ok_or_else(|| {
-                    format!("size {spec}: expected -<N>l with N listening ports, 1 to 10000")
+                    format!("size {spec}: expected -<N>l with N listening ports, 1 to 10000, then an optional -p")
                 })?;
             (b, Some(n))
         }
-        None => (spec.as_str(), None),
+        None => (rest, None),
     };
     let mut size = SIZES
         .iter()
         .copied()
         .find(|s| s.name == base)
         .ok_or_else(|| {
-            format!("unknown size {spec} (1k, 10k, 100k, 1m, each with an optional -<N>l)")
+            format!("unknown size {spec} (1k, 10k, 100k, 1m, each with an optional -<N>l and -p)")
         })?;
     if let Some(n) = ports {
         let needed = Plan::children_needed(size.total, n, size.tw);
@@ -453,6 +517,9 @@ fn parse_size(spec: &str) -> Result<Size, String> {
             ));
         }
         size.listeners = n;
+    }
+    size.parked = parked;
+    if ports.is_some() || parked {
         // A bench run lives as long as its sizes: leaking the few names is simplest.
         size.name = Box::leak(spec.clone().into_boxed_str());
     }
@@ -693,6 +760,9 @@ struct ServeRow {
     wrk_gzip: Option<WrkResult>,
     /// Scrapes at a Prometheus-like pace: (plain, gzip).
     paced: Option<(Paced, Paced)>,
+    /// The busiest process outside the benchmark while wrk and the paced scrapes ran:
+    /// what else competed for the CPUs.
+    busiest_other: String,
 }
 
 /// Latencies of paced scrapes, ms.
@@ -1003,6 +1073,9 @@ fn serve_phase(
     let p3 = polls_done(SERVE_PORT);
     let scrape_cpu = (c3 - c2).saturating_sub(row.cpu_per_poll.mul_f64(p3.0 - p2.0));
     row.cpu_per_scrape = scrape_cpu / n;
+    let mut ours = tw.pop.pids();
+    ours.extend([pid, std::process::id()]);
+    let (others0, w0) = (all_proc_cpu(), Instant::now());
     if have("wrk") {
         // The default-budget row is the one the latency targets are read from.
         if plain_wrk {
@@ -1021,6 +1094,8 @@ fn serve_phase(
             None => log!("   paced scrapes failed"),
         }
     }
+    row.busiest_other = busiest_other(&others0, &all_proc_cpu(), w0.elapsed(), &ours);
+    log!("   busiest other process meanwhile: {}", row.busiest_other);
     row.hwm_kb = status_kb(pid, "VmHWM:");
     row.rss_kb = status_kb(pid, "VmRSS:");
     drop(serve);
@@ -1118,6 +1193,7 @@ fn owners_phase(runs: usize) -> OwnersResult {
             tw: 0,
             src: (i as u32 * 37) % 1024,
             close_listeners: draining,
+            park: false,
         });
     }
     let mut pop = Population::build(&plan).expect("owners population");
@@ -1247,7 +1323,7 @@ fn attribution_parts(
 
 fn profile(size: Size, polls: usize) {
     fresh_netns();
-    let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT);
+    let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT).parked(size.parked);
     let mut pop = Population::build(&plan).expect("population");
     let mut c = Collector::new(full_scan_opts(Path::new("/proc"))).expect("collector");
     c.poll(&[], &[]).expect("poll");
@@ -1359,7 +1435,7 @@ fn profile(size: Size, polls: usize) {
 
 fn hold(size: Size) {
     fresh_netns();
-    let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT);
+    let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT).parked(size.parked);
     let mut pop = Population::build(&plan).expect("population");
     pop.add_time_wait(size.tw).expect("time_wait");
     println!(
@@ -1446,7 +1522,7 @@ fn main() {
     for size in &args.sizes {
         fresh_netns();
         log!("== {}: building", size.name);
-        let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT);
+        let plan = Plan::sized(size.total, size.listeners, size.tw, FIRST_PORT).parked(size.parked);
         let mut pop = Population::build(&plan).expect("population");
         let build = pop.build_time;
         log!(
@@ -1621,13 +1697,15 @@ fn main() {
         println!();
         for (n, r) in &serve_rows {
             println!(
-                "- {n}, budget {}: {} polls timed; wrk {} + {} (gzip) requests at {} + {} req/s",
+                "- {n}, budget {}: {} polls timed; wrk {} + {} (gzip) requests at {} + {} req/s; \
+                 busiest other process meanwhile: {}",
                 budget_label(r),
                 r.polls,
                 r.wrk.as_ref().map(|w| w.requests).unwrap_or(0),
                 r.wrk_gzip.as_ref().map(|w| w.requests).unwrap_or(0),
                 r.wrk.as_ref().map(|w| w.rps.as_str()).unwrap_or("-"),
                 r.wrk_gzip.as_ref().map(|w| w.rps.as_str()).unwrap_or("-"),
+                r.busiest_other,
             );
         }
         println!(

@@ -5,7 +5,10 @@
 # with a poll every second, with polls stopped after the first one, and
 # node_exporter pinned the same way as a control, inside the population's namespace
 # and in an empty one; then, with no socket at all, 47 processes holding 0, 1,950 or
-# 19,500 eventfds each. Root, 2 CPUs or more; about 10 minutes.
+# 19,500 eventfds each. Every wrk line also names the busiest process outside the
+# benchmark meanwhile. The 1M population runs twice: held (each connection's fds in
+# a process's fd table) and parked (`1m-p`: the same sockets, their fds in flight on
+# a unix socket, so no fd table holds them). Root, 2 CPUs or more; about 15 minutes.
 # Stops only the processes it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +27,12 @@ trap cleanup EXIT
 p99s() {
     local run=$1 url=$2
     shift 2
-    local r=()
+    local r=() t0=$SECONDS
+    cpu_snapshot >"$out/cpu.before"
     for _ in 1 2 3; do
         r+=("$($run taskset -c 1 wrk -t1 -c10 -d5s --latency "$@" "$url" | awk '$1 == "99%" {print $2}')")
     done
-    echo "${r[*]}"
+    echo "${r[*]}; busiest other: $(busiest_since "$out/cpu.before" $((SECONDS - t0)))"
 }
 
 # Starts a server pinned to CPU 0 in the population's namespace and waits until URL
@@ -46,6 +50,28 @@ stop_server() {
     kill "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     SERVER=
+}
+
+# "pid cpu-ticks name" for every process on the machine.
+cpu_snapshot() {
+    local f line
+    for f in /proc/[0-9]*/stat; do
+        read -r line <"$f" 2>/dev/null || continue
+        # comm may hold spaces: the fields after the last ')' are fixed.
+        local comm=${line#*(} rest=${line##*) }
+        comm=${comm%)*}
+        local a=($rest)
+        echo "${line%% *} $((a[11] + a[12])) ${comm// /_}"
+    done
+}
+# The process outside this script's servers and wrk that used most CPU between the
+# snapshot in file $1 and now, as "name (pid) N% of a core over S s".
+busiest_since() {
+    local before=$1 secs=$2
+    cpu_snapshot | awk -v s="$secs" -v me=$$ -v srv="${SERVER:-0}" '
+        NR == FNR { c[$1] = $2; next }
+        ($1 in c) && $1 != me && $1 != srv { d = $2 - c[$1]; if (d > best) { best = d; who = $3 " (" $1 ")" } }
+        END { if (who == "") print "none"; else printf "%s %.1f%% of a core over %d s\n", who, best / s, s }' "$before" -
 }
 
 # The namespace's TcpRetransSegs; on loopback only spurious retransmissions (tail loss
@@ -113,12 +139,17 @@ for _ in 1 2 3; do
 done
 kill "\${holders[@]}" \$bw
 EOS
-    echo "no sockets, 47 processes with $per eventfds each, bindwatch plain p99: $(unshare -n bash "$out/files.sh")"
+    local t0=$SECONDS
+    cpu_snapshot >"$out/cpu.before"
+    local r
+    r=$(unshare -n bash "$out/files.sh")
+    echo "no sockets, 47 processes with $per eventfds each, bindwatch plain p99: $r; busiest other: $(busiest_since "$out/cpu.before" $((SECONDS - t0)))"
 }
 
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v prometheus-node-exporter >/dev/null || { echo "needs prometheus-node-exporter"; exit 1; }
 measure 1m
+measure 1m-p
 measure 1k-500l
 files 0
 files 1950

@@ -8,7 +8,7 @@
 //! one command per line on stdin and answers one line on stdout:
 //!
 //! ```text
-//! build L=v4:10000,v6:10001 conns=9800 tw=0 src=7 close=0  ->  ready LISTEN EST TW
+//! build L=v4:10000,v6:10001 conns=9800 tw=0 src=7 close=0 park=0  ->  ready LISTEN EST TW
 //! tw N                                                     ->  ok N     (N more TIME_WAITs)
 //! listen v4:PORT                                           ->  ok 1     (one more listener)
 //! <EOF>                                                    ->  exits
@@ -22,6 +22,10 @@
 //! listener's port like the leftovers of a busy daemon. The client end of every held
 //! connection has SO_LINGER 0, so tearing the population down sends RSTs and leaves
 //! no TIME_WAIT behind.
+//!
+//! `park=1` moves a child's connections out of its fd table once they are built
+//! (see `ChildState::park`): the same sockets, but no process holds their fds, so
+//! whatever walks the machine's open files does not grow with the population.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::mem;
@@ -72,6 +76,8 @@ pub struct ChildPlan {
     pub src: u32,
     /// Close the listeners once the connections are accepted (a draining daemon).
     pub close_listeners: bool,
+    /// Park the connections' fds in flight (see [`park`]) once they are built.
+    pub park: bool,
 }
 
 /// A population plan: what each child holds.
@@ -104,6 +110,7 @@ impl Plan {
                 tw: 0,
                 src: (i as u32 * 37) % SOURCES,
                 close_listeners: false,
+                park: false,
             })
             .collect();
         for j in 0..listeners {
@@ -113,6 +120,14 @@ impl Plan {
             });
         }
         Plan { children }
+    }
+
+    /// The same plan with every child's connections parked in flight.
+    pub fn parked(mut self, park: bool) -> Plan {
+        for c in &mut self.children {
+            c.park = park;
+        }
+        self
     }
 }
 
@@ -179,12 +194,13 @@ impl Population {
             let mut p = spawn_child()?;
             let ls: Vec<String> = c.listeners.iter().map(ListenSpec::encode).collect();
             p.send(&format!(
-                "build L={} conns={} tw={} src={} close={}",
+                "build L={} conns={} tw={} src={} close={} park={}",
                 ls.join(","),
                 c.conns,
                 c.tw,
                 c.src,
-                u8::from(c.close_listeners)
+                u8::from(c.close_listeners),
+                u8::from(c.park)
             ))?;
             children.push(p);
         }
@@ -430,6 +446,10 @@ fn connect_pair(lfd: i32, l: ListenSpec, src: Ipv4Addr) -> io::Result<(i32, i32)
 struct ChildState {
     listeners: Vec<(i32, ListenSpec)>,
     held: Vec<i32>,
+    /// Sockets held in flight by `park` (their fds are closed).
+    parked: usize,
+    /// The sending end of the parking socket pair (the receiving end never reads).
+    park_tx: Option<(i32, i32)>,
     next_src: u32,
     next_tw_src: u32,
     rr: usize,
@@ -452,6 +472,46 @@ impl ChildState {
         Ok(())
     }
 
+    /// Moves every held connection out of the fd table: the fds travel over a unix
+    /// socket pair that nobody reads, in SCM_RIGHTS messages, and are closed here.
+    /// The in-flight messages keep the sockets open until the child exits, and no
+    /// process has them in /proc/PID/fd. Why: a process that walks every fd on the
+    /// machine (the owner scan, or a supervisor like this sandbox's PID 1) costs in
+    /// proportion to the open fds, and a parked population shows what the socket
+    /// table alone does. Root may keep more fds in flight than RLIMIT_NOFILE.
+    fn park(&mut self) -> io::Result<()> {
+        let (tx, _) = match self.park_tx {
+            Some(p) => p,
+            None => {
+                let mut sv = [0i32; 2];
+                // SAFETY: socketpair fills the two-element array.
+                check(
+                    unsafe {
+                        libc::socketpair(
+                            libc::AF_UNIX,
+                            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                            0,
+                            sv.as_mut_ptr(),
+                        )
+                    },
+                    "socketpair",
+                )?;
+                self.park_tx = Some((sv[0], sv[1]));
+                (sv[0], sv[1])
+            }
+        };
+        // SCM_MAX_FD is 253 per message.
+        for chunk in self.held.chunks(250) {
+            send_fds(tx, chunk)?;
+        }
+        self.parked += self.held.len();
+        for fd in self.held.drain(..) {
+            // SAFETY: closing an fd we own; its socket lives on in flight.
+            unsafe { libc::close(fd) };
+        }
+        Ok(())
+    }
+
     fn time_wait(&mut self) -> io::Result<()> {
         let (lfd, l) = self.listeners[self.rr % self.listeners.len()];
         self.rr += 1;
@@ -466,6 +526,41 @@ impl ChildState {
         }
         Ok(())
     }
+}
+
+/// Sends `fds` in one SCM_RIGHTS message (with one byte of data) on `sock`.
+fn send_fds(sock: i32, fds: &[i32]) -> io::Result<()> {
+    let data_len = mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(data_len as u32) as usize,
+            libc::CMSG_LEN(data_len as u32) as usize,
+        )
+    };
+    // u64 words: the control buffer must be aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msg points at iov and control, both alive for the sendmsg call; the
+    // first cmsghdr fits in `space` bytes, and so do the fds copied after it.
+    let r = unsafe {
+        let mut msg: libc::msghdr = mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = len;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        libc::sendmsg(sock, &msg, 0)
+    };
+    check(r as libc::c_int, "sendmsg SCM_RIGHTS (parking fds)").map(|_| ())
 }
 
 /// The child's main loop (see the module comment for the protocol).
@@ -490,6 +585,8 @@ fn child_loop() -> io::Result<()> {
         next_src: 0,
         next_tw_src: 0,
         rr: 0,
+        parked: 0,
+        park_tx: None,
     };
     let deadline = Instant::now() + BUILD_DEADLINE;
     for line in stdin.lock().lines() {
@@ -500,6 +597,7 @@ fn child_loop() -> io::Result<()> {
                 let mut conns = 0;
                 let mut tw = 0;
                 let mut close = false;
+                let mut park = false;
                 for w in words {
                     let (k, v) = w.split_once('=').unwrap_or((w, ""));
                     match k {
@@ -515,6 +613,7 @@ fn child_loop() -> io::Result<()> {
                             st.next_tw_src = st.next_src;
                         }
                         "close" => close = v == "1",
+                        "park" => park = v == "1",
                         _ => {}
                     }
                 }
@@ -530,6 +629,9 @@ fn child_loop() -> io::Result<()> {
                 for _ in 0..tw {
                     st.time_wait()?;
                 }
+                if park {
+                    st.park()?;
+                }
                 let nl = st.listeners.len();
                 if close {
                     for (fd, _) in st.listeners.drain(..) {
@@ -541,7 +643,7 @@ fn child_loop() -> io::Result<()> {
                     out,
                     "ready {} {} {}",
                     if close { 0 } else { nl },
-                    st.held.len(),
+                    st.held.len() + st.parked,
                     tw
                 )?;
             }
