@@ -76,7 +76,7 @@ pub struct ChildPlan {
     pub src: u32,
     /// Close the listeners once the connections are accepted (a draining daemon).
     pub close_listeners: bool,
-    /// Park the connections' fds in flight (see [`park`]) once they are built.
+    /// Park the connections' fds in flight (`ChildState::park`) once they are built.
     pub park: bool,
 }
 
