@@ -497,15 +497,16 @@ fn accepted_connections_have_tcp_nodelay() {
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
         // The connection stays open (keep-alive): find the agent's end of it.
         let me = client.local_addr().expect("local addr");
+        let agent = srv.child.id();
         let mut found = None;
-        for e in std::fs::read_dir(format!("/proc/{}/fd", srv.pid())).expect("agent's fds") {
+        for e in std::fs::read_dir(format!("/proc/{agent}/fd")).expect("agent's fds") {
             let fd: i32 = e
                 .expect("fd entry")
                 .file_name()
                 .to_string_lossy()
                 .parse()
                 .expect("fd");
-            if let Ok((peer, nodelay)) = nodelay_of(srv.child.id(), fd) {
+            if let Ok((peer, nodelay)) = nodelay_of(agent, fd) {
                 if peer == me {
                     found = Some(nodelay);
                 }
