@@ -35,6 +35,65 @@ pub enum CommandError {
     Collect(#[from] crate::collect::CollectError),
     #[error("--config.file {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// The kernel refuses the address itself (EADDRNOTAVAIL), whatever the port.
+    #[error("--address {0}: not an address of this host: bind() would fail with EADDRNOTAVAIL ({1}); \
+             a daemon can bind it anyway with IP_FREEBIND, or every socket with net.{2}.ip_nonlocal_bind=1")]
+    AddressNotAvailable(IpAddr, std::io::Error, &'static str),
+}
+
+/// Asks the kernel whether `addr` can be bound at all in this network namespace:
+/// bind(`addr`:0) on a throw-away socket with `IP_BIND_ADDRESS_NO_PORT`, so no port
+/// is taken. The kernel applies its own rules (local and broadcast addresses, the
+/// whole of 127.0.0.0/8, `ip_nonlocal_bind`), which a list of interface addresses
+/// would only imitate. Wildcards are always bindable.
+///
+/// # Errors
+/// [`CommandError::AddressNotAvailable`] when the kernel answers EADDRNOTAVAIL;
+/// other failures (no IPv6 on the host, out of fds) are not a verdict on the address
+/// and are let through (the check goes on).
+pub fn address_available(
+    protocol: Protocol,
+    addr: IpAddr,
+    ifindex: u32,
+) -> Result<(), CommandError> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    if addr.is_unspecified() {
+        return Ok(());
+    }
+    let ty = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let Ok(sock) = Socket::new(
+        Domain::for_address(std::net::SocketAddr::new(addr, 0)),
+        ty,
+        None,
+    ) else {
+        return Ok(());
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int for the length given; the fd is open.
+    let _ = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let sa = match addr {
+        IpAddr::V4(v4) => SockAddr::from(std::net::SocketAddrV4::new(v4, 0)),
+        // A link-local address needs its interface (--device).
+        IpAddr::V6(v6) => SockAddr::from(std::net::SocketAddrV6::new(v6, 0, 0, ifindex)),
+    };
+    match sock.bind(&sa) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+            Err(CommandError::AddressNotAvailable(addr, e, family))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn services(w: &WatchArgs) -> Result<Vec<Service>, CommandError> {
@@ -232,6 +291,13 @@ pub fn check_once(
     a: &SocketArgs,
     c: &mut Collector,
 ) -> Result<(CheckOutcome, Snapshot), CommandError> {
+    if !a.restart {
+        let ifindex = match &a.device {
+            Some(d) => ifindex(d)?,
+            None => 0,
+        };
+        address_available(a.protocol, a.address, ifindex)?;
+    }
     let services = services(&a.watch)?;
     let snap = c.poll(&services, &[(a.protocol, a.port)])?;
     Ok((judge_snapshot(a, &snap)?, snap))
@@ -433,6 +499,14 @@ pub fn wait(a: &WaitArgs) -> i32 {
                     eprint!("{}", check_text(&o, &snap));
                 }
                 last = Some(o.verdict);
+            }
+            // An address that is not (yet) on this host may come, e.g. a VIP that
+            // keepalived adds: wait for it as for a port, say so once.
+            Err(e @ CommandError::AddressNotAvailable(..)) => {
+                if last != Some(Verdict::Blocked) || Instant::now() + a.interval >= deadline {
+                    eprintln!("bindwatch wait: {e}");
+                }
+                last = Some(Verdict::Blocked);
             }
             Err(e) => {
                 eprintln!("bindwatch wait: {e}");
