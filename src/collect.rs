@@ -491,13 +491,14 @@ impl Collector {
                 // Flags are read through the fds attribution finds: no owners, no flags.
                 let caps = self.resolver().caps;
                 Capabilities {
-                    owners: caps.owners,
                     socket_flags: caps.owners && caps.socket_flags,
+                    ..caps
                 }
             } else {
                 Capabilities {
                     owners: false,
                     socket_flags: false,
+                    owners_denied: None,
                 }
             },
             ports_dropped_total: self.ports_dropped_total,

@@ -305,7 +305,7 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_capability",
         "gauge",
-        "1 when bindwatch has the privilege for a feature: owners (read /proc/PID/fd), socket_flags (pidfd_getfd).",
+        "1 when bindwatch really achieved a feature: owners (no /proc/PID/fd listing or link was refused in the last scan), socket_flags (pidfd_getfd of owners' sockets).",
     );
     w.sample(
         "bindwatch_capability",

@@ -270,7 +270,7 @@ pub fn spawn(
         last: Vec::new(),
         last_error: None,
         config,
-        missing_caps_logged: false,
+        missing_caps_logged: None,
         state_sink,
         netns_poll_seconds: Vec::new(),
         budget,
@@ -317,7 +317,8 @@ struct LoopState {
     last: Vec<(Option<String>, Arc<Snapshot>)>,
     last_error: Option<String>,
     config: Option<ConfigSource>,
-    missing_caps_logged: bool,
+    /// The missing capability last logged.
+    missing_caps_logged: Option<&'static str>,
     state_sink: Option<StateSink>,
     netns_poll_seconds: Vec<(String, f64)>,
     budget: CpuBudget,
@@ -326,18 +327,29 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// One warning naming what is missing, again only when that changes (not every poll).
     fn log_missing_caps(&mut self, snap: &Snapshot) {
         let caps = snap.capabilities;
-        if (!caps.owners || !caps.socket_flags) && !self.missing_caps_logged {
-            self.missing_caps_logged = true;
-            tracing::warn!(
-                owners = caps.owners,
-                socket_flags = caps.socket_flags,
-                "cannot read every socket's owner or flags; they are reported as unknown. Grant \
-                 CAP_DAC_READ_SEARCH (owners) and CAP_SYS_PTRACE (flags via pidfd_getfd): \
-                 AmbientCapabilities= in the systemd unit, securityContext.capabilities.add in Kubernetes"
-            );
+        if caps.owners && caps.socket_flags {
+            return;
         }
+        let missing = match caps.owners_denied {
+            Some(d) if !caps.owners => d.missing(),
+            _ if !caps.owners => "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE",
+            _ => {
+                "CAP_SYS_PTRACE (pidfd_getfd of another process's socket needs PTRACE_MODE_ATTACH)"
+            }
+        };
+        if self.missing_caps_logged == Some(missing) {
+            return;
+        }
+        self.missing_caps_logged = Some(missing);
+        tracing::warn!(
+            owners = caps.owners,
+            socket_flags = caps.socket_flags,
+            "cannot read every socket's owner or flags; they are reported as unknown. Grant \
+             {missing}: AmbientCapabilities= in the systemd unit, securityContext.capabilities.add in Kubernetes"
+        );
     }
 
     fn failed(&mut self, msg: String) {

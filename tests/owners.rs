@@ -381,3 +381,128 @@ fn assert_capabilities(m: &Metrics, value: f64) {
         );
     }
 }
+
+/// bindwatch as uid 65534 with the given ambient capabilities (`+dac_read_search,...`),
+/// polling every 300 ms; stderr is piped.
+fn agent_with_caps(caps: &str, port: u16) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+        ])
+        .arg(bin())
+        .args([
+            "serve",
+            "--web.listen-address",
+            &listen,
+            "--poll.interval",
+            "300ms",
+            "--poll.cpu-budget",
+            "0",
+            "--state.file",
+            "",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv bindwatch");
+    let addr: SocketAddr = listen.parse().expect("addr");
+    let up = eventually(Duration::from_secs(10), || {
+        matches!(http_get(addr, "/healthz", &[]), Ok((200, _, _)))
+    });
+    assert!(up, "bindwatch with {caps} serves");
+    child
+}
+
+/// What the kernel allows uid 65534 with `caps` on this process's fd `fd`: (listing
+/// /proc/PID/fd works, reading the link works).
+fn kernel_allows(caps: &str, fd: i32) -> (bool, bool) {
+    let pid = std::process::id();
+    let run = |script: String| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &format!("--inh-caps={caps}"),
+                &format!("--ambient-caps={caps}"),
+                "sh",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("setpriv sh")
+            .status
+            .success()
+    };
+    (
+        run(format!("ls /proc/{pid}/fd >/dev/null")),
+        run(format!("readlink /proc/{pid}/fd/{fd} >/dev/null")),
+    )
+}
+
+/// `bindwatch_capability` says what bindwatch achieved: with CAP_DAC_READ_SEARCH alone
+/// the fd tables of other users can be listed but their links not read (the ptrace
+/// access check), so every other user's owner is unknown and `owners` must be 0, with
+/// a warning naming CAP_SYS_PTRACE. With CAP_SYS_PTRACE too, owners are known and 1.
+#[test]
+fn dac_read_search_alone_does_not_give_owners() {
+    in_netns(|| {
+        // Held by this (root) test process.
+        let l = tcp_listener("127.0.0.1:18322".parse().expect("addr"), false, false, None)
+            .expect("listener");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        assert_eq!(
+            kernel_allows("+dac_read_search", fd),
+            (true, false),
+            "the kernel lists the fd dir but refuses the link"
+        );
+        assert_eq!(
+            kernel_allows("+dac_read_search,+sys_ptrace", fd),
+            (true, true)
+        );
+        let listener = |m: &Metrics| {
+            let l = m.matching("bindwatch_listener_info", &[("port", "18322")]);
+            assert_eq!(l.len(), 1, "{l:?}");
+            l[0].0.clone()
+        };
+        let mut agent = agent_with_caps("+dac_read_search", 18392);
+        std::thread::sleep(Duration::from_millis(1000));
+        let (code, _, body) =
+            http_get("127.0.0.1:18392".parse().expect("addr"), "/metrics", &[]).expect("scrape");
+        assert_eq!(code, 200);
+        let m = Metrics::parse(&String::from_utf8_lossy(&body));
+        assert!(
+            listener(&m).contains("process=\"unknown\""),
+            "{}",
+            listener(&m)
+        );
+        assert_capabilities(&m, 0.0);
+        let _ = agent.kill();
+        let out = agent.wait_with_output().expect("wait");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("CAP_SYS_PTRACE") && log.contains("ptrace access check"),
+            "the warning names the missing capability: {log}"
+        );
+
+        let _agent = Child_(agent_with_caps("+dac_read_search,+sys_ptrace", 18393));
+        let addr: SocketAddr = "127.0.0.1:18393".parse().expect("addr");
+        let mut last = String::new();
+        let ok = eventually(Duration::from_secs(10), || {
+            let Ok((200, _, body)) = http_get(addr, "/metrics", &[]) else {
+                return false;
+            };
+            let m = Metrics::parse(&String::from_utf8_lossy(&body));
+            last = listener(&m);
+            !last.contains("process=\"unknown\"")
+                && m.get("bindwatch_capability", &[("capability", "owners")]) == Some(1.0)
+        });
+        assert!(ok, "with CAP_SYS_PTRACE the owner is known: {last}");
+        drop(l);
+    });
+}

@@ -33,12 +33,21 @@ pub struct ProbedFlags {
 }
 
 /// What the last resolution could and could not do.
+///
+/// `owners` is what the scans achieved, not what the process's capability sets
+/// promise: it is false as soon as the kernel refused a listing of `/proc/PID/fd` or a
+/// `readlink` of one of its links in the last scan that reached its end (or in the
+/// scan in progress), and true again after a whole scan without a refusal. A scan
+/// that is never needed (every socket of interest already attributed) changes
+/// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Every process's fd table was readable.
+    /// No fd table or fd link was refused.
     pub owners: bool,
     /// Socket fds could be duplicated to read their flags.
     pub socket_flags: bool,
+    /// Which refusal made `owners` false.
+    pub owners_denied: Option<Denied>,
 }
 
 impl Default for Capabilities {
@@ -46,6 +55,29 @@ impl Default for Capabilities {
         Capabilities {
             owners: true,
             socket_flags: true,
+            owners_denied: None,
+        }
+    }
+}
+
+/// The kernel check that refused attribution. Listing another user's `/proc/PID/fd`
+/// (mode 0500) is a permission check that `CAP_DAC_READ_SEARCH` passes; reading a link
+/// in it is a ptrace access check (`PTRACE_MODE_READ`: same uid or `CAP_SYS_PTRACE`)
+/// that no DAC capability passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// `/proc/PID/fd` could not be listed.
+    FdDir,
+    /// `/proc/PID/fd` was listed but its links could not be read.
+    FdLink,
+}
+
+impl Denied {
+    /// What to grant, for the log line.
+    pub fn missing(self) -> &'static str {
+        match self {
+            Denied::FdDir => "CAP_DAC_READ_SEARCH (to list other users' /proc/PID/fd) and CAP_SYS_PTRACE (to read the links in it)",
+            Denied::FdLink => "CAP_SYS_PTRACE (reading /proc/PID/fd links is a ptrace access check that CAP_DAC_READ_SEARCH does not pass)",
         }
     }
 }
@@ -115,7 +147,7 @@ struct Scan {
     /// A process whose fd table was read only in part: (pid, entries read).
     current: Option<(u32, usize)>,
     targets: HashSet<u64>,
-    denied: bool,
+    denied: Option<Denied>,
 }
 
 /// How long one poll of the agent may spend scanning `/proc/*/fd` (about 50,000
@@ -259,6 +291,7 @@ impl OwnerResolver {
             self.stats.full_scans += 1;
             let Ok(dir) = fs::read_dir(&self.procfs) else {
                 self.caps.owners = false;
+                self.caps.owners_denied = Some(Denied::FdDir);
                 return true;
             };
             let mut pids: Vec<u32> = dir
@@ -271,7 +304,7 @@ impl OwnerResolver {
                 pids,
                 current: None,
                 targets: targets.clone(),
-                denied: false,
+                denied: None,
             });
         }
         let deadline = self.scan_slice.map(|d| Instant::now() + d);
@@ -302,7 +335,7 @@ impl OwnerResolver {
                 Err(e) => {
                     // Kernel threads and exited processes have nothing to show.
                     if e.kind() == io::ErrorKind::PermissionDenied {
-                        st.denied = true;
+                        st.denied = Some(Denied::FdDir);
                     }
                     continue;
                 }
@@ -312,12 +345,19 @@ impl OwnerResolver {
             for fd in fds.flatten().skip(skip) {
                 read += 1;
                 self.stats.fds_read += 1;
+                let link = match fs::read_link(fd.path()) {
+                    Ok(l) => Some(l),
+                    // The listing passed (CAP_DAC_READ_SEARCH) but the link did not
+                    // (the ptrace check): this fd's owner stays unknown, and says so.
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        st.denied.get_or_insert(Denied::FdLink);
+                        None
+                    }
+                    Err(_) => None, // closed meanwhile
+                };
                 if let (Some(n), Some(inode)) = (
                     fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
-                    fs::read_link(fd.path())
-                        .ok()
-                        .as_deref()
-                        .and_then(socket_inode),
+                    link.as_deref().and_then(socket_inode),
                 ) {
                     if remaining.remove(&inode) {
                         found.insert(inode, FdRef { pid, fd: n });
@@ -338,13 +378,15 @@ impl OwnerResolver {
             }
         }
         if complete {
-            if st.denied || (st.pids.is_empty() && st.current.is_none()) {
+            if st.denied.is_some() || (st.pids.is_empty() && st.current.is_none()) {
                 // A whole pass tells whether every process was readable.
-                self.caps.owners = !st.denied;
+                self.caps.owners = st.denied.is_none();
+                self.caps.owners_denied = st.denied;
             }
             self.scan_state = None;
-        } else if st.denied {
+        } else if st.denied.is_some() {
             self.caps.owners = false;
+            self.caps.owners_denied = st.denied;
         }
         complete
     }
