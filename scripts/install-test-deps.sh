@@ -16,6 +16,8 @@ export DEBIAN_FRONTEND=noninteractive
 VENV="${BINDWATCH_VENV:-$HOME/.cache/bindwatch-venv}"
 # Pinned so that the Kubernetes versions it knows stay the ones tests/deploy.rs asks for.
 K8S_VALIDATE_VERSION="${K8S_VALIDATE_VERSION:-1.34.1}"
+# The third-party OpenMetrics parser tests/web.rs feeds bindwatch's exposition to.
+PROM_CLIENT_VERSION="${PROM_CLIENT_VERSION:-0.21.1}"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: must run as root (apt-get install)" >&2
@@ -36,6 +38,9 @@ declare -A PKG_FOR=(
     [setpriv]=util-linux
     [unshare]=util-linux
     [systemd-analyze]=systemd
+    # tests/web.rs: socket activation and the landing page in a real browser
+    [systemd-socket-activate]=systemd
+    [chromium]=chromium
 )
 
 missing=()
@@ -72,6 +77,12 @@ if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$K8S_VALID
         "kubernetes-validate==$K8S_VALIDATE_VERSION"
 fi
 "$VENV/bin/python" -c 'import yaml' # PyYAML comes with kubernetes-validate; fail loudly if not
+
+if ! "$VENV/bin/python" -c "import prometheus_client, sys; sys.exit(prometheus_client.__version__ != '$PROM_CLIENT_VERSION')" 2>/dev/null; then
+    echo "install-test-deps: pip install prometheus_client==$PROM_CLIENT_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "prometheus_client==$PROM_CLIENT_VERSION"
+fi
 
 echo "install-test-deps: kubernetes-validate is $VENV/bin/kubernetes-validate"
 echo "install-test-deps: done"

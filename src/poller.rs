@@ -22,12 +22,27 @@ use crate::model::Snapshot;
 use crate::netns::NetnsCollectors;
 use crate::state;
 
-/// What a scrape serves.
+/// What a scrape serves: the text format and OpenMetrics, each plain and gzipped,
+/// all rendered by the poll (a scrape only picks one and copies it).
 #[derive(Debug, Clone)]
 pub struct Published {
     pub body: Bytes,
     pub gzip: Bytes,
+    pub openmetrics: Bytes,
+    pub openmetrics_gzip: Bytes,
     pub last_success: Option<Instant>,
+}
+
+impl Published {
+    /// The bytes of `format`, gzipped or not.
+    pub fn bytes(&self, format: metrics::Format, gzip: bool) -> Bytes {
+        match (format, gzip) {
+            (metrics::Format::Text, false) => self.body.clone(),
+            (metrics::Format::Text, true) => self.gzip.clone(),
+            (metrics::Format::OpenMetrics, false) => self.openmetrics.clone(),
+            (metrics::Format::OpenMetrics, true) => self.openmetrics_gzip.clone(),
+        }
+    }
 }
 
 /// The latest [`Published`], swapped whole by the poller.
@@ -42,6 +57,8 @@ impl Latest {
             inner: Mutex::new(Arc::new(Published {
                 body: Bytes::new(),
                 gzip: Bytes::new(),
+                openmetrics: Bytes::new(),
+                openmetrics_gzip: Bytes::new(),
                 last_success: None,
             })),
         }
@@ -459,11 +476,12 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         .iter()
         .map(|(n, s)| (n.as_deref(), s.as_ref()))
         .collect();
-    let body = metrics::render(&snaps, selfm, &extras);
-    let gz = gzip(body.as_bytes());
+    let exp = metrics::render_all(&snaps, selfm, &extras);
     latest.set(Published {
-        body: Bytes::from(body),
-        gzip: gz,
+        gzip: gzip(exp.text.as_bytes()),
+        body: Bytes::from(exp.text),
+        openmetrics_gzip: gzip(exp.openmetrics.as_bytes()),
+        openmetrics: Bytes::from(exp.openmetrics),
         last_success: st.last_success,
     });
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
     WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
@@ -411,13 +411,20 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
         }
         let p = state.latest.get();
         let gz = accepts_gzip(&req);
-        let mut r = Response::new(Full::new(if gz { p.gzip.clone() } else { p.body.clone() }));
+        let format = crate::web::negotiate::negotiate(
+            req.headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        tracing::trace!(format = format.as_str(), gzip = gz, "scrape");
+        let mut r = Response::new(Full::new(p.bytes(format, gz)));
         let h = r.headers_mut();
         h.insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(format.content_type()),
         );
-        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
         if gz {
             h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }

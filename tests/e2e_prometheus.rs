@@ -569,6 +569,30 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
         );
         log(t0, "prometheus scrapes bindwatch");
 
+        // The scrape negotiated OpenMetrics: `# UNIT` exists only there, and Prometheus
+        // keeps it in the target's metadata (the text format leaves the unit empty).
+        let unit = wait_for(
+            "prometheus has bindwatch's metadata",
+            Duration::from_secs(20),
+            || {
+                let data = prom
+                    .api("/api/v1/targets/metadata?metric=bindwatch_poll_duration_seconds")
+                    .ok()?;
+                let entry = data.as_array()?.first()?.clone();
+                Some((entry["type"].clone(), entry["unit"].clone()))
+            },
+        );
+        assert_eq!(
+            unit,
+            (Value::from("histogram"), Value::from("seconds")),
+            "Prometheus scraped bindwatch without OpenMetrics (no unit in its metadata):\n{}",
+            prom.log_text()
+        );
+        log(
+            t0,
+            "prometheus negotiated OpenMetrics (unit seconds in its metadata)",
+        );
+
         // A watched service nobody listens on: missing.
         let (m_port, p_port) = (M.to_string(), P.to_string());
         let status = |name: &'static str, port: &str, st: &str| {

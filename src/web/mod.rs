@@ -4,6 +4,7 @@
 //! - [`config`]: the YAML, validated with file/line/key errors (pure).
 //! - [`tls`]: rustls (`ring` provider) from the validated settings.
 //! - [`auth`]: basic auth with a cache of verified credentials; the rate limiter.
+//! - [`negotiate`]: which exposition format a scrape's `Accept` asks for (pure).
 //!
 //! [`WebState`] is the live configuration. It looks at the modification stamps of the
 //! config file and of every certificate, key and CA file it names whenever a connection
@@ -13,6 +14,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod negotiate;
 pub mod tls;
 
 use std::os::unix::fs::MetadataExt;
