@@ -9,7 +9,10 @@
 #   - kubernetes-validate lives in a venv at $BINDWATCH_VENV (default
 #     $HOME/.cache/bindwatch-venv); tests/deploy.rs looks in $BINDWATCH_VENV/bin itself, so
 #     nothing has to be sourced. The venv's python also has PyYAML (a dependency of
-#     kubernetes-validate), which the tests use to compare YAML documents parsed.
+#     kubernetes-validate), which the tests use to compare YAML documents parsed, and
+#     prometheus_client, whose OpenMetrics parser tests/web.rs feeds /metrics to;
+#   - chromium (tests/web.rs renders the landing page headless) and
+#     systemd-socket-activate (socket activation) come from apt.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
