@@ -48,8 +48,9 @@ macro_rules! log {
 }
 
 fn rusage(who: libc::c_int) -> Duration {
-    // SAFETY: getrusage fills a local struct.
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into the struct it is given, which lives here.
     unsafe { libc::getrusage(who, &mut r) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(r.ru_utime) + tv(r.ru_stime)
@@ -57,8 +58,9 @@ fn rusage(who: libc::c_int) -> Duration {
 
 /// User CPU time of the calling thread (tick-sampled: for splits, not totals).
 fn user_cpu() -> Duration {
-    // SAFETY: getrusage fills a local struct.
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into the struct it is given, which lives here.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) };
     Duration::new(r.ru_utime.tv_sec as u64, r.ru_utime.tv_usec as u32 * 1000)
 }
@@ -74,8 +76,9 @@ struct Sample {
 /// CPU time (user + system) of the calling thread. CLOCK_THREAD_CPUTIME_ID rather
 /// than getrusage(RUSAGE_THREAD): the latter lags by up to a scheduler tick (4 ms).
 fn thread_cpu() -> Duration {
-    // SAFETY: clock_gettime fills a local struct.
+    // SAFETY: timespec is plain integers, for which all zeroes is a valid value.
     let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes only into the struct it is given, which lives here.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
@@ -1469,12 +1472,9 @@ fn main() {
     START.get_or_init(Instant::now);
     let args = parse_args();
     let nofile = popgen::raise_nofile();
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the benchmark needs root (network namespaces)"
-    );
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the benchmark needs root (network namespaces)");
     if let Some((size, polls)) = args.profile {
         return profile(size, polls);
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Service;
-use crate::conflict::{self, EphemeralTally};
+use crate::conflict;
 use crate::model::{
     Endpoint, EndpointRisk, Family, Listener, Owner, Protocol, Snapshot, Socket, State, StateCounts,
 };
@@ -18,6 +18,7 @@ use crate::source::owners::{Capabilities, OwnerResolver};
 use crate::source::sysctl::{self, PortAllocation};
 use crate::source::{listen_mask, SocketTable, SourceChoice, SourceError};
 use crate::state;
+use crate::tally::EphemeralTally;
 
 /// Limits and knobs of a poll.
 #[derive(Debug, Clone)]

@@ -12,51 +12,14 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::model::Protocol;
+pub use crate::model::{OwnerMatch, Service};
+pub use crate::yaml::Problem;
 use crate::yaml::{parse_tree, Node, Value};
-
-/// Who is expected to own a watched port. Every given field must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OwnerMatch {
-    /// `comm` of the process.
-    pub process: Option<String>,
-    /// systemd unit, e.g. `nginx.service`.
-    pub unit: Option<String>,
-    /// user name (or uid as text).
-    pub user: Option<String>,
-}
-
-impl OwnerMatch {
-    pub fn is_empty(&self) -> bool {
-        self.process.is_none() && self.unit.is_none() && self.user.is_none()
-    }
-}
-
-/// One declared service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    /// Empty: the wildcard of each family.
-    pub addresses: Vec<IpAddr>,
-    pub owner: OwnerMatch,
-    pub reuseaddr: bool,
-    pub reuseport: bool,
-}
 
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<Service>,
-}
-
-/// One problem in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub line: usize,
-    /// Where in the document, e.g. `services[1].port`.
-    pub key: String,
-    pub message: String,
 }
 
 /// Every problem found in a file.

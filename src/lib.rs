@@ -3,14 +3,16 @@
 //!
 //! # Layout
 //! - [`cli`]: flags and subcommands (serve, check, wait, ports).
-//! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`.
+//! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`, the engine's
+//!   `Judgement`s, watched `Service`s and their statuses, host facts. Imports nothing
+//!   else of the crate.
 //! - [`source`]: reading the kernel: [`source::netlink`] (sock_diag, primary),
 //!   [`source::procnet`] (/proc/net fallback), [`source::owners`] (pids, flags via
 //!   pidfd), [`source::sysctl`] (ephemeral port range).
 //! - [`config`]: the watched-services file, validated with file/line errors.
 //! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict.
-//! - [`conflict`]: the pure port-conflict monitor (watched services) and the
-//!   ephemeral-port exhaustion tally.
+//! - [`conflict`]: the pure port-conflict monitor (watched services).
+//! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
@@ -19,7 +21,8 @@
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
-//! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers.
+//! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
+//!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
 
@@ -37,5 +40,6 @@ pub mod rebind;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod tally;
 pub mod web;
 mod yaml;

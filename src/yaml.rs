@@ -12,7 +12,14 @@ use std::collections::BTreeMap;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::config::Problem;
+/// One problem in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    /// Where in the document, e.g. `services[1].port`.
+    pub key: String,
+    pub message: String,
+}
 
 /// A YAML value with the (1-based) line it starts on.
 #[derive(Debug, Clone)]

@@ -32,11 +32,10 @@ impl NamedNetns {
         let path = format!("/run/netns/{}", self.0);
         std::thread::spawn(move || {
             let ns = File::open(&path).expect("open netns");
-            // SAFETY: setns on a valid fd; only this thread moves.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            // SAFETY: setns takes an fd this thread holds open and only moves the
+            // calling thread, which nothing else shares.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             f()
         })
         .join()
@@ -66,11 +65,10 @@ fn namespaces_are_reported_and_judged_separately() {
         let path = format!("/run/netns/{}", a.0);
         std::thread::spawn(move || {
             let ns = File::open(&path).expect("open netns");
-            // SAFETY: as above.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            // SAFETY: setns takes an fd this thread holds open and only moves the
+            // calling thread, which nothing else shares.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             let _l = tcp_listener(addr(), false, false, None).expect("listener in A");
             let _ = rx_a.recv_timeout(Duration::from_secs(60));
         })

@@ -392,7 +392,7 @@ fn socket_as(uid: u32, domain: Domain, ty: Type, proto: SockProto) -> std::io::R
     // SAFETY: setfsuid changes only this thread's fs credentials; restored below.
     unsafe { libc::setfsuid(uid) };
     let s = Socket::new(domain, ty, Some(proto));
-    // SAFETY: as above.
+    // SAFETY: setfsuid changes only this thread's fs credentials, back to root.
     unsafe { libc::setfsuid(0) };
     s
 }

@@ -484,18 +484,16 @@ impl ChildState {
             Some(p) => p,
             None => {
                 let mut sv = [0i32; 2];
-                // SAFETY: socketpair fills the two-element array.
-                check(
-                    unsafe {
-                        libc::socketpair(
-                            libc::AF_UNIX,
-                            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                            0,
-                            sv.as_mut_ptr(),
-                        )
-                    },
-                    "socketpair",
-                )?;
+                // SAFETY: socketpair writes two fds into the two-element array it is given.
+                let rc = unsafe {
+                    libc::socketpair(
+                        libc::AF_UNIX,
+                        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                        0,
+                        sv.as_mut_ptr(),
+                    )
+                };
+                check(rc, "socketpair")?;
                 self.park_tx = Some((sv[0], sv[1]));
                 (sv[0], sv[1])
             }

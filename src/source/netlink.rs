@@ -349,7 +349,8 @@ fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
     }
     let mut lowered = saved;
     lowered[0].effective &= !bit;
-    // SAFETY: as above; only lowers the effective set.
+    // SAFETY: capset reads two initialised `CapData` structs from `lowered`, which
+    // lives here, and a header for this thread; it only lowers the effective set.
     if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, lowered.as_ptr()) } != 0 {
         return f();
     }

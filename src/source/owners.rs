@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::model::{Capabilities, Denied};
 use crate::model::{Owner, SocketFlags, Tri};
 
 /// Where a socket's file lives.
@@ -30,56 +31,6 @@ pub struct ProbedFlags {
     pub flags: SocketFlags,
     pub ifindex: u32,
     pub v6only: Tri,
-}
-
-/// What the last resolution could and could not do.
-///
-/// `owners` is what the scans achieved, not what the process's capability sets
-/// promise: it is false as soon as the kernel refused a listing of `/proc/PID/fd` or a
-/// `readlink` of one of its links in the last scan that reached its end (or in the
-/// scan in progress), and true again after a whole scan without a refusal. A scan
-/// that is never needed (every socket of interest already attributed) changes
-/// nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capabilities {
-    /// No fd table or fd link was refused.
-    pub owners: bool,
-    /// Socket fds could be duplicated to read their flags.
-    pub socket_flags: bool,
-    /// Which refusal made `owners` false.
-    pub owners_denied: Option<Denied>,
-}
-
-impl Default for Capabilities {
-    fn default() -> Self {
-        Capabilities {
-            owners: true,
-            socket_flags: true,
-            owners_denied: None,
-        }
-    }
-}
-
-/// The kernel check that refused attribution. Listing another user's `/proc/PID/fd`
-/// (mode 0500) is a permission check that `CAP_DAC_READ_SEARCH` passes; reading a link
-/// in it is a ptrace access check (`PTRACE_MODE_READ`: same uid or `CAP_SYS_PTRACE`)
-/// that no DAC capability passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    /// `/proc/PID/fd` could not be listed.
-    FdDir,
-    /// `/proc/PID/fd` was listed but its links could not be read.
-    FdLink,
-}
-
-impl Denied {
-    /// What to grant, for the log line.
-    pub fn missing(self) -> &'static str {
-        match self {
-            Denied::FdDir => "CAP_DAC_READ_SEARCH (to list other users' /proc/PID/fd) and CAP_SYS_PTRACE (to read the links in it)",
-            Denied::FdLink => "CAP_SYS_PTRACE (reading /proc/PID/fd links is a ptrace access check that CAP_DAC_READ_SEARCH does not pass)",
-        }
-    }
 }
 
 /// Counters of the resolver's work, for benchmarks and debugging.
@@ -488,7 +439,8 @@ pub fn duplicate_fd(r: FdRef) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: as above.
+    // SAFETY: a raw syscall with integer arguments (an fd we own and a number);
+    // the result is checked before use.
     let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), r.fd, 0) };
     if dup < 0 {
         return Err(io::Error::last_os_error());
@@ -683,7 +635,9 @@ mod tests {
             "the real inode: once before, twice now"
         );
         let me = r.owner(std::process::id()).expect("own process");
-        assert_eq!(me.uid, unsafe { libc::geteuid() });
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(me.uid, euid);
         assert!(!me.process.is_empty());
     }
 }

@@ -3,47 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// `net.ipv4.ip_local_port_range` and `net.ipv4.ip_local_reserved_ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortAllocation {
-    pub range: (u16, u16),
-    /// Inclusive ranges, as written by the kernel (`8080,10000-10005`).
-    pub reserved: Vec<(u16, u16)>,
-}
-
-impl Default for PortAllocation {
-    /// The kernel defaults, used when the files cannot be read.
-    fn default() -> Self {
-        PortAllocation {
-            range: (32768, 60999),
-            reserved: Vec::new(),
-        }
-    }
-}
-
-impl PortAllocation {
-    pub fn in_range(&self, port: u16) -> bool {
-        port >= self.range.0 && port <= self.range.1
-    }
-
-    pub fn is_reserved(&self, port: u16) -> bool {
-        self.reserved.iter().any(|&(a, b)| port >= a && port <= b)
-    }
-
-    /// A port the kernel may hand out as an ephemeral source port.
-    pub fn is_ephemeral(&self, port: u16) -> bool {
-        self.in_range(port) && !self.is_reserved(port)
-    }
-
-    /// Number of ports `connect()` can choose from.
-    pub fn size(&self) -> u32 {
-        let total = u32::from(self.range.1.saturating_sub(self.range.0)) + 1;
-        let reserved: u32 = (self.range.0..=self.range.1)
-            .filter(|p| self.is_reserved(*p))
-            .count() as u32;
-        total - reserved
-    }
-}
+pub use crate::model::PortAllocation;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]

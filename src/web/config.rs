@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls::crypto::SupportedKxGroup;
 use rustls::SupportedCipherSuite;
 
-use super::tls;
+use super::suites;
 use crate::config::Problem;
 use crate::yaml::{join, parse_tree, Node, Problems};
 
@@ -343,7 +343,7 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
             let Some(name) = p.scalar(item, &k) else {
                 continue;
             };
-            match tls::cipher_suite_by_name(name) {
+            match suites::cipher_suite_by_name(name) {
                 Ok(Some(s)) => {
                     if !cipher_suites.contains(&s) {
                         cipher_suites.push(s)
@@ -366,7 +366,7 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
             let Some(name) = p.scalar(item, &k) else {
                 continue;
             };
-            match tls::kx_group_by_name(name) {
+            match suites::kx_group_by_name(name) {
                 Ok(g) => {
                     if !curves.iter().any(|c| c.name() == g.name()) {
                         curves.push(g)

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod negotiate;
+mod suites;
 pub mod tls;
 
 use std::os::unix::fs::MetadataExt;

@@ -7,6 +7,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 
+mod host;
+mod verdict;
+mod watch;
+
+pub use host::{Capabilities, Denied, PortAllocation};
+pub use verdict::{Finding, Judgement, Rule, Verdict};
+pub use watch::{Bucket, OwnerMatch, Service, ServiceStatus, Status};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -349,9 +357,9 @@ pub struct EndpointRisk {
     /// True when no process listens there any more.
     pub gone: bool,
     /// A restart with a new socket without SO_REUSEADDR.
-    pub without_reuseaddr: crate::rebind::Judgement,
+    pub without_reuseaddr: Judgement,
     /// The same with SO_REUSEADDR.
-    pub with_reuseaddr: crate::rebind::Judgement,
+    pub with_reuseaddr: Judgement,
 }
 
 /// Everything one poll learnt. Immutable once published; scrapes render it.
@@ -365,8 +373,8 @@ pub struct Snapshot {
     /// Sockets whose local port is a port of interest (listening, remembered, watched).
     pub port_sockets: Vec<Socket>,
     pub risks: Vec<EndpointRisk>,
-    pub allocation: crate::source::sysctl::PortAllocation,
-    pub capabilities: crate::source::owners::Capabilities,
+    pub allocation: PortAllocation,
+    pub capabilities: Capabilities,
     /// Ports of interest left out by `--ports.max` (cumulative).
     pub ports_dropped_total: u64,
     /// Ports of interest, after the cap.
@@ -374,9 +382,9 @@ pub struct Snapshot {
     /// Owners of the sockets that were attributed, by inode (pids stay out of metrics).
     pub owners: std::collections::HashMap<u64, Owner>,
     /// Status of each watched service (`--config.file`).
-    pub watched: Vec<crate::conflict::ServiceStatus>,
+    pub watched: Vec<ServiceStatus>,
     /// The fullest ephemeral-port buckets, fullest first.
-    pub ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
+    pub ephemeral_top: Vec<(Bucket, u32)>,
     /// `net.ipv6.bindv6only` as read by this poll: the V6ONLY a new `[::]` socket gets.
     pub bindv6only: bool,
     /// When the whole TCP table was last walked (counts, sockets on ports of
