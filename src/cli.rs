@@ -70,15 +70,35 @@ pub struct WatchArgs {
     pub config_file: Option<PathBuf>,
 }
 
+/// `--log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for HTTP (":PORT" means every address).
+    /// Address to listen on for HTTP (":PORT" means every address). Repeat it to
+    /// serve on several addresses at once.
     #[arg(
         long = "web.listen-address",
         value_name = "ADDR",
-        default_value = ":10033"
+        default_value = ":10033",
+        action = clap::ArgAction::Append
     )]
-    pub listen_address: String,
+    pub listen_address: Vec<String>,
+    /// Serve on the listening sockets systemd passes (socket activation: LISTEN_FDS and
+    /// LISTEN_PID, from a .socket unit) instead of binding --web.listen-address.
+    #[arg(long = "web.systemd-socket", conflicts_with = "listen_address")]
+    pub systemd_socket: bool,
+    /// Leave out the exporter's metrics about itself as a process, as node_exporter's
+    /// flag does: every process_* family (process_cpu_seconds_total,
+    /// process_resident_memory_bytes, process_virtual_memory_bytes, process_open_fds,
+    /// process_max_fds, process_start_time_seconds, process_threads). bindwatch has no
+    /// go_* or promhttp_* metrics; every bindwatch_* family stays.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
     pub telemetry_path: String,
@@ -123,6 +143,9 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
+    /// Log line format on stderr: logfmt (key=value) or json (one object per line).
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -290,7 +313,21 @@ mod tests {
     fn bare_invocation_is_serve_with_defaults() {
         let c = Cli::try_parse_from(["bindwatch"]).unwrap();
         assert!(c.command.is_none());
-        assert_eq!(c.serve.listen_address, ":10033");
+        assert_eq!(c.serve.listen_address, [":10033"]);
+        assert!(!c.serve.systemd_socket && !c.serve.disable_exporter_metrics);
+        assert_eq!(c.serve.log_format, LogFormat::Logfmt);
+        let c = Cli::try_parse_from([
+            "bindwatch",
+            "--web.listen-address",
+            "127.0.0.1:1",
+            "--web.listen-address",
+            "[::1]:2",
+            "--log.format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.serve.listen_address, ["127.0.0.1:1", "[::1]:2"]);
+        assert_eq!(c.serve.log_format, LogFormat::Json);
         assert_eq!(c.serve.poll_interval, Duration::from_secs(5));
         assert_eq!(c.serve.source.procfs, PathBuf::from("/proc"));
     }
@@ -326,6 +363,16 @@ mod tests {
                 vec!["bindwatch", "check", "80", "--restart", "--reuseaddr"],
                 "--reuseaddr",
             ),
+            (
+                vec![
+                    "bindwatch",
+                    "--web.systemd-socket",
+                    "--web.listen-address",
+                    ":1",
+                ],
+                "--web.systemd-socket",
+            ),
+            (vec!["bindwatch", "--log.format", "text"], "--log.format"),
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(e.exit_code(), 2);

@@ -20,18 +20,22 @@
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
+//! - [`logging`]: `--log.format` logfmt and JSON log lines.
+//! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
 
+pub mod activation;
 pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod conflict;
 pub mod fasthash;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod netns;

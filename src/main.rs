@@ -6,20 +6,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use bindwatch::cli::{Cli, Command, ServeArgs};
+use bindwatch::cli::{Cli, Command, LogFormat, ServeArgs};
 use bindwatch::collect::{CollectOptions, Collector};
 use bindwatch::netns::{NetnsCollectors, NetnsMode};
 use bindwatch::{commands, poller, server};
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BINDWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("bindwatch={level},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    bindwatch::logging::init(level, LogFormat::Logfmt);
 }
 
 fn main() -> ExitCode {
@@ -68,7 +61,7 @@ fn enter_netns(netns: &Option<String>, src: &bindwatch::cli::SourceArgs) -> Opti
 }
 
 fn serve(a: ServeArgs) -> i32 {
-    init_logging(&a.log_level);
+    bindwatch::logging::init(&a.log_level, a.log_format);
     match run_serve(a) {
         Ok(()) => 0,
         Err(e) => {
@@ -81,6 +74,14 @@ fn serve(a: ServeArgs) -> i32 {
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Before any other thread exists: this also clears LISTEN_PID/LISTEN_FDS.
+    let passed = if a.systemd_socket {
+        let l = bindwatch::activation::take_listeners()?;
+        tracing::info!(sockets = l.len(), "using the sockets systemd passed");
+        Some(l)
+    } else {
+        None
+    };
     let web = match &a.web_config_file {
         Some(path) => match bindwatch::web::WebState::load(path) {
             Ok(w) => {
@@ -105,7 +106,12 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let addrs = server::parse_listen_address(&a.listen_address).map_err(anyhow::Error::msg)?;
+    let addrs = a
+        .listen_address
+        .iter()
+        .map(|s| server::parse_listen_address(s).map(|v| (s.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let mut opts = CollectOptions::new(&a.source.procfs);
     opts.source = a.source.source;
     opts.ports_max = a.ports_max as usize;
@@ -144,9 +150,28 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let listener = server::bind(&addrs)
-            .with_context(|| format!("--web.listen-address {}: cannot listen", a.listen_address))?;
-        let local = listener.local_addr().ok();
+        let mut listeners = Vec::new();
+        match passed {
+            Some(passed) => {
+                for l in passed {
+                    listeners.push(
+                        tokio::net::TcpListener::from_std(l)
+                            .context("--web.systemd-socket: using a passed socket")?,
+                    );
+                }
+            }
+            None => {
+                for (flag, addrs) in &addrs {
+                    listeners.push(
+                        server::bind(addrs).with_context(|| {
+                            format!("--web.listen-address {flag}: cannot listen")
+                        })?,
+                    );
+                }
+            }
+        }
+        let listeners = server::Listeners::from(listeners);
+        let local = listeners.local_addrs();
         let latest = Arc::new(poller::Latest::new());
         let state_sink = if a.source.state_file.as_os_str().is_empty() {
             None
@@ -161,6 +186,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             config,
             state_sink,
             poller::CpuBudget::new(a.cpu_budget),
+            !a.disable_exporter_metrics,
         );
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
@@ -174,8 +200,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
                 read_header_timeout: a.read_header_timeout,
             },
         });
-        tracing::info!(address = ?local, path = %a.telemetry_path, "serving metrics");
-        server::run(listener, state, shutdown_signal()).await;
+        for address in local {
+            tracing::info!(%address, path = %a.telemetry_path, "serving metrics");
+        }
+        server::run(listeners, state, shutdown_signal()).await;
         tokio::task::spawn_blocking(move || handle.stop())
             .await
             .ok();
@@ -222,19 +250,33 @@ fn spawn_sighup(control: std::sync::mpsc::Sender<poller::Control>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled: a SIGTERM that arrives as the server starts
+/// (before its accept loop looks at the future) still shuts down gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGTERM handler");
-            std::future::pending::<()>().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let mut term = match term {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        let int_recv = async {
+            match int {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            () = int_recv => tracing::info!("SIGINT received, shutting down"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
 }

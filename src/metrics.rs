@@ -70,6 +70,23 @@ impl SelfMetrics {
         }
     }
 
+    /// Adds the `process_*` families of bindwatch itself (CPU seconds, resident and
+    /// virtual memory, open and max fds, start time, threads), unless
+    /// `--web.disable-exporter-metrics`.
+    ///
+    /// The `prometheus` crate's collector is used rather than a reader of our own: it
+    /// reads exactly this process's `/proc/<pid>/{stat,fd,limits}` through `procfs`
+    /// (already a dependency), with the names and meanings client_golang gives every
+    /// Go exporter, so the usual exporter dashboards work unchanged. It is read when
+    /// the poller gathers (once per poll), never by a scrape.
+    pub fn with_process_metrics(self) -> Self {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = self.registry.register(Box::new(pc)) {
+            tracing::warn!(error = %e, "cannot register the process_* metrics");
+        }
+        self
+    }
+
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()
     }

@@ -272,6 +272,8 @@ pub enum Target {
 
 /// Starts the poller on its own thread (polls are blocking syscalls). The first
 /// poll runs before this returns, so the first scrape already has data.
+/// `exporter_metrics`: include the `process_*` families (see
+/// [`SelfMetrics::with_process_metrics`]).
 pub fn spawn(
     mut target: Target,
     interval: Duration,
@@ -279,9 +281,13 @@ pub fn spawn(
     config: Option<ConfigSource>,
     state_sink: Option<StateSink>,
     budget: CpuBudget,
+    exporter_metrics: bool,
 ) -> PollerHandle {
     let (tx, rx) = mpsc::channel();
-    let selfm = SelfMetrics::new();
+    let mut selfm = SelfMetrics::new();
+    if exporter_metrics {
+        selfm = selfm.with_process_metrics();
+    }
     let mut state = LoopState {
         last_success: None,
         last: Vec::new(),

@@ -131,9 +131,62 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for at most
-/// [`DRAIN_TIMEOUT`].
-pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+/// The sockets [`run`] accepts on: one per `--web.listen-address`, or those systemd
+/// passed (`--web.systemd-socket`).
+pub struct Listeners {
+    all: Vec<TcpListener>,
+    /// Where the next accept starts looking, so a busy socket cannot starve the others.
+    next: usize,
+}
+
+impl Listeners {
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.all
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The next connection on any of the sockets (never resolves when there are none).
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| {
+            let n = self.all.len();
+            for i in 0..n {
+                let idx = (self.next + i) % n;
+                if let Poll::Ready(r) = self.all[idx].poll_accept(cx) {
+                    self.next = idx + 1;
+                    return Poll::Ready(r);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(l: TcpListener) -> Self {
+        Listeners {
+            all: vec![l],
+            next: 0,
+        }
+    }
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(all: Vec<TcpListener>) -> Self {
+        Listeners { all, next: 0 }
+    }
+}
+
+/// Serves on every socket of `listeners` until `shutdown` resolves, then drains
+/// in-flight requests for at most [`DRAIN_TIMEOUT`].
+pub async fn run(
+    listeners: impl Into<Listeners>,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut listener = listeners.into();
     let graceful = GracefulShutdown::new();
     let in_flight = (state.limits.max_requests > 0)
         .then(|| Arc::new(Semaphore::new(state.limits.max_requests)));

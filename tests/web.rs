@@ -176,3 +176,332 @@ fn openmetrics_when_asked_text_otherwise_both_valid_and_gzipped() {
         }
     });
 }
+
+/// The value of an unlabelled sample in the text format.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape_text(addr: std::net::SocketAddr) -> String {
+    let (code, _, body) = http_get(addr, "/metrics", &[]).expect("scrape");
+    assert_eq!(code, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn process_metrics_are_the_agents_own_and_the_flag_drops_them() {
+    in_netns(|| {
+        let srv = Server::start(19330, &[]);
+        let pid = srv.pid();
+        // Hold a few more fds in the agent? It is another process: compare with what
+        // /proc says about it instead, read right after the scrape's poll.
+        let text = scrape_text(srv.addr);
+        for f in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(sample(&text, f).is_some(), "{f} missing:\n{text}");
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let start = sample(&text, "process_start_time_seconds").expect("start");
+        assert!(
+            start <= now + 1.0 && start >= now - 60.0,
+            "started at {start}, now {now}: not this agent"
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let soft: f64 = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .expect("Max open files");
+        assert_eq!(sample(&text, "process_max_fds"), Some(soft));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fd dir")
+            .count() as f64;
+        let open = sample(&text, "process_open_fds").expect("open fds");
+        assert!(
+            (open - fds).abs() <= 4.0 && open >= 3.0,
+            "process_open_fds {open}, /proc/{pid}/fd has {fds}"
+        );
+        let rss_kib: f64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS");
+        let rss = sample(&text, "process_resident_memory_bytes").expect("rss");
+        assert!(
+            rss > 1e6 && (rss / (rss_kib * 1024.0) - 1.0).abs() < 0.5,
+            "process_resident_memory_bytes {rss}, VmRSS {rss_kib} KiB"
+        );
+        drop(srv);
+
+        let srv = Server::start(19331, &["--web.disable-exporter-metrics"]);
+        let text = scrape_text(srv.addr);
+        assert!(
+            !text.lines().any(|l| l.contains("process_")),
+            "process_* with --web.disable-exporter-metrics:\n{text}"
+        );
+        assert!(sample(&text, "bindwatch_ephemeral_port_range_size").is_some());
+        assert!(text.contains("bindwatch_poll_duration_seconds_bucket"));
+    });
+}
+
+#[test]
+fn every_listen_address_is_served() {
+    in_netns(|| {
+        // Server::start adds 127.0.0.1:19340; the flag repeats.
+        let srv = Server::start(
+            19340,
+            &[
+                "--web.listen-address",
+                "[::1]:19341",
+                "--web.listen-address",
+                ":19342",
+            ],
+        );
+        for addr in [
+            "127.0.0.1:19340",
+            "[::1]:19341",
+            "127.0.0.1:19342",
+            "[::1]:19342",
+        ] {
+            let addr: std::net::SocketAddr = addr.parse().expect("addr");
+            let (code, _, _) = http_get(addr, "/healthz", &[]).expect("connect");
+            assert_eq!(code, 200, "{addr}");
+        }
+        // bindwatch sees its own three listeners.
+        let m = srv.metrics_until(std::time::Duration::from_secs(10), |m| {
+            m.matching("bindwatch_listener_info", &[("process", "bindwatch")])
+                .len()
+                >= 3
+        });
+        for (address, port) in [("127.0.0.1", "19340"), ("::1", "19341"), ("::", "19342")] {
+            assert_eq!(
+                m.matching(
+                    "bindwatch_listener_info",
+                    &[
+                        ("address", address),
+                        ("port", port),
+                        ("process", "bindwatch")
+                    ]
+                )
+                .len(),
+                1,
+                "{address}:{port}"
+            );
+        }
+        // One bad address among good ones: exit 2 naming it.
+        let (code, _, err) = common::bindwatch(&[
+            "serve",
+            "--state.file",
+            "",
+            "--web.listen-address",
+            "127.0.0.1:19343",
+            "--web.listen-address",
+            "127.0.0.1:19340",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("--web.listen-address 127.0.0.1:19340"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn systemd_socket_activation_serves_on_the_passed_socket() {
+    in_netns(|| {
+        let bin = common::bin();
+        let mut child = Command::new("systemd-socket-activate")
+            .args(["-l", "127.0.0.1:19350"])
+            .arg(&bin)
+            .args([
+                "serve",
+                "--web.systemd-socket",
+                "--state.file",
+                "",
+                "--poll.interval",
+                "300ms",
+                "--poll.cpu-budget",
+                "0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian's systemd, see install-test-deps.sh)");
+        let addr: std::net::SocketAddr = "127.0.0.1:19350".parse().expect("addr");
+        // systemd-socket-activate listens itself and execs bindwatch on the first
+        // connection, which bindwatch then answers from the backlog.
+        let mut served = None;
+        for _ in 0..100 {
+            if let Ok((code, _, body)) = http_get(addr, "/metrics", &[]) {
+                served = Some((code, String::from_utf8_lossy(&body).into_owned()));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // The socket on 19350 is bindwatch's now (systemd-socket-activate exec'd
+        // into it), and bindwatch bound nothing of its own (no default :10033).
+        let owned = |text: &str| {
+            common::Metrics::parse(text)
+                .matching(
+                    "bindwatch_listener_info",
+                    &[("port", "19350"), ("process", "bindwatch")],
+                )
+                .len()
+                == 1
+        };
+        let mut last = served.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
+        for _ in 0..100 {
+            if owned(&last) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if let Ok((_, _, body)) = http_get(addr, "/metrics", &[]) {
+                last = String::from_utf8_lossy(&body).into_owned();
+            }
+        }
+        let alive = child.try_wait().expect("try_wait").is_none();
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, _) = served.unwrap_or_else(|| panic!("nothing served on {addr}:\n{err}"));
+        assert_eq!(code, 200, "{err}");
+        assert!(alive, "bindwatch exited:\n{err}");
+        assert!(owned(&last), "{last}");
+        let m = common::Metrics::parse(&last);
+        assert!(m
+            .matching("bindwatch_listener_info", &[("port", "10033")])
+            .is_empty());
+        assert!(err.contains("using the sockets systemd passed"), "{err}");
+
+        // Without systemd: a clear error, exit 2.
+        let (code, _, err) =
+            common::bindwatch(&["serve", "--web.systemd-socket", "--state.file", ""]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("--web.systemd-socket: no sockets were passed"),
+            "{err}"
+        );
+    });
+}
+
+/// Splits one logfmt line into pairs, strictly: bare values, or quoted ones with
+/// `\"`, `\\`, `\n`, `\r`, `\t` and `\uXXXX` escapes; `None` on anything else.
+fn parse_logfmt(line: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        let (value, after) = if let Some(q) = after.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = q.char_indices();
+            let end = loop {
+                let (i, c) = chars.next()?;
+                match c {
+                    '"' => break i + 1,
+                    '\\' => match chars.next()?.1 {
+                        '"' => v.push('"'),
+                        '\\' => v.push('\\'),
+                        'n' => v.push('\n'),
+                        'r' => v.push('\r'),
+                        't' => v.push('\t'),
+                        'u' => {
+                            let hex: String =
+                                (0..4).filter_map(|_| chars.next().map(|c| c.1)).collect();
+                            v.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        }
+                        _ => return None,
+                    },
+                    c => v.push(c),
+                }
+            };
+            (v, &q[end..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            let v = &after[..end];
+            if v.is_empty() || v.contains(['"', '=']) {
+                return None;
+            }
+            (v.to_string(), &after[end..])
+        };
+        out.push((key.to_string(), value));
+        rest = match after.strip_prefix(' ') {
+            Some(r) if !r.is_empty() => r,
+            None if after.is_empty() => "",
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+#[test]
+fn log_formats_logfmt_and_json_are_parseable() {
+    in_netns(|| {
+        for (format, port) in [("logfmt", 19360), ("json", 19361)] {
+            // A watched-services file that does not exist: an error line with quotes
+            // and a path in it, besides the usual start and stop lines.
+            let mut srv = Server::start(port, &["--log.format", format, "--log.level", "debug"]);
+            let _ = http_get(srv.addr, "/metrics", &[]);
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
+            unsafe { libc::kill(srv.pid(), libc::SIGTERM) };
+            let mut err = String::new();
+            srv.child
+                .stderr
+                .take()
+                .expect("stderr piped")
+                .read_to_string(&mut err)
+                .expect("read stderr");
+            let lines: Vec<&str> = err.lines().collect();
+            assert!(lines.len() >= 4, "{format}: too few lines:\n{err}");
+            let mut msgs = Vec::new();
+            for line in &lines {
+                let pairs: Vec<(String, String)> = if format == "json" {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                    let obj = v
+                        .as_object()
+                        .unwrap_or_else(|| panic!("not an object: {line}"));
+                    obj.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().map_or(v.to_string(), str::to_string)))
+                        .collect()
+                } else {
+                    parse_logfmt(line).unwrap_or_else(|| panic!("not logfmt: {line}"))
+                };
+                let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+                let ts = get("ts").unwrap_or_else(|| panic!("no ts: {line}"));
+                assert!(
+                    ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+                    "{ts}"
+                );
+                let level = get("level").unwrap_or_else(|| panic!("no level: {line}"));
+                assert!(["error", "warn", "info", "debug", "trace"].contains(&level.as_str()));
+                msgs.push(get("msg").unwrap_or_else(|| panic!("no msg: {line}")));
+            }
+            for want in [
+                "starting bindwatch",
+                "serving metrics",
+                "SIGTERM received, shutting down",
+                "stopped",
+            ] {
+                assert!(
+                    msgs.iter().any(|m| m == want),
+                    "{format}: no {want:?} in\n{err}"
+                );
+            }
+        }
+    });
+}
