@@ -452,19 +452,15 @@ impl Collector {
             .iter()
             .map(|(ep, r)| {
                 let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
-                let judge = |reuse: bool| {
-                    rebind::judge(
-                        &rebind::restart_candidate(&r.socket, reuse),
-                        rebind::after_restart(&r.socket, on_port),
-                    )
-                };
+                let restart = rebind::judge_restart(&r.socket, on_port);
                 EndpointRisk {
                     endpoint: *ep,
                     listener: r.socket.clone(),
                     owner: r.owner.clone(),
                     gone: !live.contains(ep),
-                    without_reuseaddr: judge(false),
-                    with_reuseaddr: judge(true),
+                    without_reuseaddr: restart.without_reuseaddr,
+                    with_reuseaddr: restart.with_reuseaddr,
+                    restart: restart.own_flags,
                 }
             })
             .collect();

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::cli::{PortsArgs, SocketArgs, SourceArgs, WaitArgs, WatchArgs};
 use crate::collect::{CollectOptions, Collector};
 use crate::config::{self, Service};
-use crate::metrics::realistic;
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Finding, Judgement, Verdict};
 use crate::state;
@@ -220,24 +219,7 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
             if !seen.insert(l.local) {
                 continue; // one verdict per endpoint (SO_REUSEPORT groups)
             }
-            let left: Vec<Socket> = rebind::after_restart(l, &on_port).cloned().collect();
-            let j = |reuse: bool| rebind::judge(&rebind::restart_candidate(l, reuse), &left);
-            let judgement = match l.flags.reuseaddr {
-                Tri::True => j(true),
-                Tri::False => j(false),
-                // The daemon's own SO_REUSEADDR decides; if both answers agree it does not matter.
-                Tri::Unknown => {
-                    let (without, with) = (j(false), j(true));
-                    if without.verdict == with.verdict {
-                        with
-                    } else {
-                        Judgement {
-                            verdict: Verdict::Unknown,
-                            findings: without.findings,
-                        }
-                    }
-                }
-            };
+            let judgement = rebind::judge_restart(l, &on_port).own_flags;
             checked.push(Checked {
                 candidate: rebind::restart_candidate(l, l.flags.reuseaddr == Tri::True),
                 listener: Some(l.clone()),
@@ -528,11 +510,9 @@ pub fn wait(a: &WaitArgs) -> i32 {
 
 /// `bindwatch ports`: one poll, one line per listening endpoint.
 pub fn ports(a: &PortsArgs) -> i32 {
-    let mut opts = CollectOptions::new(&a.source.procfs);
-    opts.source = a.source.source;
-    opts.ports_max = usize::MAX;
-    opts.scan_slice = None;
-    let snap = match services(&a.watch).and_then(|svcs| Ok(Collector::new(opts)?.poll(&svcs, &[])?))
+    // The same collector as `check` (every socket's flags probed, the state file's
+    // memory seeded), so `ports` and `check PORT --restart` give one answer.
+    let snap = match services(&a.watch).and_then(|svcs| Ok(collector(&a.source)?.poll(&svcs, &[])?))
     {
         Ok(s) => s,
         Err(e) => {
@@ -558,7 +538,7 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
             "ratio": f64::from(*n) / f64::from(snap.allocation.size().max(1)),
         })).collect::<Vec<_>>(),
         "listeners": snap.risks.iter().filter(|r| !r.gone).map(|r| {
-            let j = realistic(r);
+            let j = &r.restart;
             json!({
                 "protocol": r.endpoint.protocol,
                 "family": r.listener.family(),
@@ -570,7 +550,9 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
                 "v6only": r.listener.v6only,
                 "in_ephemeral_range": snap.allocation.is_ephemeral(r.endpoint.port),
                 "blockers": j.blocking_count(),
-                "restart": { "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
+                // `verdict` is what `check PORT --restart` answers (the listener's own
+                // SO_REUSEADDR); the other two are the new socket without / with it.
+                "restart": { "verdict": r.restart.verdict, "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
                 "clear_seconds": j.clear_seconds(),
             })
         }).collect::<Vec<_>>(),
@@ -581,7 +563,7 @@ pub fn ports_text(snap: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<17} {:<17} NOTE",
+        "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<8} {:<8} {:<8} NOTE",
         "PROTO",
         "ADDRESS",
         "PROCESS",
@@ -590,14 +572,15 @@ pub fn ports_text(snap: &Snapshot) -> String {
         "REUSEPORT",
         "BLOCKERS",
         "RESTART",
-        "RESTART+REUSEADDR",
+        "-REUSE",
+        "+REUSE",
     );
     for r in snap.risks.iter().filter(|r| !r.gone) {
         let (proc_, user) = match &r.owner {
             Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
             None => ("unknown".into(), "unknown".into()),
         };
-        let j = realistic(r);
+        let j = &r.restart;
         let mut note = Vec::new();
         if let Some(s) = j.clear_seconds() {
             note.push(format!("clears in {s:.0} s"));
@@ -607,7 +590,7 @@ pub fn ports_text(snap: &Snapshot) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<17} {:<17} {}",
+            "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<8} {:<8} {:<8} {}",
             r.endpoint.protocol.as_str(),
             endpoint_str(r.endpoint.address, r.endpoint.port),
             proc_,
@@ -615,10 +598,14 @@ pub fn ports_text(snap: &Snapshot) -> String {
             r.listener.flags.reuseaddr.as_str(),
             r.listener.flags.reuseport.as_str(),
             j.blocking_count(),
+            r.restart.verdict.as_str(),
             r.without_reuseaddr.verdict.as_str(),
             r.with_reuseaddr.verdict.as_str(),
             note.join("; "),
         );
+    }
+    if !snap.risks.is_empty() {
+        out.push_str("RESTART: a restart with the daemon's own SO_REUSEADDR (what `check PORT --restart` answers); -REUSE / +REUSE: a new socket without / with SO_REUSEADDR\n");
     }
     out.push_str(&watched_text(snap, None));
     if !snap.capabilities.owners || !snap.capabilities.socket_flags {

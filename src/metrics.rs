@@ -14,8 +14,7 @@ use std::time::UNIX_EPOCH;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::collect::socket_counts;
-use crate::model::{EndpointRisk, Protocol, Snapshot, Tri};
-use crate::rebind::{Judgement, Verdict};
+use crate::model::{Protocol, Snapshot, Verdict};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("BINDWATCH_REVISION") {
@@ -383,16 +382,6 @@ fn b(v: bool) -> f64 {
     }
 }
 
-/// The judgement of the restart that will really happen: with the listener's own
-/// SO_REUSEADDR, or without it where that flag is unknown (what surely blocks).
-pub fn realistic(r: &EndpointRisk) -> &Judgement {
-    if r.listener.flags.reuseaddr == Tri::True {
-        &r.with_reuseaddr
-    } else {
-        &r.without_reuseaddr
-    }
-}
-
 /// Extra state the poller adds to a scrape (not part of the snapshot).
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
@@ -743,7 +732,7 @@ fn render_rebind(w: &mut Writer, s: &Snapshot) {
         "Seconds until every expiring socket (TIME_WAIT, orphans) that blocks a restart with the listener's own SO_REUSEADDR is gone.",
     );
     for (r, (addr, port)) in s.risks.iter().zip(&label_sets) {
-        if let Some(secs) = realistic(r).clear_seconds() {
+        if let Some(secs) = r.restart.clear_seconds() {
             w.sample(
                 "bindwatch_rebind_clear_seconds",
                 &[
@@ -773,7 +762,7 @@ fn render_rebind(w: &mut Writer, s: &Snapshot) {
         let set = blockers
             .entry((r.endpoint.protocol, r.endpoint.port))
             .or_default();
-        for f in realistic(r).blocking() {
+        for f in r.restart.blocking() {
             let sk = &f.socket;
             set.insert((sk.local, sk.remote, sk.state_label(), sk.inode, sk.count));
         }

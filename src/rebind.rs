@@ -380,6 +380,90 @@ pub fn after_restart<'a>(
     })
 }
 
+/// The three judgements of a restart of one listener.
+#[derive(Debug, Clone)]
+pub struct Restart {
+    /// A new socket without SO_REUSEADDR.
+    pub without_reuseaddr: Judgement,
+    /// A new socket with SO_REUSEADDR.
+    pub with_reuseaddr: Judgement,
+    /// The restart that will really happen: with the listener's own SO_REUSEADDR
+    /// (see [`own_flags`]). Metrics, `ports`, `check --restart` and the landing page all
+    /// read this one.
+    pub own_flags: Judgement,
+}
+
+/// Would restarting `listener` fail now, given the sockets on its port? The daemon is
+/// assumed to set the flags its listener has now.
+pub fn judge_restart(listener: &Socket, on_port: &[Socket]) -> Restart {
+    let judge = |reuse: bool| {
+        judge(
+            &restart_candidate(listener, reuse),
+            after_restart(listener, on_port),
+        )
+    };
+    let without_reuseaddr = judge(false);
+    let with_reuseaddr = judge(true);
+    let own_flags = own_flags(
+        listener.flags.reuseaddr,
+        &without_reuseaddr,
+        &with_reuseaddr,
+    );
+    Restart {
+        without_reuseaddr,
+        with_reuseaddr,
+        own_flags,
+    }
+}
+
+/// The one restart policy: the judgement for a daemon whose own SO_REUSEADDR is
+/// `reuseaddr`. Known: that judgement. Unknown: both are evaluated, as for any unknown
+/// flag: a socket that blocks in both cases certainly blocks, one that blocks only
+/// without SO_REUSEADDR blocks `Unknown` (decided by the daemon's flag), and the
+/// verdict is the common one or `Unknown` when the two differ. Adding SO_REUSEADDR to
+/// the new socket only adds exemptions, so `with` blocks a subset of `without`.
+pub fn own_flags(reuseaddr: Tri, without: &Judgement, with: &Judgement) -> Judgement {
+    match reuseaddr {
+        Tri::True => return with.clone(),
+        Tri::False => return without.clone(),
+        Tri::Unknown => {}
+    }
+    const DAEMON_FLAG: &str = "SO_REUSEADDR of the restarted daemon";
+    let findings = without
+        .findings
+        .iter()
+        .map(|f| {
+            let in_with = with.findings.iter().find(|g| g.socket == f.socket);
+            let mut merged = f.clone();
+            match in_with {
+                Some(g) if g.blocks == Tri::True && f.blocks == Tri::True => {}
+                Some(g) => {
+                    merged.blocks = Tri::Unknown;
+                    for name in &g.undecided_by {
+                        if !merged.undecided_by.contains(name) {
+                            merged.undecided_by.push(name);
+                        }
+                    }
+                    if g.blocks != f.blocks {
+                        merged.undecided_by.push(DAEMON_FLAG);
+                    }
+                }
+                None => {
+                    merged.blocks = Tri::Unknown;
+                    merged.undecided_by.push(DAEMON_FLAG);
+                }
+            }
+            merged
+        })
+        .collect();
+    let verdict = if without.verdict == with.verdict {
+        with.verdict
+    } else {
+        Verdict::Unknown
+    };
+    Judgement { verdict, findings }
+}
+
 /// The candidate that restarts `listener` with its own flags, but `reuseaddr` as given.
 pub fn restart_candidate(listener: &Socket, reuseaddr: bool) -> Candidate {
     Candidate {
@@ -431,6 +515,70 @@ mod tests {
 
     use State::*;
     use Tri::{False as F, True as T, Unknown as U};
+
+    /// The one restart policy (`judge_restart` / `own_flags`): listener flag x leftovers.
+    #[test]
+    fn restart_with_the_listeners_own_flags() {
+        let tw = |reuse: Tri, peer: &str| Socket {
+            inode: 0,
+            remote: peer.parse().unwrap(),
+            expires_ms: Some(30_000),
+            ..sock(TimeWait, "0.0.0.0:80", reuse, F)
+        };
+        let listener = |reuse: Tri| Socket {
+            inode: 7,
+            ..sock(Listen, "0.0.0.0:80", reuse, F)
+        };
+        // (listener's SO_REUSEADDR, leftovers, verdict, certain blockers, undecided blockers)
+        let cases: [(Tri, Vec<Socket>, Verdict, usize, usize); 8] = [
+            (T, vec![], Verdict::Clear, 0, 0),
+            (F, vec![], Verdict::Clear, 0, 0),
+            (U, vec![], Verdict::Clear, 0, 0),
+            (T, vec![tw(T, "10.0.0.1:1")], Verdict::Clear, 0, 0),
+            (F, vec![tw(F, "10.0.0.1:1")], Verdict::Blocked, 1, 0),
+            // Both answers block on the reuse=0 leftover: certain; the reuse=1 one blocks
+            // only a daemon without SO_REUSEADDR, which nobody could see.
+            (
+                U,
+                vec![tw(F, "10.0.0.1:1"), tw(T, "10.0.0.2:1")],
+                Verdict::Blocked,
+                1,
+                1,
+            ),
+            // Without: blocked, with: clear; the daemon's own flag decides.
+            (U, vec![tw(T, "10.0.0.1:1")], Verdict::Unknown, 0, 1),
+            // The leftover's own flag is unknown too: undecided either way.
+            (U, vec![tw(U, "10.0.0.1:1")], Verdict::Unknown, 0, 1),
+        ];
+        for (i, (reuse, left, verdict, certain, undecided)) in cases.into_iter().enumerate() {
+            let l = listener(reuse);
+            let mut on_port = left.clone();
+            on_port.push(l.clone());
+            let r = judge_restart(&l, &on_port);
+            let j = &r.own_flags;
+            assert_eq!(j.verdict, verdict, "case {i}: {j:?}");
+            assert_eq!(
+                j.blocking().count(),
+                certain,
+                "case {i}: certain blockers {j:?}"
+            );
+            let open = j.findings.iter().filter(|f| f.blocks == Tri::Unknown);
+            assert_eq!(
+                open.count(),
+                undecided,
+                "case {i}: undecided blockers {j:?}"
+            );
+            match reuse {
+                T => assert_eq!(j.verdict, r.with_reuseaddr.verdict, "case {i}"),
+                F => assert_eq!(j.verdict, r.without_reuseaddr.verdict, "case {i}"),
+                U => {
+                    for f in j.findings.iter().filter(|f| f.blocks == Tri::Unknown) {
+                        assert!(!f.undecided_by.is_empty(), "case {i}: says what decides");
+                    }
+                }
+            }
+        }
+    }
 
     /// (old state, old local, old reuseaddr, old v6only, new addr, new reuseaddr, new v6only, verdict)
     #[rustfmt::skip]

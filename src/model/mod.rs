@@ -360,6 +360,10 @@ pub struct EndpointRisk {
     pub without_reuseaddr: Judgement,
     /// The same with SO_REUSEADDR.
     pub with_reuseaddr: Judgement,
+    /// The restart that will really happen, with the listener's own SO_REUSEADDR
+    /// (unknown where that flag is unknown and decides): the one answer metrics,
+    /// `ports` and `check --restart` give.
+    pub restart: Judgement,
 }
 
 /// Everything one poll learnt. Immutable once published; scrapes render it.
