@@ -395,3 +395,27 @@ pub struct Snapshot {
     /// interest, ephemeral buckets); listeners are read fresh at `taken_at`.
     pub table_taken_at: std::time::SystemTime,
 }
+
+impl Snapshot {
+    /// A snapshot that saw nothing: no sockets, the kernel's default port range, every
+    /// capability. For tests and for building one up field by field.
+    pub fn empty(taken_at: std::time::SystemTime, source: SourceKind) -> Snapshot {
+        Snapshot {
+            taken_at,
+            source,
+            counts: StateCounts::new(),
+            listeners: Vec::new(),
+            port_sockets: Vec::new(),
+            risks: Vec::new(),
+            allocation: PortAllocation::default(),
+            capabilities: Capabilities::default(),
+            ports_dropped_total: 0,
+            ports: std::collections::BTreeSet::new(),
+            owners: std::collections::HashMap::new(),
+            watched: Vec::new(),
+            ephemeral_top: Vec::new(),
+            bindv6only: false,
+            table_taken_at: taken_at,
+        }
+    }
+}
