@@ -110,10 +110,10 @@ pub struct ServeArgs {
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
     /// Time a client has to send its request headers (and to finish the TLS handshake).
-    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_header_timeout)]
     pub read_header_timeout: Duration,
     /// How often the socket table is read.
-    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "5s", value_parser = parse_poll_interval)]
     pub poll_interval: Duration,
     /// Average CPU the poller may use, as a fraction of one core. Listeners are read
     /// every poll; walks of the whole socket table are spaced out to stay within it
@@ -127,7 +127,7 @@ pub struct ServeArgs {
     #[arg(long = "ports.max", value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ports_max: u32,
     /// How long the flags of a vanished listener are remembered to judge its leftovers.
-    #[arg(long = "rebind.remember", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long = "rebind.remember", value_name = "DURATION", default_value = "10m", value_parser = parse_remember)]
     pub remember: Duration,
     /// Network namespaces to watch: the one bindwatch runs in, or every one on the node
     /// (series then carry a `netns` label).
@@ -202,10 +202,10 @@ pub struct WaitArgs {
     #[command(flatten)]
     pub socket: SocketArgs,
     /// Give up (exit 1) after this long.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_wait_timeout)]
     pub timeout: Duration,
     /// How often to check again.
-    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long = "poll.interval", value_name = "DURATION", default_value = "1s", value_parser = parse_poll_interval)]
     pub interval: Duration,
 }
 
@@ -246,6 +246,69 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
             "{s:?} is not a fraction of one core from 0 to 1 (e.g. 0.01 for 1%)"
         )),
     }
+}
+
+/// Bounds of every duration flag: wide enough for any real use, narrow enough that no
+/// arithmetic on them (deadlines, `interval * 3`, timers) can overflow. Listed in
+/// docs/security.md.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// `--poll.interval` (serve and wait).
+    pub const POLL_INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(3600));
+    /// `--web.read-header-timeout`.
+    pub const READ_HEADER_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(600));
+    /// `--rebind.remember`.
+    pub const REMEMBER: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
+    /// `wait --timeout`.
+    pub const WAIT_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
+}
+
+/// A duration within `[min, max]`; the error names both bounds (clap adds the flag).
+fn parse_bounded(s: &str, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{s:?} is out of range: from {} to {}",
+            humanize(min),
+            humanize(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// A bound as the flag syntax writes it (`10ms`, `1h`, `168h`).
+fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn parse_poll_interval(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, bounds::POLL_INTERVAL)
+}
+
+fn parse_header_timeout(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, bounds::READ_HEADER_TIMEOUT)
+}
+
+fn parse_remember(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, bounds::REMEMBER)
+}
+
+fn parse_wait_timeout(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, bounds::WAIT_TIMEOUT)
 }
 
 /// Durations as Prometheus writes them: `500ms`, `5s`, `2m`, `1h`, or combined `1m30s`.
@@ -307,6 +370,42 @@ mod tests {
         for s in ["", "5", "s", "5x", "-1s", "0s", "1.5s"] {
             assert!(parse_duration(s).is_err(), "{s:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn absurd_durations_are_usage_errors_naming_the_flag() {
+        let huge = "18446744073709551615s";
+        for args in [
+            vec!["bindwatch", "wait", "1", "--timeout", huge],
+            vec!["bindwatch", "wait", "1", "--poll.interval", huge],
+            vec!["bindwatch", "serve", "--poll.interval", huge],
+            vec!["bindwatch", "--poll.interval", "1ms"],
+            vec!["bindwatch", "serve", "--web.read-header-timeout", huge],
+            vec!["bindwatch", "serve", "--rebind.remember", "9999h"],
+        ] {
+            let flag = args[args.len() - 2];
+            let e = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(flag) && msg.contains("out of range"),
+                "{args:?}: {msg}"
+            );
+        }
+        // The bounds themselves are accepted.
+        for (flag, v) in [
+            ("--poll.interval", "10ms"),
+            ("--poll.interval", "1h"),
+            ("--web.read-header-timeout", "10m"),
+            ("--rebind.remember", "168h"),
+        ] {
+            assert!(
+                Cli::try_parse_from(["bindwatch", flag, v]).is_ok(),
+                "{flag} {v}"
+            );
+        }
+        assert_eq!(humanize(bounds::REMEMBER.1), "168h");
+        assert_eq!(humanize(bounds::POLL_INTERVAL.0), "10ms");
     }
 
     #[test]

@@ -457,7 +457,10 @@ pub fn check(a: &SocketArgs) -> i32 {
 
 /// `bindwatch wait`: checks every interval until the bind would succeed.
 pub fn wait(a: &WaitArgs) -> i32 {
-    let deadline = Instant::now() + a.timeout;
+    // The flag is bounded (cli::bounds), but a deadline past what Instant can hold
+    // must still mean "no deadline", not a panic.
+    let deadline = Instant::now().checked_add(a.timeout);
+    let time_left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let mut c = match collector(&a.socket.source) {
         Ok(c) => c,
         Err(e) => {
@@ -477,7 +480,7 @@ pub fn wait(a: &WaitArgs) -> i32 {
                     }
                     return EXIT_CLEAR;
                 }
-                if last != Some(o.verdict) || Instant::now() + a.interval >= deadline {
+                if last != Some(o.verdict) || time_left().is_some_and(|left| left <= a.interval) {
                     eprint!("{}", check_text(&o, &snap));
                 }
                 last = Some(o.verdict);
@@ -495,14 +498,14 @@ pub fn wait(a: &WaitArgs) -> i32 {
                 return EXIT_ERROR;
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let left = time_left();
+        if left.is_some_and(|l| l.is_zero()) {
             eprintln!("bindwatch wait: gave up after {:?}", a.timeout);
             return EXIT_BLOCKED;
         }
         std::thread::sleep(
             a.interval
-                .min(deadline - now)
+                .min(left.unwrap_or(a.interval))
                 .max(Duration::from_millis(10)),
         );
     }

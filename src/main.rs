@@ -119,7 +119,12 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     // The owner scan is part of the poller's CPU: give it no more per poll than
     // a quarter of what the budget allows per interval (within 5-150 ms).
     if a.cpu_budget > 0.0 {
-        let share = a.poll_interval.mul_f64(a.cpu_budget / 4.0);
+        // checked: the interval is bounded and the budget is 0..=1, but a panic here
+        // would be a crash loop under systemd.
+        let share = std::time::Duration::try_from_secs_f64(
+            a.poll_interval.as_secs_f64() * a.cpu_budget / 4.0,
+        )
+        .unwrap_or(bindwatch::source::owners::SCAN_SLICE);
         opts.scan_slice = Some(share.clamp(
             std::time::Duration::from_millis(5),
             bindwatch::source::owners::SCAN_SLICE,
@@ -193,7 +198,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             latest,
             control: handle.control.clone(),
             telemetry_path: a.telemetry_path.clone(),
-            stale_after: a.poll_interval * 3 + std::time::Duration::from_secs(1),
+            stale_after: a
+                .poll_interval
+                .saturating_mul(3)
+                .saturating_add(std::time::Duration::from_secs(1)),
             web,
             limits: server::Limits {
                 max_requests: a.max_requests,

@@ -93,10 +93,39 @@ impl Entry {
         })
     }
 
+    /// When the listener was last seen; a `last_seen` out of range (which [`load`]
+    /// skips) reads as the epoch, i.e. long forgotten, never as a panic.
     pub fn seen_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs_f64(self.last_seen.max(0.0))
+        Duration::try_from_secs_f64(self.last_seen)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// Range checks on the numbers of an entry read from the file (serde already
+    /// checked the integer types).
+    ///
+    /// # Errors
+    /// What is wrong, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.last_seen.is_finite() && (0.0..=MAX_LAST_SEEN).contains(&self.last_seen)) {
+            return Err(format!(
+                "last_seen {} is not a Unix time between 1970 and 2500",
+                self.last_seen
+            ));
+        }
+        if self.port == 0 {
+            return Err("port 0 is not a listener's port".to_string());
+        }
+        if self.protocol.parse::<Protocol>().is_err() {
+            return Err(format!("unknown protocol {:?}", self.protocol));
+        }
+        Ok(())
     }
 }
+
+/// The latest `last_seen` accepted (2500-01-01): anything later is a broken file.
+const MAX_LAST_SEEN: f64 = 16_725_225_600.0;
 
 /// Inode of this process's network namespace (`/proc/self/ns/net`).
 pub fn current_netns(procfs: &Path) -> Option<u64> {
@@ -122,15 +151,18 @@ pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
 }
 
 /// Reads the listeners remembered for namespace `netns` and seen within `max_age`.
-/// A missing, unreadable or foreign file gives an empty list (and a reason).
+/// A missing, unreadable or foreign file gives an empty list (and a reason). An entry
+/// that is malformed or out of range is skipped, with one warning for the file.
 pub fn load(path: &Path, netns: Option<u64>, max_age: Duration) -> Result<Vec<Entry>, String> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let state: StateFile =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (state, skipped) = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some((n, first)) = skipped {
+        tracing::warn!(path = %path.display(), skipped = n, "skipped bad entries of the state file (first: {first})");
+    }
     if netns.is_some_and(|n| n != state.netns) {
         return Ok(Vec::new());
     }
@@ -145,9 +177,99 @@ pub fn load(path: &Path, netns: Option<u64>, max_age: Duration) -> Result<Vec<En
         .collect())
 }
 
+/// Parses the file's text: entries are taken one by one, so that one bad entry costs
+/// only itself. Returns the state and, when entries were skipped, how many and the
+/// first reason.
+///
+/// # Errors
+/// When the text is not JSON or its top level is not a state file.
+pub fn parse(text: &[u8]) -> Result<(StateFile, Option<(usize, String)>), String> {
+    let mut doc: serde_json::Value = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let raw = match doc.get_mut("listeners").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(items)) => items,
+        Some(serde_json::Value::Null) | None => Vec::new(),
+        Some(_) => return Err("listeners: expected a list".to_string()),
+    };
+    if let Some(slot) = doc.get_mut("listeners") {
+        *slot = serde_json::Value::Array(Vec::new());
+    }
+    let mut state: StateFile = serde_json::from_value(doc).map_err(|e| e.to_string())?;
+    let mut skipped = 0usize;
+    let mut first = None;
+    for (i, item) in raw.into_iter().enumerate() {
+        let entry = serde_json::from_value::<Entry>(item)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.validate().map(|()| e));
+        match entry {
+            Ok(e) => state.listeners.push(e),
+            Err(reason) => {
+                skipped += 1;
+                first.get_or_insert_with(|| format!("listeners[{i}]: {reason}"));
+            }
+        }
+    }
+    Ok((state, first.map(|f| (skipped, f))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry_json(port: &str, last_seen: &str) -> String {
+        format!(
+            r#"{{"protocol":"tcp","address":"127.0.0.1","port":{port},"v6only":null,"reuseaddr":true,"reuseport":null,"uid":0,"ifindex":null,"process":null,"user":null,"last_seen":{last_seen}}}"#
+        )
+    }
+
+    #[test]
+    fn numbers_out_of_range_skip_their_entry_only() {
+        let good = entry_json("8080", "1700000000.5");
+        let table = [
+            (entry_json("8081", "1e300"), "last_seen"),
+            (entry_json("8082", "-5"), "last_seen"),
+            (entry_json("8083", "18446744073709551615"), "last_seen"),
+            (entry_json("70000", "1700000000"), "70000"),
+            (entry_json("0", "1700000000"), "port 0"),
+            (entry_json("-1", "1700000000"), "-1"),
+            (entry_json("8084", "\"soon\""), "soon"),
+            (
+                r#"{"protocol":"sctp","address":"::","port":1,"uid":0,"last_seen":1}"#.to_string(),
+                "sctp",
+            ),
+            (r#"[1,2]"#.to_string(), "listeners[1]"),
+        ];
+        for (bad, why) in table {
+            let text = format!(r#"{{"netns":7,"listeners":[{good},{bad}]}}"#);
+            let (state, skipped) = parse(text.as_bytes()).unwrap();
+            assert_eq!(state.listeners.len(), 1, "{bad}");
+            assert_eq!(state.listeners[0].port, 8080);
+            let (n, first) = skipped.unwrap();
+            assert_eq!(n, 1);
+            assert!(
+                first.contains(why) || first.contains("listeners[1]"),
+                "{bad}: {first}"
+            );
+            // What used to panic: the age of every entry, as load() and the memory compute it.
+            for e in &state.listeners {
+                let _ = SystemTime::now().duration_since(e.seen_at());
+            }
+        }
+        let huge = Entry {
+            last_seen: 1e300,
+            ..parse(format!(r#"{{"netns":7,"listeners":[{good}]}}"#).as_bytes())
+                .unwrap()
+                .0
+                .listeners[0]
+                .clone()
+        };
+        assert_eq!(
+            huge.seen_at(),
+            UNIX_EPOCH,
+            "out of range reads as long forgotten"
+        );
+        assert!(parse(br#"{"netns":-1,"listeners":[]}"#).is_err());
+        assert!(parse(br#"{"netns":1,"listeners":5}"#).is_err());
+    }
 
     #[test]
     fn round_trip_and_filters() {

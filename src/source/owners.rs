@@ -258,7 +258,7 @@ impl OwnerResolver {
                 denied: None,
             });
         }
-        let deadline = self.scan_slice.map(|d| Instant::now() + d);
+        let deadline = self.scan_slice.and_then(|d| Instant::now().checked_add(d));
         let Some(st) = self.scan_state.as_mut() else {
             return true;
         };
