@@ -488,7 +488,9 @@ pub fn wait(a: &WaitArgs) -> i32 {
             // An address that is not (yet) on this host may come, e.g. a VIP that
             // keepalived adds: wait for it as for a port, say so once.
             Err(e @ CommandError::AddressNotAvailable(..)) => {
-                if last != Some(Verdict::Blocked) || Instant::now() + a.interval >= deadline {
+                if last != Some(Verdict::Blocked)
+                    || time_left().is_some_and(|left| left <= a.interval)
+                {
                     eprintln!("bindwatch wait: {e}");
                 }
                 last = Some(Verdict::Blocked);
