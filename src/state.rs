@@ -136,18 +136,107 @@ pub fn current_netns(procfs: &Path) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// Writes the state atomically.
+/// Writes the state atomically and durably, safe in a directory an attacker may have
+/// prepared: the temporary file gets an unpredictable name and is created with
+/// `O_EXCL|O_NOFOLLOW` (a planted file or symlink makes the create fail, it is never
+/// followed or truncated), mode 0644 whatever the umask, is fsynced before the rename,
+/// and the directory is fsynced after it. A directory that other users can write to
+/// without the sticky bit is refused (they could swap the file under a reader).
 ///
 /// # Errors
-/// When the directory cannot be created or the file written.
+/// When the directory is refused or cannot be created, or the file cannot be written.
 pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    dir_policy(meta.mode(), meta.uid(), me).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing the directory {}: {why}", dir.display()),
+        )
+    })?;
     let body = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let mut attempt = 0;
+    let (tmp, mut file) = loop {
+        let tmp = dir.join(format!(".{name}.tmp.{:016x}", random_u64()?));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            // Someone guessed a 64-bit random name: try another, a few times.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = (|| {
+        // The umask may have cleared bits: readers (check, run by anyone) need 0644.
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// 64 random bits from the kernel (getrandom(2)).
+fn random_u64() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    // SAFETY: b is a valid, writable 8-byte buffer for the length given.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(b))
+}
+
+/// Whether the state may be written into a directory of this `mode` owned by `owner`,
+/// as effective uid `me`. Pure.
+///
+/// Refused: a directory group- or world-writable without the sticky bit (another user
+/// could rename their own file over ours), or owned by another user than root or us
+/// (they can change its mode at will). Allowed: a sticky world-writable directory like
+/// `/tmp` (only the owner of a file may replace it there, and the temporary name is
+/// created exclusively), although a private directory is better (docs/security.md).
+///
+/// # Errors
+/// Why the directory is refused.
+pub fn dir_policy(mode: u32, owner: u32, me: u32) -> Result<(), String> {
+    const STICKY: u32 = 0o1000;
+    if owner != 0 && owner != me {
+        return Err(format!(
+            "owned by uid {owner}, neither root nor this process (uid {me})"
+        ));
+    }
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        return Err(format!(
+            "writable by other users (mode {:o}) without the sticky bit",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the listeners remembered for namespace `netns` and seen within `max_age`.
@@ -214,6 +303,27 @@ pub fn parse(text: &[u8]) -> Result<(StateFile, Option<(usize, String)>), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directory_policy() {
+        let table = [
+            (0o40755, 0, 0, true),
+            (0o40700, 1000, 1000, true),
+            (0o41777, 0, 0, true),     // /tmp: sticky
+            (0o40777, 0, 0, false),    // world-writable, not sticky
+            (0o40775, 0, 0, false),    // group-writable
+            (0o40755, 1000, 0, false), // someone else's
+            (0o40755, 0, 1000, true),  // root's, we are not root
+        ];
+        for (mode, owner, me, ok) in table {
+            assert_eq!(
+                dir_policy(mode, owner, me).is_ok(),
+                ok,
+                "{mode:o} {owner} {me}"
+            );
+        }
+        assert!(dir_policy(0o40777, 0, 0).unwrap_err().contains("777"));
+    }
 
     fn entry_json(port: &str, last_seen: &str) -> String {
         format!(

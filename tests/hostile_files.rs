@@ -117,3 +117,119 @@ fn absurd_durations_are_usage_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `bindwatch serve` started by `sh -c SCRIPT` (which execs into it, keeping its pid),
+/// stderr in a file; killed on drop.
+struct ShAgent {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl ShAgent {
+    fn spawn(script: &str, log: PathBuf) -> ShAgent {
+        let child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn sh");
+        ShAgent { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ShAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bug 1: the temporary state file was `state.tmp.<pid>`, opened with O_CREAT|O_TRUNC:
+/// a symlink planted under that name made root overwrite its target. Now the temporary
+/// name is unpredictable and created exclusively without following links; the state
+/// file is 0644 even under umask 077.
+#[test]
+fn planted_temp_symlink_is_not_followed() {
+    in_netns(|| {
+        let dir = Scratch::new("symlink");
+        let victim = dir.path("victim");
+        fs::write(&victim, "ORIG\n").expect("victim");
+        let sd = dir.path("state");
+        fs::create_dir(&sd).expect("mkdir");
+        let state = sd.join("state.json");
+        // As in the issue: the shell plants the link for its own pid, then execs into
+        // bindwatch, which keeps that pid.
+        let script = format!(
+            "umask 077; ln -s {v} {sd}/state.tmp.$$; ln -s {v} {sd}/.state.json.tmp.$$; exec {b} serve --web.listen-address 127.0.0.1:18220 --state.file {st} --poll.interval 200ms --poll.cpu-budget 0",
+            v = victim.display(),
+            sd = sd.display(),
+            b = bin().display(),
+            st = state.display(),
+        );
+        let agent = ShAgent::spawn(&script, dir.path("log"));
+        assert!(
+            eventually(std::time::Duration::from_secs(20), || state.exists()),
+            "no state file written: {}",
+            agent.log()
+        );
+        // Let it rewrite a few times (every change of listeners, at least every 30 s).
+        let _l = tcp_listener("127.0.0.1:18221".parse().expect("addr"), false, false, None)
+            .expect("listener");
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        drop(agent);
+        assert_eq!(fs::read_to_string(&victim).expect("victim"), "ORIG\n");
+        let meta = fs::symlink_metadata(&state).expect("state");
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.mode() & 0o7777, 0o644, "0644 whatever the umask");
+        let text = fs::read_to_string(&state).expect("read state");
+        assert!(text.contains("\"listeners\""), "{text}");
+        let mut left: Vec<String> = fs::read_dir(&sd)
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left.len(),
+            3,
+            "only state.json and the two planted links: {left:?}"
+        );
+    });
+}
+
+/// A state directory other users can write to (no sticky bit) is refused: they could
+/// rename their own file over the agent's. The agent says so and keeps serving.
+#[test]
+fn world_writable_state_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    in_netns(|| {
+        let dir = Scratch::new("worldw");
+        let sd = dir.path("state");
+        fs::create_dir(&sd).expect("mkdir");
+        fs::set_permissions(&sd, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let state = sd.join("state.json");
+        let script = format!(
+            "exec {b} serve --web.listen-address 127.0.0.1:18222 --state.file {st} --poll.interval 200ms --poll.cpu-budget 0",
+            b = bin().display(),
+            st = state.display(),
+        );
+        let mut agent = ShAgent::spawn(&script, dir.path("log"));
+        assert!(
+            eventually(std::time::Duration::from_secs(20), || agent
+                .log()
+                .contains("refusing the directory")),
+            "{}",
+            agent.log()
+        );
+        assert!(
+            agent.log().contains("without the sticky bit"),
+            "{}",
+            agent.log()
+        );
+        assert!(!state.exists());
+        assert!(matches!(agent.child.try_wait(), Ok(None)), "still serving");
+    });
+}
