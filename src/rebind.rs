@@ -109,7 +109,7 @@ fn judge_pair(c: &Candidate, old: &Socket) -> Option<Finding> {
         (
             "IPV6_V6ONLY of the existing socket",
             if old_v6 {
-                old.v6only.known()
+                old.v6only.known().or_else(|| implied_v6only(old))
             } else {
                 Some(false)
             },
@@ -178,6 +178,34 @@ fn judge_pair(c: &Candidate, old: &Socket) -> Option<Finding> {
         rule: first_rule,
         undecided_by: deciding,
     })
+}
+
+/// The IPV6_V6ONLY of an AF_INET6 socket that the kernel's own invariants fix when no
+/// source reported it:
+/// - a v4-mapped local address (`::ffff:a.b.c.d`) cannot carry V6ONLY: a V6ONLY socket's
+///   bind to a mapped address fails (EINVAL), and accepted children and TIME_WAITs on a
+///   mapped address come from IPv4 traffic through a dual-stack listener;
+/// - a socket whose specific, non-mapped IPv6 address came from `bind()` has V6ONLY
+///   forced to 1 (`__inet6_bind`). Only a TCP LISTEN or bound-only socket, or an
+///   unconnected UDP socket, is sure to hold an address from `bind()` (`listen()`
+///   autobinds the wildcard, a UDP disconnect resets an address `connect()` chose);
+///   connected sockets and TIME_WAITs may carry a child's address, which inherits the
+///   listener's V6ONLY instead.
+fn implied_v6only(old: &Socket) -> Option<bool> {
+    let IpAddr::V6(a) = old.local.ip() else {
+        return Some(false);
+    };
+    if a.to_ipv4_mapped().is_some() {
+        return Some(false);
+    }
+    if a.is_unspecified() {
+        return None;
+    }
+    let from_bind = match old.protocol {
+        Protocol::Tcp => matches!(old.state, State::Listen | State::BoundInactive),
+        Protocol::Udp => old.state != State::Established,
+    };
+    from_bind.then_some(true)
 }
 
 /// `inet_bind_conflict` / `udp_lib_lport_inuse` for one pair with every flag known.
@@ -670,6 +698,79 @@ mod tests {
         assert_eq!(judge(&c, [&old]).verdict, Verdict::Unknown);
         c.ifindex = 0;
         assert_eq!(judge(&c, [&old]).verdict, Verdict::Blocked);
+    }
+
+    /// V6ONLY nobody reported, decided by the kernel's invariants (`implied_v6only`):
+    /// (existing socket, new socket, verdict).
+    #[test]
+    fn invariants_decide_unreported_v6only() {
+        let udp = |s: Socket| Socket {
+            protocol: Protocol::Udp,
+            ..s
+        };
+        let udp_cand = |c: Candidate| Candidate {
+            protocol: Protocol::Udp,
+            ..c
+        };
+        let cases: [(&str, Socket, Candidate, Verdict); 8] = [
+            // A TIME_WAIT on a v4-mapped address is IPv4 traffic: never V6ONLY, so it
+            // meets 0.0.0.0 (it used to be "cannot tell").
+            (
+                "mapped TIME_WAIT vs 0.0.0.0",
+                sock(TimeWait, "[::ffff:127.0.0.1]:80", F, U),
+                cand("0.0.0.0", false, false),
+                Verdict::Blocked,
+            ),
+            (
+                "mapped ESTABLISHED vs 0.0.0.0 with SO_REUSEADDR on both",
+                sock(Established, "[::ffff:127.0.0.1]:80", T, U),
+                cand("0.0.0.0", true, false),
+                Verdict::Clear,
+            ),
+            (
+                "mapped TIME_WAIT vs another IPv4 address",
+                sock(TimeWait, "[::ffff:127.0.0.1]:80", F, U),
+                cand("127.0.0.2", false, false),
+                Verdict::Clear,
+            ),
+            // A listener on a specific IPv6 address was bound there: V6ONLY forced.
+            (
+                "listener on ::1 vs 0.0.0.0",
+                sock(Listen, "[::1]:80", F, U),
+                cand("0.0.0.0", false, false),
+                Verdict::Clear,
+            ),
+            (
+                "bound-only socket on ::1 vs 0.0.0.0",
+                sock(BoundInactive, "[::1]:80", F, U),
+                cand("0.0.0.0", false, false),
+                Verdict::Clear,
+            ),
+            (
+                "unconnected UDP on ::1 vs 0.0.0.0",
+                udp(sock(Close, "[::1]:80", F, U)),
+                udp_cand(cand("0.0.0.0", false, false)),
+                Verdict::Clear,
+            ),
+            // A connection on ::1 may be a dual-stack listener's child (V6ONLY 0): open.
+            (
+                "connection on ::1 vs 0.0.0.0",
+                sock(Established, "[::1]:80", F, U),
+                cand("0.0.0.0", false, false),
+                Verdict::Unknown,
+            ),
+            // The wildcard is V6ONLY only if someone said so: still open.
+            (
+                "listener on :: vs 0.0.0.0",
+                sock(Listen, "[::]:80", F, U),
+                cand("0.0.0.0", false, false),
+                Verdict::Unknown,
+            ),
+        ];
+        for (name, old, c, verdict) in cases {
+            let j = judge(&c, [&old]);
+            assert_eq!(j.verdict, verdict, "{name}: {j:?}");
+        }
     }
 
     #[test]
