@@ -20,6 +20,7 @@
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
+//! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
 //! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
@@ -35,6 +36,7 @@ pub mod commands;
 pub mod config;
 pub mod conflict;
 pub mod fasthash;
+pub mod landing;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -30,6 +30,8 @@ pub struct Published {
     pub gzip: Bytes,
     pub openmetrics: Bytes,
     pub openmetrics_gzip: Bytes,
+    /// The live tables of the landing page (see [`crate::landing`]).
+    pub landing: Arc<str>,
     pub last_success: Option<Instant>,
 }
 
@@ -59,6 +61,7 @@ impl Latest {
                 gzip: Bytes::new(),
                 openmetrics: Bytes::new(),
                 openmetrics_gzip: Bytes::new(),
+                landing: Arc::from(""),
                 last_success: None,
             })),
         }
@@ -488,6 +491,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         body: Bytes::from(exp.text),
         openmetrics_gzip: gzip(exp.openmetrics.as_bytes()),
         openmetrics: Bytes::from(exp.openmetrics),
+        landing: Arc::from(crate::landing::tables(&snaps)),
         last_success: st.last_success,
     });
 }

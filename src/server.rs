@@ -500,14 +500,7 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
         }
         "/" if read_only => {
-            let page = format!(
-                "<!doctype html><html><head><title>bindwatch</title></head><body>\
-                 <h1>bindwatch</h1><p>Prometheus exporter and port-conflict monitor.</p>\
-                 <ul><li><a href=\"{p}\">{p}</a> metrics</li><li><a href=\"/healthz\">/healthz</a> health</li></ul>\
-                 <p>On the host: <code>bindwatch ports</code>, <code>bindwatch check PORT --restart</code>.</p>\
-                 </body></html>\n",
-                p = state.telemetry_path
-            );
+            let page = crate::landing::page(&state.telemetry_path, &state.latest.get().landing);
             let mut r = Response::new(Full::new(Bytes::from(page)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
