@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::metrics::{realistic, unix_seconds, REVISION, VERSION};
+use crate::metrics::{unix_seconds, REVISION, VERSION};
 use crate::model::{Snapshot, Verdict};
 
 /// HTML-escapes text for element content and quoted attribute values.
@@ -75,7 +75,8 @@ pub fn tables(snaps: &[(Option<&str>, &Snapshot)]) -> String {
         out.push_str(
             "<table class=\"listeners\">\n<thead><tr><th>Protocol</th><th>Address</th><th>Port</th>\
              <th>Process</th><th>User</th><th>SO_REUSEADDR</th><th>SO_REUSEPORT</th>\
-             <th>Restart</th><th>Restart with SO_REUSEADDR</th><th>Blockers</th><th>Clears in</th></tr></thead>\n<tbody>\n",
+             <th>Restart</th><th>New socket without SO_REUSEADDR</th><th>New socket with SO_REUSEADDR</th>\
+             <th>Blockers</th><th>Clears in</th></tr></thead>\n<tbody>\n",
         );
         let mut rows = 0;
         for r in s.risks.iter().filter(|r| !r.gone) {
@@ -84,13 +85,14 @@ pub fn tables(snaps: &[(Option<&str>, &Snapshot)]) -> String {
                 Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
                 None => ("unknown".to_string(), "unknown".to_string()),
             };
-            let j = realistic(r);
+            // What `check PORT --restart` answers: a restart with the daemon's own flags.
+            let j = &r.restart;
             let clears = j
                 .clear_seconds()
                 .map_or(String::new(), |s| format!("{s:.0} s"));
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}<td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td>{}</td><td>{}</td></tr>",
                 escape(r.endpoint.protocol.as_str()),
                 escape(&r.endpoint.address.to_string()),
                 r.endpoint.port,
@@ -98,6 +100,7 @@ pub fn tables(snaps: &[(Option<&str>, &Snapshot)]) -> String {
                 escape(&user),
                 escape(r.listener.flags.reuseaddr.as_str()),
                 escape(r.listener.flags.reuseport.as_str()),
+                verdict_cell(r.restart.verdict),
                 verdict_cell(r.without_reuseaddr.verdict),
                 verdict_cell(r.with_reuseaddr.verdict),
                 j.blocking_count(),
@@ -105,9 +108,14 @@ pub fn tables(snaps: &[(Option<&str>, &Snapshot)]) -> String {
             );
         }
         if rows == 0 {
-            out.push_str("<tr><td colspan=\"11\">no listening sockets</td></tr>\n");
+            out.push_str("<tr><td colspan=\"12\">no listening sockets</td></tr>\n");
         }
         out.push_str("</tbody>\n</table>\n");
+        out.push_str(
+            "<p class=\"note\">Restart: a restart with the daemon's own SO_REUSEADDR (what \
+             <code>bindwatch check PORT --restart</code> answers); the next two: a new socket \
+             without / with SO_REUSEADDR. Blockers and clears in belong to the restart.</p>\n",
+        );
         if !s.capabilities.owners || !s.capabilities.socket_flags {
             out.push_str(
                 "<p class=\"note\">Some owners or flags are unknown: bindwatch lacks \
