@@ -15,7 +15,9 @@
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
-//! - [`poller`]: the polling loop; publishes rendered snapshots for scrapes.
+//! - [`poller`]: the polling loop; renders each snapshot once and publishes it.
+//! - [`publish`]: what the poller publishes and a scrape serves, and the requests the
+//!   server may send the poller (reload, stop): the server never imports the poller.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`.
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod poller;
+pub mod publish;
 pub mod rebind;
 pub mod server;
 pub mod source;

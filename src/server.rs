@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::poller::{Control, Latest};
+use crate::publish::{Control, Latest};
 use crate::web::WebState;
 
 /// Default of `--web.read-header-timeout`: how long a client may take to send its
