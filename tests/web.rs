@@ -192,10 +192,34 @@ fn scrape_text(addr: std::net::SocketAddr) -> String {
 #[test]
 fn process_metrics_are_the_agents_own_and_the_flag_drops_them() {
     in_netns(|| {
-        let srv = Server::start(19330, &[]);
+        // The agent runs with fd limits of its own (prlimit execs it, so the pid is the
+        // agent's): its process_max_fds must be what /proc says of it, not of this test.
+        let child = Command::new("prlimit")
+            .args(["--nofile=1234:5678", "--"])
+            .arg(common::bin())
+            .args([
+                "serve",
+                "--web.listen-address",
+                "127.0.0.1:19330",
+                "--state.file",
+                "",
+            ])
+            .args(["--poll.interval", "300ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prlimit (util-linux)");
+        let srv = Server {
+            child,
+            addr: "127.0.0.1:19330".parse().expect("addr"),
+        };
+        assert!(
+            common::eventually(std::time::Duration::from_secs(15), || {
+                matches!(http_get(srv.addr, "/healthz", &[]), Ok((200, _, _)))
+            }),
+            "bindwatch under prlimit did not become healthy"
+        );
         let pid = srv.pid();
-        // Hold a few more fds in the agent? It is another process: compare with what
-        // /proc says about it instead, read right after the scrape's poll.
         let text = scrape_text(srv.addr);
         for f in [
             "process_cpu_seconds_total",
@@ -224,6 +248,15 @@ fn process_metrics_are_the_agents_own_and_the_flag_drops_them() {
             .and_then(|v| v.parse().ok())
             .expect("Max open files");
         assert_eq!(sample(&text, "process_max_fds"), Some(soft));
+        let mine = std::fs::read_to_string("/proc/self/limits").expect("own limits");
+        assert!(
+            soft == 1234.0 || soft == 5678.0,
+            "the agent's soft limit is prlimit's (or raised to its hard limit): {soft}"
+        );
+        assert!(
+            !mine.contains(&format!(" {soft} ")),
+            "the test's own limit differs"
+        );
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("fd dir")
             .count() as f64;
