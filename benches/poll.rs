@@ -1368,14 +1368,15 @@ fn profile(size: Size, polls: usize) {
         ns.push(n.cpu);
     }
     // What a poll without the table walk costs (the agent's default between walks),
-    // and rendering + gzip of the /metrics body, which every poll does.
+    // and what every poll publishes: both exposition formats, the landing page's
+    // tables, and gzip of both bodies.
     let (mut lv, mut rv, mut gz, mut lo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut off_opts = CollectOptions::new(Path::new("/proc"));
     off_opts.owners = false;
     let mut off = Collector::new(off_opts).expect("collector");
     off.poll(&[], &[]).expect("poll");
     let selfm = bindwatch::metrics::SelfMetrics::new();
-    let mut body = String::new();
+    let (mut body, mut om) = (String::new(), String::new());
     for _ in 0..polls {
         let mut snap = None;
         lv.push(
@@ -1395,27 +1396,34 @@ fn profile(size: Size, polls: usize) {
         );
         rv.push(
             measure(&mut || {
-                body = bindwatch::metrics::render(
+                let exp = bindwatch::metrics::render_all(
                     &[(None, &snap)],
                     &selfm,
                     &bindwatch::metrics::Extras::default(),
                 );
-                body.len() as u64
+                let tables = bindwatch::landing::tables(&[(None, &snap)]);
+                body = exp.text;
+                om = exp.openmetrics;
+                (body.len() + om.len() + tables.len()) as u64
             })
             .cpu,
         );
         gz.push(
             measure(&mut || {
                 use flate2::{write::GzEncoder, Compression};
-                let mut e = GzEncoder::new(Vec::new(), Compression::fast());
-                e.write_all(body.as_bytes()).expect("gzip");
-                e.finish().expect("gzip").len() as u64
+                let mut n = 0;
+                for b in [&body, &om] {
+                    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+                    e.write_all(b.as_bytes()).expect("gzip");
+                    n += e.finish().expect("gzip").len() as u64;
+                }
+                n
             })
             .cpu,
         );
     }
     println!(
-        "median CPU: poll without the table walk {:.1} ms ({:.1} ms with owners off); render {:.1} ms and gzip {:.1} ms of a {:.0} KiB body",
+        "median CPU: poll without the table walk {:.1} ms ({:.1} ms with owners off); render (text, OpenMetrics, landing tables) {:.1} ms and gzip of both {:.1} ms, a {:.0} KiB text body",
         ms(median(lv)),
         ms(median(lo)),
         ms(median(rv)),
