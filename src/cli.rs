@@ -60,11 +60,6 @@ pub struct SourceArgs {
 /// The watched-services file for the one-shot commands.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Average CPU the poller may use, as a fraction of one core. Listeners are read
-    /// every poll; walks of the whole socket table are spaced out to stay within it
-    /// (bindwatch_view_timestamp_seconds shows how old each view is). 0 = walk every poll.
-    #[arg(long = "poll.cpu-budget", value_name = "FRACTION", default_value_t = 0.01, value_parser = parse_fraction)]
-    pub cpu_budget: f64,
     /// YAML file declaring watched services; their status is shown too.
     #[arg(long = "config.file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
