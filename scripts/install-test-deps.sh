@@ -44,6 +44,12 @@ declare -A PKG_FOR=(
     # tests/web.rs: socket activation and the landing page in a real browser
     [systemd-socket-activate]=systemd
     [chromium]=chromium
+    # tests/package.rs: scripts/build-deb.sh, and what judges the package it builds
+    [dpkg-deb]=dpkg
+    [dpkg-shlibdeps]=dpkg-dev
+    [strip]=binutils
+    [lintian]=lintian
+    [man]=man-db
 )
 
 missing=()

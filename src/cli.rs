@@ -40,6 +40,9 @@ pub enum Command {
     Wait(WaitArgs),
     /// Table of listening endpoints: owner, flags, blockers, restart risk.
     Ports(PortsArgs),
+    /// Write the man pages or a shell completion script (used by scripts/build-deb.sh).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// Where and how to read the kernel.
@@ -48,6 +51,10 @@ pub struct SourceArgs {
     /// Mount point of the proc filesystem (e.g. /host/proc in a container).
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
     pub procfs: PathBuf,
+    /// Root of the host's filesystem, under which host files such as /etc/passwd (for the
+    /// `user` label) are read (e.g. /host/root in a container).
+    #[arg(long = "path.rootfs", value_name = "PATH", default_value = "/")]
+    pub rootfs: PathBuf,
     /// Socket table source: netlink sock_diag, /proc/net, or netlink with fallback.
     #[arg(long = "source", value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
@@ -216,6 +223,28 @@ pub struct PortsArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// `bindwatch generate ...`: files generated from these definitions, so that the man
+/// pages and completions always match the flags the binary takes.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Generate {
+    /// Man pages: bindwatch.1 and bindwatch-SUBCOMMAND.1, written into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Completion script for SHELL, on stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A path, where the empty string (`--state.file=`) turns the feature off.

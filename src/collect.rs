@@ -24,6 +24,8 @@ use crate::tally::EphemeralTally;
 #[derive(Debug, Clone)]
 pub struct CollectOptions {
     pub procfs: PathBuf,
+    /// `--path.rootfs`: host files (/etc/passwd) are read under it.
+    pub rootfs: PathBuf,
     pub source: SourceChoice,
     /// Cap on ports of interest (series are per port).
     pub ports_max: usize,
@@ -55,6 +57,7 @@ impl CollectOptions {
     pub fn new(procfs: &Path) -> Self {
         CollectOptions {
             procfs: procfs.to_path_buf(),
+            rootfs: PathBuf::from("/"),
             source: SourceChoice::Auto,
             ports_max: 1000,
             remember: Duration::from_secs(600),
@@ -123,7 +126,7 @@ impl Collector {
     /// # Errors
     /// When the chosen source cannot be opened at all.
     pub fn new(opts: CollectOptions) -> Result<Self, CollectError> {
-        let mut resolver = OwnerResolver::new(&opts.procfs);
+        let mut resolver = OwnerResolver::with_rootfs(&opts.procfs, &opts.rootfs);
         resolver.scan_slice = opts.scan_slice;
         Self::build(opts, Arc::new(Mutex::new(resolver)), true)
     }

@@ -137,6 +137,7 @@ pub fn exit_code(v: Verdict) -> i32 {
 
 fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     let mut opts = CollectOptions::new(&src.procfs);
+    opts.rootfs = src.rootfs.clone();
     opts.source = src.source;
     opts.probe_all = true;
     // One answer, so the owner scan runs to its end.

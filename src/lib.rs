@@ -30,6 +30,8 @@
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
+//! - [`generate`]: the hidden `generate` command: man pages and shell completions from
+//!   the clap definitions (for scripts/build-deb.sh).
 
 pub mod activation;
 pub mod cli;
@@ -38,6 +40,7 @@ pub mod commands;
 pub mod config;
 pub mod conflict;
 pub mod fasthash;
+pub mod generate;
 pub mod landing;
 pub mod logging;
 pub mod metrics;

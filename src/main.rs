@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             enter_netns(&a.netns, &a.source).unwrap_or_else(|| commands::ports(&a))
         }
+        Some(Command::Generate(a)) => bindwatch::generate::run(&a.what),
     };
     ExitCode::from(code as u8)
 }
@@ -113,6 +114,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     let mut opts = CollectOptions::new(&a.source.procfs);
+    opts.rootfs = a.source.rootfs.clone();
     opts.source = a.source.source;
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;

@@ -217,7 +217,10 @@ pub struct NetnsPoll {
 impl NetnsCollectors {
     pub fn new(opts: CollectOptions, run_netns: &Path) -> Self {
         NetnsCollectors {
-            owners: Arc::new(Mutex::new(OwnerResolver::new(&opts.procfs))),
+            owners: Arc::new(Mutex::new(OwnerResolver::with_rootfs(
+                &opts.procfs,
+                &opts.rootfs,
+            ))),
             opts,
             run_netns: run_netns.to_path_buf(),
             collectors: BTreeMap::new(),

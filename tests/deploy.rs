@@ -774,6 +774,87 @@ fn systemd_unit_has_the_contracted_settings() {
     }
 }
 
+/// Non-comment, non-empty lines of a unit file, trimmed.
+fn unit_lines(path: &Path) -> Vec<String> {
+    read(path)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// bindwatch.socket (socket activation) starts bindwatch-socket.service, which must stay
+/// bindwatch.service line for line but for what binds it to the socket: a hardening
+/// change to one unit and not the other fails here.
+#[test]
+fn socket_unit_and_its_service_verify_and_match_the_plain_service() {
+    let dir = scratch("systemd-socket");
+    let sys = repo().join("deploy/systemd");
+    for unit in ["bindwatch.socket", "bindwatch-socket.service"] {
+        let u = read(&sys.join(unit));
+        fs::write(
+            dir.join(unit),
+            u.replace(
+                "ExecStart=/usr/local/bin/bindwatch ",
+                "ExecStart=/bin/true ",
+            ),
+        )
+        .unwrap();
+    }
+    let out = run(Command::new(tool("systemd-analyze"))
+        .arg("verify")
+        .arg(dir.join("bindwatch.socket"))
+        .arg(dir.join("bindwatch-socket.service")));
+    let t = text(&out);
+    assert!(out.status.success(), "systemd-analyze verify failed:\n{t}");
+    let complaints: Vec<&str> = t.lines().filter(|l| l.contains("bindwatch")).collect();
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+
+    let socket = unit_lines(&sys.join("bindwatch.socket"));
+    for want in [
+        "ListenStream=10033",
+        "Service=bindwatch-socket.service",
+        "Conflicts=bindwatch.service",
+        "WantedBy=sockets.target",
+    ] {
+        assert!(
+            socket.iter().any(|l| l == want),
+            "bindwatch.socket lacks {want}"
+        );
+    }
+
+    let variant = unit_lines(&sys.join("bindwatch-socket.service"));
+    assert!(
+        variant.iter().any(|l| l
+            == "ExecStart=/usr/local/bin/bindwatch serve --web.systemd-socket $BINDWATCH_ARGS"),
+        "{variant:?}"
+    );
+    for want in ["Requires=bindwatch.socket", "After=bindwatch.socket"] {
+        assert!(variant.iter().any(|l| l == want), "lacks {want}");
+    }
+    assert!(
+        !variant.iter().any(|l| l == "[Install]"),
+        "started by the socket only"
+    );
+    let plain: Vec<String> = unit_lines(&unit_path())
+        .into_iter()
+        .take_while(|l| l != "[Install]")
+        .filter(|l| !l.starts_with("Description="))
+        .collect();
+    let variant: Vec<String> = variant
+        .into_iter()
+        .filter(|l| !l.starts_with("Description="))
+        .filter(|l| l != "Requires=bindwatch.socket" && l != "After=bindwatch.socket")
+        .map(|l| l.replace(" serve --web.systemd-socket ", " serve "))
+        .collect();
+    assert_eq!(
+        plain, variant,
+        "bindwatch-socket.service drifted from bindwatch.service"
+    );
+    let _ = fs::remove_dir_all(dir);
+}
+
 #[test]
 fn systemd_env_file_and_sysctl_dropin() {
     let env = read(&repo().join("deploy/systemd/bindwatch.default"));

@@ -129,9 +129,23 @@ pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
 
 impl OwnerResolver {
     pub fn new(procfs: &Path) -> Self {
-        let users = fs::read_to_string("/etc/passwd")
-            .map(|t| parse_passwd(&t))
-            .unwrap_or_default();
+        Self::with_rootfs(procfs, Path::new("/"))
+    }
+
+    /// User names come from `<rootfs>/etc/passwd` (`--path.rootfs`: in a container the
+    /// host's root is mounted elsewhere). Unreadable, the `user` label shows uids.
+    pub fn with_rootfs(procfs: &Path, rootfs: &Path) -> Self {
+        let passwd = rootfs.join("etc/passwd");
+        let users = match fs::read_to_string(&passwd) {
+            Ok(t) => parse_passwd(&t),
+            Err(e) => {
+                tracing::warn!(
+                    "reading {} (--path.rootfs) for user names: {e}; the user label shows uids",
+                    passwd.display()
+                );
+                HashMap::new()
+            }
+        };
         OwnerResolver {
             procfs: procfs.to_path_buf(),
             cache: HashMap::new(),
