@@ -13,6 +13,8 @@
 #     prometheus_client, whose OpenMetrics parser tests/web.rs feeds /metrics to;
 #   - chromium (tests/web.rs renders the landing page headless) and
 #     systemd-socket-activate (socket activation) come from apt.
+#   - lintian, man-db, dpkg-dev and binutils: tests/package.rs builds the Debian package
+#     with scripts/build-deb.sh and judges it.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
