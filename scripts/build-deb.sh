@@ -31,6 +31,7 @@
 #     started by bindwatch.socket and must not be enabled on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib-copyright.sh
 
 binary=""
 while [ $# -gt 0 ]; do
@@ -131,34 +132,8 @@ date_rfc=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
     echo " -- $maintainer  $date_rfc"
 } | gzip -9n >"$doc/changelog.gz"
 
-# copyright (machine-readable). The binary links its Rust dependencies in statically: each is
-# listed with its license, as cargo reads it from the crates.
-{
-    cat <<EOF
-Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
-Upstream-Name: bindwatch
-Source: https://github.com/bindwatch/bindwatch
-Comment: /usr/bin/bindwatch contains these Rust crates, statically linked, each
- under the license its crate declares:
-EOF
-    cargo tree --offline -e normal --prefix none --format '{p}|{l}' 2>/dev/null |
-        grep -v '^bindwatch ' | sed 's/ (.*)//' | sort -u |
-        awk -F'|' '{ printf " %s: %s\n", $1, ($2 == "" ? "see the crate" : $2) }'
-    cat <<EOF
-
-Files: *
-Copyright: $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y) bindwatch developers
-License: Apache-2.0
-
-License: Apache-2.0
- Licensed under the Apache License, Version 2.0 (the "License"); you may not use
- this file except in compliance with the License. You may obtain a copy of the
- License at http://www.apache.org/licenses/LICENSE-2.0
- .
- On Debian systems, the complete text of the Apache License, Version 2.0 can be
- found in /usr/share/common-licenses/Apache-2.0.
-EOF
-} >"$doc/copyright"
+# copyright (machine-readable), with every statically linked crate and its license.
+write_copyright "$doc/copyright"
 chmod 0644 "$doc/copyright"
 
 # --- control ------------------------------------------------------------------------------

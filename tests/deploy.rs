@@ -531,12 +531,19 @@ fn daemonset_service_and_monitor_fit_together() {
     let containers = arr(&pod["containers"], "containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
-    assert_eq!(c["image"], "bindwatch:0.1.0");
+    // The name scripts/build-image.sh tags (bindwatch:<version>).
+    assert_eq!(
+        c["image"],
+        format!("bindwatch:{}", env!("CARGO_PKG_VERSION")).as_str()
+    );
+    assert!(read(&repo().join("scripts/build-image.sh")).contains(r#"tag="bindwatch:$version""#));
     let args: Vec<&str> = arr(&c["args"], "args")
         .iter()
         .map(|a| s(a, "arg"))
         .collect();
     assert!(args.contains(&"--path.procfs=/host/proc"), "{args:?}");
+    assert!(args.contains(&"--path.rootfs=/host/root"), "{args:?}");
+    assert!(args.contains(&"--netns=all"), "{args:?}");
     assert!(args.contains(&"--web.listen-address=:10033"), "{args:?}");
     assert!(
         args.contains(&"--config.file=/etc/bindwatch/bindwatch.yml"),
@@ -556,7 +563,11 @@ fn daemonset_service_and_monitor_fit_together() {
         .iter()
         .map(|a| s(a, "cap"))
         .collect();
-    assert_eq!(added, BTreeSet::from(["DAC_READ_SEARCH", "SYS_PTRACE"]));
+    // SYS_ADMIN: setns() into the pods' namespaces for --netns=all.
+    assert_eq!(
+        added,
+        BTreeSet::from(["DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN"])
+    );
 
     // /proc of the host, read-only, at /host/proc
     let proc_vol = arr(&pod["volumes"], "volumes")
@@ -569,6 +580,25 @@ fn daemonset_service_and_monitor_fit_together() {
         .expect("mount of the /proc volume");
     assert_eq!(mount["mountPath"], "/host/proc");
     assert_eq!(mount["readOnly"], true);
+
+    // --path.rootfs=/host/root: the host's /etc/passwd (that file only) under it, read-only
+    let passwd_vol = arr(&pod["volumes"], "volumes")
+        .iter()
+        .find(|v| v["hostPath"]["path"] == "/etc/passwd")
+        .expect("hostPath volume /etc/passwd");
+    assert_eq!(passwd_vol["hostPath"]["type"], "File");
+    let mount = arr(&c["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["name"] == passwd_vol["name"])
+        .expect("mount of the /etc/passwd volume");
+    assert_eq!(mount["mountPath"], "/host/root/etc/passwd");
+    assert_eq!(mount["readOnly"], true);
+    assert!(
+        !arr(&pod["volumes"], "volumes")
+            .iter()
+            .any(|v| v["hostPath"]["path"] == "/"),
+        "the host's whole root is not mounted"
+    );
 
     // --config.file: the ConfigMap's bindwatch.yml, mounted as a directory (not subPath, so
     // the kubelet updates it after an edit)
@@ -975,6 +1005,9 @@ fn scripts_are_valid_bash() {
     for script in [
         "scripts/install-test-deps.sh",
         "scripts/gen-prometheusrule.sh",
+        "scripts/build-deb.sh",
+        "scripts/build-image.sh",
+        "scripts/lib-copyright.sh",
     ] {
         run_ok(Command::new("bash").arg("-n").arg(repo().join(script)));
     }
