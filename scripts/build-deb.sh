@@ -4,6 +4,7 @@
 #
 #   bash scripts/build-deb.sh                  # cargo build --release, then package
 #   bash scripts/build-deb.sh --binary PATH    # package an already built bindwatch
+#   bash scripts/build-deb.sh --out DIR        # write into DIR instead of target/debian
 #
 # Installs what it needs itself when missing (root: apt-get install dpkg-dev binutils).
 # The package holds:
@@ -34,14 +35,19 @@ cd "$(dirname "$0")/.."
 . scripts/lib-copyright.sh
 
 binary=""
+out=target/debian
 while [ $# -gt 0 ]; do
     case "$1" in
     --binary)
         binary="${2:?--binary needs a PATH}"
         shift 2
         ;;
+    --out)
+        out="${2:?--out needs a DIR}"
+        shift 2
+        ;;
     *)
-        echo "build-deb: unknown argument $1 (usage: build-deb.sh [--binary PATH])" >&2
+        echo "build-deb: unknown argument $1 (usage: build-deb.sh [--binary PATH] [--out DIR])" >&2
         exit 2
         ;;
     esac
@@ -80,7 +86,7 @@ arch=$(dpkg --print-architecture)
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 maintainer="${DEB_MAINTAINER:-bindwatch developers <bindwatch@example.org>}"
 
-out=target/debian
+out=$(realpath -m "$out")
 root="$out/bindwatch_${version}_${arch}"
 rm -rf "$root"
 mkdir -p "$root/DEBIAN"
@@ -142,7 +148,7 @@ shl=$(mktemp -d)
 trap 'rm -rf "$shl"' EXIT
 mkdir -p "$shl/debian"
 printf 'Source: bindwatch\n\nPackage: bindwatch\nArchitecture: any\n' >"$shl/debian/control"
-depends=$(cd "$shl" && dpkg-shlibdeps -O -e "$OLDPWD/$root/usr/bin/bindwatch" 2>/dev/null |
+depends=$(cd "$shl" && dpkg-shlibdeps -O -e "$root/usr/bin/bindwatch" 2>/dev/null |
     sed -n 's/^shlibs:Depends=//p')
 [ -n "$depends" ] || {
     echo "build-deb: dpkg-shlibdeps found no library dependencies" >&2

@@ -52,10 +52,15 @@ struct Built {
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
+        // A directory of this run's own: a build-deb.sh run by hand meanwhile writes
+        // target/debian.
+        let out_dir = std::env::temp_dir().join(format!("bindwatch-deb-{}", std::process::id()));
         let out = run(Command::new("bash")
             .arg(repo().join("scripts/build-deb.sh"))
             .arg("--binary")
             .arg(bin())
+            .arg("--out")
+            .arg(&out_dir)
             .current_dir(repo()));
         let t = text(&out);
         assert!(out.status.success(), "build-deb.sh failed:\n{t}");
@@ -251,6 +256,82 @@ fn installed_units_verify() {
     let complaints: Vec<&str> = t.lines().filter(|l| l.contains("bindwatch")).collect();
     assert!(complaints.is_empty(), "{}", complaints.join("\n"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// bindwatch.socket's contract, played by systemd-socket-activate: a socket on the
+/// socket unit's ListenStream= port, and the installed bindwatch-socket.service's ExecStart=
+/// with the shipped /etc/default/bindwatch's BINDWATCH_ARGS, expanded word by word as
+/// systemd does. The first connection is answered by bindwatch on the passed socket.
+#[test]
+fn socket_unit_and_shipped_flags_start_bindwatch_on_the_passed_socket() {
+    let b = built();
+    let unit =
+        |name: &str| std::fs::read_to_string(b.root.join("lib/systemd/system").join(name)).unwrap();
+    let setting = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}="))
+            .to_string()
+    };
+    let port: u16 = setting(&unit("bindwatch.socket"), "ListenStream")
+        .parse()
+        .expect("ListenStream= is a port");
+    let exec = setting(&unit("bindwatch-socket.service"), "ExecStart");
+    let env = std::fs::read_to_string(b.root.join("etc/default/bindwatch")).unwrap();
+    let args = env
+        .lines()
+        .find_map(|l| l.strip_prefix("BINDWATCH_ARGS="))
+        .expect("BINDWATCH_ARGS=")
+        .trim_matches('"')
+        // the package's files, where the test extracted them
+        .replace(
+            "/etc/bindwatch/",
+            &format!("{}/etc/bindwatch/", b.root.display()),
+        );
+    let words: Vec<String> = exec
+        .replace("$BINDWATCH_ARGS", &args)
+        .replace(
+            "/usr/bin/bindwatch",
+            &b.root.join("usr/bin/bindwatch").to_string_lossy(),
+        )
+        .split_whitespace()
+        .map(String::from)
+        // RuntimeDirectory= gives the unit /run/bindwatch; the test must not touch the host's.
+        .chain(["--state.file=".to_string()])
+        .collect();
+    assert!(
+        words.iter().any(|w| w == "--web.systemd-socket"),
+        "{words:?}"
+    );
+    in_netns(move || {
+        let mut child = Command::new("systemd-socket-activate")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .args(&words)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate");
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok((code, _, _)) = http_get(addr, "/healthz", &[]) {
+                break code;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = child.stderr.as_mut() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("bindwatch under systemd-socket-activate exited {st}: {err}");
+            }
+            assert!(Instant::now() < deadline, "no answer on the passed socket");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(status, 200);
+    });
 }
 
 #[test]
