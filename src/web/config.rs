@@ -263,8 +263,7 @@ fn pem(
 }
 
 fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> {
-    const AT: &str = "tls_server_config";
-    let entries = p.mapping(n, AT)?;
+    let entries = p.mapping(n, TLS_AT)?;
     let before = p.len();
     let f = p.fields(
         entries,
@@ -273,113 +272,32 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
             "client_allowed_sans",
             "restrict clients with client_ca and RequireAndVerifyClientCert instead",
         )],
-        AT,
+        TLS_AT,
     );
-    let key = |k: &str| join(AT, k);
     let cert = pem(&f, "cert_file", "cert", base, p);
     let private_key = pem(&f, "key_file", "key", base, p);
     let client_ca = pem(&f, "client_ca_file", "client_ca", base, p);
-    let mut auth_set = false;
-    let client_auth = match f.get("client_auth_type") {
-        None => ClientAuth::NoClientCert,
-        Some(n) => {
-            let s = p.optional_string(n, &key("client_auth_type"));
-            auth_set = s.is_some();
-            match ClientAuth::from_name(s.as_deref().unwrap_or("")) {
-                Some(a) => a,
-                None => {
-                    p.add(
-                        n,
-                        &key("client_auth_type"),
-                        format!(
-                            "{:?} is not one of {}",
-                            s.unwrap_or_default(),
-                            ClientAuth::NAMES.join(", ")
-                        ),
-                    );
-                    ClientAuth::NoClientCert
-                }
-            }
-        }
-    };
+    let (client_auth, auth_set) = client_auth_type(&f, p);
     // exporter-toolkit: TLS is on when any certificate, key, CA or client auth is given.
     let enabled = cert.is_some() || private_key.is_some() || client_ca.is_some() || auth_set;
-    let version = |name: &str, default: TlsVersion, p: &mut Problems| match f.get(name) {
-        None => Some(default),
-        Some(n) => match p.optional_string(n, &key(name)).as_deref() {
-            None => Some(default),
-            Some("TLS12") => Some(TlsVersion::Tls12),
-            Some("TLS13") => Some(TlsVersion::Tls13),
-            Some(v @ ("TLS10" | "TLS11")) => {
-                p.add(
-                    n,
-                    &key(name),
-                    format!("{v} is not supported (rustls, bindwatch's TLS library, speaks TLS12 and TLS13)"),
-                );
-                None
-            }
-            Some(v) => {
-                p.add(n, &key(name), format!("{v:?} is not one of TLS12, TLS13"));
-                None
-            }
-        },
-    };
-    let min_version = version("min_version", TlsVersion::Tls12, p);
-    let max_version = version("max_version", TlsVersion::Tls13, p);
+    let min_version = tls_version(&f, "min_version", TlsVersion::Tls12, p);
+    let max_version = tls_version(&f, "max_version", TlsVersion::Tls13, p);
     if let (Some(lo), Some(hi), Some(n)) = (min_version, max_version, f.get("min_version")) {
         if lo > hi {
-            p.add(n, &key("min_version"), "is above max_version");
+            p.add(n, &tls_key("min_version"), "is above max_version");
         }
     }
-    let mut cipher_suites = Vec::new();
-    if let Some(n) = f.get("cipher_suites") {
-        for (i, item) in p
-            .list(n, &key("cipher_suites"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let k = format!("{}[{i}]", key("cipher_suites"));
-            let Some(name) = p.scalar(item, &k) else {
-                continue;
-            };
-            match suites::cipher_suite_by_name(name) {
-                Ok(Some(s)) => {
-                    if !cipher_suites.contains(&s) {
-                        cipher_suites.push(s)
-                    }
-                }
-                Ok(None) => {} // a TLS 1.3 suite: always on
-                Err(why) => p.add(item, &k, why),
-            }
-        }
-    }
-    let mut curves: Vec<&'static dyn SupportedKxGroup> = Vec::new();
-    if let Some(n) = f.get("curve_preferences") {
-        for (i, item) in p
-            .list(n, &key("curve_preferences"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let k = format!("{}[{i}]", key("curve_preferences"));
-            let Some(name) = p.scalar(item, &k) else {
-                continue;
-            };
-            match suites::kx_group_by_name(name) {
-                Ok(g) => {
-                    if !curves.iter().any(|c| c.name() == g.name()) {
-                        curves.push(g)
-                    }
-                }
-                Err(why) => p.add(item, &k, why),
-            }
-        }
-    }
+    // A TLS 1.3 suite (`Ok(None)`) is always on, so it is not listed.
+    let cipher_suites = named_list(&f, "cipher_suites", p, |name| {
+        suites::cipher_suite_by_name(name)
+    });
+    let curves = named_list(&f, "curve_preferences", p, |name| {
+        suites::kx_group_by_name(name).map(Some)
+    });
     let prefer_server_cipher_suites = match f.get("prefer_server_cipher_suites") {
         None => true,
         Some(n) => p
-            .boolean(n, &key("prefer_server_cipher_suites"))
+            .boolean(n, &tls_key("prefer_server_cipher_suites"))
             .unwrap_or(true),
     };
     if !enabled {
@@ -387,28 +305,16 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
         return None;
     }
     if cert.is_none() {
-        p.add(n, AT, "TLS needs a certificate: give cert_file (or cert)");
+        p.add(
+            n,
+            TLS_AT,
+            "TLS needs a certificate: give cert_file (or cert)",
+        );
     }
     if private_key.is_none() {
-        p.add(n, AT, "TLS needs a private key: give key_file (or key)");
+        p.add(n, TLS_AT, "TLS needs a private key: give key_file (or key)");
     }
-    match (&client_ca, client_auth) {
-        (Some(ca), ClientAuth::NoClientCert) => p.add_line(
-            ca.line,
-            &key(ca.key),
-            "a client CA is given but client_auth_type is NoClientCert; \
-             use RequireAndVerifyClientCert to check client certificates",
-        ),
-        (None, a) if a.verifies() => {
-            let line = f.get("client_auth_type").map_or(n.line, |n| n.line);
-            p.add_line(
-                line,
-                &key("client_auth_type"),
-                format!("{a:?} needs client_ca_file (or client_ca): the CA that signs client certificates"),
-            );
-        }
-        _ => {}
-    }
+    check_client_ca(&f, n, client_ca.as_ref(), client_auth, p);
     if p.len() > before {
         return None;
     }
@@ -423,6 +329,144 @@ fn tls_settings(n: &Node, base: &Path, p: &mut Problems) -> Option<TlsSettings> 
         curves,
         prefer_server_cipher_suites,
     })
+}
+
+const TLS_AT: &str = "tls_server_config";
+
+fn tls_key(k: &str) -> String {
+    join(TLS_AT, k)
+}
+
+/// `client_auth_type`, and whether it was given at all (which turns TLS on).
+fn client_auth_type(f: &BTreeMap<&str, &Node>, p: &mut Problems) -> (ClientAuth, bool) {
+    let Some(n) = f.get("client_auth_type") else {
+        return (ClientAuth::NoClientCert, false);
+    };
+    let s = p.optional_string(n, &tls_key("client_auth_type"));
+    let set = s.is_some();
+    match ClientAuth::from_name(s.as_deref().unwrap_or("")) {
+        Some(a) => (a, set),
+        None => {
+            p.add(
+                n,
+                &tls_key("client_auth_type"),
+                format!(
+                    "{:?} is not one of {}",
+                    s.unwrap_or_default(),
+                    ClientAuth::NAMES.join(", ")
+                ),
+            );
+            (ClientAuth::NoClientCert, set)
+        }
+    }
+}
+
+/// `min_version` / `max_version`: `None` after a problem.
+fn tls_version(
+    f: &BTreeMap<&str, &Node>,
+    name: &str,
+    default: TlsVersion,
+    p: &mut Problems,
+) -> Option<TlsVersion> {
+    let Some(n) = f.get(name) else {
+        return Some(default);
+    };
+    match p.optional_string(n, &tls_key(name)).as_deref() {
+        None => Some(default),
+        Some("TLS12") => Some(TlsVersion::Tls12),
+        Some("TLS13") => Some(TlsVersion::Tls13),
+        Some(v @ ("TLS10" | "TLS11")) => {
+            p.add(
+                n,
+                &tls_key(name),
+                format!("{v} is not supported (rustls, bindwatch's TLS library, speaks TLS12 and TLS13)"),
+            );
+            None
+        }
+        Some(v) => {
+            p.add(
+                n,
+                &tls_key(name),
+                format!("{v:?} is not one of TLS12, TLS13"),
+            );
+            None
+        }
+    }
+}
+
+/// A list of Go names (`cipher_suites`, `curve_preferences`) looked up one by one;
+/// each unknown name is a problem on its own line, duplicates are dropped.
+fn named_list<T: Named>(
+    f: &BTreeMap<&str, &Node>,
+    field: &str,
+    p: &mut Problems,
+    lookup: impl Fn(&str) -> Result<Option<T>, String>,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    let Some(n) = f.get(field) else {
+        return out;
+    };
+    let items = p.list(n, &tls_key(field)).unwrap_or(&[]);
+    for (i, item) in items.iter().enumerate() {
+        let k = format!("{}[{i}]", tls_key(field));
+        let Some(name) = p.scalar(item, &k) else {
+            continue;
+        };
+        match lookup(name) {
+            Ok(Some(v)) => {
+                if !out.iter().any(|o| o.same(&v)) {
+                    out.push(v)
+                }
+            }
+            Ok(None) => {}
+            Err(why) => p.add(item, &k, why),
+        }
+    }
+    out
+}
+
+/// What [`named_list`] needs to drop a duplicate.
+trait Named {
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl Named for SupportedCipherSuite {
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+impl Named for &'static dyn SupportedKxGroup {
+    fn same(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+/// A client CA without verification, or verification without a CA.
+fn check_client_ca(
+    f: &BTreeMap<&str, &Node>,
+    n: &Node,
+    client_ca: Option<&Pem>,
+    client_auth: ClientAuth,
+    p: &mut Problems,
+) {
+    match (client_ca, client_auth) {
+        (Some(ca), ClientAuth::NoClientCert) => p.add_line(
+            ca.line,
+            &tls_key(ca.key),
+            "a client CA is given but client_auth_type is NoClientCert; \
+             use RequireAndVerifyClientCert to check client certificates",
+        ),
+        (None, a) if a.verifies() => {
+            let line = f.get("client_auth_type").map_or(n.line, |n| n.line);
+            p.add_line(
+                line,
+                &tls_key("client_auth_type"),
+                format!("{a:?} needs client_ca_file (or client_ca): the CA that signs client certificates"),
+            );
+        }
+        _ => {}
+    }
 }
 
 fn http_settings(n: &Node, p: &mut Problems) -> Vec<(String, String)> {
@@ -591,193 +635,4 @@ fn rate_limit(n: &Node, p: &mut Problems) -> Option<RateLimit> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HASH: &str = "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG";
-
-    fn base() -> &'static Path {
-        Path::new("/etc/bindwatch")
-    }
-
-    #[test]
-    fn full_file() {
-        let text = format!(
-            r#"
-tls_server_config:
-  cert_file: server.crt
-  key_file: /abs/server.key
-  client_auth_type: RequireAndVerifyClientCert
-  client_ca_file: ca.crt
-  min_version: TLS13
-  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]
-  curve_preferences: [X25519, CurveP256]
-  prefer_server_cipher_suites: false
-http_server_config:
-  http2: false
-  headers:
-    X-Frame-Options: deny
-    x-content-type-options: nosniff
-    Strict-Transport-Security: max-age=31536000; includeSubDomains
-    X-XSS-Protection: ""
-basic_auth_users:
-  alice: {HASH}
-  "bob": '{HASH}'
-auth_excluded_paths: [/healthz]
-rate_limit:
-  interval: 1s
-  burst: 10
-"#
-        );
-        let c = parse(&text, base()).unwrap();
-        let t = c.tls.unwrap();
-        assert_eq!(
-            t.cert.source,
-            PemSource::File("/etc/bindwatch/server.crt".into())
-        );
-        assert_eq!(t.cert.line, 3);
-        assert_eq!(t.key.source, PemSource::File("/abs/server.key".into()));
-        assert_eq!(t.client_auth, ClientAuth::RequireAndVerifyClientCert);
-        assert_eq!(t.min_version, TlsVersion::Tls13);
-        assert_eq!(t.max_version, TlsVersion::Tls13);
-        assert_eq!(
-            t.cipher_suites.len(),
-            1,
-            "TLS 1.3 names are accepted and always on"
-        );
-        assert_eq!(t.curves.len(), 2);
-        assert!(!t.prefer_server_cipher_suites);
-        assert_eq!(
-            c.headers,
-            vec![
-                ("X-Frame-Options".to_string(), "deny".to_string()),
-                ("X-Content-Type-Options".to_string(), "nosniff".to_string()),
-                (
-                    "Strict-Transport-Security".to_string(),
-                    "max-age=31536000; includeSubDomains".to_string()
-                ),
-            ]
-        );
-        assert_eq!(c.users.len(), 2);
-        assert_eq!(c.auth_excluded_paths, vec!["/healthz".to_string()]);
-        assert_eq!(
-            c.rate_limit,
-            Some(RateLimit {
-                interval: Duration::from_secs(1),
-                burst: 10
-            })
-        );
-    }
-
-    #[test]
-    fn empty_and_tls_less_files_mean_plain_http() {
-        for text in [
-            "",
-            "tls_server_config:\n",
-            "tls_server_config:\n  min_version: TLS13\n",
-            "basic_auth_users:\n",
-        ] {
-            let c = parse(text, base()).unwrap();
-            assert!(c.tls.is_none(), "{text:?}");
-            assert!(c.users.is_empty());
-        }
-    }
-
-    #[test]
-    fn problems_name_line_and_key() {
-        let text = "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS10\n  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, NOPE]\nhttp_server_config:\n  headers:\n    Authorization: x\n    X-Frame-Options: allow\nbasic_auth_users:\n  alice: hunter2\nextra: 1\n";
-        let p = parse(text, base()).unwrap_err();
-        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (4, "tls_server_config.min_version"),
-                (5, "tls_server_config.cipher_suites[0]"),
-                (5, "tls_server_config.cipher_suites[1]"),
-                (8, "http_server_config.headers.Authorization"),
-                (9, "http_server_config.headers.X-Frame-Options"),
-                (11, "basic_auth_users.alice"),
-                (12, "extra"),
-            ],
-            "{p:#?}"
-        );
-        assert!(
-            p[0].message.contains("TLS10 is not supported"),
-            "{}",
-            p[0].message
-        );
-        assert!(
-            p[1].message.contains("not supported by rustls"),
-            "{}",
-            p[1].message
-        );
-        assert!(
-            p[2].message.contains("unknown cipher suite"),
-            "{}",
-            p[2].message
-        );
-        assert!(p[3].message.contains("can not be configured"));
-        assert!(p[4].message.contains("deny, sameorigin"));
-        assert!(p[5].message.contains("not the password"));
-        assert!(p[6].message.contains("unknown key"));
-    }
-
-    #[test]
-    fn value_errors_table() {
-        let cases = [
-            ("tls_server_config:\n  cert_file: a\n", "needs a private key"),
-            ("tls_server_config:\n  key_file: a\n", "needs a certificate"),
-            ("tls_server_config:\n  cert_file: a\n  cert: x\n  key_file: b\n", "not both"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Maybe\n", "is not one of NoClientCert"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n", "client_auth_type is NoClientCert"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [CurveP521]\n", "not supported by rustls"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [Curve25519x]\n", "unknown curve"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n", "not supported by bindwatch"),
-            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  prefer_server_cipher_suites: yes\n", "expected true or false"),
-            ("tls_server_config:\n  cert_file: a\n  cert_file: b\n", "given twice"),
-            ("tls_server_config: [a]\n", "expected a mapping"),
-            ("http_server_config:\n  http2: 1\n", "expected true or false"),
-            ("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n", "is not one of nosniff"),
-            ("http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\nb\"\n", "not a valid HTTP header value"),
-            ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "can not be configured"),
-            ("http_server_config:\n  tls: 1\n", "unknown key"),
-            ("basic_auth_users:\n  \"a:b\": x\n", "cannot contain ':'"),
-            ("basic_auth_users:\n  a: $2y$99$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG\n", "bcrypt cost"),
-            ("basic_auth_users:\n  a: [1]\n", "expected a single value"),
-            ("basic_auth_users: [a]\n", "expected a mapping"),
-            ("auth_excluded_paths: [healthz]\n", "must start with '/'"),
-            ("rate_limit:\n  interval: fast\n", "not a duration"),
-            ("rate_limit:\n  interval: 1s\n", "at least 1"),
-            ("rate_limit:\n  interval: 1s\n  burst: -1\n", "whole number"),
-            ("tls_server_config: &a\n  cert_file: x\nhttp_server_config: *a\n", "expected a mapping"),
-            ("- 1\n", "expected a mapping"),
-            ("a: [\n", "YAML syntax error"),
-        ];
-        for (text, want) in cases {
-            let p = parse(text, base()).unwrap_err();
-            assert!(
-                p.iter().any(|p| p.message.contains(want)),
-                "{text:?}: want {want:?}: {p:#?}"
-            );
-            assert!(p.iter().all(|p| p.line >= 1), "{text:?}: {p:#?}");
-        }
-    }
-
-    #[test]
-    fn bcrypt_shapes() {
-        assert!(check_bcrypt_hash(HASH).is_ok());
-        for bad in [
-            "",
-            "$2y$10$",
-            "2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
-            "$1$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
-            "$2y$3$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG",
-            "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z!",
-            "$2y$10$é0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7z",
-        ] {
-            assert!(check_bcrypt_hash(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;
