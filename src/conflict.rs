@@ -80,28 +80,8 @@ fn judge_service(
     owners: &HashMap<u64, Owner>,
     bindv6only: bool,
 ) -> (Status, String) {
-    let live: Vec<&&Socket> = on_port
-        .iter()
-        .filter(|s| s.is_listener() && covers(&svc.addresses, s.local.ip()))
-        .collect();
-    if !live.is_empty() {
-        let describe = |s: &Socket| match owners.get(&s.inode) {
-            Some(o) => format!("{} (pid {}, user {})", o.process, o.pid, o.user),
-            None => "an unknown process".to_string(),
-        };
-        if let Some(l) = live
-            .iter()
-            .find(|s| owner_matches(&svc.owner, owners.get(&s.inode)))
-        {
-            return (
-                Status::Ok,
-                format!("{} listens on {}", describe(l), l.local),
-            );
-        }
-        return (
-            Status::ForeignOwner,
-            format!("{} listens on {}", describe(live[0]), live[0].local),
-        );
+    if let Some(verdict) = who_listens(svc, on_port, owners) {
+        return verdict;
     }
     if let Some(t) = on_port.iter().find(|s| is_stolen_by(s, listeners)) {
         let who = owners
@@ -119,6 +99,44 @@ fn judge_service(
             ),
         );
     }
+    would_bind(svc, on_port, bindv6only)
+}
+
+/// Ok or ForeignOwner when something listens on the service's addresses.
+fn who_listens(
+    svc: &Service,
+    on_port: &[&Socket],
+    owners: &HashMap<u64, Owner>,
+) -> Option<(Status, String)> {
+    let live: Vec<&&Socket> = on_port
+        .iter()
+        .filter(|s| s.is_listener() && covers(&svc.addresses, s.local.ip()))
+        .collect();
+    let first = live.first()?;
+    let describe = |s: &Socket| match owners.get(&s.inode) {
+        Some(o) => format!("{} (pid {}, user {})", o.process, o.pid, o.user),
+        None => "an unknown process".to_string(),
+    };
+    Some(
+        match live
+            .iter()
+            .find(|s| owner_matches(&svc.owner, owners.get(&s.inode)))
+        {
+            Some(l) => (
+                Status::Ok,
+                format!("{} listens on {}", describe(l), l.local),
+            ),
+            None => (
+                Status::ForeignOwner,
+                format!("{} listens on {}", describe(first), first.local),
+            ),
+        },
+    )
+}
+
+/// Nobody listens: Blocked when the daemon's bind (with its declared flags) would
+/// fail on one of its addresses, else Missing.
+fn would_bind(svc: &Service, on_port: &[&Socket], bindv6only: bool) -> (Status, String) {
     let addrs: Vec<IpAddr> = if svc.addresses.is_empty() {
         vec![V4_ANY, V6_ANY]
     } else {
@@ -159,18 +177,12 @@ fn judge_service(
             Verdict::Clear => {}
         }
     }
-    if undecided {
-        (
-            Status::Missing,
-            "nobody listens; whether a bind would fail depends on a flag nobody could read"
-                .to_string(),
-        )
+    let detail = if undecided {
+        "nobody listens; whether a bind would fail depends on a flag nobody could read"
     } else {
-        (
-            Status::Missing,
-            "nobody listens; a bind would succeed".to_string(),
-        )
-    }
+        "nobody listens; a bind would succeed"
+    };
+    (Status::Missing, detail.to_string())
 }
 
 #[cfg(test)]
