@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Certificates and users are re-read when their files change.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Serve `POST /-/reload` (re-read --config.file), as Prometheus does; off by default
+    /// (403), since any client that can reach it could make the agent reload. SIGHUP
+    /// always reloads.
+    #[arg(long = "web.enable-lifecycle")]
+    pub enable_lifecycle: bool,
     /// Requests served at once; more are answered 503. 0 means no limit.
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,

@@ -26,6 +26,7 @@
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
 //! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
+//! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into.
@@ -42,6 +43,7 @@ pub mod conflict;
 pub mod fasthash;
 pub mod generate;
 pub mod landing;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -198,7 +198,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
             latest,
-            control: handle.control.clone(),
+            reloader: a
+                .enable_lifecycle
+                .then(|| bindwatch::lifecycle::Reloader::spawn(handle.control.clone())),
             telemetry_path: a.telemetry_path.clone(),
             stale_after: a
                 .poll_interval
@@ -255,7 +257,7 @@ fn spawn_sighup(control: std::sync::mpsc::Sender<poller::Control>) {
             });
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; use POST /-/reload")
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; use POST /-/reload (--web.enable-lifecycle)")
         }
     }
 }

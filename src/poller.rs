@@ -230,24 +230,39 @@ pub fn spawn(
     poll_and_publish(&mut target, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
         .name("bindwatch-poller".into())
-        .spawn(move || loop {
-            match rx.recv_timeout(interval) {
-                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Control::Reload(reply)) => {
-                    let r = match state.config.as_mut() {
-                        Some(c) => c.reload(),
-                        None => {
-                            tracing::info!("reload requested; no --config.file to re-read");
-                            Ok(())
+        .spawn(move || {
+            // Polls keep their rhythm whatever messages arrive in between.
+            let mut next = Instant::now() + interval;
+            loop {
+                let wait = next.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                    Ok(Control::Reload(reply)) => {
+                        let (r, changed) = match state.config.as_mut() {
+                            Some(c) => {
+                                let before = (c.current.clone(), c.last_ok);
+                                let r = c.reload();
+                                (r, before != (c.current.clone(), c.last_ok))
+                            }
+                            None => {
+                                tracing::info!("reload requested; no --config.file to re-read");
+                                (Ok(()), false)
+                            }
+                        };
+                        // Poll at once only when the services (or the reload metric)
+                        // changed: a reload of the same file forces no walk.
+                        if changed {
+                            poll_and_publish(&mut target, &selfm, &latest, &mut state);
+                            next = Instant::now() + interval;
                         }
-                    };
-                    poll_and_publish(&mut target, &selfm, &latest, &mut state);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(r);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(r);
+                        }
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    poll_and_publish(&mut target, &selfm, &latest, &mut state)
+                    Err(RecvTimeoutError::Timeout) => {
+                        poll_and_publish(&mut target, &selfm, &latest, &mut state);
+                        next = Instant::now() + interval;
+                    }
                 }
             }
         })

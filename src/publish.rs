@@ -83,6 +83,7 @@ pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 /// Messages to the poller thread.
 pub enum Control {
     Stop,
-    /// Re-read `--config.file` (SIGHUP, `POST /-/reload`), then poll at once.
+    /// Re-read `--config.file` (SIGHUP, `POST /-/reload`), then poll at once if the
+    /// services changed.
     Reload(Option<ReloadReply>),
 }

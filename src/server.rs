@@ -26,7 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::publish::{Control, Latest};
+use crate::lifecycle::{Outcome, Reloader};
+use crate::publish::Latest;
 use crate::web::WebState;
 
 /// Default of `--web.read-header-timeout`: how long a client may take to send its
@@ -60,8 +61,8 @@ impl Default for Limits {
 /// What the handlers need.
 pub struct AppState {
     pub latest: Arc<Latest>,
-    /// To ask the poller for a config reload (`POST /-/reload`).
-    pub control: std::sync::mpsc::Sender<Control>,
+    /// `POST /-/reload`, with `--web.enable-lifecycle`; `None` answers it 403.
+    pub reloader: Option<Arc<Reloader>>,
     pub telemetry_path: String,
     /// `/healthz` fails when the last successful poll is older than this.
     pub stale_after: Duration,
@@ -352,6 +353,10 @@ async fn serve_request(
 ) -> Response<Body> {
     let active = state.web.as_ref().map(|w| w.current());
     let mut slot = None;
+    // Reload requests wait for a coalesced reload (seconds at worst) and cost nothing
+    // meanwhile: they must not take the slots scrapes need.
+    let in_flight =
+        in_flight.filter(|_| req.uri().path() != "/-/reload" || state.reloader.is_none());
     let resp = 'resp: {
         if let Some(sem) = in_flight {
             match sem.try_acquire_owned() {
@@ -423,23 +428,26 @@ pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<By
                 .insert("allow", HeaderValue::from_static("POST, PUT"));
             return r;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if state.control.send(Control::Reload(Some(tx))).is_err() {
+        let Some(reloader) = &state.reloader else {
             return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the poller is not running\n",
+                StatusCode::FORBIDDEN,
+                "Lifecycle API is not enabled: start bindwatch with --web.enable-lifecycle, or send it SIGHUP\n",
             );
-        }
-        return match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(Ok(()))) => text(StatusCode::OK, "config reloaded\n"),
-            Ok(Ok(Err(e))) => {
+        };
+        return match reloader.reload().await {
+            Outcome::Reloaded => text(StatusCode::OK, "config reloaded\n"),
+            Outcome::Failed(e) => {
                 let mut r = Response::new(Full::new(Bytes::from(format!(
                     "config reload failed, the previous config stays active:\n{e}\n"
                 ))));
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                 r
             }
-            _ => text(
+            Outcome::PollerGone => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the poller is not running\n",
+            ),
+            Outcome::TimedOut => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the reload did not finish in time\n",
             ),

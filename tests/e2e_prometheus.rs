@@ -549,6 +549,7 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
                 &config_s,
                 "--state.file",
                 &state_s,
+                "--web.enable-lifecycle",
             ],
         );
         log(t0, format!("bindwatch serving on {}", srv.addr));

@@ -194,6 +194,7 @@ fn bad_config_fails_start_and_reload_keeps_the_old_one() {
                 "300ms",
                 "--config.file",
                 cfg.to_str().expect("utf8"),
+                "--web.enable-lifecycle",
             ],
         );
         let m = srv.metrics();
