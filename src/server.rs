@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
-    WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lifecycle::{Outcome, Reloader};
 use crate::publish::Latest;
+use crate::web::auth::Verdict;
 use crate::web::WebState;
 
 /// Default of `--web.read-header-timeout`: how long a client may take to send its
@@ -319,11 +320,18 @@ async fn handshake(
 }
 
 /// A response body that holds its `--web.max-requests` slot until hyper has taken the
-/// last byte.
+/// last byte. It hands the bytes out in [`BODY_CHUNK`] pieces (slices of the same
+/// buffer, no copy): hyper takes a piece only when its write buffer has room, so a
+/// client that does not read keeps its slot until the write timeout, instead of hyper
+/// queueing the whole body at once and the slot going free at once.
 pub struct Body {
     inner: Full<Bytes>,
+    rest: Bytes,
     _slot: Option<OwnedSemaphorePermit>,
 }
+
+/// Piece of a response body handed to hyper at a time.
+const BODY_CHUNK: usize = 64 * 1024;
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
@@ -333,15 +341,33 @@ impl hyper::body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) => this.rest = d,
+                    Err(f) => return Poll::Ready(Some(Ok(f))),
+                },
+                other => return other,
+            }
+        }
+        let n = this.rest.len().min(BODY_CHUNK);
+        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut h = SizeHint::new();
+        h.set_lower(inner.lower().saturating_add(rest));
+        if let Some(u) = inner.upper() {
+            h.set_upper(u.saturating_add(rest));
+        }
+        h
     }
 }
 
@@ -358,6 +384,35 @@ async fn serve_request(
     let in_flight =
         in_flight.filter(|_| req.uri().path() != "/-/reload" || state.reloader.is_none());
     let resp = 'resp: {
+        if let Some(a) = &active {
+            if a.rate_limit.as_ref().is_some_and(|r| !r.allow()) {
+                break 'resp text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+            }
+            // Before taking a --web.max-requests slot: a bcrypt check is bounded by its
+            // own pool (web::auth), and guesses waiting for it must not hold the slots
+            // that scrapes with verified credentials need.
+            if let (Some(auth), true) = (&a.auth, a.requires_auth(req.uri().path())) {
+                let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+                match auth.check(header).await {
+                    Verdict::Allowed => {}
+                    Verdict::Denied => {
+                        let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                        r.headers_mut()
+                            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+                        break 'resp r;
+                    }
+                    Verdict::Busy => {
+                        let mut r = text(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many unverified logins at once; retry later\n",
+                        );
+                        r.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        break 'resp r;
+                    }
+                }
+            }
+        }
         if let Some(sem) = in_flight {
             match sem.try_acquire_owned() {
                 Ok(p) => slot = Some(p),
@@ -369,20 +424,6 @@ async fn serve_request(
                 }
             }
         }
-        if let Some(a) = &active {
-            if a.rate_limit.as_ref().is_some_and(|r| !r.allow()) {
-                break 'resp text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
-            }
-            if let (Some(auth), true) = (&a.auth, a.requires_auth(req.uri().path())) {
-                let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-                if !auth.check(header).await {
-                    let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-                    r.headers_mut()
-                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
-                    break 'resp r;
-                }
-            }
-        }
         route(state, req).await
     };
     let (mut parts, inner) = resp.into_parts();
@@ -391,7 +432,14 @@ async fn serve_request(
             parts.headers.insert(k.clone(), v.clone());
         }
     }
-    Response::from_parts(parts, Body { inner, _slot: slot })
+    Response::from_parts(
+        parts,
+        Body {
+            inner,
+            rest: Bytes::new(),
+            _slot: slot,
+        },
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -573,51 +573,158 @@ fn slow_hash(password: &str, min: Duration) -> (u32, String) {
     }
 }
 
-/// `--web.max-requests`: requests that are busy (here: wrong passwords, each costing a
-/// slow bcrypt, checked one at a time) hold their slots; one more gets 503 at once.
-/// Deterministic: the two busy requests stay in flight for at least 2 x 0.5 s, and the
-/// third is sent 200 ms after them.
+/// A fake procfs (`--path.procfs`, `--source procfs`) with `n` TCP listeners on 127.0.0.1,
+/// ports 20000.., so that /metrics is large (about 680 bytes per listener with
+/// `--ports.max` above `n`). Loopback autotunes send buffers up to 4 MB, so callers cap
+/// them with [`small_send_buffers`] to make such a body more than the kernel takes.
+fn big_procfs(dir: &Dir, n: u16) -> String {
+    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    let mut tcp = head.to_string();
+    for i in 0..n {
+        tcp.push_str(&format!(
+            "{i:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {} 1 0000000000000000 100 0 0 10 0\n",
+            20000 + i,
+            900_000 + u32::from(i)
+        ));
+    }
+    fs::create_dir_all(dir.0.join("proc/net")).expect("mkdir");
+    dir.write("proc/net/tcp", &tcp);
+    for f in ["tcp6", "udp", "udp6"] {
+        dir.write(&format!("proc/net/{f}"), head);
+    }
+    dir.path("proc")
+}
+
+/// Caps TCP send buffers at 64 KiB in the current (private) network namespace.
+fn small_send_buffers() {
+    run_ok("sysctl", &["-qw", "net.ipv4.tcp_wmem=4096 16384 65536"]);
+}
+
+/// A client that asks for `path` and never reads the answer (a 4 KiB receive buffer,
+/// set before connecting, keeps the window small).
+fn stalled_reader(addr: SocketAddr, path: &str, auth: Option<&str>) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("connect");
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+    (&s).write_all(req.as_bytes()).expect("send");
+    s
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
+}
+
+/// `--web.max-requests`: requests whose answer is still being written (here: two
+/// clients that never read a 2 MB /metrics) hold their slots; one more gets 503 at once.
 #[test]
 fn requests_beyond_max_requests_get_503() {
     in_netns(|| {
+        small_send_buffers();
         let dir = Dir::new("maxreq");
-        let (_, h) = slow_hash("right", Duration::from_millis(500));
-        let cfg = dir.write("web.yml", &format!("basic_auth_users:\n  alice: {h}\n"));
+        let procfs = big_procfs(&dir, 3000);
         let agent = Agent::start(
             &dir,
-            &["--web.config.file", &cfg, "--web.max-requests", "2"],
+            &[
+                "--web.max-requests",
+                "2",
+                "--path.procfs",
+                &procfs,
+                "--source",
+                "procfs",
+                "--ports.max",
+                "5000",
+            ],
         );
         let addr = agent.addr;
-        let auth = |pw: &str| {
-            use base64::Engine;
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}"))
-            )
-        };
-        let busy: Vec<_> = (0..2)
-            .map(|i| {
-                let a = auth(&format!("wrong{i}"));
-                std::thread::spawn(move || {
-                    http_get(addr, "/metrics", &[("Authorization", &a)])
-                        .expect("busy request")
-                        .0
-                })
-            })
+        assert!(
+            within(20, || http_get(addr, "/metrics", &[])
+                .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_500_000)),
+            "a large body"
+        );
+        let _busy: Vec<Socket> = (0..2)
+            .map(|_| stalled_reader(addr, "/metrics", None))
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
-        let (code, _, body) = http_get(addr, "/metrics", &[]).expect("third request");
+        let (code, _, body) = http_get(addr, "/healthz", &[]).expect("third request");
         assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
         assert!(String::from_utf8_lossy(&body).contains("--web.max-requests"));
         assert!(t.elapsed() < Duration::from_millis(500), "503 is immediate");
-        for b in busy {
-            assert_eq!(b.join().expect("thread"), 401);
-        }
+        drop(_busy);
         // The slots are free again.
-        let (code, _, _) =
-            http_get(addr, "/metrics", &[("Authorization", &auth("right"))]).expect("after");
-        assert_eq!(code, 200);
+        assert!(within(5, || http_get(addr, "/healthz", &[])
+            .is_ok_and(|(c, _, _)| c == 200)));
+    });
+}
+
+/// Issue 15, bug 7: wrong passwords must not starve scrapes. 50 clients guessing for 8 s
+/// (each guess a bcrypt of about 100 ms in this build): every scrape with the good,
+/// already verified credentials answers 200. Guesses beyond the bcrypt pool get 429.
+#[test]
+fn wrong_passwords_do_not_starve_verified_scrapes() {
+    in_netns(|| {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let dir = Dir::new("guess");
+        let (_, h) = slow_hash("right", Duration::from_millis(100));
+        let cfg = dir.write("web.yml", &format!("basic_auth_users:\n  alice: {h}\n"));
+        let agent = Agent::start(&dir, &["--web.config.file", &cfg]);
+        let addr = agent.addr;
+        let good = basic("alice", "right");
+        let (code, _, _) = http_get(addr, "/metrics", &[("Authorization", &good)]).expect("first");
+        assert_eq!(
+            code, 200,
+            "verified (and cached) before the guessing starts"
+        );
+        let flood = Duration::from_secs(8);
+        let t0 = Instant::now();
+        let (denied, busy) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let guessers: Vec<_> = (0..50)
+            .map(|i| {
+                let (denied, busy) = (denied.clone(), busy.clone());
+                std::thread::spawn(move || {
+                    let wrong = basic("alice", &format!("guess{i}"));
+                    while t0.elapsed() < flood {
+                        match http_get(addr, "/metrics", &[("Authorization", &wrong)]) {
+                            Ok((401, _, _)) => denied.fetch_add(1, Ordering::Relaxed),
+                            Ok((429, _, _)) => busy.fetch_add(1, Ordering::Relaxed),
+                            Ok((c, _, _)) => panic!("a wrong password got {c}"),
+                            Err(_) => 0,
+                        };
+                    }
+                })
+            })
+            .collect();
+        let mut scrapes = Vec::new();
+        std::thread::sleep(Duration::from_millis(300));
+        while t0.elapsed() < flood {
+            let r = http_get(addr, "/metrics", &[("Authorization", &good)]);
+            scrapes.push(r.map(|r| r.0).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for g in guessers {
+            g.join().expect("guesser");
+        }
+        let (denied, busy) = (denied.load(Ordering::Relaxed), busy.load(Ordering::Relaxed));
+        eprintln!("guesses: {denied} checked (401), {busy} refused (429); scrapes {scrapes:?}");
+        assert!(scrapes.len() >= 25, "{} scrapes", scrapes.len());
+        assert!(
+            scrapes.iter().all(|&c| c == 200),
+            "every verified scrape answers 200: {scrapes:?}"
+        );
+        assert!(denied > 0, "wrong passwords were checked");
+        assert!(
+            busy > 0,
+            "guesses beyond the bcrypt pool are refused with 429"
+        );
+        assert!(agent.log().is_empty() || !agent.log().contains("panicked"));
     });
 }
 

@@ -4,8 +4,11 @@
 //! successful checks are cached: the cache holds HMAC-SHA256 tags of
 //! (user, hash, password) under a key drawn at start-up, never the password, and is
 //! compared in constant time. Failed checks are not cached, so a wrong password costs
-//! a bcrypt every time; checks run one at a time off the async threads, and
-//! `--web.max-requests` bounds how many wait.
+//! a bcrypt every time. bcrypt work has its own small pool: one check runs at a time
+//! (off the async threads, so at most one core however many clients guess), at most
+//! [`BCRYPT_PENDING`] wait for it, and a request beyond that is answered 429 at once.
+//! Requests with cached credentials never wait for that pool, and none of this holds a
+//! `--web.max-requests` slot, so guessing clients cannot starve verified scrapers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,6 +19,21 @@ use ring::hmac;
 
 /// How many verified credentials are remembered (a handful of scrapers is the norm).
 const CACHE_SIZE: usize = 64;
+
+/// bcrypt checks running or waiting at once; more are refused ([`Verdict::Busy`]).
+/// One runs at a time, so this is one in progress and three queued: a scraper whose
+/// credentials are not cached yet (first scrape after start or a change) still gets
+/// through a moderate burst of guesses, and retries at its next scrape otherwise.
+pub const BCRYPT_PENDING: usize = 4;
+
+/// The answer of [`BasicAuth::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Not checked: the bcrypt pool is full (too many unverified attempts at once).
+    Busy,
+}
 
 /// The `basic_auth_users` of the active web config.
 pub struct BasicAuth {
@@ -29,6 +47,8 @@ pub struct BasicAuth {
     /// One bcrypt at a time: it is CPU-bound, and a burst of bad passwords must not
     /// take every core from the poller.
     bcrypt: tokio::sync::Mutex<()>,
+    /// Checks running or waiting for `bcrypt`, at most [`BCRYPT_PENDING`].
+    pending: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -81,6 +101,7 @@ impl BasicAuth {
             key,
             verified: Mutex::new(VecDeque::with_capacity(CACHE_SIZE)),
             bcrypt: tokio::sync::Mutex::new(()),
+            pending: Arc::new(tokio::sync::Semaphore::new(BCRYPT_PENDING)),
         }
     }
 
@@ -109,22 +130,25 @@ impl BasicAuth {
     }
 
     /// Whether the `Authorization` header carries valid credentials.
-    pub async fn check(&self, authorization: Option<&[u8]>) -> bool {
+    pub async fn check(&self, authorization: Option<&[u8]>) -> Verdict {
         let Some((user, pass)) = authorization.and_then(parse_basic) else {
-            return false;
+            return Verdict::Denied;
         };
         let known = self.users.get(&user).cloned();
         if let Some(hash) = &known {
             let tag = self.tag(&user, hash, &pass);
             if self.cached(&tag) {
-                return true;
+                return Verdict::Allowed;
             }
         }
+        let Ok(_pending) = self.pending.clone().try_acquire_owned() else {
+            return Verdict::Busy;
+        };
         let _one_at_a_time = self.bcrypt.lock().await;
         if let Some(hash) = &known {
             // Another request may have verified the same credentials while we waited.
             if self.cached(&self.tag(&user, hash, &pass)) {
-                return true;
+                return Verdict::Allowed;
             }
         }
         let dummy = self.dummy.clone();
@@ -145,9 +169,9 @@ impl BasicAuth {
         match known {
             Some(hash) if ok => {
                 self.remember(self.tag(&user, &hash, &pass));
-                true
+                Verdict::Allowed
             }
-            _ => false,
+            _ => Verdict::Denied,
         }
     }
 }
@@ -226,22 +250,37 @@ mod tests {
     async fn checks_and_caches_only_successes() {
         let hash = bcrypt::hash("secret", 4).unwrap();
         let auth = BasicAuth::new(BTreeMap::from([("alice".to_string(), hash)]));
-        assert!(!auth.check(None).await);
-        assert!(!auth.check(Some(&header("alice", "wrong"))).await);
-        assert!(!auth.check(Some(&header("bob", "secret"))).await);
+        assert_eq!(Verdict::Denied, auth.check(None).await);
+        assert_eq!(
+            Verdict::Denied,
+            auth.check(Some(&header("alice", "wrong"))).await
+        );
+        assert_eq!(
+            Verdict::Denied,
+            auth.check(Some(&header("bob", "secret"))).await
+        );
         assert!(
             auth.verified.lock().unwrap().is_empty(),
             "failures are not cached"
         );
-        assert!(auth.check(Some(&header("alice", "secret"))).await);
+        assert_eq!(
+            Verdict::Allowed,
+            auth.check(Some(&header("alice", "secret"))).await
+        );
         assert_eq!(auth.verified.lock().unwrap().len(), 1);
-        assert!(auth.check(Some(&header("alice", "secret"))).await);
+        assert_eq!(
+            Verdict::Allowed,
+            auth.check(Some(&header("alice", "secret"))).await
+        );
         assert_eq!(
             auth.verified.lock().unwrap().len(),
             1,
             "the second check was a cache hit"
         );
-        assert!(!auth.check(Some(&header("alice", "secret2"))).await);
+        assert_eq!(
+            Verdict::Denied,
+            auth.check(Some(&header("alice", "secret2"))).await
+        );
         assert_eq!(auth.dummy_cost, 4, "unknown users cost what known ones do");
     }
 
