@@ -155,7 +155,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
+        .context("starting the tokio runtime")
+        .map(|rt| QuickShutdown(Some(rt)))?;
     rt.block_on(async move {
         let mut listeners = Vec::new();
         match passed {
@@ -216,12 +217,39 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%address, path = %a.telemetry_path, "serving metrics");
         }
         server::run(listeners, state, shutdown_signal()).await;
-        tokio::task::spawn_blocking(move || handle.stop())
+        let stopped = tokio::task::spawn_blocking(move || handle.stop(poller::STOP_TIMEOUT))
             .await
-            .ok();
+            .unwrap_or(false);
+        if !stopped {
+            tracing::warn!(
+                timeout = ?poller::STOP_TIMEOUT,
+                "the poller did not stop in time (stuck in a poll); exiting without it"
+            );
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The runtime, dropped without waiting long for blocking tasks (a bcrypt check): by
+/// then the drain is over, and shutdown must stay bounded.
+struct QuickShutdown(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for QuickShutdown {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        // Some until drop.
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for QuickShutdown {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 /// Picks up the listener memory a previous run left in `--state.file`, so a

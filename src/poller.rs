@@ -114,13 +114,28 @@ pub struct PollerHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How long shutdown waits for the poller thread after the HTTP drain.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PollerHandle {
-    /// Stops the thread and waits for it (a poll in progress finishes first).
-    pub fn stop(mut self) {
+    /// Stops the thread and waits for it, at most `within` (a poll in progress finishes
+    /// first). A poller stuck in the kernel (a read that never returns) is left behind:
+    /// returns false, and the process exits without it, so shutdown is bounded whatever
+    /// the poller does.
+    pub fn stop(mut self, within: Duration) -> bool {
         let _ = self.control.send(Control::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + within;
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = t.join();
+        true
     }
 }
 
