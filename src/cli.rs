@@ -116,6 +116,14 @@ pub struct ServeArgs {
     /// Requests served at once; more are answered 503. 0 means no limit.
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
+    /// How long writing an answer may make no progress (a client that does not read)
+    /// before the connection is closed.
+    #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_write_timeout)]
+    pub write_timeout: Duration,
+    /// Connections open at once; more are closed at once (a 503 on plain HTTP) and
+    /// counted in bindwatch_http_connections_refused_total. 0 means no limit.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
     /// Time a client has to send its request headers (and to finish the TLS handshake).
     #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_header_timeout)]
     pub read_header_timeout: Duration,
@@ -289,6 +297,9 @@ pub mod bounds {
     /// `--web.read-header-timeout`.
     pub const READ_HEADER_TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(600));
+    /// `--web.write-timeout`.
+    pub const WRITE_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(600));
     /// `--rebind.remember`.
     pub const REMEMBER: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
@@ -330,6 +341,10 @@ fn parse_poll_interval(s: &str) -> Result<Duration, String> {
 
 fn parse_header_timeout(s: &str) -> Result<Duration, String> {
     parse_bounded(s, bounds::READ_HEADER_TIMEOUT)
+}
+
+fn parse_write_timeout(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, bounds::WRITE_TIMEOUT)
 }
 
 fn parse_remember(s: &str) -> Result<Duration, String> {
@@ -426,6 +441,7 @@ mod tests {
             ("--poll.interval", "10ms"),
             ("--poll.interval", "1h"),
             ("--web.read-header-timeout", "10m"),
+            ("--web.write-timeout", "10m"),
             ("--rebind.remember", "168h"),
         ] {
             assert!(

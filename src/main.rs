@@ -181,6 +181,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         let listeners = server::Listeners::from(listeners);
         let local = listeners.local_addrs();
         let latest = Arc::new(poller::Latest::new());
+        if web.is_some() {
+            latest.http.set_web_config_ok(true);
+        }
         let state_sink = if a.source.state_file.as_os_str().is_empty() {
             None
         } else {
@@ -211,6 +214,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             limits: server::Limits {
                 max_requests: a.max_requests,
                 read_header_timeout: a.read_header_timeout,
+                write_timeout: a.write_timeout,
+                max_connections: a.max_connections,
             },
         });
         for address in local {

@@ -395,6 +395,33 @@ pub struct Extras {
     pub poll_cpu_seconds_total: f64,
     /// `--poll.cpu-budget`.
     pub cpu_budget: f64,
+    /// Connections refused by `--web.max-connections` since start.
+    pub http_connections_refused_total: u64,
+    /// Whether the last (re)load of `--web.config.file` worked; `None` without a file.
+    pub web_config_reload_ok: Option<bool>,
+}
+
+/// What the HTTP server counts, for the poller to render (it renders every poll; the
+/// server only bumps atomics).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub connections_refused: std::sync::atomic::AtomicU64,
+    /// 0: no `--web.config.file`; 1: its last (re)load failed; 2: it worked.
+    web_config: std::sync::atomic::AtomicU8,
+}
+
+impl HttpStats {
+    pub fn set_web_config_ok(&self, ok: bool) {
+        self.web_config
+            .store(if ok { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn web_config_ok(&self) -> Option<bool> {
+        match self.web_config.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
 }
 
 /// Renders the snapshots (one per watched network namespace; the name is `None`
@@ -478,6 +505,24 @@ fn collect(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: &Ex
         );
         w.sample("bindwatch_config_last_reload_successful", &[], b(ok));
     }
+    if let Some(ok) = extras.web_config_reload_ok {
+        w.family(
+            "bindwatch_web_config_last_reload_successful",
+            "gauge",
+            "1 when the last load of --web.config.file (or of a file it names) succeeded; 0 while an older web config stays active after a failed reload.",
+        );
+        w.sample("bindwatch_web_config_last_reload_successful", &[], b(ok));
+    }
+    w.family(
+        "bindwatch_http_connections_refused_total",
+        "counter",
+        "HTTP connections closed at once because --web.max-connections were open.",
+    );
+    w.sample(
+        "bindwatch_http_connections_refused_total",
+        &[],
+        extras.http_connections_refused_total as f64,
+    );
     for (netns, s) in snaps {
         w.netns = netns.map(str::to_string);
         render_snapshot(&mut w, s);

@@ -433,6 +433,11 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         netns_poll_seconds: st.netns_poll_seconds.clone(),
         poll_cpu_seconds_total: st.poll_cpu_total,
         cpu_budget: st.budget.fraction,
+        http_connections_refused_total: latest
+            .http
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        web_config_reload_ok: latest.http.web_config_ok(),
     };
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last

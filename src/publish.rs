@@ -38,6 +38,8 @@ impl Published {
 pub struct Latest {
     // A std Mutex: it is held only to clone an Arc, never across an await.
     inner: Mutex<Arc<Published>>,
+    /// Counted by the HTTP server, rendered by the poller.
+    pub http: metrics::HttpStats,
 }
 
 impl Latest {
@@ -51,6 +53,7 @@ impl Latest {
                 landing: Arc::from(""),
                 last_success: None,
             })),
+            http: metrics::HttpStats::default(),
         }
     }
 

@@ -40,14 +40,24 @@ pub const MAX_REQUESTS: usize = 40;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+/// Default of `--web.write-timeout`: how long writing an answer may make no progress.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `--web.max-connections`.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Limits on what one client can hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Requests served at once; more get 503. 0: no limit.
     pub max_requests: usize,
-    /// Time to send the request headers (and to finish a TLS handshake).
+    /// Time to send the request headers (and to finish a TLS handshake); also how long
+    /// a keep-alive connection may sit idle between requests.
     pub read_header_timeout: Duration,
+    /// How long a write to the client may make no progress before the connection is
+    /// closed (a client that does not read its answer).
+    pub write_timeout: Duration,
+    /// Connections open at once; more are refused at once. 0: no limit.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +65,8 @@ impl Default for Limits {
         Limits {
             max_requests: MAX_REQUESTS,
             read_header_timeout: HEADER_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -192,6 +204,8 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let in_flight = (state.limits.max_requests > 0)
         .then(|| Arc::new(Semaphore::new(state.limits.max_requests)));
+    let open = (state.limits.max_connections > 0)
+        .then(|| Arc::new(Semaphore::new(state.limits.max_connections)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -213,11 +227,24 @@ pub async fn run(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, %peer, "setting TCP_NODELAY failed");
                 }
+                // Each open connection holds kernel buffers and, while it writes, a
+                // snapshot's bytes: their number is capped, the excess refused at once.
+                let slot = match &open {
+                    None => None,
+                    Some(sem) => match sem.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            refuse(stream, &state);
+                            continue;
+                        }
+                    },
+                };
                 let state = state.clone();
                 let in_flight = in_flight.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     serve_connection(stream, peer, state, in_flight, watcher).await;
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,
@@ -227,6 +254,124 @@ pub async fn run(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timed out; closing remaining connections"),
+    }
+}
+
+/// The answer to a connection beyond `--web.max-connections` (plain HTTP only: on a TLS
+/// port the connection is just closed).
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 50\r\n\r\ntoo many open connections (--web.max-connections)\n";
+
+/// Refuses a connection over the cap: counted, answered if that can be done without
+/// waiting, closed.
+fn refuse(stream: TcpStream, state: &AppState) {
+    state
+        .latest
+        .http
+        .connections_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !state.web.as_ref().is_some_and(|w| w.tls_enabled()) {
+        let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+    }
+    tracing::debug!("connection refused: --web.max-connections reached");
+}
+
+/// A stream whose writes fail with `TimedOut` once they made no progress for the
+/// timeout: hyper (and rustls above it) then drop the connection, and with it the
+/// answer it held. Reads pass through (hyper bounds them with the header timeout).
+pub struct WriteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// `Pending` from the inner stream: starts or checks the stall timer.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let timeout = self.timeout;
+        let t = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for --web.write-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        r: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stall(cx),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(r, cx)
     }
 }
 
@@ -241,6 +386,7 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let timeout = state.limits.read_header_timeout;
+    let stream = WriteTimeout::new(stream, state.limits.write_timeout);
     // Decided per connection, so a rotated certificate applies to the next handshake.
     let tls = match &state.web {
         Some(w) if w.tls_enabled() => w.current().tls.clone(),
@@ -291,11 +437,11 @@ async fn serve_connection(
 
 /// TLS handshake; `Ok(None)` when the client spoke plain HTTP (answered with a 400).
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: WriteTimeout<TcpStream>,
     cfg: Arc<rustls::ServerConfig>,
-) -> std::io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<WriteTimeout<TcpStream>>>> {
     let mut first = [0u8; 1];
-    let n = stream.peek(&mut first).await?;
+    let n = stream.get_ref().peek(&mut first).await?;
     // A TLS connection starts with a handshake record (22); HTTP with a method name.
     if n == 1 && first[0].is_ascii_uppercase() {
         let _ = stream.write_all(PLAIN_HTTP_ON_TLS).await;
@@ -377,7 +523,11 @@ async fn serve_request(
     in_flight: Option<Arc<Semaphore>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let active = state.web.as_ref().map(|w| w.current());
+    let active = state.web.as_ref().map(|w| {
+        let a = w.current();
+        state.latest.http.set_web_config_ok(w.last_reload_ok());
+        a
+    });
     let mut slot = None;
     // Reload requests wait for a coalesced reload (seconds at worst) and cost nothing
     // meanwhile: they must not take the slots scrapes need.
@@ -575,6 +725,16 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_content_length_is_its_body() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+    }
 
     #[test]
     fn listen_addresses() {

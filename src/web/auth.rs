@@ -284,6 +284,38 @@ mod tests {
         assert_eq!(auth.dummy_cost, 4, "unknown users cost what known ones do");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guesses_beyond_the_pool_are_refused_and_verified_users_never_wait() {
+        let hash = bcrypt::hash("secret", 6).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([(
+            "alice".to_string(),
+            hash,
+        )])));
+        let good = header("alice", "secret");
+        assert_eq!(auth.check(Some(&good)).await, Verdict::Allowed);
+        let n = BCRYPT_PENDING + 12;
+        let guesses: Vec<_> = (0..n)
+            .map(|i| {
+                let a = auth.clone();
+                tokio::spawn(async move { a.check(Some(&header("alice", &format!("w{i}")))).await })
+            })
+            .collect();
+        // While the pool is full, the cached credentials are still accepted.
+        assert_eq!(auth.check(Some(&good)).await, Verdict::Allowed);
+        let mut verdicts = Vec::new();
+        for g in guesses {
+            verdicts.push(g.await.unwrap());
+        }
+        let busy = verdicts.iter().filter(|v| **v == Verdict::Busy).count();
+        let denied = verdicts.iter().filter(|v| **v == Verdict::Denied).count();
+        assert_eq!(busy + denied, n, "no guess is allowed: {verdicts:?}");
+        assert!(denied >= 1, "some guesses are checked: {verdicts:?}");
+        assert!(
+            busy >= 1,
+            "guesses beyond the pool are refused: {verdicts:?}"
+        );
+    }
+
     #[test]
     fn cache_is_bounded() {
         let auth = BasicAuth::new(BTreeMap::new());

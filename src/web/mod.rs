@@ -138,6 +138,8 @@ struct Live {
 pub struct WebState {
     path: PathBuf,
     tls: bool,
+    /// Whether the last (re)load worked (`bindwatch_web_config_last_reload_successful`).
+    last_ok: std::sync::atomic::AtomicBool,
     // A std Mutex: held for a few stats, or for a rebuild (milliseconds), never across
     // an await.
     live: Mutex<Live>,
@@ -162,6 +164,7 @@ impl WebState {
         Ok(WebState {
             path: path.to_path_buf(),
             tls: active.tls.is_some(),
+            last_ok: std::sync::atomic::AtomicBool::new(true),
             live: Mutex::new(Live {
                 stamps: stamps(&files),
                 files,
@@ -172,6 +175,11 @@ impl WebState {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the last load of the file (or of a file it names) worked.
+    pub fn last_reload_ok(&self) -> bool {
+        self.last_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the listener speaks TLS.
@@ -194,6 +202,8 @@ impl WebState {
                 live.stamps = stamps(&files);
                 live.files = files;
                 live.active = Arc::new(active);
+                self.last_ok
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Ok((_, _, files)) => {
                 tracing::warn!(
@@ -202,9 +212,13 @@ impl WebState {
                 );
                 live.files = files;
                 live.stamps = stamps(&live.files);
+                self.last_ok
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!("web config reload failed, the previous one stays active: {e}");
+                self.last_ok
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
         live.active.clone()

@@ -1,0 +1,261 @@
+//! What one client can hold: a write timeout for clients that never read their answer,
+//! a cap on open connections (with a counter of the refused ones), and the metric of a
+//! failed live reload of `--web.config.file`. The real binary, each test in its own
+//! network namespace, clients on loopback, every wait bounded.
+
+mod common;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A scratch directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("bindwatch-lim-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("mkdir");
+        Dir(d)
+    }
+
+    fn write(&self, f: &str, text: &str) -> String {
+        let p = self.0.join(f);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).expect("mkdir");
+        }
+        fs::write(&p, text).expect("write");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `bindwatch serve` on `port`, killed on drop.
+struct Agent(Child, SocketAddr);
+
+impl Agent {
+    fn start(port: u16, extra: &[&str]) -> Agent {
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(bin())
+            .args([
+                "serve",
+                "--web.listen-address",
+                &listen,
+                "--state.file",
+                "",
+                "--poll.interval",
+                "300ms",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn bindwatch");
+        let addr: SocketAddr = listen.parse().expect("addr");
+        let up = eventually(Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(up, "bindwatch listens");
+        Agent(child, addr)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fake procfs with `n` TCP listeners, so that /metrics is large (about 680 bytes
+/// per listener with `--ports.max` above `n`).
+fn big_procfs(dir: &Dir, n: u16) -> String {
+    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    let mut tcp = head.to_string();
+    for i in 0..n {
+        tcp.push_str(&format!(
+            "{i:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {} 1 0000000000000000 100 0 0 10 0\n",
+            20000 + i,
+            900_000 + u32::from(i)
+        ));
+    }
+    dir.write("proc/net/tcp", &tcp);
+    for f in ["tcp6", "udp", "udp6"] {
+        dir.write(&format!("proc/net/{f}"), head);
+    }
+    dir.0.join("proc").to_string_lossy().into_owned()
+}
+
+/// A client that asks for /metrics and does not read (a 4 KiB receive buffer).
+fn stalled_reader(addr: SocketAddr) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("connect");
+    (&s).write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    s
+}
+
+/// A client that never reads its 2 MB answer is cut off after `--web.write-timeout`
+/// (the whole body would otherwise wait for it forever, and with it the snapshot).
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    in_netns(|| {
+        // Loopback autotunes send buffers to 4 MB, which would take the whole body.
+        run_ok("sysctl", &["-qw", "net.ipv4.tcp_wmem=4096 16384 65536"]);
+        let dir = Dir::new("wto");
+        let procfs = big_procfs(&dir, 3000);
+        let agent = Agent::start(
+            18801,
+            &[
+                "--path.procfs",
+                &procfs,
+                "--source",
+                "procfs",
+                "--ports.max",
+                "5000",
+                "--web.write-timeout",
+                "2s",
+            ],
+        );
+        let full = eventually(Duration::from_secs(20), || {
+            http_get(agent.1, "/metrics", &[])
+                .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_500_000)
+        });
+        assert!(full, "a large body");
+        let body_len = http_get(agent.1, "/metrics", &[]).expect("scrape").2.len();
+        let s = stalled_reader(agent.1);
+        // Well past the timeout, then read what the server wrote before it gave up.
+        std::thread::sleep(Duration::from_secs(5));
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = 0usize;
+        let mut buf = [0u8; 65536];
+        let t = Instant::now();
+        let ended = loop {
+            match (&s).read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    break false
+                }
+                Err(e) => panic!("reading: {e}"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "bounded");
+        };
+        assert!(ended, "the server closed the connection");
+        assert!(
+            got < body_len,
+            "cut off: read {got} of {body_len} bytes after the server gave up"
+        );
+        // Scrapes go on.
+        assert_eq!(http_get(agent.1, "/metrics", &[]).expect("scrape").0, 200);
+    });
+}
+
+/// Connections beyond `--web.max-connections` are refused at once with a 503 naming the
+/// flag, and counted in `bindwatch_http_connections_refused_total`.
+#[test]
+fn connections_beyond_the_cap_are_refused_and_counted() {
+    in_netns(|| {
+        let agent = Agent::start(18802, &["--web.max-connections", "4"]);
+        let idle: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(agent.1).expect("connect"))
+            .collect();
+        // Until the agent has accepted the idle ones, a probe may still get in (and,
+        // with `Connection: close`, leave again): count the refusals actually seen.
+        let probe = || {
+            let mut s = TcpStream::connect(agent.1).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let mut refused = 0u32;
+        let t0 = Instant::now();
+        while refused < 3 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never refused");
+            let answer = probe();
+            if answer.starts_with("HTTP/1.1 503") {
+                assert!(answer.contains("--web.max-connections"), "{answer:?}");
+                assert!(
+                    answer.ends_with("(--web.max-connections)\n"),
+                    "whole body: {answer:?}"
+                );
+                refused += 1;
+            } else {
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        drop(idle);
+        let mut last = None;
+        let counted = eventually(Duration::from_secs(10), || {
+            let Ok((200, _, body)) = http_get(agent.1, "/metrics", &[]) else {
+                return false;
+            };
+            last = Metrics::parse(&String::from_utf8_lossy(&body))
+                .get("bindwatch_http_connections_refused_total", &[]);
+            last == Some(f64::from(refused))
+        });
+        assert!(
+            counted,
+            "bindwatch_http_connections_refused_total: {last:?}"
+        );
+    });
+}
+
+/// A live reload of `--web.config.file` that fails keeps the old config and says so in
+/// `bindwatch_web_config_last_reload_successful`; a good file sets it back to 1.
+#[test]
+fn a_failed_web_config_reload_shows_in_a_metric() {
+    in_netns(|| {
+        let dir = Dir::new("webreload");
+        let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+        let good = format!("basic_auth_users:\n  alice: {hash}\n");
+        let cfg = dir.write("web.yml", &good);
+        let agent = Agent::start(18803, &["--web.config.file", &cfg]);
+        // "alice:pw"
+        let auth = [("Authorization", "Basic YWxpY2U6cHc=")];
+        let metric = |want: f64| {
+            let mut last = None;
+            let ok = eventually(Duration::from_secs(10), || {
+                let Ok((200, _, body)) = http_get(agent.1, "/metrics", &auth) else {
+                    return false;
+                };
+                last = Metrics::parse(&String::from_utf8_lossy(&body))
+                    .get("bindwatch_web_config_last_reload_successful", &[]);
+                last == Some(want)
+            });
+            assert!(
+                ok,
+                "bindwatch_web_config_last_reload_successful: {last:?}, want {want}"
+            );
+        };
+        metric(1.0);
+        // Another size, so the change is seen even within one mtime tick.
+        fs::write(
+            &cfg,
+            "basic_auth_users:\n  alice: [not, a, hash]\n# broken\n",
+        )
+        .expect("write");
+        metric(0.0);
+        fs::write(&cfg, &good).expect("write");
+        metric(1.0);
+    });
+}
