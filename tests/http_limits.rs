@@ -172,8 +172,17 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
 fn connections_beyond_the_cap_are_refused_and_counted() {
     in_netns(|| {
         let agent = Agent::start(18802, &["--web.max-connections", "4"]);
+        // Serving (first poll done, accepting) before the cap is filled.
+        assert!(eventually(Duration::from_secs(20), || {
+            matches!(http_get(agent.1, "/healthz", &[]), Ok((200, _, _)))
+        }));
         let idle: Vec<TcpStream> = (0..4)
-            .map(|_| TcpStream::connect(agent.1).expect("connect"))
+            .map(|_| {
+                let mut s = TcpStream::connect(agent.1).expect("connect");
+                // The start of a request that never ends (until the header timeout).
+                let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+                s
+            })
             .collect();
         // Until the agent has accepted the idle ones, a probe may still get in (and,
         // with `Connection: close`, leave again): count the refusals actually seen.
@@ -189,7 +198,7 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
         let mut refused = 0u32;
         let t0 = Instant::now();
         while refused < 3 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "never refused");
+            assert!(t0.elapsed() < Duration::from_secs(8), "never refused");
             let answer = probe();
             if answer.starts_with("HTTP/1.1 503") {
                 assert!(answer.contains("--web.max-connections"), "{answer:?}");
@@ -204,6 +213,8 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
             }
         }
         drop(idle);
+        // Our own scrapes below may be refused too while the server notices the idle
+        // ones are gone: at least the refusals seen are counted.
         let mut last = None;
         let counted = eventually(Duration::from_secs(10), || {
             let Ok((200, _, body)) = http_get(agent.1, "/metrics", &[]) else {
@@ -211,7 +222,7 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
             };
             last = Metrics::parse(&String::from_utf8_lossy(&body))
                 .get("bindwatch_http_connections_refused_total", &[]);
-            last == Some(f64::from(refused))
+            last.is_some_and(|v| v >= f64::from(refused))
         });
         assert!(
             counted,
