@@ -1019,6 +1019,9 @@ fn serve_phase(
             cpu_budget,
             "--log.level",
             "warn",
+            // Never the host's /run/bindwatch/state.json.
+            "--state.file",
+            "",
         ])
         .stdout(Stdio::null())
         .spawn()

@@ -1,11 +1,12 @@
 //! One poll: socket table -> [`Snapshot`]. Keeps what must survive between polls:
-//! the owner cache and the memory of each endpoint's last-seen listener flags, so
-//! the leftovers of a daemon that just died are judged with its flags.
+//! the owner cache and the memory of each endpoint's listener generations, so the
+//! leftovers of a daemon that just died are judged with its flags where
+//! [`rebind::memory`] says they may be (the rule lives there, not here).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Service;
 use crate::conflict;
@@ -13,6 +14,7 @@ use crate::model::{
     Endpoint, EndpointRisk, Family, Listener, Owner, Protocol, Snapshot, Socket, State, StateCounts,
 };
 use crate::rebind;
+use crate::rebind::memory::{self, Generation};
 use crate::source::netlink::ALL_STATES;
 use crate::source::owners::{Capabilities, OwnerResolver};
 use crate::source::sysctl::{self, PortAllocation};
@@ -31,6 +33,9 @@ pub struct CollectOptions {
     pub ports_max: usize,
     /// How long a vanished listener's flags are remembered.
     pub remember: Duration,
+    /// The agent's poll interval: a vanished listener's leftovers are trusted to
+    /// it only within one interval of its last sighting (`rebind::memory`).
+    pub poll_interval: Duration,
     /// Whether to resolve owners and flags (needs /proc/PID/fd access and pidfd).
     pub owners: bool,
     /// At most this many non-listener sockets are probed for flags per poll.
@@ -61,6 +66,7 @@ impl CollectOptions {
             source: SourceChoice::Auto,
             ports_max: 1000,
             remember: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(5),
             owners: true,
             probe_max: 256,
             probe_all: false,
@@ -73,13 +79,25 @@ impl CollectOptions {
     }
 }
 
-/// A listener as last seen.
+/// What is remembered of one endpoint: its listener generations (oldest first)
+/// and the owner of the newest.
 #[derive(Debug, Clone)]
 struct Remembered {
-    socket: Socket,
+    generations: Vec<Generation>,
     owner: Option<Owner>,
-    last_seen: Instant,
-    seen_at: SystemTime,
+}
+
+/// Gone generations kept per endpoint beyond the live ones (restarts); older ones
+/// are forgotten, which only makes answers unknown, never wrong.
+const GONE_GENERATIONS_KEPT: usize = 4;
+
+impl Remembered {
+    /// The newest generation (the one a restart would replace).
+    fn newest(&self) -> Option<&Generation> {
+        self.generations
+            .iter()
+            .max_by(|a, b| a.last_seen.total_cmp(&b.last_seen))
+    }
 }
 
 /// Polls the kernel and builds snapshots.
@@ -96,10 +114,19 @@ pub struct Collector {
     table_view: Option<TableView>,
     /// CPU seconds of the table walk of the last poll, if it walked (for the budget).
     pub last_walk_cpu: Option<f64>,
+    /// Leftovers on remembered ports that no generation explains (cumulative).
+    unexplained_total: u64,
+    /// Whether the last poll found new unexplained leftovers (poll sooner).
+    early_poll: bool,
+    /// When the last poll read the table (Unix seconds).
+    previous_poll: Option<f64>,
 }
 
 /// What one walk of the whole TCP table yields.
 struct TableView {
+    /// (port, local address, cookie) of the sockets on ports of interest that are
+    /// not TIME_WAIT, bounded by [`COOKIES_MAX`]: the children listeners had.
+    cookies: Vec<(u16, std::net::IpAddr, u64)>,
     counts: FastCounts,
     port_sockets: Vec<Socket>,
     ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
@@ -151,6 +178,9 @@ impl Collector {
             ports_dropped_total: 0,
             table_view: None,
             last_walk_cpu: None,
+            unexplained_total: 0,
+            early_poll: false,
+            previous_poll: None,
         })
     }
 
@@ -178,25 +208,41 @@ impl Collector {
         self.resolver().stats
     }
 
-    /// The remembered listeners, for the state file.
+    /// The remembered listener generations, for the state file.
     pub fn memory_entries(&self) -> Vec<state::Entry> {
         self.memory
             .values()
-            .map(|r| state::Entry::from_socket(&r.socket, r.owner.as_ref(), r.seen_at))
+            .flat_map(|r| {
+                r.generations.iter().map(|g| state::Entry {
+                    children: g.children.clone(),
+                    first_seen: Some(g.first_seen),
+                    gone_at: g.gone_at,
+                    last_seen: g.last_seen,
+                    ..state::Entry::from_socket(&g.listener, r.owner.as_ref(), UNIX_EPOCH)
+                })
+            })
             .collect()
     }
 
-    /// Seeds the memory from a state file written by a running agent; live
-    /// listeners seen by the next poll take precedence.
-    pub fn remember(&mut self, entries: &[state::Entry]) {
-        let now = Instant::now();
+    /// Leftovers on remembered ports that no remembered generation explains.
+    pub fn unexplained_total(&self) -> u64 {
+        self.unexplained_total
+    }
+
+    /// The last poll found leftovers memory cannot explain: a listener may have come
+    /// and gone unseen, so the next poll should come sooner.
+    pub fn wants_early_poll(&self) -> bool {
+        self.early_poll
+    }
+
+    /// Seeds the memory from a state file; `interval` is its writer's poll interval
+    /// (which bounds how long after a sighting leftovers are trusted to a listener).
+    /// Generations seen by the next poll are extended, the others marked gone.
+    pub fn remember(&mut self, entries: &[state::Entry], interval: Duration) {
         for e in entries {
             let Some(socket) = e.to_socket() else {
                 continue;
             };
-            let age = SystemTime::now()
-                .duration_since(e.seen_at())
-                .unwrap_or_default();
             let owner = e.process.as_ref().map(|p| Owner {
                 pid: 0,
                 process: p.clone(),
@@ -204,11 +250,26 @@ impl Collector {
                 user: e.user.clone().unwrap_or_else(|| e.uid.to_string()),
                 unit: None,
             });
-            self.memory.entry(endpoint(&socket)).or_insert(Remembered {
-                socket,
-                owner,
-                last_seen: now.checked_sub(age).unwrap_or(now),
-                seen_at: e.seen_at(),
+            let r = self.memory.entry(endpoint(&socket)).or_insert(Remembered {
+                generations: Vec::new(),
+                owner: None,
+            });
+            if r.generations.len() >= GONE_GENERATIONS_KEPT * 4 {
+                continue; // a file cannot make the memory grow without bound
+            }
+            r.owner = r.owner.take().or(owner);
+            let mut children = e.children.clone();
+            children.sort_unstable();
+            children.dedup();
+            children.truncate(memory::CHILDREN_MAX);
+            r.generations.push(Generation {
+                children,
+                listener: socket,
+                // An older file knows only the last sighting.
+                first_seen: e.first_seen.unwrap_or(e.last_seen).min(e.last_seen),
+                last_seen: e.last_seen,
+                gone_at: e.gone_at,
+                interval: interval.as_secs_f64(),
             });
         }
     }
@@ -266,6 +327,7 @@ impl Collector {
                 .map(|(_, n)| *n),
         );
         let mut walk = Walk {
+            cookies: Vec::new(),
             listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
             wanted: wanted_set,
             allocation,
@@ -297,6 +359,7 @@ impl Collector {
         }
         let Walk {
             counts,
+            cookies,
             mut port_sockets,
             mut folder,
             tally,
@@ -304,6 +367,7 @@ impl Collector {
         } = walk;
         folder.finish(&mut port_sockets);
         Ok(TableView {
+            cookies,
             counts,
             port_sockets,
             ephemeral_top: tally.top(self.opts.ephemeral_top_k),
@@ -317,7 +381,6 @@ impl Collector {
         extra_ports: &[(Protocol, u16)],
         walk_table: bool,
     ) -> Result<Snapshot, CollectError> {
-        let now = Instant::now();
         let allocation = match sysctl::read_port_allocation(&self.opts.procfs) {
             Ok(a) => a,
             Err(e) => {
@@ -331,6 +394,7 @@ impl Collector {
         self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
             tcp_listeners.push(s.clone())
         })?;
+        let listeners_at = state::unix(SystemTime::now());
         let mut udp = Vec::new();
         self.table
             .dump(Protocol::Udp, ALL_STATES, &mut |s| udp.push(s.clone()))?;
@@ -358,11 +422,19 @@ impl Collector {
         // 3. The TCP table (everything but listeners, which step 1 read fresh):
         // walked in full when `walk_table` is set, else the last walk is reused, so a
         // CPU budget can space out the expensive view while listeners stay fresh.
-        if walk_table || self.table_view.is_none() {
+        let walked = walk_table || self.table_view.is_none();
+        if walked {
             let cpu = thread_cpu_seconds();
             self.table_view = Some(self.walk_table(&wanted, &tcp_listeners, &allocation)?);
             self.last_walk_cpu = Some((thread_cpu_seconds() - cpu).max(0.0));
         }
+        // A second look at the listeners: one seen before and after the walk was
+        // certainly listening while the walk read its children.
+        let mut still_listening: HashSet<u64> = HashSet::new();
+        self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
+            still_listening.insert(s.inode);
+        })?;
+        let confirmed_at = state::unix(SystemTime::now());
         let view = self.table_view.as_ref().ok_or(CollectError::NoTableView)?;
         let mut counts = view.counts.clone();
         for s in tcp_listeners.iter().chain(&udp) {
@@ -403,36 +475,47 @@ impl Collector {
                 owner: owner_of.get(&s.inode).cloned(),
             })
             .collect();
-        for l in &listeners {
-            self.memory.insert(
-                endpoint(&l.socket),
-                Remembered {
-                    socket: l.socket.clone(),
-                    owner: l.owner.clone(),
-                    last_seen: now,
-                    seen_at: SystemTime::now(),
-                },
-            );
-        }
+        self.track_generations(&listeners, listeners_at);
+        let walk_cookies = if walked {
+            self.table_view.as_ref().map(|v| v.cookies.as_slice())
+        } else {
+            None
+        };
+        confirm_generations(
+            &mut self.memory,
+            &still_listening,
+            confirmed_at,
+            walk_cookies,
+        );
         let busy: HashSet<(Protocol, u16)> = port_sockets
             .iter()
             .map(|s| (s.protocol, s.local.port()))
             .collect();
-        let remember = self.opts.remember;
+        let remember = self.opts.remember.as_secs_f64();
         self.memory.retain(|e, r| {
-            now.duration_since(r.last_seen) < remember || busy.contains(&(e.protocol, e.port))
+            r.generations
+                .retain(|g| g.gone_at.is_none() || listeners_at - g.last_seen < remember);
+            !r.generations.is_empty()
+                && (r
+                    .newest()
+                    .is_some_and(|g| listeners_at - g.last_seen < remember)
+                    || busy.contains(&(e.protocol, e.port)))
         });
 
-        // 6. Leftovers inherit the flags of their (live or remembered) listener.
-        let known_listeners: Vec<Socket> = self.memory.values().map(|r| r.socket.clone()).collect();
+        // 6. Leftovers get the flags memory may decide for them (rebind::memory).
+        let known_listeners: Vec<Socket> = self
+            .memory
+            .values()
+            .filter_map(|r| r.newest().map(|g| g.listener.clone()))
+            .collect();
         // Everything below is per port: group once instead of filtering per endpoint
         // (hundreds of listening ports times thousands of sockets at scale).
-        let mut listeners_by_port: HashMap<(Protocol, u16), Vec<Socket>> = HashMap::new();
-        for l in &known_listeners {
-            listeners_by_port
-                .entry((l.protocol, l.local.port()))
+        let mut generations_by_port: HashMap<(Protocol, u16), Vec<Generation>> = HashMap::new();
+        for (ep, r) in &self.memory {
+            generations_by_port
+                .entry((ep.protocol, ep.port))
                 .or_default()
-                .push(l.clone());
+                .extend(r.generations.iter().cloned());
         }
         let mut by_port: HashMap<(Protocol, u16), Vec<Socket>> = HashMap::new();
         for s in port_sockets.drain(..) {
@@ -441,11 +524,29 @@ impl Collector {
                 .or_default()
                 .push(s);
         }
+        let clock = memory::Clock {
+            now: state::unix(table_taken_at),
+            fin_timeout: read_fin_timeout(&self.opts.procfs),
+            previous_poll: self.previous_poll,
+        };
+        let mut tally = memory::Tally::default();
         for (key, socks) in by_port.iter_mut() {
-            if let Some(ls) = listeners_by_port.get(key) {
-                rebind::inherit_from_listeners(socks, ls);
+            if let Some(gens) = generations_by_port.get(key) {
+                let t = memory::inherit(socks, gens, &clock);
+                tally.inherited += t.inherited;
+                tally.unexplained += t.unexplained;
+                tally.unexplained_new += t.unexplained_new;
             }
         }
+        if tally.unexplained_new > 0 {
+            tracing::debug!(
+                new = tally.unexplained_new,
+                "leftovers no remembered listener explains; polling sooner"
+            );
+        }
+        self.unexplained_total += tally.unexplained_new;
+        self.early_poll = tally.unexplained_new > 0;
+        self.previous_poll = Some(clock.now);
 
         // 7. Rebind risk per endpoint.
         let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
@@ -453,18 +554,19 @@ impl Collector {
         let risks = self
             .memory
             .iter()
-            .map(|(ep, r)| {
+            .filter_map(|(ep, r)| {
+                let listener = &r.newest()?.listener;
                 let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
-                let restart = rebind::judge_restart(&r.socket, on_port);
-                EndpointRisk {
+                let restart = rebind::judge_restart(listener, on_port);
+                Some(EndpointRisk {
                     endpoint: *ep,
-                    listener: r.socket.clone(),
+                    listener: listener.clone(),
                     owner: r.owner.clone(),
                     gone: !live.contains(ep),
                     without_reuseaddr: restart.without_reuseaddr,
                     with_reuseaddr: restart.with_reuseaddr,
                     restart: restart.own_flags,
-                }
+                })
             })
             .collect();
         let mut ports_sorted: Vec<((Protocol, u16), Vec<Socket>)> = by_port.into_iter().collect();
@@ -502,12 +604,75 @@ impl Collector {
                 }
             },
             ports_dropped_total: self.ports_dropped_total,
+            memory_unexplained_total: self.unexplained_total,
             ports: wanted,
             owners: owner_of,
             watched,
             ephemeral_top,
             table_taken_at,
         })
+    }
+
+    /// Extends the generation of each live listener (same inode) or starts a new
+    /// one, and marks generations that this poll no longer sees as gone.
+    fn track_generations(&mut self, listeners: &[Listener], at: f64) {
+        let interval = self.opts.poll_interval.as_secs_f64();
+        let mut seen: HashSet<(Endpoint, u64)> = HashSet::new();
+        for l in listeners {
+            let ep = endpoint(&l.socket);
+            seen.insert((ep, l.socket.inode));
+            let r = self.memory.entry(ep).or_insert(Remembered {
+                generations: Vec::new(),
+                owner: None,
+            });
+            if l.owner.is_some() || r.owner.is_none() {
+                r.owner = l.owner.clone();
+            }
+            let same = r.generations.iter_mut().find(|g| {
+                g.gone_at.is_none() && l.socket.inode != 0 && g.listener.inode == l.socket.inode
+            });
+            match same {
+                Some(g) => {
+                    // Flags learnt now (e.g. a probe that failed before) are kept.
+                    let mut socket = l.socket.clone();
+                    socket.flags.reuseaddr = socket.flags.reuseaddr.or(g.listener.flags.reuseaddr);
+                    socket.flags.reuseport = socket.flags.reuseport.or(g.listener.flags.reuseport);
+                    socket.v6only = socket.v6only.or(g.listener.v6only);
+                    g.listener = socket;
+                    g.last_seen = g.last_seen.max(at);
+                    g.interval = interval;
+                }
+                None => r.generations.push(Generation {
+                    children: Vec::new(),
+                    listener: l.socket.clone(),
+                    first_seen: at,
+                    last_seen: at,
+                    gone_at: None,
+                    interval,
+                }),
+            }
+        }
+        for (ep, r) in self.memory.iter_mut() {
+            for g in r.generations.iter_mut() {
+                if g.gone_at.is_none() && !seen.contains(&(*ep, g.listener.inode)) {
+                    g.gone_at = Some(at.max(g.last_seen));
+                }
+            }
+            // Forget the oldest gone generations beyond the bound.
+            let gone = r.generations.iter().filter(|g| g.gone_at.is_some()).count();
+            if gone > GONE_GENERATIONS_KEPT {
+                let mut drop = gone - GONE_GENERATIONS_KEPT;
+                r.generations
+                    .sort_by(|a, b| a.last_seen.total_cmp(&b.last_seen));
+                r.generations.retain(|g| {
+                    let forget = drop > 0 && g.gone_at.is_some();
+                    if forget {
+                        drop -= 1;
+                    }
+                    !forget
+                });
+            }
+        }
     }
 
     /// Resolves owners of listeners and of sockets on ports of interest, and reads
@@ -569,6 +734,56 @@ impl Collector {
     }
 }
 
+/// Generations whose listener the second dump still saw (same inode) were
+/// listening throughout the poll: their last sighting moves to `at`, and, when the
+/// poll walked the table, the cookies it read on their addresses become their
+/// children.
+fn confirm_generations(
+    memory: &mut BTreeMap<Endpoint, Remembered>,
+    still_listening: &HashSet<u64>,
+    at: f64,
+    cookies: Option<&[(u16, std::net::IpAddr, u64)]>,
+) {
+    let mut by_port: HashMap<u16, Vec<(std::net::IpAddr, u64)>> = HashMap::new();
+    for &(port, ip, cookie) in cookies.unwrap_or_default() {
+        by_port.entry(port).or_default().push((ip, cookie));
+    }
+    for (ep, r) in memory.iter_mut() {
+        for g in r.generations.iter_mut() {
+            let alive = g.gone_at.is_none()
+                && g.listener.inode != 0
+                && g.listener.protocol == Protocol::Tcp
+                && still_listening.contains(&g.listener.inode);
+            if !alive {
+                continue;
+            }
+            g.last_seen = g.last_seen.max(at);
+            if cookies.is_none() {
+                continue;
+            }
+            let mut children: Vec<u64> = by_port
+                .get(&ep.port)
+                .into_iter()
+                .flatten()
+                .filter(|(ip, _)| g.may_parent_at(Protocol::Tcp, *ip, ep.port))
+                .map(|&(_, c)| c)
+                .take(memory::CHILDREN_MAX)
+                .collect();
+            children.sort_unstable();
+            g.children = children;
+        }
+    }
+}
+
+/// `net.ipv4.tcp_fin_timeout` in seconds (the kernel's default, 60, if unreadable):
+/// the timer of a FIN_WAIT2 timewait socket (`rebind::memory::existed_at`).
+fn read_fin_timeout(procfs: &Path) -> f64 {
+    std::fs::read_to_string(procfs.join("sys/net/ipv4/tcp_fin_timeout"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or(60.0, f64::from)
+}
+
 /// CPU time of the calling thread, in seconds.
 pub fn thread_cpu_seconds() -> f64 {
     let mut ts = libc::timespec {
@@ -582,8 +797,13 @@ pub fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// Socket cookies a walk keeps at most (8 MB): beyond, fewer leftovers can be
+/// linked to their listener, none wrongly.
+const COOKIES_MAX: usize = 262_144;
+
 /// What one walk of the TCP table gathers, socket by socket.
 struct Walk<'a> {
+    cookies: Vec<(u16, std::net::IpAddr, u64)>,
     wanted: PortSet,
     listener_ports: PortSet,
     allocation: &'a PortAllocation,
@@ -610,6 +830,10 @@ impl Walk<'_> {
         self.counts.add(s);
         let port = s.local.port();
         if self.wanted.contains(port) {
+            // A TIME_WAIT already dates itself by its timer.
+            if s.cookie != 0 && s.state != State::TimeWait && self.cookies.len() < COOKIES_MAX {
+                self.cookies.push((port, s.local.ip(), s.cookie));
+            }
             self.folder.push(
                 s,
                 self.listener_ports.contains(port),

@@ -156,8 +156,18 @@ fn seed_from_state_file(c: &mut Collector, src: &SourceArgs) {
         return;
     }
     let netns = state::current_netns(&src.procfs);
-    match state::load(&src.state_file, netns, Duration::from_secs(600)) {
-        Ok(entries) => c.remember(&entries),
+    // Memory of a writer that is gone or late may miss listeners that came and went
+    // since its last poll: ignored, with one line saying so.
+    match state::load_live(
+        &src.state_file,
+        &src.procfs,
+        netns,
+        Duration::from_secs(600),
+    ) {
+        Ok(state::Live {
+            ignored: Some(why), ..
+        }) => tracing::warn!("{why}"),
+        Ok(live) => c.remember(&live.entries, live.interval),
         Err(e) => tracing::warn!("ignoring the state file: {e}"),
     }
 }

@@ -10,15 +10,19 @@
 //!   [`source::procnet`] (/proc/net fallback), [`source::owners`] (pids, flags via
 //!   pidfd), [`source::sysctl`] (ephemeral port range).
 //! - [`config`]: the watched-services file, validated with file/line errors.
-//! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict.
+//! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict;
+//!   [`rebind::memory`]: when a remembered listener generation may decide a
+//!   leftover's flags (pure, tested by a table of cases).
 //! - [`conflict`]: the pure port-conflict monitor (watched services).
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
-//! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener flags.
+//! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener
+//!   generations (tracking only; the rule is `rebind::memory`).
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; renders each snapshot once and publishes it.
 //! - [`publish`]: what the poller publishes and a scrape serves, and the requests the
 //!   server may send the poller (reload, stop): the server never imports the poller.
-//! - [`state`]: the state file sharing the agent's listener memory with `check`.
+//! - [`state`]: the state file sharing the agent's listener memory with `check`,
+//!   with the writer's heartbeat (pid, start time, poll interval).
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot`.

@@ -118,6 +118,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     opts.source = a.source.source;
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;
+    opts.poll_interval = a.poll_interval;
     // The owner scan is part of the poller's CPU: give it no more per poll than
     // a quarter of what the budget allows per interval (within 5-150 ms).
     if a.cpu_budget > 0.0 {
@@ -187,8 +188,14 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         let state_sink = if a.source.state_file.as_os_str().is_empty() {
             None
         } else {
-            bindwatch::state::current_netns(&a.source.procfs)
-                .map(|ns| poller::StateSink::new(a.source.state_file.clone(), ns))
+            bindwatch::state::current_netns(&a.source.procfs).map(|ns| {
+                poller::StateSink::new(
+                    a.source.state_file.clone(),
+                    ns,
+                    &a.source.procfs,
+                    a.poll_interval,
+                )
+            })
         };
         let handle = poller::spawn(
             target,
@@ -265,12 +272,18 @@ fn restore_memory(c: &mut Collector, a: &ServeArgs) {
         return;
     }
     let netns = bindwatch::state::current_netns(&a.source.procfs);
-    match bindwatch::state::load(&a.source.state_file, netns, a.remember) {
-        Ok(entries) if !entries.is_empty() => {
-            tracing::info!(listeners = entries.len(), path = %a.source.state_file.display(), "restored the memory of listeners");
-            c.remember(&entries);
+    // The previous run is gone by definition; its generations still say when they
+    // were seen, and rebind::memory trusts nothing past that (plus one interval).
+    match bindwatch::state::load_file(&a.source.state_file, netns) {
+        Ok(Some(file)) => {
+            let interval = bindwatch::state::writer_interval(&file);
+            let entries = bindwatch::state::recent(file, a.remember);
+            if !entries.is_empty() {
+                tracing::info!(listeners = entries.len(), path = %a.source.state_file.display(), "restored the memory of listeners");
+                c.remember(&entries, interval);
+            }
         }
-        Ok(_) => {}
+        Ok(None) => {}
         Err(e) => tracing::warn!("ignoring the state file: {e}"),
     }
 }

@@ -723,6 +723,16 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
         &[],
         s.ports_dropped_total as f64,
     );
+    w.family(
+        "bindwatch_memory_unexplained_leftovers_total",
+        "counter",
+        "Leftovers (TIME_WAIT, FIN_WAIT2) on remembered ports that no remembered listener explains: a listener may have come and gone between polls. Their flags stay unknown.",
+    );
+    w.sample(
+        "bindwatch_memory_unexplained_leftovers_total",
+        &[],
+        s.memory_unexplained_total as f64,
+    );
 }
 
 fn render_rebind(w: &mut Writer, s: &Snapshot) {

@@ -227,6 +227,11 @@ impl NetnsCollectors {
         }
     }
 
+    /// Whether any namespace's collector found leftovers its memory cannot explain.
+    pub fn wants_early_poll(&self) -> bool {
+        self.collectors.values().any(|(_, c)| c.wants_early_poll())
+    }
+
     /// Polls every namespace found now. A namespace that vanishes between discovery
     /// and entering is skipped quietly (its series disappear with it).
     pub fn poll(&mut self, services: &[Service]) -> NetnsPoll {

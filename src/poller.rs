@@ -23,56 +23,35 @@ use crate::netns::NetnsCollectors;
 pub use crate::publish::{Control, Latest, Published, ReloadReply};
 use crate::state;
 
-/// Where the listener memory is shared (see [`crate::state`]).
+/// Where the listener memory is shared (see [`crate::state`]). Written every
+/// poll: the heartbeat in it tells readers the agent is alive.
 pub struct StateSink {
     pub path: PathBuf,
     pub netns: u64,
-    last: Vec<state::Entry>,
-    written: Option<Instant>,
+    writer: state::Writer,
     failed: bool,
 }
 
 impl StateSink {
-    pub fn new(path: PathBuf, netns: u64) -> Self {
+    /// `procfs` gives this process's start time; `interval` is the poll interval.
+    pub fn new(path: PathBuf, netns: u64, procfs: &std::path::Path, interval: Duration) -> Self {
         StateSink {
             path,
             netns,
-            last: Vec::new(),
-            written: None,
+            writer: state::this_writer(procfs, interval, std::time::SystemTime::now()),
             failed: false,
         }
     }
 
-    /// Writes when the set of listeners changed, or every 30 s to refresh `last_seen`.
-    fn maybe_write(&mut self, entries: Vec<state::Entry>) {
-        let same = |a: &state::Entry, b: &state::Entry| {
-            state::Entry {
-                last_seen: 0.0,
-                ..a.clone()
-            } == state::Entry {
-                last_seen: 0.0,
-                ..b.clone()
-            }
-        };
-        let changed = entries.len() != self.last.len()
-            || entries.iter().zip(&self.last).any(|(a, b)| !same(a, b));
-        if !changed
-            && self
-                .written
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
-        {
-            return;
-        }
+    fn write(&mut self, entries: Vec<state::Entry>) {
+        self.writer.heartbeat = state::unix(std::time::SystemTime::now());
         let file = state::StateFile {
             netns: self.netns,
-            listeners: entries.clone(),
+            writer: Some(self.writer.clone()),
+            listeners: entries,
         };
         match state::save(&self.path, &file) {
-            Ok(()) => {
-                self.last = entries;
-                self.written = Some(Instant::now());
-                self.failed = false;
-            }
+            Ok(()) => self.failed = false,
             Err(e) => {
                 if !self.failed {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file; `bindwatch check` will not know listeners that are gone");
@@ -231,6 +210,7 @@ pub fn spawn(
         selfm = selfm.with_process_metrics();
     }
     let mut state = LoopState {
+        early: EarlyPolls::default(),
         last_success: None,
         last: Vec::new(),
         last_error: None,
@@ -246,8 +226,10 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("bindwatch-poller".into())
         .spawn(move || {
-            // Polls keep their rhythm whatever messages arrive in between.
-            let mut next = Instant::now() + interval;
+            // Polls keep their rhythm whatever messages arrive in between; a poll
+            // that found leftovers memory cannot explain brings the next one forward.
+            let mut next =
+                Instant::now() + state.early.next_wait(interval, wants_early_poll(&target));
             loop {
                 let wait = next.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(wait) {
@@ -268,7 +250,8 @@ pub fn spawn(
                         // changed: a reload of the same file forces no walk.
                         if changed {
                             poll_and_publish(&mut target, &selfm, &latest, &mut state);
-                            next = Instant::now() + interval;
+                            next = Instant::now()
+                                + state.early.next_wait(interval, wants_early_poll(&target));
                         }
                         if let Some(reply) = reply {
                             let _ = reply.send(r);
@@ -276,7 +259,8 @@ pub fn spawn(
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         poll_and_publish(&mut target, &selfm, &latest, &mut state);
-                        next = Instant::now() + interval;
+                        next = Instant::now()
+                            + state.early.next_wait(interval, wants_early_poll(&target));
                     }
                 }
             }
@@ -291,7 +275,44 @@ pub fn spawn(
     }
 }
 
+/// Whether any collector found leftovers its memory cannot explain.
+fn wants_early_poll(target: &Target) -> bool {
+    match target {
+        Target::Host(c) => c.wants_early_poll(),
+        Target::AllNetns(all) => all.wants_early_poll(),
+    }
+}
+
+/// Spacing of polls: a poll that found leftovers no remembered listener explains
+/// (a listener may have come and gone unseen) is followed by a sooner one, so the
+/// next short-lived listener is more likely seen. Bounded: at most
+/// [`EarlyPolls::MAX_STREAK`] early polls in a row, each at a quarter of the
+/// interval (at least [`EarlyPolls::MIN_WAIT`]); the table walk of an early poll
+/// still waits for the CPU budget ([`CpuBudget`]), only listeners are read at once.
+/// Pure.
+#[derive(Debug, Clone, Default)]
+pub struct EarlyPolls {
+    streak: u32,
+}
+
+impl EarlyPolls {
+    pub const MAX_STREAK: u32 = 4;
+    pub const MIN_WAIT: Duration = Duration::from_millis(250);
+
+    /// How long to wait before the next poll.
+    pub fn next_wait(&mut self, interval: Duration, wanted: bool) -> Duration {
+        if wanted && self.streak < Self::MAX_STREAK {
+            self.streak += 1;
+            (interval / 4).max(Self::MIN_WAIT).min(interval)
+        } else {
+            self.streak = 0;
+            interval
+        }
+    }
+}
+
 struct LoopState {
+    early: EarlyPolls,
     last_success: Option<Instant>,
     /// The last good snapshots, with their namespace name under `--netns all`.
     last: Vec<(Option<String>, Arc<Snapshot>)>,
@@ -380,7 +401,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
                     st.succeeded();
                     st.last = vec![(None, Arc::new(snap))];
                     if let Some(sink) = st.state_sink.as_mut() {
-                        sink.maybe_write(c.memory_entries());
+                        sink.write(c.memory_entries());
                     }
                 }
                 Err(e) => {
@@ -458,6 +479,27 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_polls_are_sooner_and_bounded() {
+        let five = Duration::from_secs(5);
+        let mut e = EarlyPolls::default();
+        assert_eq!(e.next_wait(five, false), five);
+        let waits: Vec<Duration> = (0..6).map(|_| e.next_wait(five, true)).collect();
+        let quarter = Duration::from_millis(1250);
+        assert_eq!(waits, [quarter, quarter, quarter, quarter, five, quarter]);
+        assert_eq!(e.next_wait(five, false), five);
+        // Short intervals: never below the floor, never above the interval.
+        let mut e = EarlyPolls::default();
+        assert_eq!(
+            e.next_wait(Duration::from_millis(500), true),
+            EarlyPolls::MIN_WAIT
+        );
+        assert_eq!(
+            e.next_wait(Duration::from_millis(100), true),
+            Duration::from_millis(100)
+        );
+    }
 
     #[test]
     fn budget_spaces_out_expensive_walks() {

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub use crate::model::{Finding, Judgement, Rule, Verdict};
 use crate::model::{Protocol, Socket, State, Tri};
 
+pub mod memory;
+
 /// The new socket whose bind we predict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Candidate {

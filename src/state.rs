@@ -4,6 +4,14 @@
 //!
 //! The file names the network namespace it describes; a reader in another
 //! namespace ignores it. Writes are atomic (temp file + rename).
+//!
+//! It also says whether its writer is alive: the writer's pid and process start
+//! time (so a reused pid is not mistaken for it), its poll interval, and a
+//! heartbeat refreshed every poll. A reader decides with [`writer_status`]; memory
+//! from a writer that is gone or late describes a past that may have moved on
+//! (a listener that came and went since is in no file), so `check` ignores it.
+//! Each entry is one listener generation (its inode, first and last sighting,
+//! the first poll that saw it gone); `rebind::memory` says what they may decide.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,12 +37,140 @@ pub struct Entry {
     pub user: Option<String>,
     /// Unix seconds when the listener was last seen alive.
     pub last_seen: f64,
+    /// The listening socket's inode (0 in files written before generations).
+    #[serde(default)]
+    pub inode: u64,
+    /// Unix seconds of its first sighting (absent in older files).
+    #[serde(default)]
+    pub first_seen: Option<f64>,
+    /// Unix seconds of the first poll that no longer saw it.
+    #[serde(default)]
+    pub gone_at: Option<f64>,
+    /// Socket cookies of connections seen on its port while it was certainly
+    /// listening (sorted, capped): their leftovers are provably its children's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<u64>,
+}
+
+/// Who wrote the file, to tell whether it is still being refreshed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Writer {
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat` (clock ticks after boot): a reused pid has
+    /// another.
+    pub start_time: u64,
+    pub poll_interval_seconds: f64,
+    /// Unix seconds of the writer's last poll.
+    pub heartbeat: f64,
+}
+
+/// Whether a state file's writer is alive, as [`writer_status`] judges it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriterStatus {
+    Alive,
+    /// A file without a writer section (an older bindwatch): liveness unknown.
+    Unknown,
+    /// The writer's process is gone (or its pid belongs to another process now).
+    Gone {
+        pid: u32,
+    },
+    /// Alive but its heartbeat is older than [`LATE_AFTER_INTERVALS`] polls.
+    Late {
+        pid: u32,
+        age: f64,
+        interval: f64,
+    },
+}
+
+/// A heartbeat older than this many poll intervals (plus a second for scheduling)
+/// means the writer is late: its memory may miss what happened since.
+pub const LATE_AFTER_INTERVALS: f64 = 3.0;
+
+impl WriterStatus {
+    /// One line for the log saying why the memory is ignored, or `None` if alive.
+    pub fn reason(&self, path: &Path) -> Option<String> {
+        let p = path.display();
+        match self {
+            WriterStatus::Alive => None,
+            WriterStatus::Unknown => Some(format!(
+                "ignoring the listener memory in {p}: the file does not say whether its writer is alive (written by an older bindwatch)"
+            )),
+            WriterStatus::Gone { pid } => Some(format!(
+                "ignoring the listener memory in {p}: its writer (pid {pid}) is gone, so it may miss listeners that came and went since"
+            )),
+            WriterStatus::Late { pid, age, interval } => Some(format!(
+                "ignoring the listener memory in {p}: its writer (pid {pid}) last polled {age:.1}s ago, polls every {interval:.1}s"
+            )),
+        }
+    }
+}
+
+/// Is the writer alive? `start_time_now` is the start time of the process that
+/// has the writer's pid now (`None`: no such process). Pure.
+pub fn writer_status(w: Option<&Writer>, now: f64, start_time_now: Option<u64>) -> WriterStatus {
+    let Some(w) = w else {
+        return WriterStatus::Unknown;
+    };
+    if start_time_now != Some(w.start_time) {
+        return WriterStatus::Gone { pid: w.pid };
+    }
+    let age = now - w.heartbeat;
+    let interval = if w.poll_interval_seconds.is_finite() {
+        w.poll_interval_seconds.max(0.0)
+    } else {
+        0.0
+    };
+    let limit = interval * LATE_AFTER_INTERVALS + 1.0;
+    // A heartbeat that is no number, or far in the future, proves nothing.
+    if !age.is_finite() || age > limit || age < -limit {
+        return WriterStatus::Late {
+            pid: w.pid,
+            age,
+            interval,
+        };
+    }
+    WriterStatus::Alive
+}
+
+/// Start time of process `pid` (field 22 of `procfs/PID/stat`), `None` if there is
+/// no such process or the line is malformed.
+pub fn process_start_time(procfs: &Path, pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(procfs.join(pid.to_string()).join("stat")).ok()?;
+    parse_start_time(&text)
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The comm (field 2) may hold spaces and
+/// parentheses, so fields are counted after the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')': field 3 (state) is the first, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process as a state file's writer.
+pub fn this_writer(procfs: &Path, poll_interval: Duration, heartbeat: SystemTime) -> Writer {
+    let pid = std::process::id();
+    Writer {
+        pid,
+        start_time: process_start_time(procfs, pid).unwrap_or(0),
+        poll_interval_seconds: poll_interval.as_secs_f64(),
+        heartbeat: unix(heartbeat),
+    }
+}
+
+/// Unix seconds of `t` (0 before the epoch).
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     /// Inode of the network namespace the listeners belong to.
     pub netns: u64,
+    /// Absent in files written before writers were recorded.
+    #[serde(default)]
+    pub writer: Option<Writer>,
     pub listeners: Vec<Entry>,
 }
 
@@ -55,9 +191,11 @@ impl Entry {
             ifindex: s.ifindex,
             process: owner.map(|o| o.process.clone()),
             user: owner.map(|o| o.user.clone()),
-            last_seen: seen
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            last_seen: unix(seen),
+            inode: s.inode,
+            first_seen: None,
+            gone_at: None,
+            children: Vec::new(),
         }
     }
 
@@ -81,7 +219,7 @@ impl Entry {
                 0,
             ),
             uid: self.uid,
-            inode: 0,
+            inode: self.inode,
             ifindex: self.ifindex,
             expires_ms: None,
             v6only: tri(self.v6only),
@@ -90,6 +228,7 @@ impl Entry {
                 reuseport: tri(self.reuseport),
             },
             count: 1,
+            cookie: 0,
         })
     }
 
@@ -117,12 +256,29 @@ impl Entry {
         if self.port == 0 {
             return Err("port 0 is not a listener's port".to_string());
         }
+        for (name, t) in [("first_seen", self.first_seen), ("gone_at", self.gone_at)] {
+            if let Some(t) = t.filter(|t| !(t.is_finite() && (0.0..=MAX_LAST_SEEN).contains(t))) {
+                return Err(format!(
+                    "{name} {t} is not a Unix time between 1970 and 2500"
+                ));
+            }
+        }
+        if self.children.len() > MAX_CHILDREN {
+            return Err(format!(
+                "{} children, more than the {MAX_CHILDREN} a writer records",
+                self.children.len()
+            ));
+        }
         if self.protocol.parse::<Protocol>().is_err() {
             return Err(format!("unknown protocol {:?}", self.protocol));
         }
         Ok(())
     }
 }
+
+/// Children cookies accepted per entry (a writer records at most
+/// `rebind::memory::CHILDREN_MAX`).
+const MAX_CHILDREN: usize = 65_536;
 
 /// The latest `last_seen` accepted (2500-01-01): anything later is a broken file.
 const MAX_LAST_SEEN: f64 = 16_725_225_600.0;
@@ -239,13 +395,15 @@ pub fn dir_policy(mode: u32, owner: u32, me: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the listeners remembered for namespace `netns` and seen within `max_age`.
-/// A missing, unreadable or foreign file gives an empty list (and a reason). An entry
-/// that is malformed or out of range is skipped, with one warning for the file.
-pub fn load(path: &Path, netns: Option<u64>, max_age: Duration) -> Result<Vec<Entry>, String> {
+/// Reads the state file of namespace `netns`: `None` when it is missing or
+/// describes another namespace.
+///
+/// # Errors
+/// A file that cannot be read or parsed, with its path.
+pub fn load_file(path: &Path, netns: Option<u64>) -> Result<Option<StateFile>, String> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let (state, skipped) = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -253,17 +411,84 @@ pub fn load(path: &Path, netns: Option<u64>, max_age: Duration) -> Result<Vec<En
         tracing::warn!(path = %path.display(), skipped = n, "skipped bad entries of the state file (first: {first})");
     }
     if netns.is_some_and(|n| n != state.netns) {
-        return Ok(Vec::new());
+        return Ok(None);
     }
+    Ok(Some(state))
+}
+
+/// The entries of `state` seen within `max_age`.
+pub fn recent(state: StateFile, max_age: Duration) -> Vec<Entry> {
     let now = SystemTime::now();
-    Ok(state
+    state
         .listeners
         .into_iter()
         .filter(|e| {
             now.duration_since(e.seen_at())
                 .map_or(true, |age| age <= max_age)
         })
-        .collect())
+        .collect()
+}
+
+/// Reads the listeners remembered for namespace `netns` and seen within `max_age`,
+/// whoever wrote them. A missing or foreign file gives an empty list.
+///
+/// # Errors
+/// As [`load_file`].
+pub fn load(path: &Path, netns: Option<u64>, max_age: Duration) -> Result<Vec<Entry>, String> {
+    Ok(load_file(path, netns)?.map_or(Vec::new(), |s| recent(s, max_age)))
+}
+
+/// What [`load_live`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub entries: Vec<Entry>,
+    /// The writer's poll interval.
+    pub interval: Duration,
+    /// Why the memory was ignored (one line), if it was.
+    pub ignored: Option<String>,
+}
+
+/// Like [`load`], but only from a writer that is alive (`procfs` tells); otherwise
+/// empty, with the one line saying why.
+///
+/// # Errors
+/// As [`load_file`].
+pub fn load_live(
+    path: &Path,
+    procfs: &Path,
+    netns: Option<u64>,
+    max_age: Duration,
+) -> Result<Live, String> {
+    let Some(state) = load_file(path, netns)? else {
+        return Ok(Live::default());
+    };
+    let start = state
+        .writer
+        .as_ref()
+        .and_then(|w| process_start_time(procfs, w.pid));
+    let status = writer_status(state.writer.as_ref(), unix(SystemTime::now()), start);
+    if let Some(why) = status.reason(path) {
+        return Ok(Live {
+            ignored: Some(why),
+            ..Live::default()
+        });
+    }
+    Ok(Live {
+        interval: writer_interval(&state),
+        entries: recent(state, max_age),
+        ignored: None,
+    })
+}
+
+/// The poll interval of the file's writer (0 when the file does not say: then
+/// memory trusts nothing past a listener's last sighting).
+pub fn writer_interval(state: &StateFile) -> Duration {
+    state
+        .writer
+        .as_ref()
+        .map(|w| w.poll_interval_seconds)
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map_or(Duration::ZERO, Duration::from_secs_f64)
 }
 
 /// Parses the file's text: entries are taken one by one, so that one bad entry costs
@@ -398,11 +623,13 @@ mod tests {
                 reuseport: Tri::Unknown,
             },
             count: 1,
+            cookie: 0,
         };
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3600);
         let state = StateFile {
             netns: 42,
+            writer: None,
             listeners: vec![
                 Entry::from_socket(&s, None, now),
                 Entry::from_socket(&s, None, old),
@@ -434,5 +661,76 @@ mod tests {
                 .is_empty(),
             "missing file"
         );
+    }
+
+    #[test]
+    fn files_without_generations_or_writer_still_parse() {
+        let old = r#"{"netns":1,"listeners":[{"protocol":"tcp","address":"127.0.0.1","port":80,
+            "v6only":null,"reuseaddr":true,"reuseport":false,"uid":0,"ifindex":0,
+            "process":null,"user":null,"last_seen":5.0}]}"#;
+        let s: StateFile = serde_json::from_str(old).unwrap();
+        assert_eq!(s.writer, None);
+        assert_eq!(s.listeners[0].inode, 0);
+        assert_eq!(s.listeners[0].gone_at, None);
+    }
+
+    #[test]
+    fn writer_liveness() {
+        let w = Writer {
+            pid: 7,
+            start_time: 1234,
+            poll_interval_seconds: 5.0,
+            heartbeat: 1000.0,
+        };
+        use WriterStatus::*;
+        let rows: &[(Option<&Writer>, f64, Option<u64>, WriterStatus)] = &[
+            (Some(&w), 1004.0, Some(1234), Alive),
+            (Some(&w), 1016.0, Some(1234), Alive),
+            (
+                Some(&w),
+                1016.5,
+                Some(1234),
+                Late {
+                    pid: 7,
+                    age: 16.5,
+                    interval: 5.0,
+                },
+            ),
+            (Some(&w), 1001.0, None, Gone { pid: 7 }),
+            // The pid now belongs to a process started later: not the writer.
+            (Some(&w), 1001.0, Some(9999), Gone { pid: 7 }),
+            (None, 1001.0, Some(1234), Unknown),
+        ];
+        for (i, (w, now, start, want)) in rows.iter().enumerate() {
+            assert_eq!(&writer_status(*w, *now, *start), want, "row {i}");
+        }
+        // A heartbeat that is no number, or far in the future, is no heartbeat.
+        for heartbeat in [f64::NAN, 2000.0] {
+            let forged = Writer {
+                heartbeat,
+                ..w.clone()
+            };
+            assert!(
+                matches!(
+                    writer_status(Some(&forged), 1001.0, Some(1234)),
+                    Late { .. }
+                ),
+                "heartbeat {heartbeat}"
+            );
+        }
+        assert!(Gone { pid: 7 }
+            .reason(Path::new("/x/state.json"))
+            .unwrap()
+            .contains("/x/state.json"));
+        assert_eq!(Alive.reason(Path::new("/x")), None);
+    }
+
+    #[test]
+    fn start_time_of_a_comm_with_spaces_and_parens() {
+        let line = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(parse_start_time("4242 (x) S 1"), None);
+        let me = process_start_time(Path::new("/proc"), std::process::id());
+        assert!(me.is_some_and(|t| t > 0), "this process has a start time");
     }
 }

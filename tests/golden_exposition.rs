@@ -40,6 +40,7 @@ fn sock(protocol: Protocol, state: State, local: &str, remote: &str, reuseaddr: 
             reuseport: Tri::False,
         },
         count: 1,
+        cookie: 0,
     }
 }
 

@@ -284,6 +284,9 @@ fn unprivileged_agent_degrades_to_unknown() {
                 "127.0.0.1:18390",
                 "--poll.interval",
                 "300ms",
+                // Never the host's /run/bindwatch/state.json.
+                "--state.file",
+                "",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

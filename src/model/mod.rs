@@ -228,6 +228,10 @@ pub struct Socket {
     /// folds the connections of a busy port that differ only in their peer into one
     /// entry, so memory does not grow with the connection count.
     pub count: u32,
+    /// The kernel's socket cookie (sock_diag); 0 where the source has none (/proc).
+    /// A TIME_WAIT keeps the cookie of the connection it came from, which links it
+    /// to sightings of that connection (`rebind::memory`).
+    pub cookie: u64,
 }
 
 impl Socket {
@@ -272,6 +276,7 @@ impl Socket {
             v6only: Tri::Unknown,
             flags: SocketFlags::default(),
             count: 1,
+            cookie: 0,
         }
     }
 }
@@ -381,6 +386,9 @@ pub struct Snapshot {
     pub capabilities: Capabilities,
     /// Ports of interest left out by `--ports.max` (cumulative).
     pub ports_dropped_total: u64,
+    /// Leftovers on remembered ports that no remembered listener generation
+    /// explains (cumulative, each counted once): signs of a missed listener.
+    pub memory_unexplained_total: u64,
     /// Ports of interest, after the cap.
     pub ports: std::collections::BTreeSet<(Protocol, u16)>,
     /// Owners of the sockets that were attributed, by inode (pids stay out of metrics).
@@ -410,6 +418,7 @@ impl Snapshot {
             allocation: PortAllocation::default(),
             capabilities: Capabilities::default(),
             ports_dropped_total: 0,
+            memory_unexplained_total: 0,
             ports: std::collections::BTreeSet::new(),
             owners: std::collections::HashMap::new(),
             watched: Vec::new(),

@@ -298,6 +298,9 @@ pub fn decode_diag_msg(b: &[u8], protocol: Protocol) -> Result<Option<Socket>, &
         v6only,
         flags: SocketFlags::default(),
         count: 1,
+        // inet_diag_sockid.idiag_cookie: two host-order u32, low word first
+        // (sock_diag_save_cookie); a TIME_WAIT carries its connection's.
+        cookie: u64::from(u32_at(b, 44)) | u64::from(u32_at(b, 48)) << 32,
     }))
 }
 

@@ -163,6 +163,7 @@ pub fn parse_line(line: &str, protocol: Protocol) -> Result<Socket, String> {
         v6only: Tri::Unknown,
         flags: SocketFlags::default(),
         count: 1,
+        cookie: 0,
     })
 }
 

@@ -1,0 +1,712 @@
+//! When may the agent's memory of a listener decide a leftover's flags? Pure: the
+//! remembered listener generations, one leftover and the clock in; the flags it
+//! provably (or, in one named case, presumably) has out, or why it cannot tell.
+//!
+//! Without BPF nobody can read the SO_REUSEADDR, SO_REUSEPORT or IPV6_V6ONLY of a
+//! socket that has no file (TIME_WAIT, orphans). The engine used to copy them from
+//! "the listener last seen on that endpoint", which is wrong whenever the leftover
+//! came from another listener: one that lived and died between two polls, one that
+//! a dead agent's state file never heard of, an older generation. A wrong "would
+//! succeed" is the worst answer bindwatch can give, so memory now decides only
+//! where a rule below says so, and the flag stays unknown otherwise.
+//!
+//! # Generations
+//! A [`Generation`] is one listening socket (its inode) on one endpoint, with the
+//! first and last time a poll saw it and the first poll that saw it gone. A restart
+//! makes a new generation; an SO_REUSEPORT group is several at once.
+//!
+//! # When a leftover existed
+//! [`existed_at`] gives a moment at which the leftover `L` certainly existed (it
+//! exists now, and has existed without a break since it was created):
+//! - TIME_WAIT: the kernel arms its timer at `TCP_TIMEWAIT_LEN` (60 s, a constant of
+//!   the kernel, `include/net/tcp.h`) when the socket enters TIME_WAIT, so it was
+//!   created at `now - (60 s - remaining)`. A timer re-armed by a retransmitted FIN
+//!   only makes it look younger, which is still a moment it existed.
+//! - FIN_WAIT2 without a file: the timewait socket's timer is `tcp_fin_timeout`,
+//!   raised to 3.5 RTO on slow paths (`tcp_fin_time()`); the sysctl is the lower
+//!   bound, so `now - (tcp_fin_timeout - remaining)` is a moment it existed unless
+//!   the daemon lowered it per socket with `TCP_LINGER2` (not modelled). A
+//!   remaining time above the sysctl (the orphan's keepalive phase) gives `now`.
+//! - Everything else (orphans in FIN_WAIT1, CLOSING, LAST_ACK; sockets with a
+//!   file): only `now`.
+//!
+//! A small allowance ([`TIMER_SLACK`]) moves the estimate later, never earlier:
+//! the timer is kept in jiffies and reported in milliseconds.
+//!
+//! A connection that the server closed first and the peer later sits in FIN_WAIT2
+//! and enters TIME_WAIT (its timer restarting) only when the peer's FIN comes, maybe
+//! long after the listener closed. Its timer then says nothing useful; its socket
+//! cookie does: sock_diag reports the same cookie for a connection, its FIN_WAIT2
+//! and its TIME_WAIT (`inet_twsk_alloc` copies it), so a leftover whose cookie was
+//! read while the listener was certainly listening existed then.
+//!
+//! # The rule
+//! A generation `G` is a possible parent of `L` when it is on `L`'s port and on
+//! `L`'s address or its family's wildcard (a v4-mapped `L` never belongs to a
+//! `[::]` listener that is, or may be, V6ONLY). `G` is **exclusive** when it
+//! certainly lacks SO_REUSEPORT and is bound to no device: then no other socket can
+//! bind an overlapping address while `G` is bound (`inet_csk_get_port`): everything
+//! that shares the port with `G` either was there before `G`'s bind, which the
+//! kernel allowed only if both had SO_REUSEADDR, or is `G`'s own accepted child,
+//! which copies `G`'s flags (`sk_clone_lock`); connect() never autobinds to a port
+//! with a listener's bind bucket (`__inet_hash_connect`).
+//!
+//! 1. **Coexisted (proof).** `existed_at(L) <= G.last_seen` for an exclusive `G`
+//!    (first seen no later than the sockets were read), or `L`'s cookie is among
+//!    `G`'s children (a single socket, not a folded entry):
+//!    `L` and `G` were bound at the same time, so `L.reuseaddr == G.reuseaddr`.
+//!    If `G` lacks SO_REUSEADDR nothing could have been there before it, so `L` is
+//!    its child and also has `G`'s SO_REUSEPORT and V6ONLY; if `G` has it, `L` may
+//!    be an older socket that also had it, and its other flags stay unknown.
+//! 2. **Death window (trust).** `G.last_seen < existed_at(L) <= end`, where `end`
+//!    is the first poll that saw `G` gone (the next poll: one interval plus the
+//!    poll's own time; capped at two intervals plus a second, and at that cap when
+//!    no poll saw it gone, e.g. the writer stopped): the usual leftovers of a
+//!    daemon that died between two polls. `L` is
+//!    taken for `G`'s (exclusive `G` only; flags as in rule 1). This is the one
+//!    place memory trusts rather than proves: a listener that came *and went*
+//!    within that same interval would go unseen. Its size is the poll interval.
+//! 3. **Anything later** cannot be trusted to `G`: another listener may have come
+//!    and gone unseen after `G`'s last sighting. A child of `G` kept alive by a
+//!    forked process after `G` closed leaves leftovers that cannot be linked to `G`
+//!    either (a TIME_WAIT names no process), so they are unknown, never guessed.
+//! 4. **Shared or unknown generations** (SO_REUSEPORT set or unknown, a bound or
+//!    unknown device, unknown SO_REUSEADDR) prove nothing: an unseen member of the
+//!    group may have had other flags. One exception follows from the bind rules: a
+//!    SO_REUSEPORT `G` without SO_REUSEADDR that coexisted with `L` means `L` had
+//!    SO_REUSEPORT (it can only have joined the group, or be a child).
+//! 5. Several generations may claim `L` (restarts, groups): a flag is decided only
+//!    when every claim that decides it agrees; proofs beat trust.
+//!
+//! A leftover on a remembered port that no generation explains is a sign of a
+//! listener the agent missed ([`Outcome::Unexplained`]): the agent counts it and
+//! polls sooner.
+
+use std::net::IpAddr;
+
+use crate::model::{Protocol, Socket, State, Tri};
+
+/// `TCP_TIMEWAIT_LEN` in seconds (`include/net/tcp.h`), not a sysctl.
+pub const TIME_WAIT_LEN: f64 = 60.0;
+
+/// Bound of the death window in poll intervals (see [`Generation::window_end`]).
+pub const DEATH_WINDOW_INTERVALS: f64 = 2.0;
+
+/// Seconds added to a timer-based creation estimate: jiffies, millisecond rounding
+/// and the time between the kernel's dump and our clock reading.
+pub const TIMER_SLACK: f64 = 0.05;
+
+/// One listening socket as remembered: the listener (with its flags as seen) and
+/// when it was seen. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub listener: Socket,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// The first poll that no longer saw it, once one has.
+    pub gone_at: Option<f64>,
+    /// The poll interval of whoever saw it last (bounds the death window).
+    pub interval: f64,
+    /// Cookies of sockets on addresses it may parent, read by a table walk during
+    /// which it was certainly listening (seen by a listener dump before and after
+    /// the walk). Sorted; capped at [`CHILDREN_MAX`].
+    pub children: Vec<u64>,
+}
+
+/// Cookies remembered per generation; beyond that, leftovers are judged by their
+/// timers alone (fewer proofs, never a wrong one).
+pub const CHILDREN_MAX: usize = 4096;
+
+impl Generation {
+    /// No other listener can share its addresses while it is bound.
+    pub fn exclusive(&self) -> bool {
+        self.listener.flags.reuseport == Tri::False && self.listener.ifindex == Some(0)
+    }
+
+    /// The end of the death window (rule 2): the first poll that saw it gone, but
+    /// never later than [`DEATH_WINDOW_INTERVALS`] intervals plus a second after its
+    /// last sighting (a poll takes time; a stalled poller must not stretch it).
+    pub fn window_end(&self) -> f64 {
+        let cap = self.last_seen + DEATH_WINDOW_INTERVALS * self.interval.max(0.0) + 1.0;
+        self.gone_at.map_or(cap, |g| g.min(cap))
+    }
+
+    /// Whether `l` may have been accepted from this listener (same port, its
+    /// address or the wildcard of its family).
+    pub fn may_parent(&self, l: &Socket) -> bool {
+        self.may_parent_at(l.protocol, l.local.ip(), l.local.port())
+    }
+
+    /// [`Generation::may_parent`] for a socket on `la`:`port`.
+    pub fn may_parent_at(&self, protocol: Protocol, la: IpAddr, port: u16) -> bool {
+        let g = &self.listener;
+        if g.protocol != protocol || g.local.port() != port {
+            return false;
+        }
+        let ga = g.local.ip();
+        if ga == la {
+            return true;
+        }
+        if !ga.is_unspecified() || ga.is_ipv6() != la.is_ipv6() {
+            return false;
+        }
+        // A v4-mapped child only comes from a dual-stack [::] listener.
+        !(is_mapped(la) && g.v6only != Tri::False)
+    }
+}
+
+fn is_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some())
+}
+
+/// What the reader knows about time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    /// When the sockets were read (Unix seconds).
+    pub now: f64,
+    /// `net.ipv4.tcp_fin_timeout` in seconds.
+    pub fin_timeout: f64,
+    /// The previous poll (Unix seconds), to tell leftovers created since.
+    pub previous_poll: Option<f64>,
+}
+
+/// A moment (Unix seconds) at which `l` certainly existed; see the module docs.
+pub fn existed_at(l: &Socket, clock: &Clock) -> f64 {
+    let remaining = l.expires_ms.map(|ms| ms as f64 / 1000.0);
+    let created = match (l.state, remaining) {
+        (State::TimeWait, Some(r)) => clock.now - (TIME_WAIT_LEN - r),
+        (State::FinWait2, Some(r)) if l.inode == 0 && r <= clock.fin_timeout => {
+            clock.now - (clock.fin_timeout - r)
+        }
+        _ => clock.now,
+    };
+    (created + TIMER_SLACK).min(clock.now)
+}
+
+/// When the creation of `l` is known from its timer: whether it was created after
+/// the previous poll (a new leftover), for counting each leftover once.
+pub fn created_since_previous_poll(l: &Socket, clock: &Clock) -> bool {
+    let timed = matches!(l.state, State::TimeWait | State::FinWait2)
+        && l.inode == 0
+        && l.expires_ms.is_some();
+    timed
+        && clock
+            .previous_poll
+            .is_some_and(|p| existed_at(l, clock) - TIMER_SLACK > p)
+}
+
+/// How a generation vouches for a leftover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// Rule 1: they were bound at the same time.
+    Coexisted,
+    /// Rule 2: created in the poll interval in which the listener vanished.
+    DeathWindow,
+}
+
+/// The flags a leftover gets from memory (`Unknown` where nothing decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inherited {
+    pub reuseaddr: Tri,
+    pub reuseport: Tri,
+    pub v6only: Tri,
+    /// The strongest basis among the claims that decided something.
+    pub basis: Basis,
+}
+
+/// What memory says about one leftover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a leftover memory is asked about (a listener, UDP, every flag known).
+    NotAsked,
+    /// No generation is a possible parent: nothing is remembered for it.
+    NoMemory,
+    /// Memory decides at least one flag.
+    Inherited(Inherited),
+    /// Generations could have been its parent but none may vouch for it (rule 3
+    /// or 4), or they disagree: the flags stay unknown.
+    Unexplained,
+}
+
+/// The flags one generation vouches for, per the table in the module docs.
+fn claim(g: &Generation, l: &Socket, at: f64, clock_now: f64) -> Option<(Basis, Tri, Tri, Tri)> {
+    let gl = &g.listener;
+    // Coexistence also needs the leftover to have been there once the generation
+    // was: a table view older than its first sighting proves nothing.
+    let by_cookie = l.cookie != 0 && l.count == 1 && g.children.binary_search(&l.cookie).is_ok();
+    let basis = if by_cookie || (at <= g.last_seen && g.first_seen <= clock_now) {
+        Basis::Coexisted
+    } else if at > g.last_seen && at <= g.window_end() {
+        Basis::DeathWindow
+    } else {
+        return None;
+    };
+    let v6only = |child: bool| {
+        if !child || !l.local.ip().is_ipv6() {
+            Tri::Unknown
+        } else if is_mapped(l.local.ip()) {
+            // A mapped address cannot be bound V6ONLY.
+            Tri::False
+        } else {
+            gl.v6only
+        }
+    };
+    if g.exclusive() {
+        return match gl.flags.reuseaddr {
+            // Nothing could share the port before it: L is its child.
+            Tri::False => Some((basis, Tri::False, Tri::False, v6only(true))),
+            Tri::True => Some((basis, Tri::True, Tri::Unknown, Tri::Unknown)),
+            Tri::Unknown => None,
+        };
+    }
+    let unbound = gl.ifindex == Some(0);
+    if unbound && gl.flags.reuseport == Tri::True && gl.flags.reuseaddr == Tri::False {
+        // Only group members (SO_REUSEPORT) or children could share it.
+        return Some((basis, Tri::Unknown, Tri::True, Tri::Unknown));
+    }
+    None
+}
+
+/// Merges two claims on one flag: `Unknown` decides nothing; a disagreement
+/// between two deciding claims leaves it unknown (`None`).
+fn merge(a: Tri, b: Tri) -> Option<Tri> {
+    match (a, b) {
+        (Tri::Unknown, x) | (x, Tri::Unknown) => Some(x),
+        (x, y) if x == y => Some(x),
+        _ => None,
+    }
+}
+
+/// What memory says about `l`, given every remembered generation of its port.
+pub fn attribute(l: &Socket, generations: &[Generation], clock: &Clock) -> Outcome {
+    if l.protocol != Protocol::Tcp || l.state == State::Listen {
+        return Outcome::NotAsked;
+    }
+    let wants = l.flags.reuseaddr == Tri::Unknown
+        || l.flags.reuseport == Tri::Unknown
+        || (l.local.ip().is_ipv6() && l.v6only == Tri::Unknown);
+    if !wants {
+        return Outcome::NotAsked;
+    }
+    let parents: Vec<&Generation> = generations.iter().filter(|g| g.may_parent(l)).collect();
+    if parents.is_empty() {
+        return Outcome::NoMemory;
+    }
+    let at = existed_at(l, clock);
+    let claims: Vec<_> = parents
+        .iter()
+        .filter_map(|g| claim(g, l, at, clock.now))
+        .collect();
+    // Proofs beat trust: with any proof, the death-window claims are not needed.
+    let proven = claims.iter().any(|c| c.0 == Basis::Coexisted);
+    let used = claims.iter().filter(|c| !proven || c.0 == Basis::Coexisted);
+    let (mut ra, mut rp, mut v6) = (Tri::Unknown, Tri::Unknown, Tri::Unknown);
+    let mut conflict = false;
+    for &(_, a, p, v) in used {
+        match (merge(ra, a), merge(rp, p), merge(v6, v)) {
+            (Some(a), Some(p), Some(v)) => (ra, rp, v6) = (a, p, v),
+            _ => conflict = true,
+        }
+    }
+    if conflict || (ra, rp, v6) == (Tri::Unknown, Tri::Unknown, Tri::Unknown) {
+        return Outcome::Unexplained;
+    }
+    Outcome::Inherited(Inherited {
+        reuseaddr: ra,
+        reuseport: rp,
+        v6only: v6,
+        basis: if proven {
+            Basis::Coexisted
+        } else {
+            Basis::DeathWindow
+        },
+    })
+}
+
+/// How many leftovers [`inherit`] explained, and how many it could not although
+/// their port is remembered (each counted with its folded count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub inherited: u64,
+    pub unexplained: u64,
+    /// Unexplained leftovers created since the previous poll (counted once).
+    pub unexplained_new: u64,
+}
+
+/// Fills in the flags memory may decide for `sockets` (leftovers keep flags they
+/// already know); `generations` are the remembered listeners of their port.
+pub fn inherit(sockets: &mut [Socket], generations: &[Generation], clock: &Clock) -> Tally {
+    let mut t = Tally::default();
+    for s in sockets.iter_mut() {
+        match attribute(s, generations, clock) {
+            Outcome::Inherited(i) => {
+                s.flags.reuseaddr = s.flags.reuseaddr.or(i.reuseaddr);
+                s.flags.reuseport = s.flags.reuseport.or(i.reuseport);
+                if s.local.ip().is_ipv6() {
+                    s.v6only = s.v6only.or(i.v6only);
+                }
+                t.inherited += u64::from(s.count);
+            }
+            Outcome::Unexplained if s.flags.reuseaddr == Tri::Unknown => {
+                t.unexplained += u64::from(s.count);
+                if created_since_previous_poll(s, clock) {
+                    t.unexplained_new += u64::from(s.count);
+                }
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SocketFlags;
+    use Tri::{False as F, True as T, Unknown as U};
+
+    const NOW: f64 = 1_000_000.0;
+
+    fn clock() -> Clock {
+        Clock {
+            now: NOW,
+            fin_timeout: 60.0,
+            previous_poll: Some(NOW - 5.0),
+        }
+    }
+
+    fn listener(local: &str, ra: Tri, rp: Tri, v6only: Tri, ifindex: Option<u32>) -> Socket {
+        Socket {
+            inode: 100,
+            ifindex,
+            v6only,
+            flags: SocketFlags {
+                reuseaddr: ra,
+                reuseport: rp,
+            },
+            ..Socket::test(State::Listen, local, "0.0.0.0:0")
+        }
+    }
+
+    fn generation(l: Socket, last_ago: f64, gone_ago: Option<f64>) -> Generation {
+        Generation {
+            listener: l,
+            first_seen: NOW - 3600.0,
+            last_seen: NOW - last_ago,
+            gone_at: gone_ago.map(|g| NOW - g),
+            interval: 5.0,
+            children: Vec::new(),
+        }
+    }
+
+    /// A TIME_WAIT created `age` seconds ago.
+    fn tw(local: &str, age: f64) -> Socket {
+        Socket {
+            inode: 0,
+            expires_ms: Some(((TIME_WAIT_LEN - age) * 1000.0) as u64),
+            ..Socket::test(State::TimeWait, local, "127.0.0.9:40000")
+        }
+    }
+
+    fn v4(ra: Tri) -> Socket {
+        listener("0.0.0.0:80", ra, F, F, Some(0))
+    }
+
+    fn inh(ra: Tri, rp: Tri, v6: Tri, basis: Basis) -> Outcome {
+        Outcome::Inherited(Inherited {
+            reuseaddr: ra,
+            reuseport: rp,
+            v6only: v6,
+            basis,
+        })
+    }
+
+    use Basis::{Coexisted as C, DeathWindow as D};
+
+    /// One row per case of the rule: (what it shows, generations as (listener,
+    /// last seen ago, gone ago), leftover, expected outcome).
+    #[allow(clippy::type_complexity)]
+    fn table() -> Vec<(
+        &'static str,
+        Vec<(Socket, f64, Option<f64>)>,
+        Socket,
+        Outcome,
+    )> {
+        vec![
+            (
+                "live exclusive listener without SO_REUSEADDR: its TIME_WAIT is its child",
+                vec![(v4(F), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                inh(F, F, U, C),
+            ),
+            (
+                "live exclusive listener with SO_REUSEADDR: only SO_REUSEADDR is proven",
+                vec![(v4(T), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                inh(T, U, U, C),
+            ),
+            (
+                "created before the last sighting: proven although the listener is gone",
+                vec![(v4(T), 8.0, Some(3.0))],
+                tw("127.0.0.1:80", 20.0),
+                inh(T, U, U, C),
+            ),
+            (
+                "the daemon died between two polls: its leftovers are trusted to it",
+                vec![(v4(T), 4.0, Some(0.5))],
+                tw("127.0.0.1:80", 2.0),
+                inh(T, U, U, D),
+            ),
+            (
+                "case 2: created after the poll that saw the listener gone",
+                vec![(v4(T), 6.0, Some(1.0))],
+                tw("127.0.0.1:80", 0.5),
+                Outcome::Unexplained,
+            ),
+            (
+                "case 1: a dead agent's memory, leftover long after its last poll",
+                vec![(v4(T), 30.0, None)],
+                tw("127.0.0.1:80", 3.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "no gone_at (the writer stopped): the capped window",
+                vec![(v4(T), 7.0, None)],
+                tw("127.0.0.1:80", 3.0),
+                inh(T, U, U, D),
+            ),
+            (
+                "a stalled poller does not stretch the window",
+                vec![(v4(T), 20.0, Some(1.0))],
+                tw("127.0.0.1:80", 5.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "the poll that saw it gone came late (a slow poll): still its window",
+                vec![(v4(T), 6.5, Some(0.2))],
+                tw("127.0.0.1:80", 1.0),
+                inh(T, U, U, D),
+            ),
+            (
+                "a forked child closes long after the listener: cannot be linked",
+                vec![(v4(F), 40.0, Some(35.0))],
+                tw("127.0.0.1:80", 1.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "restart: the new generation proves what the old one cannot",
+                vec![(v4(T), 40.0, Some(35.0)), (v4(F), 0.0, None)],
+                tw("127.0.0.1:80", 1.0),
+                inh(F, F, U, C),
+            ),
+            (
+                "restart: proofs beat the old generation's death window",
+                vec![(v4(F), 4.0, Some(1.0)), (v4(T), 0.0, None)],
+                tw("127.0.0.1:80", 2.0),
+                inh(T, U, U, C),
+            ),
+            (
+                "two death windows that disagree: unknown",
+                vec![
+                    (listener("127.0.0.1:80", T, F, F, Some(0)), 4.0, Some(0.5)),
+                    (v4(F), 3.0, Some(0.5)),
+                ],
+                tw("127.0.0.1:80", 1.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "SO_REUSEPORT group: an unseen member may differ in SO_REUSEADDR",
+                vec![(listener("0.0.0.0:80", T, T, F, Some(0)), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "SO_REUSEPORT without SO_REUSEADDR: only SO_REUSEPORT follows",
+                vec![(listener("0.0.0.0:80", F, T, F, Some(0)), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                inh(U, T, U, C),
+            ),
+            (
+                "unknown SO_REUSEPORT of the listener proves nothing",
+                vec![(listener("0.0.0.0:80", F, U, F, Some(0)), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "a device-bound (or unknown-device) listener proves nothing",
+                vec![(listener("0.0.0.0:80", F, F, F, None), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                Outcome::Unexplained,
+            ),
+            (
+                "another address of the port: not its parent",
+                vec![(listener("127.0.0.2:80", F, F, F, Some(0)), 0.0, None)],
+                tw("127.0.0.1:80", 10.0),
+                Outcome::NoMemory,
+            ),
+            (
+                "dual-stack [::]: a mapped child copies V6ONLY off",
+                vec![(listener("[::]:80", F, F, F, Some(0)), 0.0, None)],
+                tw("[::ffff:127.0.0.1]:80", 10.0),
+                inh(F, F, F, C),
+            ),
+            (
+                "[::] with unknown V6ONLY is not the parent of a mapped child",
+                vec![(listener("[::]:80", F, F, U, Some(0)), 0.0, None)],
+                tw("[::ffff:127.0.0.1]:80", 10.0),
+                Outcome::NoMemory,
+            ),
+            (
+                "IPv6 child of a V6ONLY listener without SO_REUSEADDR copies V6ONLY",
+                vec![(listener("[::]:80", F, F, T, Some(0)), 0.0, None)],
+                tw("[::1]:80", 10.0),
+                inh(F, F, T, C),
+            ),
+        ]
+    }
+
+    #[test]
+    fn rule_table() {
+        for (what, gens, leftover, want) in table() {
+            let gens: Vec<Generation> = gens
+                .into_iter()
+                .map(|(l, last, gone)| generation(l, last, gone))
+                .collect();
+            assert_eq!(attribute(&leftover, &gens, &clock()), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_seen_while_it_listened_links_a_late_time_wait() {
+        // Server closed first; the peer's FIN came after the listener was gone, so
+        // the TIME_WAIT's timer is younger than the listener's death window.
+        let mut g = generation(v4(T), 6.0, Some(1.0));
+        let late = Socket {
+            cookie: 77,
+            ..tw("127.0.0.1:80", 0.5)
+        };
+        assert_eq!(
+            attribute(&late, std::slice::from_ref(&g), &clock()),
+            Outcome::Unexplained
+        );
+        g.children = vec![12, 77, 90];
+        assert_eq!(
+            attribute(&late, std::slice::from_ref(&g), &clock()),
+            inh(T, U, U, C)
+        );
+        // Another cookie, or a folded entry standing for many sockets: no link.
+        let other = Socket {
+            cookie: 78,
+            ..late.clone()
+        };
+        assert_eq!(
+            attribute(&other, std::slice::from_ref(&g), &clock()),
+            Outcome::Unexplained
+        );
+        let folded = Socket {
+            count: 2,
+            ..late.clone()
+        };
+        assert_eq!(
+            attribute(&folded, std::slice::from_ref(&g), &clock()),
+            Outcome::Unexplained
+        );
+        // A cookie proves coexistence only with an exclusive listener.
+        g.listener.flags.reuseport = T;
+        assert_eq!(attribute(&late, &[g], &clock()), Outcome::Unexplained);
+    }
+
+    #[test]
+    fn a_table_view_older_than_the_generation_proves_nothing() {
+        // The CPU budget reuses a walk taken 20 s ago; the listener was first seen
+        // 10 s ago: the TIME_WAIT read then may have expired before it came.
+        let g = Generation {
+            first_seen: NOW - 10.0,
+            ..generation(v4(F), 0.0, None)
+        };
+        let stale = Clock {
+            now: NOW - 20.0,
+            ..clock()
+        };
+        let mut l = tw("127.0.0.1:80", 30.0);
+        assert_eq!(
+            attribute(&l, std::slice::from_ref(&g), &stale),
+            Outcome::Unexplained
+        );
+        // Read after its first sighting, the same leftover is its child.
+        l.expires_ms = Some(30_000);
+        assert_eq!(attribute(&l, &[g], &clock()), inh(F, F, U, C));
+    }
+
+    #[test]
+    fn existence_estimates_are_never_earlier_than_the_kernel_allows() {
+        let c = clock();
+        let t = tw("127.0.0.1:80", 12.0);
+        assert!((existed_at(&t, &c) - (NOW - 12.0 + TIMER_SLACK)).abs() < 1e-6);
+        // An orphan without a usable timer only proves that it exists now.
+        let orphan = Socket {
+            inode: 0,
+            expires_ms: Some(200),
+            ..Socket::test(State::FinWait1, "127.0.0.1:80", "127.0.0.9:1")
+        };
+        assert_eq!(existed_at(&orphan, &c), NOW);
+        // FIN_WAIT2 timewait sock: tcp_fin_timeout; above it (keepalive phase): now.
+        let fw2 = |ms| Socket {
+            inode: 0,
+            expires_ms: Some(ms),
+            ..Socket::test(State::FinWait2, "127.0.0.1:80", "127.0.0.9:1")
+        };
+        let short = Clock {
+            fin_timeout: 30.0,
+            ..c
+        };
+        assert!((existed_at(&fw2(20_000), &short) - (NOW - 10.0 + TIMER_SLACK)).abs() < 1e-6);
+        assert_eq!(existed_at(&fw2(50_000), &short), NOW);
+        // A FIN_WAIT2 with a file (half-closed by shutdown) has no timewait timer.
+        let with_file = Socket {
+            inode: 5,
+            ..fw2(20_000)
+        };
+        assert_eq!(existed_at(&with_file, &short), NOW);
+    }
+
+    #[test]
+    fn known_flags_are_kept_and_unexplained_are_counted_once() {
+        let gens = vec![generation(v4(T), 6.0, Some(1.0))];
+        let mut own = tw("127.0.0.1:80", 0.5);
+        own.flags.reuseaddr = F; // read from the kernel (BPF): memory is not asked
+        own.flags.reuseport = F;
+        let mut socks = vec![
+            own,
+            Socket {
+                count: 3,
+                ..tw("127.0.0.1:80", 0.5)
+            },
+            tw("127.0.0.1:80", 5.5),
+            Socket {
+                count: 2,
+                ..tw("127.0.0.1:80", 20.0)
+            },
+        ];
+        let t = inherit(&mut socks, &gens, &clock());
+        assert_eq!(socks[0].flags.reuseaddr, F, "known flags win");
+        assert_eq!(socks[1].flags.reuseaddr, U);
+        assert_eq!(socks[2].flags.reuseaddr, T, "death window");
+        assert_eq!(socks[3].flags.reuseaddr, T, "coexisted");
+        assert_eq!(
+            t,
+            Tally {
+                inherited: 3,
+                unexplained: 3,
+                unexplained_new: 3,
+            }
+        );
+        // The same leftovers one poll later are no longer new.
+        let later = Clock {
+            previous_poll: Some(NOW),
+            ..clock()
+        };
+        let mut again = vec![tw("127.0.0.1:80", 0.5)];
+        assert_eq!(inherit(&mut again, &gens, &later).unexplained_new, 0);
+    }
+}
