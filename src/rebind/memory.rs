@@ -68,8 +68,9 @@
 //!    within that same interval would go unseen. Its size is the poll interval.
 //! 3. **Anything later** cannot be trusted to `G`: another listener may have come
 //!    and gone unseen after `G`'s last sighting. A child of `G` kept alive by a
-//!    forked process after `G` closed leaves leftovers that cannot be linked to `G`
-//!    either (a TIME_WAIT names no process), so they are unknown, never guessed.
+//!    forked process after `G` closed is linked to `G` only by its cookie (rule 1:
+//!    a table walk read the connection while `G` was certainly listening); a timer
+//!    alone cannot link it (a TIME_WAIT names no process), so it stays unknown.
 //! 4. **Shared or unknown generations** (SO_REUSEPORT set or unknown, a bound or
 //!    unknown device, unknown SO_REUSEADDR) prove nothing: an unseen member of the
 //!    group may have had other flags. One exception follows from the bind rules: a
@@ -488,7 +489,7 @@ mod tests {
                 inh(T, U, U, D),
             ),
             (
-                "a forked child closes long after the listener: cannot be linked",
+                "a forked child closes long after the listener, cookie never read: cannot be linked",
                 vec![(v4(F), 40.0, Some(35.0))],
                 tw("127.0.0.1:80", 1.0),
                 Outcome::Unexplained,
