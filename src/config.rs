@@ -39,18 +39,15 @@ impl fmt::Display for ConfigError {
             if n == 1 { "" } else { "s" }
         )?;
         for p in &self.problems {
-            if p.key.is_empty() {
-                write!(f, "\n  {}:{}: {}", self.path.display(), p.line, p.message)?;
-            } else {
-                write!(
-                    f,
-                    "\n  {}:{}: {}: {}",
-                    self.path.display(),
-                    p.line,
-                    p.key,
-                    p.message
-                )?;
+            write!(f, "\n  {}", self.path.display())?;
+            // Line 0: a problem with the file as a whole (unreadable), not a line of it.
+            if p.line > 0 {
+                write!(f, ":{}", p.line)?;
             }
+            if !p.key.is_empty() {
+                write!(f, ": {}", p.key)?;
+            }
+            write!(f, ": {}", p.message)?;
         }
         Ok(())
     }
@@ -63,12 +60,17 @@ impl std::error::Error for ConfigError {}
 /// # Errors
 /// Unreadable file, YAML syntax errors, or every validation problem found.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = crate::fsread::read_to_string(
+        path,
+        crate::fsread::Symlinks::Follow,
+        crate::fsread::CONFIG_MAX,
+    )
+    .map_err(|e| ConfigError {
         path: path.to_path_buf(),
         problems: vec![Problem {
             line: 0,
             key: String::new(),
-            message: format!("cannot read the file: {e}"),
+            message: format!("cannot read the file: {}", e.reason()),
         }],
     })?;
     parse(&text).map_err(|problems| ConfigError {
@@ -85,8 +87,15 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let root = parse_tree(text).map_err(|p| vec![p])?;
     let mut problems = Vec::new();
     let cfg = match root {
-        // An empty file watches nothing.
-        None => Config::default(),
+        // An empty file is refused: on a reload it would silently drop every watched
+        // service (a truncated write, a config management run gone wrong).
+        None => {
+            return Err(vec![Problem {
+                line: 1,
+                key: String::new(),
+                message: "no YAML document (the file is empty or only whitespace and comments); to watch nothing, write `services: []`".to_string(),
+            }])
+        }
         Some(root) => validate(&root, &mut problems),
     };
     if problems.is_empty() {
@@ -153,6 +162,7 @@ fn fields<'a>(
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<&'a str, &'a Node> {
     let mut out = BTreeMap::new();
+    let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
     for (k, v) in entries {
         let Value::Scalar(name, _) = &k.value else {
             problem(problems, k, prefix, "keys must be plain names");
@@ -170,8 +180,16 @@ fn fields<'a>(
                 &full,
                 format!("unknown key (known keys: {})", known.join(", ")),
             );
-        } else if out.insert(name.as_str(), v).is_some() {
-            problem(problems, k, &full, "given twice");
+        } else if let Some(first) = first_line.get(name.as_str()) {
+            problem(
+                problems,
+                k,
+                &full,
+                format!("given twice (first on line {first})"),
+            );
+        } else {
+            first_line.insert(name.as_str(), k.line);
+            out.insert(name.as_str(), v);
         }
     }
     out
@@ -385,9 +403,50 @@ services:
     }
 
     #[test]
-    fn empty_files_watch_nothing() {
-        assert_eq!(parse("").unwrap(), Config::default());
+    fn empty_files_are_refused_explicit_nothing_is_not() {
+        for text in ["", "  \n\t\n", "# nothing yet\n", "\u{feff}"] {
+            let p = parse(text).unwrap_err();
+            assert_eq!(p.len(), 1, "{text:?}");
+            assert!(p[0].message.contains("no YAML document"), "{text:?}: {p:?}");
+        }
         assert_eq!(parse("services:\n").unwrap(), Config::default());
+        assert_eq!(parse("services: []\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn duplicate_keys_name_the_first_line() {
+        let p = parse("services:\n  - name: a\n    port: 80\n    port: 81\n").unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 4);
+        assert_eq!(p[0].message, "given twice (first on line 3)");
+        let p = parse("services: []\nservices: []\n").unwrap_err();
+        assert_eq!(p[0].message, "given twice (first on line 1)");
+    }
+
+    #[test]
+    fn a_second_document_is_refused() {
+        let p = parse("services: []\n---\nservices:\n  - name: a\n    port: 80\n").unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 2, "{p:?}");
+        assert!(p[0].message.contains("second YAML document"), "{p:?}");
+        // A leading `---` and a trailing `...` are one document.
+        assert!(parse("---\nservices: []\n...\n").is_ok());
+    }
+
+    #[test]
+    fn unreadable_file_has_no_fake_line() {
+        let e = load(Path::new("/nonexistent/bindwatch.yml")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("\n  /nonexistent/bindwatch.yml: cannot read the file: No such file"),
+            "{s}"
+        );
+        assert!(!s.contains(":0:"), "{s}");
+        let e = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/zero: cannot read the file: is a character device"),
+            "{e}"
+        );
     }
 
     #[test]

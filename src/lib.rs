@@ -21,6 +21,8 @@
 //! - [`poller`]: the polling loop; renders each snapshot once and publishes it.
 //! - [`publish`]: what the poller publishes and a scrape serves, and the requests the
 //!   server may send the poller (reload, stop): the server never imports the poller.
+//! - [`fsread`]: reading files bindwatch did not write: regular files only (checked
+//!   on the opened fd, opened non-blocking), size caps, errors naming the file.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`,
 //!   with the writer's heartbeat (pid, start time, poll interval).
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
@@ -45,6 +47,7 @@ pub mod commands;
 pub mod config;
 pub mod conflict;
 pub mod fasthash;
+pub mod fsread;
 pub mod generate;
 pub mod landing;
 pub mod lifecycle;

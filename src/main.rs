@@ -66,15 +66,52 @@ fn serve(a: ServeArgs) -> i32 {
     match run_serve(a) {
         Ok(()) => 0,
         Err(e) => {
+            // Once, as a log line (on stderr, like every log line): printing it again
+            // with eprintln showed every start-up error twice.
             tracing::error!("{e:#}");
-            eprintln!("bindwatch: {e:#}");
             2
         }
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd leaves the soft limit
+/// at 1024 (for `select()` users) and raises only the hard one, expecting programs that
+/// need many descriptors (connections, netns handles, pidfds) to do this themselves.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid, writable rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "getrlimit(RLIMIT_NOFILE)");
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        tracing::debug!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "RLIMIT_NOFILE already at its hard limit"
+        );
+        return;
+    }
+    let from = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: lim is a valid rlimit; raising the soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::debug!(
+            from,
+            to = lim.rlim_cur,
+            "raised the soft RLIMIT_NOFILE to the hard limit"
+        );
+    } else {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
+    }
+}
+
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    raise_nofile_limit();
     // Before any other thread exists: this also clears LISTEN_PID/LISTEN_FDS.
     let passed = if a.systemd_socket {
         let l = bindwatch::activation::take_listeners()?;

@@ -292,6 +292,9 @@ pub fn current_netns(procfs: &Path) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// The cap on the state file, see [`crate::fsread::STATE_MAX`].
+pub const MAX_BYTES: u64 = crate::fsread::STATE_MAX;
+
 /// Writes the state atomically and durably, safe in a directory an attacker may have
 /// prepared: the temporary file gets an unpredictable name and is created with
 /// `O_EXCL|O_NOFOLLOW` (a planted file or symlink makes the create fail, it is never
@@ -396,15 +399,22 @@ pub fn dir_policy(mode: u32, owner: u32, me: u32) -> Result<(), String> {
 }
 
 /// Reads the state file of namespace `netns`: `None` when it is missing or
-/// describes another namespace.
+/// describes another namespace. An entry that is malformed or out of range is
+/// skipped, with one warning for the file.
 ///
 /// # Errors
 /// A file that cannot be read or parsed, with its path.
 pub fn load_file(path: &Path, netns: Option<u64>) -> Result<Option<StateFile>, String> {
-    let text = match std::fs::read(path) {
+    // Never a symlink, never a FIFO (check in ExecStartPre= would hang), never more
+    // than the cap.
+    let text = match crate::fsread::read(
+        path,
+        crate::fsread::Symlinks::Refuse,
+        crate::fsread::STATE_MAX,
+    ) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     };
     let (state, skipped) = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some((n, first)) = skipped {

@@ -105,15 +105,17 @@ impl TreeBuilder {
 /// Deeper nesting is refused: no config needs it, and the tree is dropped recursively.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// Parses the first document of YAML text into a tree; `Ok(None)` for an empty one.
+/// Parses the one document of YAML text into a tree; `Ok(None)` for an empty one.
 ///
 /// # Errors
-/// A syntax error, or nesting deeper than [`MAX_DEPTH`], with its line.
+/// A syntax error, nesting deeper than [`MAX_DEPTH`], or a second document (which
+/// would otherwise be silently ignored), with its line.
 pub(crate) fn parse_tree(text: &str) -> Result<Option<Node>, Problem> {
     // A byte order mark (as some editors write) would otherwise join the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut b = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
+    let mut documents = 0usize;
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| Problem {
             line: e.marker().line().max(1),
@@ -121,7 +123,17 @@ pub(crate) fn parse_tree(text: &str) -> Result<Option<Node>, Problem> {
             message: format!("YAML syntax error: {}", e.info()),
         })?;
         match ev {
-            Event::StreamEnd | Event::DocumentEnd => return Ok(b.root),
+            Event::StreamEnd => return Ok(b.root),
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(Problem {
+                        line: mark.line().max(1),
+                        key: String::new(),
+                        message: "a second YAML document starts here; bindwatch reads exactly one (remove the `---` and what follows, or merge them)".to_string(),
+                    });
+                }
+            }
             Event::SequenceStart(..) | Event::MappingStart(..) if b.stack.len() >= MAX_DEPTH => {
                 return Err(Problem {
                     line: mark.line().max(1),
@@ -299,8 +311,11 @@ mod tests {
     }
 
     #[test]
-    fn first_document_only_and_lines() {
-        let t = parse_tree("a: 1\nb:\n  - x\n---\nc: [\n").unwrap().unwrap();
+    fn one_document_only_and_lines() {
+        let p = parse_tree("a: 1\nb:\n  - x\n---\nc: [\n").unwrap_err();
+        assert_eq!(p.line, 4, "{p:?}");
+        assert!(p.message.contains("second YAML document"), "{p:?}");
+        let t = parse_tree("a: 1\nb:\n  - x\n...\n").unwrap().unwrap();
         let Value::Map(m) = &t.value else {
             panic!("{t:?}")
         };

@@ -233,3 +233,296 @@ fn world_writable_state_directory_is_refused() {
         assert!(matches!(agent.child.try_wait(), Ok(None)), "still serving");
     });
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("no NUL");
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// Heap bindwatch may use in [`run_bounded`] (RLIMIT_DATA): a one-shot command or a
+/// refused start-up needs a few MiB; reading a 50 MB config whole took 937 MB.
+const DATA_LIMIT: u64 = 128 << 20;
+
+/// Runs bindwatch with `args` under [`DATA_LIMIT`], killed after `limit` (a hang is a
+/// test failure, not a stuck suite): (exit code or -1 for a signal, stderr).
+///
+/// Memory is bounded with RLIMIT_DATA rather than measured: `ru_maxrss` of a child
+/// spawned with vfork includes the test process's own peak.
+fn run_bounded(args: &[&str], limit: std::time::Duration) -> (i32, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin());
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: DATA_LIMIT,
+                rlim_max: DATA_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bindwatch");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bindwatch {args:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = reader.join().expect("stderr reader");
+    let code = status.code().unwrap_or(-1);
+    (code, err)
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Bug 4: a FIFO at `--state.file` hung `check` and `wait` forever (the ExecStartPre=
+/// path). Now it is refused as not a regular file, with a warning naming it, and the
+/// command answers.
+#[test]
+fn fifo_state_file_does_not_hang_check_or_wait() {
+    in_netns(|| {
+        let dir = Scratch::new("fifo-state");
+        mkfifo(&dir.path("state.json"));
+        let state = dir.str("state.json");
+        for args in [
+            vec!["check", "18230", "--state.file", &state],
+            vec!["wait", "18230", "--timeout", "2s", "--state.file", &state],
+        ] {
+            let (code, err) = run_bounded(&args, LIMIT);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            assert!(
+                err.contains("FIFO") && err.contains(&state),
+                "{args:?}: the warning names the file: {err}"
+            );
+        }
+    });
+}
+
+/// Bug 4: `--config.file` (and `--web.config.file`) on a FIFO hung start-up, on
+/// /dev/zero read until out of memory. Now both are exit 2 at once, naming the file.
+#[test]
+fn fifo_and_device_config_files_are_refused() {
+    in_netns(|| {
+        let dir = Scratch::new("fifo-config");
+        mkfifo(&dir.path("cfg.yml"));
+        let fifo = dir.str("cfg.yml");
+        std::os::unix::fs::symlink("/dev/zero", dir.path("zero.yml")).expect("symlink");
+        let zero = dir.str("zero.yml");
+        for (args, what) in [
+            (vec!["serve", "--config.file", &fifo], "FIFO"),
+            (vec!["serve", "--web.config.file", &fifo], "FIFO"),
+            (
+                vec!["serve", "--config.file", "/dev/zero"],
+                "character device",
+            ),
+            (vec!["serve", "--config.file", &zero], "character device"),
+            (vec!["check", "80", "--config.file", &fifo], "FIFO"),
+            (
+                vec!["ports", "--config.file", "/dev/zero"],
+                "character device",
+            ),
+        ] {
+            let mut full = args.clone();
+            full.extend_from_slice(&["--state.file=", "--web.listen-address", "127.0.0.1:18231"]);
+            if args[0] != "serve" {
+                full.truncate(full.len() - 2);
+            }
+            let (code, err) = run_bounded(&full, LIMIT);
+            assert_eq!(code, 2, "{full:?}: {err}");
+            assert!(
+                err.contains(what) && err.contains(args[args.len() - 1]),
+                "{full:?}: {err}"
+            );
+            assert!(!err.contains(":0:"), "no fake line 0: {err}");
+        }
+    });
+}
+
+/// Bug 4: a 50 MB config took 937 MB of memory. Now it is refused by its size before it
+/// is read: exit 2 naming the file and the limit, in bounded memory.
+#[test]
+fn huge_config_is_refused_in_bounded_memory() {
+    use std::io::Write;
+    let dir = Scratch::new("big-config");
+    let path = dir.path("big.yml");
+    let mut f = std::io::BufWriter::new(fs::File::create(&path).expect("create"));
+    f.write_all(b"services:\n").expect("write");
+    let mut i = 0u32;
+    while f.get_ref().metadata().expect("stat").len() < 50_000_000 {
+        for _ in 0..1000 {
+            writeln!(f, "  - name: s{i}\n    port: {}", 1 + i % 65535).expect("write");
+            i += 1;
+        }
+        f.flush().expect("flush");
+    }
+    drop(f);
+    let p = path.to_str().expect("utf8");
+    for args in [
+        vec!["check", "80", "--config.file", p, "--state.file="],
+        vec![
+            "serve",
+            "--config.file",
+            p,
+            "--state.file=",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let (code, err) = run_bounded(&args, LIMIT);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains(p) && err.contains("larger than the 1048576-byte limit"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A copy of the `odd` fixture procfs (two tcp listeners 8080 and 8081, udp 53) where a
+/// test may plant FIFOs and odd lines.
+fn fake_procfs(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/procfs/odd/net");
+    fs::create_dir_all(s.path("net")).expect("mkdir net");
+    for e in fs::read_dir(&src).expect("fixture") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), s.path("net").join(e.file_name())).expect("copy");
+    }
+    s
+}
+
+fn procfs_server(port: u16, procfs: &Scratch) -> Server {
+    Server::start(
+        port,
+        &[
+            "--source",
+            "procfs",
+            "--path.procfs",
+            procfs.0.to_str().expect("utf8"),
+            "--poll.interval",
+            "200ms",
+        ],
+    )
+}
+
+fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Bug 4, fake procfs: a FIFO at net/udp hung the poller for good (open blocks without
+/// a writer). Now each poll fails on it, counted and logged, and the poller goes on.
+#[test]
+fn fifo_in_fake_procfs_does_not_hang_the_poller() {
+    in_netns(|| {
+        let procfs = fake_procfs("procfs-fifo");
+        let udp = procfs.path("net/udp");
+        fs::remove_file(&udp).expect("rm udp");
+        mkfifo(&udp);
+        // Not Server::start: /healthz is 503 while every poll fails, as it should be.
+        let script = format!(
+            "exec {b} serve --web.listen-address 127.0.0.1:18232 --state.file= --source procfs --path.procfs {p} --poll.interval 200ms --poll.cpu-budget 0",
+            b = bin().display(),
+            p = procfs.0.display(),
+        );
+        let agent = ShAgent::spawn(&script, procfs.path("log"));
+        let addr = "127.0.0.1:18232".parse().expect("addr");
+        let errors = || {
+            http_get(addr, "/metrics", &[])
+                .ok()
+                .filter(|(code, _, _)| *code == 200)
+                .and_then(|(_, _, body)| {
+                    Metrics::parse(&String::from_utf8_lossy(&body))
+                        .get("bindwatch_poll_errors_total", &[("source", "procfs")])
+                })
+        };
+        assert!(
+            eventually(std::time::Duration::from_secs(20), || errors()
+                .is_some_and(|n| n >= 3.0)),
+            "polls go on failing, not hanging: {:?} {}",
+            errors(),
+            agent.log()
+        );
+        let log = agent.log();
+        assert!(log.contains("net/udp") && log.contains("FIFO"), "{log}");
+    });
+}
+
+/// Bug 4, fake procfs: one line of 64 MiB (an "endless" line) was read whole into
+/// memory, one invalid UTF-8 line cost the whole table. Now each costs only its line:
+/// the other listeners are reported, the bad lines counted, memory stays small.
+#[test]
+fn endless_and_non_utf8_lines_in_fake_procfs_cost_only_themselves() {
+    in_netns(|| {
+        let procfs = fake_procfs("procfs-lines");
+        let tcp = procfs.path("net/tcp");
+        let text = fs::read(&tcp).expect("tcp");
+        let mut lines: Vec<Vec<u8>> = text
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        // After the header and the 8080 listener: an endless line, then a non-UTF-8 one.
+        lines.insert(2, [vec![b'7'; 64 << 20], b"\n".to_vec()].concat());
+        lines.insert(
+            3,
+            b"   9: 0100007F:1F99 \xff\xfe\xfd 0A 00000000:00000000\n".to_vec(),
+        );
+        fs::write(&tcp, lines.concat()).expect("write tcp");
+        let srv = procfs_server(18233, &procfs);
+        let m = srv.metrics_until(std::time::Duration::from_secs(20), |m| {
+            m.get("bindwatch_procfs_malformed_lines_total", &[])
+                .unwrap_or(0.0)
+                >= 3.0
+        });
+        for port in ["8080", "8081"] {
+            assert_eq!(
+                m.matching(
+                    "bindwatch_listener_info",
+                    &[("port", port), ("protocol", "tcp")]
+                )
+                .len(),
+                1,
+                "listener {port} still read: {}",
+                m.text
+            );
+        }
+        assert!(
+            m.get("bindwatch_procfs_malformed_lines_total", &[])
+                .unwrap_or(0.0)
+                >= 3.0,
+            "{}",
+            m.text
+        );
+        let hwm = vm_hwm_kib(srv.pid());
+        assert!(
+            hwm < 60 * 1024,
+            "peak RSS {hwm} KiB: the 64 MiB line was held in memory"
+        );
+    });
+}

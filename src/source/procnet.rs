@@ -6,7 +6,6 @@
 //! `BufRead` (tests use captured kernel text) and streams sockets to a callback.
 //! /proc cannot show: SO_BINDTODEVICE, V6ONLY, bound-only sockets.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -40,6 +39,14 @@ impl ProcNetError {
     }
 }
 
+/// Longest line kept: a real line is about 150 bytes (180 for tcp6); longer ones are
+/// skipped as malformed without being held in memory.
+pub const MAX_LINE: usize = 4096;
+
+/// Most bytes read from one table (about 7 million sockets): a table file that does
+/// not end (a fake procfs) stops here with an error instead of reading forever.
+pub const MAX_TABLE_BYTES: u64 = 1 << 30;
+
 /// Table file name under `<procfs>/net/`.
 pub fn table_file(protocol: Protocol, v6: bool) -> &'static str {
     match (protocol, v6) {
@@ -65,9 +72,15 @@ pub fn read_table(
     on_bad_line: &mut dyn FnMut(ProcNetError),
 ) -> Result<(), ProcNetError> {
     let path = procfs.join("net").join(table_file(protocol, v6));
-    let file = File::open(&path).map_err(|source| ProcNetError::Io {
-        path: path.clone(),
-        source,
+    // Regular files only: a FIFO in a fake procfs would block the poller for good.
+    let (file, _) = crate::fsread::open(&path, crate::fsread::Symlinks::Follow).map_err(|e| {
+        ProcNetError::Io {
+            path: path.clone(),
+            source: match e {
+                crate::fsread::ReadError::Open { source, .. } => source,
+                other => io::Error::new(io::ErrorKind::InvalidInput, other.reason()),
+            },
+        }
     })?;
     parse_table(
         BufReader::with_capacity(256 * 1024, file),
@@ -78,10 +91,56 @@ pub fn read_table(
     )
 }
 
-/// Parses a /proc/net table from any reader. Pure apart from the reader.
+/// Reads one line of at most `max` bytes into `buf` (cleared first). Returns the bytes
+/// consumed (0 at the end) and whether the line was longer than `max`, in which case
+/// `buf` is left empty and the rest of the line is consumed without being kept.
 ///
 /// # Errors
-/// Only on read errors; bad lines go to `on_bad_line`.
+/// Read errors of `r`.
+pub fn read_line_capped<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(u64, bool)> {
+    buf.clear();
+    let mut consumed = 0u64;
+    let mut overlong = false;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok((consumed, overlong));
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if !overlong {
+            if buf.len().saturating_add(take) > max {
+                overlong = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&avail[..take]);
+            }
+        }
+        r.consume(take);
+        consumed = consumed.saturating_add(take as u64);
+        if done {
+            return Ok((consumed, overlong));
+        }
+    }
+}
+
+/// Parses a /proc/net table from any reader. Pure apart from the reader.
+///
+/// A line that is too long ([`MAX_LINE`]) or not UTF-8 is a bad line, skipped: it costs
+/// only itself.
+///
+/// # Errors
+/// On read errors, and beyond [`MAX_TABLE_BYTES`]; bad lines go to `on_bad_line`.
 pub fn parse_table<R: BufRead>(
     mut r: R,
     path: &Path,
@@ -89,31 +148,54 @@ pub fn parse_table<R: BufRead>(
     sink: &mut dyn FnMut(&Socket),
     on_bad_line: &mut dyn FnMut(ProcNetError),
 ) -> Result<(), ProcNetError> {
-    let mut line = String::with_capacity(256);
+    let mut raw = Vec::with_capacity(256);
     let mut n = 0usize;
+    let mut total = 0u64;
     loop {
-        line.clear();
-        let got = r.read_line(&mut line).map_err(|source| ProcNetError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (got, overlong) =
+            read_line_capped(&mut r, &mut raw, MAX_LINE).map_err(|source| ProcNetError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if got == 0 {
             return Ok(());
+        }
+        total = total.saturating_add(got);
+        if total > MAX_TABLE_BYTES {
+            return Err(ProcNetError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {MAX_TABLE_BYTES} bytes: not a socket table"),
+                ),
+            });
         }
         n += 1;
         if n == 1 {
             continue; // header
         }
+        let bad = |reason: String| ProcNetError::Parse {
+            path: path.to_path_buf(),
+            line: n,
+            reason,
+        };
+        if overlong {
+            on_bad_line(bad(format!("longer than {MAX_LINE} bytes")));
+            continue;
+        }
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                on_bad_line(bad(format!("not UTF-8 (byte {})", e.valid_up_to())));
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line, protocol) {
+        match parse_line(line, protocol) {
             Ok(s) => sink(&s),
-            Err(reason) => on_bad_line(ProcNetError::Parse {
-                path: path.to_path_buf(),
-                line: n,
-                reason,
-            }),
+            Err(reason) => on_bad_line(bad(reason)),
         }
     }
 }
@@ -195,6 +277,49 @@ fn parse_addr(s: &str) -> Result<SocketAddr, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlong_and_non_utf8_lines_cost_only_themselves() {
+        let mut lines: Vec<Vec<u8>> = TCP.lines().map(|l| format!("{l}\n").into_bytes()).collect();
+        let good = lines.len() - 1;
+        lines.insert(2, [vec![b'7'; 100_000], b"\n".to_vec()].concat());
+        lines.insert(3, b"   9: 0100007F:1F91 \xff\xfe 0A\n".to_vec());
+        let text = lines.concat();
+        let (mut got, mut bad) = (0, Vec::new());
+        parse_table(
+            &text[..],
+            Path::new("/proc/net/tcp"),
+            Protocol::Tcp,
+            &mut |_| got += 1,
+            &mut |e| bad.push(e.to_string()),
+        )
+        .unwrap();
+        assert_eq!(got, good, "{bad:?}");
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("tcp:3: longer than 4096 bytes"), "{bad:?}");
+        assert!(bad[1].contains("tcp:4: not UTF-8"), "{bad:?}");
+    }
+
+    #[test]
+    fn capped_line_reader() {
+        use std::io::Read;
+        let mut r = &b"ab\ncdefg\nh"[..];
+        let mut buf = Vec::new();
+        assert_eq!(read_line_capped(&mut r, &mut buf, 4).unwrap(), (3, false));
+        assert_eq!(buf, b"ab\n");
+        assert_eq!(read_line_capped(&mut r, &mut buf, 4).unwrap(), (6, true));
+        assert!(buf.is_empty());
+        assert_eq!(read_line_capped(&mut r, &mut buf, 4).unwrap(), (1, false));
+        assert_eq!(buf, b"h");
+        assert_eq!(read_line_capped(&mut r, &mut buf, 4).unwrap(), (0, false));
+        // An endless line is consumed, not kept.
+        let mut endless = BufReader::new(io::repeat(b'x').take(10 << 20));
+        assert_eq!(
+            read_line_capped(&mut endless, &mut buf, MAX_LINE).unwrap(),
+            (10 << 20, true)
+        );
+        assert!(buf.capacity() <= 2 * MAX_LINE);
+    }
 
     // Captured from Linux 6.18 x86_64 (little endian): a listener on 127.0.0.1:8080,
     // a TIME_WAIT with 59.91 s left, and an IPv6 listener on [::1]:9090.

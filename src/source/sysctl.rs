@@ -49,10 +49,14 @@ pub fn parse_reserved_ports(s: &str) -> Result<Vec<(u16, u16)>, String> {
 
 fn read_file(procfs: &Path, rel: &str) -> Result<(PathBuf, String), SysctlError> {
     let path = procfs.join(rel);
-    match std::fs::read_to_string(&path) {
+    match crate::fsread::read_to_string(
+        &path,
+        crate::fsread::Symlinks::Follow,
+        crate::fsread::SYSCTL_MAX,
+    ) {
         Ok(s) => Ok((path, s)),
         Err(e) => Err(SysctlError {
-            reason: e.to_string(),
+            reason: e.reason(),
             path,
         }),
     }

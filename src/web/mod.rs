@@ -84,11 +84,16 @@ pub fn load(path: &Path) -> Result<(WebConfig, Active, Vec<PathBuf>), ConfigErro
         path: path.to_path_buf(),
         problems,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::fsread::read_to_string(
+        path,
+        crate::fsread::Symlinks::Follow,
+        crate::fsread::CONFIG_MAX,
+    )
+    .map_err(|e| {
         err(vec![Problem {
             line: 0,
             key: String::new(),
-            message: format!("cannot read the file: {e}"),
+            message: format!("cannot read the file: {}", e.reason()),
         }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));

@@ -31,8 +31,17 @@ fn problem(pem: &Pem, message: impl Into<String>) -> Problem {
 fn read_pem(pem: &Pem) -> Result<Vec<u8>, Problem> {
     match &pem.source {
         PemSource::Inline(text) => Ok(text.as_bytes().to_vec()),
-        PemSource::File(path) => std::fs::read(path)
-            .map_err(|e| problem(pem, format!("cannot read {}: {e}", path.display()))),
+        PemSource::File(path) => crate::fsread::read(
+            path,
+            crate::fsread::Symlinks::Follow,
+            crate::fsread::PEM_MAX,
+        )
+        .map_err(|e| {
+            problem(
+                pem,
+                format!("cannot read {}: {}", path.display(), e.reason()),
+            )
+        }),
     }
 }
 
