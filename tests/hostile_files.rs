@@ -526,3 +526,124 @@ fn endless_and_non_utf8_lines_in_fake_procfs_cost_only_themselves() {
         );
     });
 }
+
+/// Weak spot: an empty or whitespace-only `--config.file` on reload was accepted and
+/// dropped every watched service; a second YAML document was silently ignored. Both
+/// are refused now: the old services stay, bindwatch_config_last_reload_successful 0.
+#[test]
+fn empty_or_two_document_config_on_reload_keeps_the_old_one() {
+    in_netns(|| {
+        let dir = Scratch::new("reload");
+        let cfg = dir.path("cfg.yml");
+        let good = "services:\n  - name: kept\n    port: 18241\n";
+        fs::write(&cfg, good).expect("write");
+        let srv = Server::start(
+            18240,
+            &[
+                "--config.file",
+                &dir.str("cfg.yml"),
+                "--poll.interval",
+                "200ms",
+            ],
+        );
+        let kept = |m: &Metrics| {
+            m.matching("bindwatch_watched_port_status", &[("name", "kept")])
+                .len()
+                == 5
+        };
+        assert!(kept(
+            &srv.metrics_until(std::time::Duration::from_secs(10), kept)
+        ));
+        let reload_ok = |m: &Metrics| m.get("bindwatch_config_last_reload_successful", &[]);
+        for bad in [
+            "",
+            "  \n\t\n",
+            "# emptied by a bad deploy\n",
+            "services: []\n---\nservices: []\n",
+        ] {
+            fs::write(&cfg, good).expect("write");
+            // SAFETY: kill only signals our own child.
+            assert_eq!(unsafe { libc::kill(srv.pid(), libc::SIGHUP) }, 0);
+            let m = srv.metrics_until(std::time::Duration::from_secs(10), |m| {
+                reload_ok(m) == Some(1.0)
+            });
+            assert_eq!(reload_ok(&m), Some(1.0), "{}", m.text);
+            fs::write(&cfg, bad).expect("write");
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::kill(srv.pid(), libc::SIGHUP) }, 0);
+            let m = srv.metrics_until(std::time::Duration::from_secs(10), |m| {
+                reload_ok(m) == Some(0.0)
+            });
+            assert_eq!(reload_ok(&m), Some(0.0), "{bad:?} refused: {}", m.text);
+            assert!(kept(&m), "{bad:?}: the old services stay: {}", m.text);
+        }
+    });
+}
+
+/// Weak spot: start-up errors were printed twice (a log line and again on stderr), and
+/// an unreadable file showed a fake line `:0:`.
+#[test]
+fn start_up_error_is_printed_once_without_fake_line() {
+    let (code, _, err) = bindwatch(&[
+        "serve",
+        "--config.file",
+        "/nonexistent/bindwatch.yml",
+        "--state.file=",
+        "--web.listen-address",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err.matches("/nonexistent/bindwatch.yml: 1 problem").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("/nonexistent/bindwatch.yml: cannot read the file"),
+        "{err}"
+    );
+    assert!(!err.contains(":0:"), "{err}");
+}
+
+/// Weak spot: the soft RLIMIT_NOFILE stayed at 1024 under systemd (which raises only
+/// the hard limit). serve raises the soft limit to the hard one at start.
+#[test]
+fn soft_nofile_limit_is_raised_to_the_hard_limit() {
+    in_netns(|| {
+        let dir = Scratch::new("nofile");
+        let script = format!(
+            "exec prlimit --nofile=1024:4096 {b} serve --web.listen-address 127.0.0.1:18242 --state.file= --log.level debug",
+            b = bin().display(),
+        );
+        let agent = ShAgent::spawn(&script, dir.path("log"));
+        let pid = agent.child.id();
+        let limits = || fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+        let open_files = || {
+            limits()
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .skip(3)
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+        };
+        assert!(
+            eventually(std::time::Duration::from_secs(20), || {
+                open_files().as_deref() == Some("4096 4096")
+            }),
+            "{:?} {}",
+            open_files(),
+            agent.log()
+        );
+        assert!(
+            eventually(std::time::Duration::from_secs(5), || agent
+                .log()
+                .contains("raised the soft RLIMIT_NOFILE")),
+            "{}",
+            agent.log()
+        );
+    });
+}
