@@ -27,6 +27,8 @@ pub const PEM_MAX: u64 = 1 << 20;
 pub const STATE_MAX: u64 = 64 << 20;
 /// One sysctl file (`ip_local_reserved_ports` listing every port is under 400 KiB).
 pub const SYSCTL_MAX: u64 = 1 << 20;
+/// Small files of `/proc/PID/` (`stat`, `status`, `cgroup`).
+pub const PROC_FILE_MAX: u64 = 1 << 20;
 
 /// Whether the last path component may be a symbolic link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

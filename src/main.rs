@@ -66,9 +66,10 @@ fn serve(a: ServeArgs) -> i32 {
     match run_serve(a) {
         Ok(()) => 0,
         Err(e) => {
-            // Once, as a log line (on stderr, like every log line): printing it again
-            // with eprintln showed every start-up error twice.
-            tracing::error!("{e:#}");
+            // Once, as plain text on stderr: a config error lists one problem per line,
+            // which a logfmt/JSON log line would escape into one. (It was also logged,
+            // so every start-up error showed twice.)
+            eprintln!("bindwatch: {e:#}");
             2
         }
     }

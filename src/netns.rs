@@ -113,10 +113,14 @@ pub fn discover(procfs: &Path, run_netns: &Path) -> Vec<Netns> {
             let name = if Some(ino) == own {
                 "host".to_string()
             } else {
-                std::fs::read_to_string(e.path().join("cgroup"))
-                    .ok()
-                    .and_then(|t| name_from_cgroup(&t))
-                    .unwrap_or_else(|| format!("netns:[{ino}]"))
+                crate::fsread::read_to_string(
+                    &e.path().join("cgroup"),
+                    crate::fsread::Symlinks::Follow,
+                    crate::fsread::PROC_FILE_MAX,
+                )
+                .ok()
+                .and_then(|t| name_from_cgroup(&t))
+                .unwrap_or_else(|| format!("netns:[{ino}]"))
             };
             found.insert(
                 ino,

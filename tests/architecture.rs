@@ -96,6 +96,7 @@ fn layers_import_only_what_the_map_allows() {
     allowed("tally", &["model", "fasthash"], &g);
     allowed("fasthash", &[], &g);
     allowed("yaml", &[], &g);
+    allowed("fsread", &[], &g);
     allowed("publish", &["metrics"], &g);
     assert!(
         !g["server"].contains("poller"),

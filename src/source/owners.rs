@@ -127,6 +127,20 @@ pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
         .collect()
 }
 
+/// `/etc/passwd` beyond this (a directory of ~500,000 users) is not read: owners are
+/// then shown by uid.
+const PASSWD_MAX: u64 = 64 << 20;
+
+/// A small file of `/proc/PID/`, read safely (regular files only, capped).
+fn proc_file(dir: &Path, name: &str) -> Option<String> {
+    crate::fsread::read_to_string(
+        &dir.join(name),
+        crate::fsread::Symlinks::Follow,
+        crate::fsread::PROC_FILE_MAX,
+    )
+    .ok()
+}
+
 impl OwnerResolver {
     pub fn new(procfs: &Path) -> Self {
         Self::with_rootfs(procfs, Path::new("/"))
@@ -136,12 +150,17 @@ impl OwnerResolver {
     /// host's root is mounted elsewhere). Unreadable, the `user` label shows uids.
     pub fn with_rootfs(procfs: &Path, rootfs: &Path) -> Self {
         let passwd = rootfs.join("etc/passwd");
-        let users = match fs::read_to_string(&passwd) {
+        let users = match crate::fsread::read_to_string(
+            &passwd,
+            crate::fsread::Symlinks::Follow,
+            PASSWD_MAX,
+        ) {
             Ok(t) => parse_passwd(&t),
             Err(e) => {
                 tracing::warn!(
-                    "reading {} (--path.rootfs) for user names: {e}; the user label shows uids",
-                    passwd.display()
+                    "reading {} (--path.rootfs) for user names: {}; the user label shows uids",
+                    passwd.display(),
+                    e.reason()
                 );
                 HashMap::new()
             }
@@ -367,9 +386,10 @@ impl OwnerResolver {
     /// The `procfs` crate parses `/proc/PID/{stat,status}` (comm and effective uid).
     pub fn owner(&mut self, pid: u32) -> Option<Owner> {
         let dir = self.procfs.join(pid.to_string());
-        let start = fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|t| start_time(&t))?;
+        // Through fsread: in a fake procfs (--path.procfs) these could be FIFOs, and
+        // the procfs crate below reads `status` with a plain open.
+        let start = proc_file(&dir, "stat").and_then(|t| start_time(&t))?;
+        crate::fsread::open(&dir.join("status"), crate::fsread::Symlinks::Follow).ok()?;
         let round = self.round;
         if let Some((t, o, r)) = self.owners.get_mut(&pid) {
             if *t == start {
@@ -380,9 +400,7 @@ impl OwnerResolver {
         let proc_ = procfs::process::Process::new_with_root(dir.clone()).ok()?;
         let comm = proc_.stat().ok()?.comm;
         let uid = proc_.status().ok()?.euid;
-        let unit = fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|t| unit_from_cgroup(&t));
+        let unit = proc_file(&dir, "cgroup").and_then(|t| unit_from_cgroup(&t));
         let o = Owner {
             pid,
             process: comm,
