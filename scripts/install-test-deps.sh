@@ -52,6 +52,10 @@ declare -A PKG_FOR=(
     [strip]=binutils
     [lintian]=lintian
     [man]=man-db
+    # BPF objects (tests/bpf_objects.rs rebuilds them with scripts/build-bpf.sh)
+    [clang]=clang
+    [llvm-strip]=llvm
+    [bpftool]=bpftool
 )
 
 missing=()
@@ -60,6 +64,10 @@ for cmd in "${!PKG_FOR[@]}"; do
         missing+=("${PKG_FOR[$cmd]}")
     fi
 done
+# libbpf-dev has no command: its headers are what the BPF programs include.
+if [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
+    missing+=(libbpf-dev)
+fi
 # The venv is built from Debian's own python (not whatever python3 is first on PATH, e.g. a
 # pyenv shim that a later machine may lack); `-m venv` needs python3-venv (ensurepip).
 PY=/usr/bin/python3

@@ -155,6 +155,10 @@ pub struct ServeArgs {
         default_value = "/run/netns"
     )]
     pub run_netns: PathBuf,
+    /// Do not attach the BPF tracer of real bind/listen/connect failures (the
+    /// failure metrics and GET /failures stay empty).
+    #[arg(long = "no-bind-events")]
+    pub no_bind_events: bool,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,

@@ -160,7 +160,7 @@ pub fn page(telemetry_path: &str, tables: &str) -> String {
          <style>{STYLE}</style>\n</head>\n<body>\n<header><h1>bindwatch</h1></header>\n<main>\n\
          <h2>Prometheus exporter and port-conflict monitor: would a restart fail with EADDRINUSE?</h2>\n\
          <div>Version: {version} (revision {revision})</div>\n<div><ul>\n\
-         <li><a href=\"{p}\">Metrics</a></li>\n<li><a href=\"/healthz\">Health</a></li>\n\
+         <li><a href=\"{p}\">Metrics</a></li>\n<li><a href=\"/healthz\">Health</a></li>\n<li><a href=\"/failures\">Recent real bind failures</a> (JSON)</li>\n\
          </ul></div>\n<p class=\"note\">On the host: <code>bindwatch ports</code>, \
          <code>bindwatch check PORT --restart</code>.</p>\n{tables}</main>\n</body>\n</html>\n",
         version = escape(VERSION),

@@ -17,6 +17,8 @@
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener
 //!   generations (tracking only; the rule is `rebind::memory`).
+//! - [`events`]: real bind/listen/connect failures from a BPF tracer: blockers,
+//!   prediction scores, the failure log behind `GET /failures`.
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
 //! - [`poller`]: the polling loop; renders each snapshot once and publishes it.
 //! - [`publish`]: what the poller publishes and a scrape serves, and the requests the
@@ -46,6 +48,7 @@ pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod conflict;
+pub mod events;
 pub mod fasthash;
 pub mod fsread;
 pub mod generate;

@@ -235,6 +235,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
                 )
             })
         };
+        let events = Arc::new(bindwatch::events::Events::new(a.ports_max as usize));
+        // Attached before the first poll, so the first published scrape already says
+        // whether failures are observed.
+        let tracer = start_tracer(&a, latest.clone(), events.clone());
         let handle = poller::spawn(
             target,
             a.poll_interval,
@@ -243,6 +247,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             state_sink,
             poller::CpuBudget::new(a.cpu_budget),
             !a.disable_exporter_metrics,
+            Some(events.clone()),
         );
         spawn_sighup(handle.control.clone());
         let state = Arc::new(server::AppState {
@@ -262,12 +267,18 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
                 write_timeout: a.write_timeout,
                 max_connections: a.max_connections,
             },
+            events: Some(events),
         });
         for address in local {
             tracing::info!(%address, path = %a.telemetry_path, "serving metrics");
         }
         server::run(listeners, state, shutdown_signal()).await;
-        let stopped = tokio::task::spawn_blocking(move || handle.stop(poller::STOP_TIMEOUT))
+        let stopped = tokio::task::spawn_blocking(move || {
+            if let Some(t) = tracer {
+                t.stop();
+            }
+            handle.stop(poller::STOP_TIMEOUT)
+        })
             .await
             .unwrap_or(false);
         if !stopped {
@@ -298,6 +309,39 @@ impl Drop for QuickShutdown {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
             rt.shutdown_timeout(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+/// Starts the BPF failure tracer; without it (no privilege, no BTF, no tracefs) the
+/// failure metrics are absent and one line says why.
+fn start_tracer(
+    a: &ServeArgs,
+    latest: Arc<poller::Latest>,
+    events: Arc<bindwatch::events::Events>,
+) -> Option<bindwatch::events::loader::Tracer> {
+    if a.no_bind_events {
+        tracing::info!("bind failure tracer disabled (--no-bind-events)");
+        return None;
+    }
+    let opts = bindwatch::events::loader::TracerOptions {
+        procfs: a.source.procfs.clone(),
+        run_netns: a.run_netns.clone(),
+        all_netns: a.netns == NetnsMode::All,
+    };
+    match bindwatch::events::loader::start(opts, latest, events) {
+        Ok(t) => {
+            tracing::info!(
+                "bind failure tracer attached (syscall tracepoints bind, listen, connect)"
+            );
+            Some(t)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "bind failure events unavailable, bindwatch_bind_failures_total and friends are \
+                 not exported: {e} (needs CAP_BPF and CAP_PERFMON, or root, and kernel BTF)"
+            );
+            None
         }
     }
 }

@@ -203,6 +203,7 @@ pub fn spawn(
     state_sink: Option<StateSink>,
     budget: CpuBudget,
     exporter_metrics: bool,
+    events: Option<Arc<crate::events::Events>>,
 ) -> PollerHandle {
     let (tx, rx) = mpsc::channel();
     let mut selfm = SelfMetrics::new();
@@ -221,6 +222,7 @@ pub fn spawn(
         budget,
         last_poll: None,
         poll_cpu_total: 0.0,
+        events,
     };
     poll_and_publish(&mut target, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
@@ -325,6 +327,8 @@ struct LoopState {
     budget: CpuBudget,
     last_poll: Option<Instant>,
     poll_cpu_total: f64,
+    /// The failure tracer, when one was started (its metrics are rendered here).
+    events: Option<Arc<crate::events::Events>>,
 }
 
 impl LoopState {
@@ -459,6 +463,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
             .connections_refused
             .load(std::sync::atomic::Ordering::Relaxed),
         web_config_reload_ok: latest.http.web_config_ok(),
+        bind_events: st.events.as_ref().map(|e| e.counters()),
     };
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
@@ -473,6 +478,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         openmetrics: Bytes::from(exp.openmetrics),
         landing: Arc::from(crate::landing::tables(&snaps)),
         last_success: st.last_success,
+        snapshots: st.last.clone(),
     });
 }
 

@@ -20,6 +20,9 @@ pub struct Published {
     /// The live tables of the landing page (see [`crate::landing`]).
     pub landing: Arc<str>,
     pub last_success: Option<Instant>,
+    /// The snapshots the body was rendered from, with their namespace name under
+    /// `--netns all` (the failure tracer judges events against them).
+    pub snapshots: Vec<(Option<String>, Arc<crate::model::Snapshot>)>,
 }
 
 impl Published {
@@ -52,6 +55,7 @@ impl Latest {
                 openmetrics_gzip: Bytes::new(),
                 landing: Arc::from(""),
                 last_success: None,
+                snapshots: Vec::new(),
             })),
             http: metrics::HttpStats::default(),
         }

@@ -83,6 +83,8 @@ pub struct AppState {
     /// plain HTTP to everyone.
     pub web: Option<Arc<WebState>>,
     pub limits: Limits,
+    /// The failure tracer's log (`GET /failures`); `None` when none was started.
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 /// Parses `--web.listen-address`: `:PORT` (every address), `HOST:PORT`, `[V6]:PORT`.
@@ -714,7 +716,17 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
             );
             r
         }
-        "/healthz" | "/" => text(
+        "/failures" if read_only => {
+            let body = match &state.events {
+                Some(ev) => ev.failures_json(),
+                None => serde_json::json!({"active": false, "failures": []}),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        "/healthz" | "/" | "/failures" => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are allowed here\n",
         ),

@@ -146,6 +146,35 @@ impl Request {
     }
 }
 
+/// `INET_DIAG_REQ_BYTECODE`: a filter program run by the kernel on every socket.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `INET_DIAG_BC_S_EQ` (Linux 4.16+): local port equals the next op's `no`.
+const INET_DIAG_BC_S_EQ: u8 = 11;
+
+impl Request {
+    /// [`Request::encode`] with a bytecode filter that keeps only sockets whose local
+    /// port is `port`, so the dump costs nothing per socket of other ports (as
+    /// `ss sport = :PORT` does). Needs a per-family request (`family` not AF_UNSPEC).
+    pub fn encode_port(&self, seq: u32, port: u16) -> Vec<u8> {
+        let mut b = self.encode(seq);
+        // struct inet_diag_bc_op { code, yes, no }: S_EQ jumps 8 bytes (the end:
+        // accept) when equal, 12 (past the end: reject) when not; the port rides in
+        // the second op's `no`.
+        let mut bc = Vec::with_capacity(8);
+        bc.extend_from_slice(&[INET_DIAG_BC_S_EQ, 8]);
+        bc.extend_from_slice(&12u16.to_ne_bytes());
+        bc.extend_from_slice(&[0, 0]);
+        bc.extend_from_slice(&port.to_ne_bytes());
+        let attr_len = 4 + bc.len();
+        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        b.extend_from_slice(&bc);
+        let len = b.len() as u32;
+        b[0..4].copy_from_slice(&len.to_ne_bytes());
+        b
+    }
+}
+
 /// Progress of one dump after a batch was decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Batch {
@@ -419,9 +448,35 @@ impl NetlinkDiag {
         req: Request,
         sink: &mut F,
     ) -> Result<(), NetlinkError> {
-        let what = req.what();
         self.seq = self.seq.wrapping_add(1);
         let msg = req.encode(self.seq);
+        self.exchange(req, &msg, sink)
+    }
+
+    /// Streams the sockets of one protocol and family whose local port is `port`,
+    /// filtered in the kernel ([`Request::encode_port`]).
+    ///
+    /// # Errors
+    /// See [`NetlinkError`].
+    pub fn dump_port<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        req: Request,
+        port: u16,
+        sink: &mut F,
+    ) -> Result<(), NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let msg = req.encode_port(self.seq, port);
+        self.exchange(req, &msg, sink)
+    }
+
+    /// Sends one request and decodes the answer up to NLMSG_DONE.
+    fn exchange<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        req: Request,
+        msg: &[u8],
+        sink: &mut F,
+    ) -> Result<(), NetlinkError> {
+        let what = req.what();
         // SAFETY: sockaddr_nl zeroed is the kernel's address (pid 0).
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
@@ -500,6 +555,35 @@ impl NetlinkDiag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_filter_request_carries_the_bytecode() {
+        let req = Request {
+            protocol: Protocol::Udp,
+            family: libc::AF_INET6 as u8,
+            states: ALL_STATES,
+        };
+        let plain = req.encode(7);
+        let b = req.encode_port(7, 7443);
+        assert_eq!(b.len(), plain.len() + 12, "one nlattr of 4 + 8 bytes");
+        assert_eq!(
+            u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
+            b.len()
+        );
+        assert_eq!(&b[4..plain.len()], &plain[4..], "same request otherwise");
+        let attr = &b[plain.len()..];
+        assert_eq!(u16::from_ne_bytes([attr[0], attr[1]]), 12, "nla_len");
+        assert_eq!(
+            u16::from_ne_bytes([attr[2], attr[3]]),
+            1,
+            "INET_DIAG_REQ_BYTECODE"
+        );
+        // op 1: S_EQ, yes = 8 (accept), no = 12 (reject); op 2: the port in `no`.
+        assert_eq!(&attr[4..6], &[11, 8]);
+        assert_eq!(u16::from_ne_bytes([attr[6], attr[7]]), 12);
+        assert_eq!(&attr[8..10], &[0, 0]);
+        assert_eq!(u16::from_ne_bytes([attr[10], attr[11]]), 7443);
+    }
 
     /// Builds an nlmsghdr + inet_diag_msg as Linux 6.18 sends it for a TCP socket.
     fn diag_msg(

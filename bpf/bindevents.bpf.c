@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: GPL-2.0
+/* bindevents: failed bind()/listen() (EADDRINUSE, EACCES, EADDRNOTAVAIL), failed
+ * connect() (EADDRNOTAVAIL), and successful binds on the ports user space put into
+ * `ports`, as ring-buffer events.
+ *
+ * Syscall tracepoints, not kprobes (kernels without CONFIG_KPROBES have them). At
+ * sys_enter the requested sockaddr is read from the user pointer and stashed per
+ * thread: a failed bind never sets the socket's address, so reading it back later
+ * would lose the port. At sys_exit the stash is taken and, only when the call is one
+ * we report, the socket is read from the task's fd table (task->files->fdt->fd[fd]
+ * ->private_data = struct socket -> sk) for its SO_REUSEADDR, SO_REUSEPORT,
+ * IPV6_V6ONLY, bound device, protocol and network namespace. The fast path (a successful call) is a
+ * user read of the sockaddr, one map update at enter and a lookup + delete (+ a
+ * `ports` lookup for binds) at exit. */
+#include "bindevents_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EACCES 13
+#define EADDRINUSE 98
+#define EADDRNOTAVAIL 99
+
+#define KIND_BIND 1
+#define KIND_LISTEN 2
+#define KIND_CONNECT 3
+
+/* Bits of event.flags. */
+#define F_REUSEADDR 1
+#define F_REUSEPORT 2
+#define F_V6ONLY 4
+#define F_SOCKET_READ 8 /* the socket was found through the fd table */
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* The tracepoint records of include/trace/events/syscalls.h: 8 bytes of common
+ * fields, the syscall number, then the arguments (or the return value). */
+struct sys_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+struct pending {
+	__u32 fd;
+	__u16 port; /* host order */
+	__u8 kind;
+	__u8 family;
+	__u8 addr[16];
+};
+
+/* Layout shared with src/events/decode.rs (72 bytes, no implicit padding). */
+struct event {
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 netns;
+	__s32 ret;
+	__u32 ifindex;
+	__u16 port;
+	__u16 protocol;
+	__u16 socktype;
+	__u8 kind;
+	__u8 family;
+	__u8 flags;
+	__u8 reserved[3];
+	__u8 addr[16];
+	char comm[16];
+	__u32 reserved2;
+};
+
+/* Calls in flight, by thread. LRU: a thread killed inside bind() never reaches
+ * sys_exit, and its entry must not fill the map for good. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+/* Ports of interest (host order): successful binds on these are reported too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u16);
+	__type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static __always_inline int stash_sockaddr(__u8 kind, __u64 fd, const void *uaddr, __u64 len)
+{
+	struct pending p = {};
+	__u16 family = 0;
+
+	if (!uaddr || len < 8)
+		return 0;
+	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return 0;
+	if (family == AF_INET) {
+		/* sockaddr_in: family, port (network order), address */
+		struct {
+			__u16 family;
+			__u16 port;
+			__u8 addr[4];
+		} sin;
+		if (bpf_probe_read_user(&sin, sizeof(sin), uaddr))
+			return 0;
+		p.port = __builtin_bswap16(sin.port);
+		__builtin_memcpy(p.addr, sin.addr, 4);
+	} else if (family == AF_INET6) {
+		/* sockaddr_in6: family, port, flowinfo, address */
+		struct {
+			__u16 family;
+			__u16 port;
+			__u32 flowinfo;
+			__u8 addr[16];
+		} sin6;
+		if (len < sizeof(sin6))
+			return 0;
+		if (bpf_probe_read_user(&sin6, sizeof(sin6), uaddr))
+			return 0;
+		p.port = __builtin_bswap16(sin6.port);
+		__builtin_memcpy(p.addr, sin6.addr, 16);
+	} else {
+		return 0;
+	}
+	p.fd = (__u32)fd;
+	p.kind = kind;
+	p.family = (__u8)family;
+	__u64 id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
+	return 0;
+}
+
+/* Fills the socket's side of the event from the fd table. */
+static __always_inline void read_socket(struct event *e, __u32 fd, __u8 kind)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return;
+	sock = BPF_CORE_READ(file, private_data);
+	/* A socket's file points back at it: anything else is not a socket (or the fd
+	 * was replaced by another thread meanwhile). */
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	struct sock_common *skc = &sk->__sk_common;
+	__u8 flags = F_SOCKET_READ;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
+		flags |= F_REUSEADDR;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
+		flags |= F_REUSEPORT;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
+		flags |= F_V6ONLY;
+	e->flags = flags;
+	e->protocol = BPF_CORE_READ(sk, sk_protocol);
+	e->ifindex = (__u32)BPF_CORE_READ(skc, skc_bound_dev_if);
+	e->socktype = (__u16)BPF_CORE_READ(sock, type);
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (kind == KIND_LISTEN) {
+		/* listen() names no address: the socket's own bound address is it. */
+		__u16 family = BPF_CORE_READ(skc, skc_family);
+		e->family = (__u8)family;
+		e->port = BPF_CORE_READ(skc, skc_num);
+		if (family == AF_INET) {
+			__be32 a = BPF_CORE_READ(skc, skc_rcv_saddr);
+			__builtin_memcpy(e->addr, &a, 4);
+		} else {
+			bpf_core_read(e->addr, 16, &skc->skc_v6_rcv_saddr);
+		}
+	}
+}
+
+static __always_inline int finish(struct sys_exit_ctx *ctx, __u8 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending *pp = bpf_map_lookup_elem(&pending, &id);
+	struct pending p;
+	__s64 ret = ctx->ret;
+
+	if (!pp)
+		return 0;
+	p = *pp;
+	bpf_map_delete_elem(&pending, &id);
+	if (p.kind != kind)
+		return 0;
+
+	if (kind == KIND_CONNECT) {
+		if (ret != -EADDRNOTAVAIL)
+			return 0;
+	} else if (ret == 0) {
+		if (kind != KIND_BIND || !bpf_map_lookup_elem(&ports, &p.port))
+			return 0;
+	} else if (ret != -EADDRINUSE && ret != -EACCES && ret != -EADDRNOTAVAIL) {
+		return 0;
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->pid = (__u32)id;
+	e->tgid = (__u32)(id >> 32);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->ret = (__s32)ret;
+	e->kind = kind;
+	e->family = p.family;
+	e->port = p.port;
+	__builtin_memcpy(e->addr, p.addr, 16);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	read_socket(e, p.fd, kind);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int enter_bind(struct sys_enter_ctx *ctx)
+{
+	return stash_sockaddr(KIND_BIND, ctx->args[0], (const void *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int exit_bind(struct sys_exit_ctx *ctx)
+{
+	return finish(ctx, KIND_BIND);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct sys_enter_ctx *ctx)
+{
+	return stash_sockaddr(KIND_CONNECT, ctx->args[0], (const void *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct sys_exit_ctx *ctx)
+{
+	return finish(ctx, KIND_CONNECT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_listen")
+int enter_listen(struct sys_enter_ctx *ctx)
+{
+	struct pending p = {};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	p.fd = (__u32)ctx->args[0];
+	p.kind = KIND_LISTEN;
+	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_listen")
+int exit_listen(struct sys_exit_ctx *ctx)
+{
+	return finish(ctx, KIND_LISTEN);
+}

@@ -1,0 +1,433 @@
+//! Loading and running the failure tracer (`bpf/bindevents.bpf.c`): attach to the
+//! syscall tracepoints, read the ring buffer on a thread of its own, capture the
+//! port's sockets after each failure (a port-filtered sock_diag dump), judge them
+//! with the engine against the last snapshot, and keep the `ports` map (successful
+//! binds worth reporting) in step with the poller's ports of interest.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::programs::TracePoint;
+use aya::Ebpf;
+
+use super::decode::{self, Call, Errno, Event};
+use super::log::{self, Observed, Outcome};
+use super::Events;
+use crate::model::{Protocol, Snapshot, Socket};
+use crate::netns::{self, Netns};
+use crate::poller::Latest;
+use crate::source::netlink::{NetlinkDiag, Request, ALL_STATES};
+
+/// The compiled program (built by scripts/build-bpf.sh, committed).
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bindevents.bpf.o");
+
+/// (program, tracepoint) pairs, all under the `syscalls` category.
+const PROGRAMS: [(&str, &str); 6] = [
+    ("enter_bind", "sys_enter_bind"),
+    ("exit_bind", "sys_exit_bind"),
+    ("enter_listen", "sys_enter_listen"),
+    ("exit_listen", "sys_exit_listen"),
+    ("enter_connect", "sys_enter_connect"),
+    ("exit_connect", "sys_exit_connect"),
+];
+
+/// Entries of the BPF `ports` map (`max_entries` in the program).
+const PORTS_MAP_MAX: usize = 4096;
+/// Port dumps after failures per second; a crash loop beyond it is still counted,
+/// its blockers are not captured again.
+const CAPTURES_PER_SECOND: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("loading bpf/bindevents.bpf.o: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the object has no program {0}")]
+    NoProgram(&'static str),
+    #[error("loading program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to tracepoint syscalls/{name}: {source}")]
+    Attach {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("the object has no map {0}")]
+    NoMap(&'static str),
+    #[error("opening map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("starting the tracer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the tracer needs to know about the agent.
+#[derive(Debug, Clone)]
+pub struct TracerOptions {
+    pub procfs: PathBuf,
+    pub run_netns: PathBuf,
+    /// `--netns all`: report every namespace with its name; else only bindwatch's own.
+    pub all_netns: bool,
+}
+
+/// A running tracer; dropping the handle detaches nothing, [`Tracer::stop`] does.
+pub struct Tracer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Stops the thread (within one ring-buffer poll timeout) and detaches the programs.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// aya finds tracefs at /sys/kernel/tracing or /sys/kernel/debug/tracing; where
+/// neither is mounted (a minimal host), mount it: attaching needs the tracepoint ids.
+fn ensure_tracefs() -> Result<(), LoadError> {
+    let mounted = |p: &str| Path::new(p).join("events").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (src, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
+    // SAFETY: plain mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at /sys/kernel/tracing to attach the bind tracer");
+    Ok(())
+}
+
+/// Loads and attaches the programs and starts the reader thread.
+///
+/// # Errors
+/// Whatever keeps the tracer from running (no BPF privilege, no BTF, no tracefs):
+/// the caller logs it once and exports `bindwatch_capability{capability="bind_events"} 0`.
+pub fn start(
+    opts: TracerOptions,
+    latest: Arc<Latest>,
+    events: Arc<Events>,
+) -> Result<Tracer, LoadError> {
+    ensure_tracefs()?;
+    let mut bpf = Ebpf::load(OBJECT)?;
+    for (name, tp) in PROGRAMS {
+        let prog: &mut TracePoint = bpf
+            .program_mut(name)
+            .ok_or(LoadError::NoProgram(name))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.attach("syscalls", tp)
+            .map_err(|source| LoadError::Attach { name: tp, source })?;
+    }
+    let ring = RingBuf::try_from(bpf.take_map("events").ok_or(LoadError::NoMap("events"))?)
+        .map_err(|source| LoadError::Map {
+            name: "events",
+            source,
+        })?;
+    let ports: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
+        bpf.take_map("ports").ok_or(LoadError::NoMap("ports"))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "ports",
+        source,
+    })?;
+    let own_netns = netns::own_inode(&opts.procfs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut reader = Reader {
+        _bpf: bpf,
+        ring,
+        ports,
+        synced: BTreeSet::new(),
+        opts,
+        latest,
+        events: events.clone(),
+        own_netns,
+        diag: None,
+        namespaces: HashMap::new(),
+        discovered: None,
+        captures: (Instant::now(), 0),
+    };
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("bindwatch-events".into())
+        .spawn(move || reader.run(&stop2))
+        .map_err(LoadError::Thread)?;
+    events.set_active(true);
+    Ok(Tracer {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+struct Reader {
+    /// Owns the loaded programs: dropping it detaches them.
+    _bpf: Ebpf,
+    ring: RingBuf<MapData>,
+    ports: BpfHashMap<MapData, u16, u8>,
+    /// What the `ports` map holds now.
+    synced: BTreeSet<u16>,
+    opts: TracerOptions,
+    latest: Arc<Latest>,
+    events: Arc<Events>,
+    own_netns: Option<u64>,
+    /// sock_diag socket of bindwatch's own namespace, opened on first use.
+    diag: Option<NetlinkDiag>,
+    /// Namespaces by inode (`--netns all`), refreshed when an unknown one shows up.
+    namespaces: HashMap<u64, Netns>,
+    discovered: Option<Instant>,
+    /// Start of the current second and the captures made in it.
+    captures: (Instant, u32),
+}
+
+impl Reader {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut last_sync: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.sync_ports();
+                last_sync = Some(Instant::now());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "polling the bind tracer's ring buffer failed; stopping it");
+                    self.events.set_active(false);
+                    return;
+                }
+            }
+            // Copy each record out first: the item borrows the ring.
+            let mut batch = Vec::new();
+            while let Some(item) = self.ring.next() {
+                batch.push(item.to_vec());
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            for raw in batch {
+                match decode::decode(&raw) {
+                    Ok(e) => self.handle(&e),
+                    Err(err) => tracing::debug!(error = %err, "skipping a bind tracer record"),
+                }
+            }
+        }
+    }
+
+    /// Makes the `ports` map hold the ports of interest of every snapshot.
+    fn sync_ports(&mut self) {
+        let published = self.latest.get();
+        let wanted: BTreeSet<u16> = published
+            .snapshots
+            .iter()
+            .flat_map(|(_, s)| s.ports.iter().map(|(_, p)| *p))
+            .take(PORTS_MAP_MAX)
+            .collect();
+        for gone in self.synced.difference(&wanted) {
+            let _ = self.ports.remove(gone);
+        }
+        for new in wanted.difference(&self.synced) {
+            if let Err(e) = self.ports.insert(new, 1, 0) {
+                tracing::debug!(port = new, error = %e, "cannot add a port to the bind tracer");
+            }
+        }
+        self.synced = wanted;
+    }
+
+    /// The namespace of an event: `None` when it is not one bindwatch watches.
+    fn namespace(&mut self, inode: u64) -> Option<Netns> {
+        if !self.opts.all_netns {
+            return (Some(inode) == self.own_netns).then(|| Netns {
+                inode,
+                name: "host".into(),
+                path: PathBuf::new(),
+            });
+        }
+        if let Some(ns) = self.namespaces.get(&inode) {
+            return Some(ns.clone());
+        }
+        if self
+            .discovered
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.discovered = Some(Instant::now());
+            self.namespaces = netns::discover(&self.opts.procfs, &self.opts.run_netns)
+                .into_iter()
+                .map(|n| (n.inode, n))
+                .collect();
+        }
+        Some(self.namespaces.get(&inode).cloned().unwrap_or(Netns {
+            inode,
+            name: format!("netns:[{inode}]"),
+            path: PathBuf::new(),
+        }))
+    }
+
+    fn process_name(&self, e: &Event) -> String {
+        let path = self.opts.procfs.join(e.tgid.to_string()).join("comm");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim_end().is_empty() => s.trim_end().to_string(),
+            // The process is gone already: the calling thread's comm is what is left.
+            _ => e.comm.clone(),
+        }
+    }
+
+    fn handle(&mut self, e: &Event) {
+        let Some(protocol) = e.protocol else {
+            return;
+        };
+        let Some(ns) = self.namespace(u64::from(e.netns)) else {
+            return;
+        };
+        let published = self.latest.get();
+        let label = self.opts.all_netns.then(|| ns.name.clone());
+        let snapshot: Option<&Snapshot> = published
+            .snapshots
+            .iter()
+            .find(|(n, _)| *n == label)
+            .map(|(_, s)| s.as_ref());
+        let process = self.process_name(e);
+        let Some(errno) = e.errno else {
+            // A successful bind on a port of interest: only the prediction is scored.
+            if let Some(snap) = snapshot {
+                self.score(e, protocol, snap, &process, &ns.name);
+            }
+            return;
+        };
+        let mut sockets = Vec::new();
+        if errno == Errno::Eaddrinuse && e.call != Call::Connect && self.may_capture() {
+            match self.capture(&ns, protocol, e.port) {
+                Ok(s) => sockets = s,
+                Err(err) => {
+                    tracing::debug!(netns = %ns.name, port = e.port, error = %err, "cannot capture the sockets of a failed bind")
+                }
+            }
+        }
+        log::enrich(&mut sockets, snapshot);
+        let Some(failure) = log::explain(&Observed {
+            event: e,
+            protocol,
+            at: SystemTime::now(),
+            netns: ns.name.clone(),
+            process: process.clone(),
+            sockets: &sockets,
+            snapshot,
+        }) else {
+            return;
+        };
+        tracing::warn!(netns = %ns.name, "{}", log::log_line(&failure));
+        self.events.with_log(|l| {
+            l.count(label.as_deref(), e.call, protocol, e.port, errno, &process);
+            l.push(failure);
+        });
+        if e.call == Call::Bind {
+            if let Some(snap) = snapshot {
+                self.score(e, protocol, snap, &process, &ns.name);
+            }
+        }
+    }
+
+    /// Scores a bind against the verdict held before it; a miss is logged with
+    /// everything needed to report it.
+    fn score(&self, e: &Event, protocol: Protocol, snap: &Snapshot, process: &str, netns: &str) {
+        let Some(j) = log::judgement_before(e, protocol, snap) else {
+            return;
+        };
+        let only_bound = log::blockers_only_bound(&j);
+        let Some(outcome) = log::score(Some(j.verdict), e.errno, protocol, only_bound) else {
+            return;
+        };
+        self.events.with_log(|l| l.predicted(outcome));
+        if outcome == Outcome::Miss {
+            tracing::warn!(
+                netns,
+                "{}",
+                log::miss_report(e, protocol, process, snap, &j)
+            );
+        }
+    }
+
+    fn may_capture(&mut self) -> bool {
+        if self.captures.0.elapsed() >= Duration::from_secs(1) {
+            self.captures = (Instant::now(), 0);
+        }
+        self.captures.1 += 1;
+        self.captures.1 <= CAPTURES_PER_SECOND
+    }
+
+    /// The sockets on `port` in `ns` right now, both families.
+    fn capture(
+        &mut self,
+        ns: &Netns,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Vec<Socket>, String> {
+        let mut out = Vec::new();
+        let mut dump = |d: &mut NetlinkDiag| -> Result<(), String> {
+            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                let req = Request {
+                    protocol,
+                    family,
+                    states: ALL_STATES,
+                };
+                d.dump_port(req, port, &mut |s: &Socket| {
+                    if s.local.port() == port {
+                        out.push(s.clone());
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        if Some(ns.inode) == self.own_netns || ns.path.as_os_str().is_empty() {
+            if Some(ns.inode) != self.own_netns {
+                return Err(format!("no path to enter {}", ns.name));
+            }
+            if self.diag.is_none() {
+                self.diag = Some(NetlinkDiag::open().map_err(|e| e.to_string())?);
+            }
+            if let Some(d) = self.diag.as_mut() {
+                dump(d)?;
+            }
+        } else {
+            // A sock_diag socket dumps the namespace it was opened in.
+            let _inside = netns::enter(&ns.path, &self.opts.procfs)
+                .map_err(|e| format!("entering {}: {e}", ns.path.display()))?;
+            let mut d = NetlinkDiag::open().map_err(|e| e.to_string())?;
+            dump(&mut d)?;
+        }
+        Ok(out)
+    }
+}

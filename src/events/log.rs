@@ -1,0 +1,831 @@
+//! The pure half of the failure tracer: what a failure was blocked by, whether the
+//! agent's prediction was right, the bounded log of recent failures and the
+//! counters behind the metrics. No I/O: the loader feeds it events, sockets and
+//! snapshots.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::decode::{Call, CallFlags, Errno, Event};
+use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
+use crate::rebind::{self, Candidate, Judgement, Verdict};
+
+/// Failures kept for `GET /failures`.
+pub const LOG_CAPACITY: usize = 256;
+/// Blockers listed per failure (the count says how many there were).
+pub const BLOCKERS_MAX: usize = 64;
+
+/// `bindwatch_bind_predictions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Undecided,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Hit, Outcome::Miss, Outcome::Undecided];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Undecided => "undecided",
+        }
+    }
+}
+
+/// The socket options of a blocker or of the failing socket, as label-like strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlagsOut {
+    pub reuseaddr: Tri,
+    pub reuseport: Tri,
+    pub v6only: Tri,
+}
+
+/// One socket that blocked the failing call, as captured right after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blocker {
+    pub state: &'static str,
+    pub local: String,
+    pub remote: String,
+    /// The process holding it (or, for a socket without a file, the listener it came from).
+    pub owner: Option<String>,
+    pub flags: FlagsOut,
+    /// Seconds until it goes away on its own (TIME_WAIT, orphans).
+    pub timer_seconds: Option<f64>,
+    pub why: &'static str,
+}
+
+/// One failed call, with what blocked it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    /// RFC 3339, UTC.
+    pub time: String,
+    #[serde(skip)]
+    pub at: SystemTime,
+    pub netns: String,
+    pub call: Call,
+    pub protocol: Protocol,
+    pub address: String,
+    pub port: u16,
+    pub errno: Errno,
+    pub pid: u32,
+    pub process: String,
+    pub uid: u32,
+    /// The caller's socket options at the time of the call; `None` when unreadable.
+    pub flags: Option<FlagsOut>,
+    /// What the agent predicted just before for a socket with these options:
+    /// `clear`, `blocked`, `unknown`; `None` on a port it was not watching.
+    pub verdict_before: Option<Verdict>,
+    /// Certain blockers found a moment after the failure (at most [`BLOCKERS_MAX`]).
+    pub blockers: Vec<Blocker>,
+    pub blockers_total: u64,
+    /// Seconds until every blocker has gone on its own; `None` when one never will.
+    pub clear_seconds: Option<f64>,
+}
+
+fn flags_out(f: &CallFlags) -> FlagsOut {
+    FlagsOut {
+        reuseaddr: Tri::from_bool(f.reuseaddr),
+        reuseport: Tri::from_bool(f.reuseport),
+        v6only: Tri::from_bool(f.v6only),
+    }
+}
+
+/// The new socket the event describes, for the engine. `reuseaddr` is separate
+/// because an unreadable socket leaves it unknown (the caller judges both).
+fn candidate(e: &Event, protocol: Protocol, reuseaddr: bool) -> Candidate {
+    let f = e.flags;
+    Candidate {
+        protocol,
+        address: e.address,
+        port: e.port,
+        v6only: match (e.address, f) {
+            (IpAddr::V4(_), _) => Tri::False,
+            (_, Some(f)) => Tri::from_bool(f.v6only),
+            (_, None) => Tri::Unknown,
+        },
+        reuseaddr,
+        reuseport: f.map_or(Tri::Unknown, |f| Tri::from_bool(f.reuseport)),
+        uid: e.uid,
+        ifindex: f.map_or(0, |f| f.ifindex),
+    }
+}
+
+/// Judges the event's socket against `sockets`: with its own SO_REUSEADDR, or, when
+/// that could not be read, `Unknown` unless both values agree.
+pub fn judge_event(e: &Event, protocol: Protocol, sockets: &[Socket]) -> Judgement {
+    match e.flags {
+        Some(f) => rebind::judge(&candidate(e, protocol, f.reuseaddr), sockets),
+        None => {
+            let off = rebind::judge(&candidate(e, protocol, false), sockets);
+            let on = rebind::judge(&candidate(e, protocol, true), sockets);
+            if off.verdict == on.verdict {
+                off
+            } else {
+                Judgement {
+                    verdict: Verdict::Unknown,
+                    findings: off.findings,
+                }
+            }
+        }
+    }
+}
+
+/// The judgement the agent held in `snap` for the event's socket, or `None` when the
+/// port was not one it watched (it then has no view of the port's sockets).
+pub fn judgement_before(e: &Event, protocol: Protocol, snap: &Snapshot) -> Option<Judgement> {
+    if !snap.ports.contains(&(protocol, e.port)) {
+        return None;
+    }
+    let on_port: Vec<Socket> = snap
+        .port_sockets
+        .iter()
+        .filter(|s| s.protocol == protocol && s.local.port() == e.port)
+        .cloned()
+        .collect();
+    Some(judge_event(e, protocol, &on_port))
+}
+
+/// The verdict of [`judgement_before`].
+pub fn verdict_before(e: &Event, protocol: Protocol, snap: &Snapshot) -> Option<Verdict> {
+    judgement_before(e, protocol, snap).map(|j| j.verdict)
+}
+
+/// The warn line of a prediction miss: the call, the socket's options, the kernel's
+/// answer, the verdict, and the sockets the verdict was made from.
+pub fn miss_report(
+    e: &Event,
+    protocol: Protocol,
+    process: &str,
+    snap: &Snapshot,
+    j: &Judgement,
+) -> String {
+    let flags = match e.flags {
+        Some(f) => format!(
+            "SO_REUSEADDR {}, SO_REUSEPORT {}, IPV6_V6ONLY {}, ifindex {}",
+            on_off(Tri::from_bool(f.reuseaddr)),
+            on_off(Tri::from_bool(f.reuseport)),
+            on_off(Tri::from_bool(f.v6only)),
+            f.ifindex
+        ),
+        None => "socket options unreadable".to_string(),
+    };
+    let answer = e.errno.map_or("success", Errno::name);
+    let held: Vec<String> = snap
+        .port_sockets
+        .iter()
+        .filter(|s| s.protocol == protocol && s.local.port() == e.port)
+        .take(16)
+        .map(|s| {
+            format!(
+                "{} {} -> {} uid {} reuseaddr {} reuseport {} v6only {} ifindex {:?} x{}",
+                s.state_label(),
+                s.local,
+                s.remote,
+                s.uid,
+                s.flags.reuseaddr.as_str(),
+                s.flags.reuseport.as_str(),
+                s.v6only.as_str(),
+                s.ifindex,
+                s.count
+            )
+        })
+        .collect();
+    format!(
+        "prediction miss (please report it with this line): {protocol} {}({}) by {process}[{}] uid {}          with {flags}: the kernel answered {answer}, bindwatch {} had predicted {};          the sockets it judged ({} of them, table read at {}): [{}]",
+        e.call.as_str(),
+        SocketAddr::new(e.address, e.port),
+        e.tgid,
+        e.uid,
+        crate::metrics::VERSION,
+        j.verdict.as_str(),
+        held.len(),
+        rfc3339(snap.table_taken_at),
+        held.join("; ")
+    )
+}
+
+/// Scores a bind on a watched port against the verdict held before it.
+/// `before` is what [`verdict_before`] gave; `blockers_only_bound` says the engine's
+/// certain blockers were all bound but neither listening nor connected: for TCP the
+/// kernel then refuses at listen(), so a successful bind() does not settle it.
+pub fn score(
+    before: Option<Verdict>,
+    errno: Option<Errno>,
+    protocol: Protocol,
+    blockers_only_bound: bool,
+) -> Option<Outcome> {
+    let before = before?;
+    Some(match (before, errno) {
+        // The engine predicts EADDRINUSE only: other refusals do not test it.
+        (_, Some(Errno::Eacces | Errno::Eaddrnotavail)) => Outcome::Undecided,
+        (Verdict::Unknown, _) => Outcome::Undecided,
+        (Verdict::Blocked, Some(Errno::Eaddrinuse)) => Outcome::Hit,
+        (Verdict::Clear, None) => Outcome::Hit,
+        (Verdict::Clear, Some(Errno::Eaddrinuse)) => Outcome::Miss,
+        (Verdict::Blocked, None) if protocol == Protocol::Tcp && blockers_only_bound => {
+            Outcome::Undecided
+        }
+        (Verdict::Blocked, None) => Outcome::Miss,
+    })
+}
+
+/// Whether every certain blocker is a bound, non-listening, unconnected TCP socket.
+pub fn blockers_only_bound(j: &Judgement) -> bool {
+    let mut any = false;
+    for f in j.blocking() {
+        any = true;
+        if !matches!(
+            f.socket.state,
+            crate::model::State::Close | crate::model::State::BoundInactive
+        ) {
+            return false;
+        }
+    }
+    any
+}
+
+/// Gives sockets of a fresh dump what the agent knew of them: flags probed from their
+/// owners (same inode in the last snapshot), else those of the listener they came from.
+pub fn enrich(dumped: &mut [Socket], snap: Option<&Snapshot>) {
+    let Some(snap) = snap else {
+        return;
+    };
+    for s in dumped.iter_mut() {
+        if s.inode == 0 {
+            continue;
+        }
+        if let Some(known) = snap
+            .port_sockets
+            .iter()
+            .find(|k| k.inode == s.inode && k.protocol == s.protocol)
+        {
+            s.flags.reuseaddr = s.flags.reuseaddr.or(known.flags.reuseaddr);
+            s.flags.reuseport = s.flags.reuseport.or(known.flags.reuseport);
+            s.v6only = s.v6only.or(known.v6only);
+        }
+    }
+    let listeners: Vec<Socket> = snap.risks.iter().map(|r| r.listener.clone()).collect();
+    rebind::inherit_from_listeners(dumped, &listeners);
+}
+
+/// Who holds `s`: its owner by inode, else (TIME_WAIT, orphans, children) the owner
+/// of the listener it came from.
+fn owner_of<'a>(s: &Socket, snap: Option<&'a Snapshot>) -> Option<&'a Owner> {
+    let snap = snap?;
+    if s.inode != 0 {
+        if let Some(o) = snap.owners.get(&s.inode) {
+            return Some(o);
+        }
+    }
+    let listeners: Vec<Socket> = snap.risks.iter().map(|r| r.listener.clone()).collect();
+    let parent = rebind::parent_listener(s, &listeners)?;
+    snap.risks
+        .iter()
+        .find(|r| r.listener.local == parent.local && r.listener.protocol == parent.protocol)
+        .and_then(|r| r.owner.as_ref())
+}
+
+/// Everything the loader learnt about one failed call.
+pub struct Observed<'a> {
+    pub event: &'a Event,
+    pub protocol: Protocol,
+    pub at: SystemTime,
+    pub netns: String,
+    /// `/proc/TGID/comm`, or the thread's comm when the process is gone.
+    pub process: String,
+    /// The port's sockets, dumped right after the event and enriched.
+    pub sockets: &'a [Socket],
+    /// The agent's last snapshot of the event's namespace.
+    pub snapshot: Option<&'a Snapshot>,
+}
+
+/// Builds the failure record of a failed call (`errno` must be set).
+pub fn explain(o: &Observed<'_>) -> Option<Failure> {
+    let e = o.event;
+    let errno = e.errno?;
+    let verdict_before = o.snapshot.and_then(|s| verdict_before(e, o.protocol, s));
+    let mut blockers = Vec::new();
+    let mut total = 0u64;
+    let mut clear_seconds = None;
+    if errno == Errno::Eaddrinuse && e.call != Call::Connect {
+        let j = judge_event(e, o.protocol, o.sockets);
+        let certain: Vec<&rebind::Finding> = j.blocking().collect();
+        total = j.blocking_count();
+        if certain.iter().all(|f| f.remaining().is_some()) {
+            clear_seconds = certain
+                .iter()
+                .filter_map(|f| f.remaining())
+                .map(|d| d.as_secs_f64())
+                .reduce(f64::max);
+        }
+        for f in certain.into_iter().take(BLOCKERS_MAX) {
+            let s = &f.socket;
+            blockers.push(Blocker {
+                state: s.state_label(),
+                local: s.local.to_string(),
+                remote: s.remote.to_string(),
+                owner: owner_of(s, o.snapshot).map(|o| o.process.clone()),
+                flags: FlagsOut {
+                    reuseaddr: s.flags.reuseaddr,
+                    reuseport: s.flags.reuseport,
+                    v6only: if s.local.is_ipv6() {
+                        s.v6only
+                    } else {
+                        Tri::False
+                    },
+                },
+                timer_seconds: f.remaining().map(|d| d.as_secs_f64()),
+                why: f.rule.describe(),
+            });
+        }
+    }
+    Some(Failure {
+        time: rfc3339(o.at),
+        at: o.at,
+        netns: o.netns.clone(),
+        call: e.call,
+        protocol: o.protocol,
+        address: e.address.to_string(),
+        port: e.port,
+        errno,
+        pid: e.tgid,
+        process: o.process.clone(),
+        uid: e.uid,
+        flags: e.flags.as_ref().map(flags_out),
+        verdict_before,
+        blockers,
+        blockers_total: total,
+        clear_seconds,
+    })
+}
+
+fn on_off(t: Tri) -> &'static str {
+    match t {
+        Tri::True => "on",
+        Tri::False => "off",
+        Tri::Unknown => "unknown",
+    }
+}
+
+/// The warn log line of a failure, e.g. `bind(0.0.0.0:443) by nginx[1234] failed:
+/// EADDRINUSE; 12 time_wait from nginx (SO_REUSEADDR off) blocked it; clear in 41 s`.
+pub fn log_line(f: &Failure) -> String {
+    let ip: IpAddr = f.address.parse().unwrap_or(crate::model::V4_ANY);
+    let mut line = format!(
+        "{}({}) by {}[{}] failed: {}",
+        f.call.as_str(),
+        SocketAddr::new(ip, f.port),
+        f.process,
+        f.pid,
+        f.errno.name()
+    );
+    match (f.call, f.errno) {
+        (Call::Connect, _) => line
+            .push_str("; no free source port for this destination (net.ipv4.ip_local_port_range)"),
+        (_, Errno::Eacces) => line.push_str(
+            "; a port below net.ipv4.ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE",
+        ),
+        (_, Errno::Eaddrnotavail) => {
+            line.push_str("; the address is not one of this namespace's (or no free port)")
+        }
+        (_, Errno::Eaddrinuse) if f.blockers.is_empty() => {
+            line.push_str("; no blocking socket was left a moment later")
+        }
+        (_, Errno::Eaddrinuse) => {
+            // Group as "N state from owner (SO_REUSEADDR x)", most numerous first.
+            let mut groups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+            for b in &f.blockers {
+                let owner = b.owner.as_deref().unwrap_or("unknown owner");
+                *groups
+                    .entry((b.state, owner, on_off(b.flags.reuseaddr)))
+                    .or_default() += 1;
+            }
+            let listed = f.blockers.len() as u64;
+            let mut parts: Vec<((&str, &str, &str), u64)> = groups.into_iter().collect();
+            parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+            let text: Vec<String> = parts
+                .iter()
+                .map(|((state, owner, reuse), n)| {
+                    format!("{n} {state} from {owner} (SO_REUSEADDR {reuse})")
+                })
+                .collect();
+            line.push_str("; ");
+            line.push_str(&text.join(", "));
+            if f.blockers_total > listed {
+                line.push_str(&format!(" and {} more", f.blockers_total - listed));
+            }
+            line.push_str(" blocked it");
+            if let Some(s) = f.clear_seconds {
+                line.push_str(&format!("; clear in {} s", s.ceil() as u64));
+            }
+        }
+    }
+    match f.verdict_before {
+        Some(v) => line.push_str(&format!("; predicted {}", v.as_str())),
+        None => line.push_str("; port not watched"),
+    }
+    line
+}
+
+/// Counter keys.
+pub type BindKey = (Option<String>, Protocol, u16, Errno, String);
+pub type ConnectKey = (Option<String>, Protocol, Errno, String);
+
+/// The counters behind the failure metrics, bounded like every per-port series.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub bind: BTreeMap<BindKey, u64>,
+    pub connect: BTreeMap<ConnectKey, u64>,
+    pub predictions: [u64; 3],
+    /// Failures not counted because their series would pass the cap.
+    pub dropped: u64,
+}
+
+/// Counters, the recent failures, and the caps.
+#[derive(Debug, Clone)]
+pub struct FailureLog {
+    pub counters: Counters,
+    pub recent: VecDeque<Failure>,
+    /// `--ports.max`: distinct ports in the bind counter, and connect series.
+    pub ports_max: usize,
+    ports: BTreeSet<(Option<String>, Protocol, u16)>,
+}
+
+impl FailureLog {
+    pub fn new(ports_max: usize) -> Self {
+        FailureLog {
+            counters: Counters::default(),
+            recent: VecDeque::with_capacity(LOG_CAPACITY),
+            ports_max,
+            ports: BTreeSet::new(),
+        }
+    }
+
+    /// Counts a failed call. `netns` is the label (`None` without `--netns all`).
+    pub fn count(
+        &mut self,
+        netns: Option<&str>,
+        call: Call,
+        protocol: Protocol,
+        port: u16,
+        errno: Errno,
+        process: &str,
+    ) {
+        let ns = netns.map(str::to_string);
+        if call == Call::Connect {
+            let key = (ns, protocol, errno, process.to_string());
+            if self.counters.connect.contains_key(&key)
+                || self.counters.connect.len() < self.ports_max
+            {
+                *self.counters.connect.entry(key).or_default() += 1;
+            } else {
+                self.counters.dropped += 1;
+            }
+            return;
+        }
+        let port_key = (ns.clone(), protocol, port);
+        if !self.ports.contains(&port_key) {
+            if self.ports.len() >= self.ports_max {
+                self.counters.dropped += 1;
+                return;
+            }
+            self.ports.insert(port_key);
+        }
+        *self
+            .counters
+            .bind
+            .entry((ns, protocol, port, errno, process.to_string()))
+            .or_default() += 1;
+    }
+
+    pub fn predicted(&mut self, o: Outcome) {
+        let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(2);
+        self.counters.predictions[i] += 1;
+    }
+
+    /// Keeps `f`, forgetting the oldest beyond [`LOG_CAPACITY`].
+    pub fn push(&mut self, f: Failure) {
+        if self.recent.len() == LOG_CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(f);
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds (no calendar crate for one format).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SocketFlags, State};
+    use std::time::Duration;
+
+    fn event(call: Call, errno: Option<Errno>, addr: &str, port: u16, reuseaddr: bool) -> Event {
+        Event {
+            call,
+            pid: 10,
+            tgid: 9,
+            uid: 0,
+            netns: 1,
+            errno,
+            protocol: Some(Protocol::Tcp),
+            address: addr.parse().unwrap(),
+            port,
+            flags: Some(CallFlags {
+                reuseaddr,
+                reuseport: false,
+                v6only: false,
+                ifindex: 0,
+            }),
+            comm: "t".into(),
+        }
+    }
+
+    #[test]
+    fn scores_every_combination() {
+        use Errno::*;
+        use Outcome::*;
+        use Verdict::*;
+        let cases = [
+            (None, Some(Eaddrinuse), Protocol::Tcp, false, None),
+            (
+                Some(Blocked),
+                Some(Eaddrinuse),
+                Protocol::Tcp,
+                false,
+                Some(Hit),
+            ),
+            (Some(Blocked), None, Protocol::Tcp, false, Some(Miss)),
+            (Some(Blocked), None, Protocol::Tcp, true, Some(Undecided)),
+            (Some(Blocked), None, Protocol::Udp, true, Some(Miss)),
+            (Some(Clear), None, Protocol::Udp, false, Some(Hit)),
+            (
+                Some(Clear),
+                Some(Eaddrinuse),
+                Protocol::Tcp,
+                false,
+                Some(Miss),
+            ),
+            (
+                Some(Unknown),
+                Some(Eaddrinuse),
+                Protocol::Tcp,
+                false,
+                Some(Undecided),
+            ),
+            (Some(Unknown), None, Protocol::Tcp, false, Some(Undecided)),
+            (
+                Some(Clear),
+                Some(Eacces),
+                Protocol::Tcp,
+                false,
+                Some(Undecided),
+            ),
+            (
+                Some(Blocked),
+                Some(Eaddrnotavail),
+                Protocol::Tcp,
+                false,
+                Some(Undecided),
+            ),
+        ];
+        for (before, errno, p, bound, want) in cases {
+            assert_eq!(
+                score(before, errno, p, bound),
+                want,
+                "{before:?} {errno:?} {p} {bound}"
+            );
+        }
+    }
+
+    fn empty_snapshot() -> Snapshot {
+        Snapshot {
+            taken_at: SystemTime::now(),
+            source: crate::model::SourceKind::Netlink,
+            counts: Default::default(),
+            listeners: Vec::new(),
+            port_sockets: Vec::new(),
+            risks: Vec::new(),
+            allocation: Default::default(),
+            capabilities: Default::default(),
+            ports_dropped_total: 0,
+            ports: Default::default(),
+            owners: Default::default(),
+            watched: Vec::new(),
+            ephemeral_top: Vec::new(),
+            bindv6only: false,
+            table_taken_at: SystemTime::now(),
+        }
+    }
+
+    fn tw(local: &str, remote: &str, ms: u64) -> Socket {
+        Socket {
+            inode: 0,
+            expires_ms: Some(ms),
+            ..Socket::test(State::TimeWait, local, remote)
+        }
+    }
+
+    #[test]
+    fn time_waits_of_a_listener_without_reuseaddr_explain_the_failure() {
+        let mut socks: Vec<Socket> = (0..12)
+            .map(|i| {
+                tw(
+                    "10.0.0.1:443",
+                    &format!("10.0.0.2:{}", 40000 + i),
+                    41_000 - i * 100,
+                )
+            })
+            .collect();
+        let listener = Socket {
+            flags: SocketFlags {
+                reuseaddr: Tri::False,
+                reuseport: Tri::False,
+            },
+            ..Socket::test(State::Listen, "0.0.0.0:443", "0.0.0.0:0")
+        };
+        let mut snap = empty_snapshot();
+        snap.ports.insert((Protocol::Tcp, 443));
+        snap.port_sockets = socks.clone();
+        snap.risks.push(crate::model::EndpointRisk {
+            endpoint: crate::model::Endpoint {
+                protocol: Protocol::Tcp,
+                address: crate::model::V4_ANY,
+                port: 443,
+            },
+            listener: listener.clone(),
+            owner: Some(Owner {
+                pid: 1234,
+                process: "nginx".into(),
+                uid: 0,
+                user: "root".into(),
+                unit: None,
+            }),
+            gone: true,
+            without_reuseaddr: rebind::judge(&rebind::restart_candidate(&listener, false), &socks),
+            with_reuseaddr: rebind::judge(&rebind::restart_candidate(&listener, true), &socks),
+        });
+        enrich(&mut socks, Some(&snap));
+        assert!(socks.iter().all(|s| s.flags.reuseaddr == Tri::False));
+        let e = Event {
+            comm: "nginx".into(),
+            tgid: 1234,
+            ..event(Call::Bind, Some(Errno::Eaddrinuse), "0.0.0.0", 443, false)
+        };
+        let f = explain(&Observed {
+            event: &e,
+            protocol: Protocol::Tcp,
+            at: std::time::UNIX_EPOCH + Duration::from_secs(1_764_633_600),
+            netns: "host".into(),
+            process: "nginx".into(),
+            sockets: &socks,
+            snapshot: Some(&snap),
+        })
+        .unwrap();
+        assert_eq!(f.verdict_before, Some(Verdict::Blocked));
+        assert_eq!(f.blockers.len(), 12);
+        assert_eq!(f.blockers[0].state, "time_wait");
+        assert_eq!(f.blockers[0].owner.as_deref(), Some("nginx"));
+        assert_eq!(f.time, "2025-12-02T00:00:00.000Z");
+        assert_eq!(
+            log_line(&f),
+            "bind(0.0.0.0:443) by nginx[1234] failed: EADDRINUSE; 12 time_wait from nginx \
+             (SO_REUSEADDR off) blocked it; clear in 41 s; predicted blocked"
+        );
+        // With SO_REUSEADDR on both sides, TIME_WAIT does not block: clear before.
+        let mut reuse = socks.clone();
+        for s in &mut reuse {
+            s.flags.reuseaddr = Tri::True;
+        }
+        snap.port_sockets = reuse;
+        let e2 = event(Call::Bind, None, "0.0.0.0", 443, true);
+        assert_eq!(
+            verdict_before(&e2, Protocol::Tcp, &snap),
+            Some(Verdict::Clear)
+        );
+        // A port the agent does not watch has no verdict.
+        let e3 = event(Call::Bind, None, "0.0.0.0", 444, true);
+        assert_eq!(verdict_before(&e3, Protocol::Tcp, &snap), None);
+    }
+
+    #[test]
+    fn log_lines_of_other_errors() {
+        let mut snap = empty_snapshot();
+        snap.ports.insert((Protocol::Tcp, 80));
+        let cases = [
+            (Call::Bind, Errno::Eacces, "0.0.0.0", 80, "bind(0.0.0.0:80) by web[9] failed: EACCES; a port below net.ipv4.ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE; predicted clear"),
+            (Call::Connect, Errno::Eaddrnotavail, "127.0.0.1", 5432, "connect(127.0.0.1:5432) by web[9] failed: EADDRNOTAVAIL; no free source port for this destination (net.ipv4.ip_local_port_range); port not watched"),
+            (Call::Bind, Errno::Eaddrinuse, "::1", 80, "bind([::1]:80) by web[9] failed: EADDRINUSE; no blocking socket was left a moment later; predicted clear"),
+        ];
+        for (call, errno, addr, port, want) in cases {
+            let e = event(call, Some(errno), addr, port, false);
+            let f = explain(&Observed {
+                event: &e,
+                protocol: Protocol::Tcp,
+                at: SystemTime::now(),
+                netns: "host".into(),
+                process: "web".into(),
+                sockets: &[],
+                snapshot: Some(&snap),
+            })
+            .unwrap();
+            assert_eq!(log_line(&f), want);
+        }
+    }
+
+    #[test]
+    fn counters_are_capped_by_port() {
+        let mut log = FailureLog::new(2);
+        for port in [1, 2, 3, 1, 2, 3] {
+            log.count(
+                None,
+                Call::Bind,
+                Protocol::Tcp,
+                port,
+                Errno::Eaddrinuse,
+                "a",
+            );
+        }
+        log.count(None, Call::Listen, Protocol::Tcp, 1, Errno::Eaddrinuse, "b");
+        assert_eq!(
+            log.counters.bind.len(),
+            3,
+            "ports 1 and 2, two processes on 1"
+        );
+        assert_eq!(log.counters.dropped, 2);
+        assert_eq!(
+            log.counters.bind[&(None, Protocol::Tcp, 1, Errno::Eaddrinuse, "a".to_string())],
+            2
+        );
+        for p in ["x", "y", "z", "x"] {
+            log.count(
+                Some("host"),
+                Call::Connect,
+                Protocol::Tcp,
+                0,
+                Errno::Eaddrnotavail,
+                p,
+            );
+        }
+        assert_eq!(log.counters.connect.len(), 2);
+        assert_eq!(log.counters.dropped, 3);
+        for _ in 0..LOG_CAPACITY + 5 {
+            let e = event(Call::Bind, Some(Errno::Eaddrinuse), "0.0.0.0", 1, false);
+            let f = explain(&Observed {
+                event: &e,
+                protocol: Protocol::Tcp,
+                at: SystemTime::now(),
+                netns: "host".into(),
+                process: "a".into(),
+                sockets: &[],
+                snapshot: None,
+            })
+            .unwrap();
+            log.push(f);
+        }
+        assert_eq!(log.recent.len(), LOG_CAPACITY);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let cases = [
+            (0u64, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000Z"),
+            (1_798_761_599, "2026-12-31T23:59:59.000Z"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(
+                rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s)),
+                want
+            );
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Real bind()/listen()/connect() failures, seen in the kernel: who failed, what
+//! blocked it, and whether the agent's prediction just before was right.
+//!
+//! - [`decode`] (pure): the BPF program's ring-buffer records -> [`decode::Event`].
+//! - [`log`] (pure): blockers, verdicts, prediction scores, the bounded failure log
+//!   and the counters behind `bindwatch_bind_failures_total` and friends.
+//! - [`loader`] (I/O): loads `bpf/bindevents.bpf.o`, attaches it to the syscall
+//!   tracepoints, reads the ring buffer, captures the port's sockets after each
+//!   failure and keeps the ports-of-interest map in step with the poller.
+//!
+//! [`Events`] is what the loader, the poller (metrics) and the HTTP server
+//! (`GET /failures`) share.
+
+pub mod decode;
+pub mod loader;
+pub mod log;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use self::log::{Counters, FailureLog};
+
+/// State shared between the tracer thread and its readers.
+pub struct Events {
+    log: Mutex<FailureLog>,
+    /// True once the programs are attached; the failure metrics exist only then.
+    active: AtomicBool,
+}
+
+impl Events {
+    pub fn new(ports_max: usize) -> Self {
+        Events {
+            log: Mutex::new(FailureLog::new(ports_max)),
+            active: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether failures are being observed (`bindwatch_capability{capability="bind_events"}`).
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the log (a std Mutex: held for a copy or an insert, never across I/O).
+    pub fn with_log<T>(&self, f: impl FnOnce(&mut FailureLog) -> T) -> T {
+        let mut g = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// The counters for rendering, `None` while failures are not observed (the
+    /// metrics are then absent, not zero).
+    pub fn counters(&self) -> Option<Counters> {
+        if !self.active() {
+            return None;
+        }
+        Some(self.with_log(|l| l.counters.clone()))
+    }
+
+    /// The body of `GET /failures`: the recent failures, oldest first.
+    pub fn failures_json(&self) -> serde_json::Value {
+        let failures = self.with_log(|l| l.recent.iter().cloned().collect::<Vec<_>>());
+        serde_json::json!({
+            "active": self.active(),
+            "failures": failures,
+        })
+    }
+}
