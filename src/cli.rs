@@ -43,6 +43,8 @@ pub enum Command {
     /// Write the man pages or a shell completion script (used by scripts/build-deb.sh).
     #[command(hide = true)]
     Generate(GenerateArgs),
+    /// Recent real bind/listen/connect failures seen by the local agent, with their blockers.
+    Failures(FailuresArgs),
 }
 
 /// Where and how to read the kernel.
@@ -262,6 +264,20 @@ pub enum Generate {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FailuresArgs {
+    /// Print the agent's JSON document (GET /failures) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the agent serves HTTP (its own --web.listen-address; ":PORT" means this host).
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = "localhost:10033"
+    )]
+    pub listen_address: String,
 }
 
 /// A path, where the empty string (`--state.file=`) turns the feature off.

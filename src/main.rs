@@ -34,6 +34,10 @@ fn main() -> ExitCode {
             enter_netns(&a.netns, &a.source).unwrap_or_else(|| commands::ports(&a))
         }
         Some(Command::Generate(a)) => bindwatch::generate::run(&a.what),
+        Some(Command::Failures(a)) => {
+            init_logging("warn");
+            bindwatch::events::client::failures(&a)
+        }
     };
     ExitCode::from(code as u8)
 }

@@ -174,6 +174,33 @@ fn time_wait_failures_are_counted_explained_and_scored() {
                 assert!(t > 0.0 && t <= 60.0, "{t}");
             }
         }
+        // The host command reads the same from the agent.
+        let listen = srv.addr.to_string();
+        let (code, out, err) = common::bindwatch(&["failures", "--web.listen-address", &listen]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.matches("bind(0.0.0.0:7443)").count(), 3, "{out}");
+        assert!(
+            out.contains("failed: EADDRINUSE; predicted blocked"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("    time_wait 127.0.0.1:7443 -> ").count(),
+            12,
+            "{out}"
+        );
+        let (code, out, err) =
+            common::bindwatch(&["failures", "--json", "--web.listen-address", &listen]);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).expect("--json is JSON");
+        assert_eq!(doc["failures"].as_array().map(Vec::len), Some(3));
+        // Nobody listens on 19399 in this namespace: a clear error, exit 2.
+        let (code, _, err) =
+            common::bindwatch(&["failures", "--web.listen-address", "127.0.0.1:19399"]);
+        assert_eq!(code, 2);
+        assert!(
+            err.contains("no agent answers") && err.contains("127.0.0.1:19399"),
+            "{err}"
+        );
     });
 }
 

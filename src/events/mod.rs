@@ -7,10 +7,12 @@
 //! - [`loader`] (I/O): loads `bpf/bindevents.bpf.o`, attaches it to the syscall
 //!   tracepoints, reads the ring buffer, captures the port's sockets after each
 //!   failure and keeps the ports-of-interest map in step with the poller.
+//! - [`client`]: `bindwatch failures`: the local agent's `GET /failures`, as text.
 //!
 //! [`Events`] is what the loader, the poller (metrics) and the HTTP server
 //! (`GET /failures`) share.
 
+pub mod client;
 pub mod decode;
 pub mod loader;
 pub mod log;
