@@ -675,6 +675,7 @@ mod tests {
         let mut snap = empty_snapshot();
         snap.ports.insert((Protocol::Tcp, 443));
         snap.port_sockets = socks.clone();
+        let restart = rebind::judge_restart(&listener, &socks);
         snap.risks.push(crate::model::EndpointRisk {
             endpoint: crate::model::Endpoint {
                 protocol: Protocol::Tcp,
@@ -690,8 +691,9 @@ mod tests {
                 unit: None,
             }),
             gone: true,
-            without_reuseaddr: rebind::judge(&rebind::restart_candidate(&listener, false), &socks),
-            with_reuseaddr: rebind::judge(&rebind::restart_candidate(&listener, true), &socks),
+            without_reuseaddr: restart.without_reuseaddr,
+            with_reuseaddr: restart.with_reuseaddr,
+            restart: restart.own_flags,
         });
         enrich(&mut socks, Some(&snap));
         assert!(socks.iter().all(|s| s.flags.reuseaddr == Tri::False));
