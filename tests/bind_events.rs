@@ -260,3 +260,251 @@ fn udp_binds_refused_by_a_bound_udp_socket_count_as_udp() {
         );
     });
 }
+
+#[test]
+fn connect_eaddrnotavail_counts_exactly_what_the_kernel_answered() {
+    in_netns(|| {
+        // Eight ephemeral ports in this namespace only (the sysctl is per namespace).
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40007\n")
+            .expect("narrow ip_local_port_range");
+        let srv = Server::start(19303, &["--poll.interval", "200ms"]);
+        let target: SocketAddr = "127.0.0.1:7463".parse().unwrap();
+        let l = std::net::TcpListener::bind(target).expect("listener");
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..12 {
+            match std::net::TcpStream::connect(target) {
+                Ok(c) => held.push((c, l.accept().expect("accept"))),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => refused += 1,
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        assert!(
+            refused > 0,
+            "8 ports cannot carry 12 connections: {} held",
+            held.len()
+        );
+        let comm = own_comm();
+        let sel = [
+            ("protocol", "tcp"),
+            ("errno", "eaddrnotavail"),
+            ("process", comm.as_str()),
+        ];
+        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+            m.get("bindwatch_connect_failures_total", &sel) >= Some(f64::from(refused))
+        });
+        assert_eq!(
+            m.get("bindwatch_connect_failures_total", &sel),
+            Some(f64::from(refused)),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            sum(&m, "bindwatch_bind_failures_total", &[]),
+            0.0,
+            "a connect is no bind"
+        );
+        let fs = failures(&srv);
+        let connects = fs.iter().filter(|f| f["call"] == "connect").count();
+        assert_eq!(connects, refused as usize);
+    });
+}
+
+#[test]
+fn successful_bind_on_a_port_judged_clear_is_a_hit() {
+    in_netns(|| {
+        let srv = Server::start(19304, &["--poll.interval", "200ms"]);
+        let addr: SocketAddr = "0.0.0.0:7473".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7473".parse().unwrap();
+        // A listener WITH SO_REUSEADDR leaves TIME_WAITs that carry the flag: a new socket
+        // with SO_REUSEADDR binds through them.
+        let l = tcp_listener(addr, true, false, None).expect("listener");
+        srv.metrics_until(Duration::from_secs(10), |m| {
+            m.get(
+                "bindwatch_listener_info",
+                &[
+                    ("protocol", "tcp"),
+                    ("family", "ipv4"),
+                    ("address", "0.0.0.0"),
+                    ("port", "7473"),
+                    ("process", &own_comm()),
+                    ("user", "root"),
+                    ("reuseaddr", "true"),
+                    ("reuseport", "false"),
+                ],
+            ) == Some(1.0)
+        });
+        for _ in 0..2 {
+            server_time_wait(&l, local);
+        }
+        drop(l);
+        let clear = [
+            ("protocol", "tcp"),
+            ("address", "0.0.0.0"),
+            ("port", "7473"),
+            ("reuseaddr", "true"),
+        ];
+        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+            m.get("bindwatch_rebind_blocked", &clear) == Some(0.0)
+                && m.get(
+                    "bindwatch_port_sockets",
+                    &[
+                        ("protocol", "tcp"),
+                        ("port", "7473"),
+                        ("state", "time_wait"),
+                    ],
+                ) == Some(2.0)
+        });
+        assert_eq!(
+            m.get("bindwatch_rebind_blocked", &clear),
+            Some(0.0),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]),
+            Some(0.0)
+        );
+        // The tracer reports successful binds only on ports of interest, a map it syncs
+        // from the published snapshot about every second: give it time to learn 7473.
+        std::thread::sleep(Duration::from_millis(2500));
+        let s = tcp_socket(addr, true, false, None).expect("the kernel lets it bind");
+        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+            m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]) >= Some(1.0)
+        });
+        assert_eq!(
+            m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]),
+            Some(1.0),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.get("bindwatch_bind_predictions_total", &[("outcome", "miss")]),
+            Some(0.0)
+        );
+        assert_eq!(sum(&m, "bindwatch_bind_failures_total", &[]), 0.0);
+        assert!(failures(&srv).is_empty(), "a success is no failure");
+        drop(s);
+    });
+}
+
+#[test]
+fn without_bpf_privilege_the_failure_metrics_are_absent() {
+    in_netns(|| {
+        let log =
+            std::env::temp_dir().join(format!("bindwatch-noevents-{}.log", std::process::id()));
+        // Root without any capability: sock_diag still works, BPF does not.
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+            .arg(common::bin())
+            .args([
+                "serve",
+                "--web.listen-address",
+                "127.0.0.1:19305",
+                "--state.file",
+                "",
+                "--poll.interval",
+                "200ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn setpriv (util-linux)");
+        let addr: SocketAddr = "127.0.0.1:19305".parse().unwrap();
+        let up = common::eventually(Duration::from_secs(15), || {
+            matches!(http_get(addr, "/healthz", &[]), Ok((200, _, _)))
+        });
+        let scrape = http_get(addr, "/metrics", &[]);
+        let fs = http_get(addr, "/failures", &[]);
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        assert!(up, "agent without capabilities did not come up: {text}");
+        let (_, _, body) = scrape.expect("scrape");
+        let m = common::Metrics::parse(&String::from_utf8_lossy(&body));
+        assert_eq!(
+            m.get("bindwatch_capability", &[("capability", "bind_events")]),
+            Some(0.0)
+        );
+        for family in [
+            "bindwatch_bind_failures_total",
+            "bindwatch_connect_failures_total",
+            "bindwatch_bind_predictions_total",
+        ] {
+            assert!(!m.text.contains(family), "{family} must be absent, not 0");
+        }
+        assert_eq!(
+            text.matches("bind failure events unavailable").count(),
+            1,
+            "one log line says why: {text}"
+        );
+        let (code, _, body) = fs.expect("GET /failures");
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["active"], false);
+    });
+}
+
+#[test]
+fn netns_all_labels_events_with_their_namespace() {
+    in_netns(|| {
+        let name = format!("bwev-{}", std::process::id());
+        common::run_ok("ip", &["netns", "add", &name]);
+        struct Del(String);
+        impl Drop for Del {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.0])
+                    .status();
+            }
+        }
+        let _del = Del(name.clone());
+        let srv = Server::start(19306, &["--netns", "all", "--poll.interval", "1s"]);
+        // Two UDP binds the kernel refuses inside the named namespace.
+        let script = "import socket\n\
+                      s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                      s.bind(('0.0.0.0', 7483))\n\
+                      for _ in range(2):\n\
+                      \x20   t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                      \x20   try:\n\
+                      \x20       t.bind(('0.0.0.0', 7483))\n\
+                      \x20   except OSError as e:\n\
+                      \x20       assert e.errno == 98, e\n\
+                      \x20   else:\n\
+                      \x20       raise SystemExit('the second bind succeeded')\n";
+        common::run_ok("ip", &["netns", "exec", &name, "python3", "-c", script]);
+        let sel = [
+            ("netns", name.as_str()),
+            ("protocol", "udp"),
+            ("port", "7483"),
+            ("errno", "eaddrinuse"),
+            ("process", "python3"),
+        ];
+        let m = srv.metrics_until(Duration::from_secs(15), |m| {
+            m.get("bindwatch_bind_failures_total", &sel) >= Some(2.0)
+        });
+        assert_eq!(
+            m.get("bindwatch_bind_failures_total", &sel),
+            Some(2.0),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            sum(
+                &m,
+                "bindwatch_bind_failures_total",
+                &[("netns", "host"), ("port", "7483")]
+            ),
+            0.0
+        );
+        let fs = failures(&srv);
+        assert_eq!(
+            fs.iter()
+                .filter(|f| f["netns"] == name.as_str() && f["port"] == 7483)
+                .count(),
+            2,
+            "{fs:?}"
+        );
+    });
+}
