@@ -52,17 +52,26 @@ fn time_wait_failures_are_counted_explained_and_scored() {
         // A listener without SO_REUSEADDR leaves TIME_WAITs and closes.
         let l = tcp_listener(addr, false, false, None).expect("listener");
         // The agent sees the listener (and learns its flags) before it goes.
-        srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get(
                 "bindwatch_port_sockets",
                 &[("protocol", "tcp"), ("port", "7443"), ("state", "listen")],
             ) == Some(1.0)
         });
+        assert_eq!(
+            m.get(
+                "bindwatch_port_sockets",
+                &[("protocol", "tcp"), ("port", "7443"), ("state", "listen")]
+            ),
+            Some(1.0),
+            "the agent saw the listener: {}",
+            m.text
+        );
         for _ in 0..4 {
             server_time_wait(&l, local);
         }
         drop(l);
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get(
                 "bindwatch_rebind_blocked",
                 &[
@@ -114,7 +123,7 @@ fn time_wait_failures_are_counted_explained_and_scored() {
             ("port", "7443"),
             ("errno", "eaddrinuse"),
         ];
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             sum(m, "bindwatch_bind_failures_total", &sel) >= 3.0
         });
         assert_eq!(
@@ -216,7 +225,7 @@ fn udp_binds_refused_by_a_bound_udp_socket_count_as_udp() {
             Ok(s)
         };
         let _held = udp(false).expect("first UDP bind");
-        srv.metrics_until(Duration::from_secs(10), |m| {
+        srv.metrics_until(Duration::from_secs(30), |m| {
             m.get(
                 "bindwatch_port_sockets",
                 &[
@@ -234,7 +243,7 @@ fn udp_binds_refused_by_a_bound_udp_socket_count_as_udp() {
             ("port", "7453"),
             ("errno", "eaddrinuse"),
         ];
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             sum(m, "bindwatch_bind_failures_total", &sel) >= 2.0
         });
         assert_eq!(
@@ -290,7 +299,7 @@ fn connect_eaddrnotavail_counts_exactly_what_the_kernel_answered() {
             ("errno", "eaddrnotavail"),
             ("process", comm.as_str()),
         ];
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_connect_failures_total", &sel) >= Some(f64::from(refused))
         });
         assert_eq!(
@@ -319,7 +328,7 @@ fn successful_bind_on_a_port_judged_clear_is_a_hit() {
         // A listener WITH SO_REUSEADDR leaves TIME_WAITs that carry the flag: a new socket
         // with SO_REUSEADDR binds through them.
         let l = tcp_listener(addr, true, false, None).expect("listener");
-        srv.metrics_until(Duration::from_secs(10), |m| {
+        srv.metrics_until(Duration::from_secs(30), |m| {
             m.get(
                 "bindwatch_listener_info",
                 &[
@@ -344,7 +353,7 @@ fn successful_bind_on_a_port_judged_clear_is_a_hit() {
             ("port", "7473"),
             ("reuseaddr", "true"),
         ];
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_rebind_blocked", &clear) == Some(0.0)
                 && m.get(
                     "bindwatch_port_sockets",
@@ -369,7 +378,7 @@ fn successful_bind_on_a_port_judged_clear_is_a_hit() {
         // from the published snapshot about every second: give it time to learn 7473.
         std::thread::sleep(Duration::from_millis(2500));
         let s = tcp_socket(addr, true, false, None).expect("the kernel lets it bind");
-        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]) >= Some(1.0)
         });
         assert_eq!(
@@ -481,7 +490,7 @@ fn netns_all_labels_events_with_their_namespace() {
             ("errno", "eaddrinuse"),
             ("process", "python3"),
         ];
-        let m = srv.metrics_until(Duration::from_secs(15), |m| {
+        let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_bind_failures_total", &sel) >= Some(2.0)
         });
         assert_eq!(
