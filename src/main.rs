@@ -283,8 +283,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             }
             handle.stop(poller::STOP_TIMEOUT)
         })
-            .await
-            .unwrap_or(false);
+        .await
+        .unwrap_or(false);
         if !stopped {
             tracing::warn!(
                 timeout = ?poller::STOP_TIMEOUT,
