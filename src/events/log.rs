@@ -643,6 +643,7 @@ mod tests {
             ephemeral_top: Vec::new(),
             bindv6only: false,
             table_taken_at: SystemTime::now(),
+            memory_unexplained_total: 0,
         }
     }
 
