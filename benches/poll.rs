@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use bindwatch::collect::{CollectOptions, Collector};
 use bindwatch::model::{Protocol, State};
 use bindwatch::source::netlink::{NetlinkDiag, Request, ALL_STATES};
+use bindwatch::source::bpf::SockIter;
 use bindwatch::source::{SocketTable, SourceChoice};
 
 use popgen::{ListenSpec, Plan, Population};
@@ -119,6 +120,8 @@ fn measure_cmd(cmd: &str, args: &[&str]) -> Sample {
 fn full_scan_opts(procfs: &Path) -> CollectOptions {
     let mut o = CollectOptions::new(procfs);
     o.scan_slice = None;
+    // "poll" rows measure the netlink source as they always have; bpf rows say so.
+    o.source = SourceChoice::Netlink;
     o
 }
 
@@ -632,13 +635,18 @@ struct TableRow {
     /// Per round (same table, back to back): `ss` CPU / poll CPU and poll CPU /
     /// raw 1-walk CPU, so the spread of each ratio shows, not only the medians'.
     round_ratios: Vec<(f64, f64)>,
+    /// Per round: poll (bpf) CPU / raw 1-walk CPU, and poll (bpf) CPU / poll CPU.
+    bpf_ratios: Vec<(f64, f64)>,
     first_poll: Option<Sample>,
     runs: usize,
 }
 
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 11] = [
     "poll",
+    "poll (bpf)",
     "poll (owners off)",
+    "poll (bpf, owners off)",
+    "bpf 1-walk",
     "nl decode 1-walk",
     "raw 1-walk",
     "raw 1-walk, no NET_ADMIN",
@@ -667,6 +675,12 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
     let mut off_opts = full_scan_opts(proc);
     off_opts.owners = false;
     let mut off = Collector::new(off_opts).expect("collector");
+    let mut bpf_opts = full_scan_opts(proc);
+    bpf_opts.source = SourceChoice::Bpf;
+    let mut on_bpf = Collector::new(bpf_opts.clone()).expect("bpf collector");
+    bpf_opts.owners = false;
+    let mut off_bpf = Collector::new(bpf_opts).expect("bpf collector");
+    let mut sockiter = SockIter::open().expect("bpf socket iterator");
     let mut nl = NetlinkDiag::open().expect("netlink");
     let mut procfs = SocketTable::open(SourceChoice::Procfs, proc).expect("procfs source");
     // The first poll scans every fd of every process for owners; reported apart,
@@ -675,6 +689,8 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
         total_tcp(&on.poll(&[], &[]).expect("poll"))
     }));
     off.poll(&[], &[]).expect("poll");
+    on_bpf.poll(&[], &[]).expect("poll");
+    off_bpf.poll(&[], &[]).expect("poll");
 
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let mut round = Duration::from_secs(5);
@@ -695,6 +711,17 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
                 "poll (owners off)" => {
                     measure(&mut || total_tcp(&off.poll(&[], &[]).expect("poll")))
                 }
+                "poll (bpf)" => measure(&mut || total_tcp(&on_bpf.poll(&[], &[]).expect("poll"))),
+                "poll (bpf, owners off)" => {
+                    measure(&mut || total_tcp(&off_bpf.poll(&[], &[]).expect("poll")))
+                }
+                "bpf 1-walk" => measure(&mut || {
+                    let mut n = 0u64;
+                    sockiter
+                        .dump(Protocol::Tcp, ALL_STATES, &mut |_| n += 1)
+                        .expect("bpf dump");
+                    n
+                }),
                 "nl decode 1-walk" => measure(&mut || {
                     let mut n = 0u64;
                     nl.dump(tcp_req(libc::AF_UNSPEC), &mut |_| n += 1)
@@ -719,6 +746,14 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
         round = t0.elapsed();
     }
     let cpu = |m: &str, i: usize| samples[m][i].cpu.as_secs_f64();
+    row.bpf_ratios = (0..runs)
+        .map(|i| {
+            (
+                cpu("poll (bpf)", i) / cpu("raw 1-walk", i),
+                cpu("poll (bpf)", i) / cpu("poll", i),
+            )
+        })
+        .collect();
     row.round_ratios = (0..runs)
         .map(|i| {
             (
@@ -745,6 +780,8 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
 
 #[derive(Default)]
 struct ServeRow {
+    /// `--source`.
+    source: String,
     /// `--poll.cpu-budget`: "0" walks the table every poll.
     cpu_budget: String,
     /// False: `--poll.interval 1h`, no poll after the first: the control for what
@@ -893,9 +930,9 @@ fn wrk_us(v: &str) -> f64 {
 /// runs (scheduler slices), so one run is not a measurement.
 fn budget_label(r: &ServeRow) -> String {
     if r.polling {
-        r.cpu_budget.clone()
+        format!("{} ({})", r.cpu_budget, r.source)
     } else {
-        format!("{}, no polls", r.cpu_budget)
+        format!("{}, no polls ({})", r.cpu_budget, r.source)
     }
 }
 
@@ -995,6 +1032,7 @@ fn run_wrk(port: u16, secs: u32, gzip: bool) -> Option<WrkResult> {
 /// scrape, scrape latency with wrk; then node_exporter's tcpstat on the same table.
 fn serve_phase(
     tw: &mut TwKeeper,
+    source: &str,
     cpu_budget: &str,
     polling: bool,
     plain_wrk: bool,
@@ -1002,6 +1040,7 @@ fn serve_phase(
 ) -> ServeRow {
     let mut raw = RawDiag::open();
     let mut row = ServeRow {
+        source: source.to_string(),
         cpu_budget: cpu_budget.to_string(),
         polling,
         ..Default::default()
@@ -1017,6 +1056,8 @@ fn serve_phase(
             if polling { "1s" } else { "1h" },
             "--poll.cpu-budget",
             cpu_budget,
+            "--source",
+            source,
             "--log.level",
             "warn",
             // Never the host's /run/bindwatch/state.json.
@@ -1521,9 +1562,22 @@ fn main() {
             made: None,
             batches: 0,
         };
-        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0.01", true, true, 5)));
-        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0", true, false, 5)));
-        serve_rows.push(("empty".into(), serve_phase(&mut tw, "0.01", false, true, 5)));
+        serve_rows.push((
+            "empty".into(),
+            serve_phase(&mut tw, "netlink", "0.01", true, true, 5),
+        ));
+        serve_rows.push((
+            "empty".into(),
+            serve_phase(&mut tw, "netlink", "0", true, false, 5),
+        ));
+        serve_rows.push((
+            "empty".into(),
+            serve_phase(&mut tw, "bpf", "0", true, false, 5),
+        ));
+        serve_rows.push((
+            "empty".into(),
+            serve_phase(&mut tw, "netlink", "0.01", false, true, 5),
+        ));
         if have("prometheus-node-exporter") {
             let mut raw = RawDiag::open();
             ne_rows.push(("empty".into(), node_exporter_phase(&mut tw, &mut raw)));
@@ -1567,15 +1621,19 @@ fn main() {
             // allows), then the worst case: a full walk every poll.
             serve_rows.push((
                 size.name.to_string(),
-                serve_phase(&mut tw, "0.01", true, true, 5),
+                serve_phase(&mut tw, "netlink", "0.01", true, true, 5),
             ));
             serve_rows.push((
                 size.name.to_string(),
-                serve_phase(&mut tw, "0", true, false, 5),
+                serve_phase(&mut tw, "netlink", "0", true, false, 5),
             ));
             serve_rows.push((
                 size.name.to_string(),
-                serve_phase(&mut tw, "0.01", false, true, 5),
+                serve_phase(&mut tw, "bpf", "0", true, false, 5),
+            ));
+            serve_rows.push((
+                size.name.to_string(),
+                serve_phase(&mut tw, "netlink", "0.01", false, true, 5),
             ));
             log!("== {}: serve phases done", size.name);
             if have("prometheus-node-exporter") {
@@ -1636,6 +1694,35 @@ fn main() {
             spread(&|r| r.0),
             spread(&|r| r.1),
             row.round_ratios.len()
+        );
+    }
+    println!(
+        "\nThe bpf source, round by round (min / median / max): a full poll with `--source bpf` \
+         against the raw one-walk sock_diag dump, and against the netlink poll:\n"
+    );
+    for (name, row, _, _, _) in &table_rows {
+        let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = row.bpf_ratios.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            match (v.first(), v.get(v.len() / 2), v.last()) {
+                (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
+                _ => "-".into(),
+            }
+        };
+        let cpu = |m: &str| {
+            row.methods
+                .get(m)
+                .map(|x| x.1.as_secs_f64())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "- {name}: poll (bpf) CPU / raw 1-walk CPU {} (medians {:.2}); poll (bpf) CPU / poll CPU {}; \
+             bpf 1-walk CPU / raw 1-walk CPU {:.2} ({} rounds)",
+            spread(&|r| r.0),
+            cpu("poll (bpf)") / cpu("raw 1-walk"),
+            spread(&|r| r.1),
+            cpu("bpf 1-walk") / cpu("raw 1-walk"),
+            row.bpf_ratios.len()
         );
     }
     println!("\nPopulations (census at the start of each round) and first polls:\n");

@@ -57,7 +57,8 @@ pub struct SourceArgs {
     /// `user` label) are read (e.g. /host/root in a container).
     #[arg(long = "path.rootfs", value_name = "PATH", default_value = "/")]
     pub rootfs: PathBuf,
-    /// Socket table source: netlink sock_diag, /proc/net, or netlink with fallback.
+    /// Socket table source: bpf (socket iterator), netlink sock_diag, /proc/net, or auto
+    /// (bpf, else netlink, else /proc/net).
     #[arg(long = "source", value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
     /// Listener memory shared between the agent (writes it) and check/wait/ports (read it),

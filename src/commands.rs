@@ -431,7 +431,14 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
                 owner_str(snap.owners.get(&f.socket.inode)),
                 timer,
             );
-            let _ = writeln!(out, "          why: {}", f.rule.describe());
+            // The blocker's own flags, as read (bpf reads them for every socket).
+            let _ = writeln!(
+                out,
+                "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})",
+                f.rule.describe(),
+                f.socket.flags.reuseaddr.as_str(),
+                f.socket.flags.reuseport.as_str()
+            );
             if !f.undecided_by.is_empty() {
                 let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
             }
@@ -569,6 +576,15 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
                 // `verdict` is what `check PORT --restart` answers (the listener's own
                 // SO_REUSEADDR); the other two are the new socket without / with it.
                 "restart": { "verdict": r.restart.verdict, "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
+                // What a restart without SO_REUSEADDR would meet, with each socket's flags.
+                "restart_blockers": r.without_reuseaddr.findings.iter().map(|f| json!({
+                    "state": f.socket.state_label(),
+                    "local": endpoint_str(f.socket.local.ip(), f.socket.local.port()),
+                    "remote": endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
+                    "blocks": f.blocks,
+                    "reuseaddr": f.socket.flags.reuseaddr,
+                    "reuseport": f.socket.flags.reuseport,
+                })).collect::<Vec<_>>(),
                 "clear_seconds": j.clear_seconds(),
             })
         }).collect::<Vec<_>>(),

@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::collect::socket_counts;
-use crate::model::{Protocol, Snapshot, Verdict};
+use crate::model::{Protocol, Snapshot, SourceKind, Verdict};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("BINDWATCH_REVISION") {
@@ -571,9 +571,9 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_source_active",
         "gauge",
-        "1 for the socket source in use (netlink sock_diag, or the /proc/net fallback).",
+        "1 for the socket source in use (the bpf socket iterator, netlink sock_diag, or the /proc/net fallback).",
     );
-    for k in ["netlink", "procfs"] {
+    for k in ["bpf", "netlink", "procfs"] {
         w.sample(
             "bindwatch_source_active",
             &[("source", k)],
@@ -583,7 +583,7 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_capability",
         "gauge",
-        "1 when bindwatch really achieved a feature: owners (no /proc/PID/fd listing or link was refused in the last scan), socket_flags (pidfd_getfd of owners' sockets).",
+        "1 when bindwatch really achieved a feature: owners (no /proc/PID/fd listing or link was refused in the last scan), socket_flags (pidfd_getfd of owners' sockets), bpf (the socket iterator is the source in use).",
     );
     w.sample(
         "bindwatch_capability",
@@ -594,6 +594,11 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
         "bindwatch_capability",
         &[("capability", "socket_flags")],
         b(s.capabilities.socket_flags),
+    );
+    w.sample(
+        "bindwatch_capability",
+        &[("capability", "bpf")],
+        b(s.source == SourceKind::Bpf),
     );
 
     w.family(

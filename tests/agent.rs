@@ -159,6 +159,11 @@ fn exact_counts_netlink() {
 }
 
 #[test]
+fn exact_counts_bpf() {
+    exact_counts("bpf");
+}
+
+#[test]
 fn exact_counts_procfs() {
     exact_counts("procfs");
 }

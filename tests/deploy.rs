@@ -563,10 +563,11 @@ fn daemonset_service_and_monitor_fit_together() {
         .iter()
         .map(|a| s(a, "cap"))
         .collect();
-    // SYS_ADMIN: setns() into the pods' namespaces for --netns=all.
+    // SYS_ADMIN: setns() into the pods' namespaces for --netns=all; BPF + PERFMON: the
+    // socket-iterator source.
     assert_eq!(
         added,
-        BTreeSet::from(["DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN"])
+        BTreeSet::from(["DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN", "BPF", "PERFMON"])
     );
 
     // /proc of the host, read-only, at /host/proc
@@ -783,7 +784,12 @@ fn systemd_unit_has_the_contracted_settings() {
         let caps: BTreeSet<&str> = u[k].split_whitespace().collect();
         assert_eq!(
             caps,
-            BTreeSet::from(["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
+            BTreeSet::from([
+                "CAP_DAC_READ_SEARCH",
+                "CAP_SYS_PTRACE",
+                "CAP_BPF",
+                "CAP_PERFMON"
+            ]),
             "{k}="
         );
     }
@@ -793,6 +799,8 @@ fn systemd_unit_has_the_contracted_settings() {
         filter.split_whitespace().any(|w| w == "pidfd_getfd"),
         "{filter}"
     );
+    // The bpf source's bpf(2) is in no set @system-service includes.
+    assert!(filter.split_whitespace().any(|w| w == "bpf"), "{filter}");
     // settings that would hide the host's sockets or processes from bindwatch
     for k in [
         "PrivateNetwork",

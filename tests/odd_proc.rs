@@ -233,8 +233,9 @@ fn unreadable_fd_dir_degrades_owners_capability() {
     });
 }
 
-/// A seccomp filter: `socket(AF_NETLINK, ...)` fails with EPERM, everything else is allowed.
-/// What a locked-down container runtime or LSM does to sock_diag.
+/// A seccomp filter: `socket(AF_NETLINK, ...)` and bpf(2) fail with EPERM, everything
+/// else is allowed. What a locked-down container runtime or LSM does to sock_diag (and
+/// to the bpf source, which `--source auto` would otherwise prefer).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn deny_netlink(cmd: &mut Command) {
     #[cfg(target_arch = "x86_64")]
@@ -248,8 +249,9 @@ fn deny_netlink(cmd: &mut Command) {
     // struct seccomp_data { int nr; u32 arch; u64 ip; u64 args[6]; } (little endian)
     let filter = [
         ins(LD_W_ABS, 0, 0, 4),                    // arch
-        ins(JEQ_K, 0, 5, AUDIT_ARCH),              // other ABI: allow
+        ins(JEQ_K, 0, 6, AUDIT_ARCH),              // other ABI: allow
         ins(LD_W_ABS, 0, 0, 0),                    // syscall number
+        ins(JEQ_K, 3, 0, libc::SYS_bpf as u32),    // bpf(): deny
         ins(JEQ_K, 0, 3, libc::SYS_socket as u32), // not socket(): allow
         ins(LD_W_ABS, 0, 0, 16),                   // args[0], low half
         ins(JEQ_K, 0, 1, libc::AF_NETLINK as u32), // not netlink: allow

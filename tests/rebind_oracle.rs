@@ -6,9 +6,11 @@
 //! SO_BINDTODEVICE where the situation is about those) `bindwatch check --json` runs first,
 //! then the kernel is asked with a real bind() (+ listen() for TCP) of a fresh socket that is
 //! closed at once (a probe that succeeded leaves nothing behind, one that failed was never
-//! added). Exit 0 must match success, exit 1 EADDRINUSE; exit 3 (cannot tell) is counted
-//! apart and allowed only where bind-rules.md says a flag cannot be seen: blockers without a
-//! file (TIME_WAIT and orphans, inode 0).
+//! added). Every check runs twice, with `--source bpf` and `--source netlink`, both one-shot
+//! without a state file. Exit 0 must match success, exit 1 EADDRINUSE; exit 3 (cannot tell)
+//! is counted apart: never allowed with bpf (the iterator reads every socket's flags), and
+//! with netlink only where bind-rules.md says a flag cannot be seen: blockers without a file
+//! (TIME_WAIT and orphans, inode 0). Both sources' figures are printed.
 //!
 //! Needs root (network namespaces, `setpriv`, `ss -K`), `python3`, `ip`, `ss`.
 //!
@@ -436,8 +438,12 @@ fn probe_on(s: &Socket, proto: Proto, a: SocketAddr, n: &NewSock) -> Result<(), 
     Ok(())
 }
 
-/// `bindwatch check` for `n`: (exit code, parsed JSON or Null, raw output).
-fn bindwatch_check(proto: Proto, port: u16, n: &NewSock) -> (i32, Value, String) {
+/// The socket sources every check runs with: the bpf iterator (every socket's flags, so
+/// never "cannot tell") and netlink sock_diag (no flags for sockets without a file).
+const SOURCES: [&str; 2] = ["bpf", "netlink"];
+
+/// `bindwatch check --source SOURCE` for `n`: (exit code, parsed JSON or Null, raw output).
+fn bindwatch_check(proto: Proto, port: u16, n: &NewSock, source: &str) -> (i32, Value, String) {
     let port_s = port.to_string();
     let uid_s = n.reuseport_uid.map(|u| u.to_string());
     let mut args = vec![
@@ -447,6 +453,8 @@ fn bindwatch_check(proto: Proto, port: u16, n: &NewSock) -> (i32, Value, String)
         proto.as_str(),
         "--address",
         n.addr,
+        "--source",
+        source,
     ];
     if n.v6only {
         args.push("--v6only");
@@ -1079,6 +1087,7 @@ const SITUATIONS: &[Situation] = &[
 /// One comparison.
 struct Outcome {
     situation: &'static str,
+    source: &'static str,
     proto: Proto,
     port: u16,
     new: NewSock,
@@ -1156,33 +1165,40 @@ fn run_situation(s: Situation) -> Vec<Outcome> {
     let port = held.port;
     let mut out = Vec::new();
     for n in candidates(s.extra) {
-        let mut attempt = 0;
-        let (exit, json, raw) = loop {
-            let (exit, json, raw) = bindwatch_check(s.proto, port, &n);
-            match foreign_owner(&json, &held.holders) {
-                Some(why) if attempt < 3 => {
-                    attempt += 1;
-                    RETRIED.lock().unwrap().push(format!(
-                        "[{}] new {}: exit {exit}, {why}",
-                        s.name,
-                        n.describe()
-                    ));
-                    std::thread::sleep(Duration::from_millis(20));
+        // Both sources judge the same sockets before the kernel is asked.
+        let mut judged = Vec::new();
+        for source in SOURCES {
+            let mut attempt = 0;
+            judged.push(loop {
+                let (exit, json, raw) = bindwatch_check(s.proto, port, &n, source);
+                match foreign_owner(&json, &held.holders) {
+                    Some(why) if attempt < 3 => {
+                        attempt += 1;
+                        RETRIED.lock().unwrap().push(format!(
+                            "[{}] {source} new {}: exit {exit}, {why}",
+                            s.name,
+                            n.describe()
+                        ));
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => break (source, exit, json, raw),
                 }
-                _ => break (exit, json, raw),
-            }
-        };
+            });
+        }
         let kernel = kernel_probe(s.proto, port, &n);
-        out.push(Outcome {
-            situation: s.name,
-            proto: s.proto,
-            port,
-            new: n,
-            exit,
-            json,
-            raw,
-            kernel,
-        });
+        for (source, exit, json, raw) in judged {
+            out.push(Outcome {
+                situation: s.name,
+                source,
+                proto: s.proto,
+                port,
+                new: n,
+                exit,
+                json,
+                raw,
+                kernel,
+            });
+        }
     }
     drop(held);
     out
@@ -1259,41 +1275,57 @@ fn kernel_is_the_oracle() {
     let results = std::mem::take(&mut *results.lock().unwrap());
     let failures = std::mem::take(&mut *failures.lock().unwrap());
 
-    let (mut agree, mut unknown) = (0, 0);
     let mut disagree = Vec::new();
     let mut bad_unknown = Vec::new();
-    for o in &results {
-        match (o.exit, o.kernel) {
-            (0, Ok(())) => agree += 1,
-            (1, Err(libc::EADDRINUSE)) => agree += 1,
-            (3, _) => {
-                unknown += 1;
-                if !unknown_is_justified(o) {
-                    bad_unknown.push(o.report());
+    let mut figures = Vec::new();
+    for source in SOURCES {
+        let (mut agree, mut unknown, mut differ) = (0, 0, 0);
+        for o in results.iter().filter(|o| o.source == source) {
+            match (o.exit, o.kernel) {
+                (0, Ok(())) => agree += 1,
+                (1, Err(libc::EADDRINUSE)) => agree += 1,
+                (3, _) => {
+                    unknown += 1;
+                    // With bpf every flag is read from the kernel: no "cannot tell" at all.
+                    if source == "bpf" || !unknown_is_justified(o) {
+                        bad_unknown.push(format!("[{source}] {}", o.report()));
+                    }
+                }
+                _ => {
+                    differ += 1;
+                    disagree.push(format!("[{source}] {}", o.report()));
                 }
             }
-            _ => disagree.push(o.report()),
         }
+        figures.push(format!(
+            "{source}: {agree} agree, {differ} disagree, {unknown} unknown"
+        ));
     }
     for o in results.iter().filter(|o| o.exit == 3) {
-        eprintln!("unknown: {}", o.report());
+        eprintln!("unknown ({}): {}", o.source, o.report());
     }
     for r in RETRIED.lock().unwrap().iter() {
         eprintln!("checked again (socket attributed to a transient holder): {r}");
     }
     for s in SITUATIONS {
-        let mine: Vec<&Outcome> = results.iter().filter(|o| o.situation == s.name).collect();
-        let count = |f: &dyn Fn(&Outcome) -> bool| mine.iter().filter(|o| f(o)).count();
-        eprintln!(
-            "{:<72} {:>3} checks: kernel {:>2} ok / {:>2} in use; bindwatch {:>2} clear / {:>2} blocked / {:>2} unknown",
-            s.name,
-            mine.len(),
-            count(&|o| o.kernel.is_ok()),
-            count(&|o| o.kernel == Err(libc::EADDRINUSE)),
-            count(&|o| o.exit == 0),
-            count(&|o| o.exit == 1),
-            count(&|o| o.exit == 3),
-        );
+        for source in SOURCES {
+            let mine: Vec<&Outcome> = results
+                .iter()
+                .filter(|o| o.situation == s.name && o.source == source)
+                .collect();
+            let count = |f: &dyn Fn(&Outcome) -> bool| mine.iter().filter(|o| f(o)).count();
+            eprintln!(
+                "{:<72} {:<7} {:>3} checks: kernel {:>2} ok / {:>2} in use; bindwatch {:>2} clear / {:>2} blocked / {:>2} unknown",
+                s.name,
+                source,
+                mine.len(),
+                count(&|o| o.kernel.is_ok()),
+                count(&|o| o.kernel == Err(libc::EADDRINUSE)),
+                count(&|o| o.exit == 0),
+                count(&|o| o.exit == 1),
+                count(&|o| o.exit == 3),
+            );
+        }
     }
     eprintln!(
         "test process pid {}; {} situations, {} checks in {:.1} s",
@@ -1302,10 +1334,9 @@ fn kernel_is_the_oracle() {
         results.len(),
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "{agree} agree, {} disagree, {unknown} unknown",
-        disagree.len()
-    );
+    for f in &figures {
+        println!("{f}");
+    }
     let mut problems = Vec::new();
     if !failures.is_empty() {
         problems.push(format!("situations that failed:\n{}", failures.join("\n")));
@@ -1318,8 +1349,8 @@ fn kernel_is_the_oracle() {
     }
     if !bad_unknown.is_empty() {
         problems.push(format!(
-            "`unknown` where every deciding flag could be seen (a socket with a file, or not \
-             an expiring state):\n{}",
+            "`unknown` where every deciding flag could be seen (bpf: any; netlink: a socket with \
+             a file, or not an expiring state):\n{}",
             bad_unknown.join("\n")
         ));
     }

@@ -331,6 +331,7 @@ pub type StateCounts = BTreeMap<(Protocol, Family, State), u64>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    Bpf,
     Netlink,
     Procfs,
 }
@@ -338,6 +339,7 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            SourceKind::Bpf => "bpf",
             SourceKind::Netlink => "netlink",
             SourceKind::Procfs => "procfs",
         }

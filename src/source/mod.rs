@@ -1,6 +1,8 @@
-//! Reading the kernel: socket tables (netlink sock_diag, /proc/net fallback), socket
-//! owners and their flags, and the sysctls that shape port allocation.
+//! Reading the kernel: socket tables (the BPF socket iterator, netlink sock_diag,
+//! /proc/net fallback), socket owners and their flags, and the sysctls that shape port
+//! allocation.
 
+pub mod bpf;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
@@ -9,20 +11,25 @@ pub mod sysctl;
 use std::path::{Path, PathBuf};
 
 use crate::model::{Protocol, Socket, SourceKind, State};
+use bpf::{BpfError, SockIter};
 use netlink::{NetlinkDiag, NetlinkError, Request};
 use procnet::ProcNetError;
 
 /// `--source`: which kernel interface to read sockets from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
-    /// netlink sock_diag, falling back to /proc/net when it is unavailable or denied.
+    /// The BPF socket iterator, else netlink sock_diag, else /proc/net.
     Auto,
+    /// The BPF socket iterator (every socket's flags), bound-only TCP sockets from sock_diag.
+    Bpf,
     Netlink,
     Procfs,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -38,6 +45,7 @@ impl SourceError {
 
 /// The socket table reader behind `--source`.
 pub struct SocketTable {
+    bpf: Option<SockIter>,
     netlink: Option<NetlinkDiag>,
     procfs: PathBuf,
     choice: SourceChoice,
@@ -49,9 +57,10 @@ pub struct SocketTable {
 
 impl SocketTable {
     /// # Errors
-    /// With `--source netlink` when the netlink socket cannot be opened.
+    /// With `--source bpf` or `--source netlink` when that source cannot be opened.
     pub fn open(choice: SourceChoice, procfs: &Path) -> Result<Self, SourceError> {
         let mut t = SocketTable {
+            bpf: None,
             netlink: None,
             procfs: procfs.to_path_buf(),
             choice,
@@ -61,16 +70,52 @@ impl SocketTable {
         match choice {
             SourceChoice::Procfs => {}
             SourceChoice::Netlink => t.netlink = Some(NetlinkDiag::open()?),
-            SourceChoice::Auto => match NetlinkDiag::open() {
-                Ok(n) => t.netlink = Some(n),
-                Err(e) => t.fall_back(&e),
-            },
+            SourceChoice::Bpf => {
+                t.bpf = Some(SockIter::open()?);
+                // Bound-only TCP sockets are not in the iterator's hashes.
+                match NetlinkDiag::open() {
+                    Ok(n) => t.netlink = Some(n),
+                    Err(e) => log_once(&BOUND_ONLY_LOGGED, || {
+                        tracing::warn!(
+                            error = %e,
+                            "netlink sock_diag unavailable: bound-only (BOUND_INACTIVE) TCP \
+                             sockets are not visible beside the bpf source"
+                        )
+                    }),
+                }
+            }
+            SourceChoice::Auto => {
+                match SockIter::open() {
+                    Ok(b) => t.bpf = Some(b),
+                    Err(e) => log_bpf_fallback(&e),
+                }
+                match NetlinkDiag::open() {
+                    Ok(n) => t.netlink = Some(n),
+                    Err(e) if t.bpf.is_none() => t.fall_back(&e),
+                    Err(e) => log_once(&BOUND_ONLY_LOGGED, || {
+                        tracing::warn!(
+                            error = %e,
+                            "netlink sock_diag unavailable: bound-only (BOUND_INACTIVE) TCP \
+                             sockets are not visible beside the bpf source"
+                        )
+                    }),
+                }
+            }
+        }
+        if t.bpf.is_some() {
+            log_once(&BPF_LOGGED, || {
+                tracing::info!(
+                    "socket source: bpf (socket iterator; flags of every socket, also without a file)"
+                )
+            });
         }
         Ok(t)
     }
 
     pub fn kind(&self) -> SourceKind {
-        if self.netlink.is_some() {
+        if self.bpf.is_some() {
+            SourceKind::Bpf
+        } else if self.netlink.is_some() {
             SourceKind::Netlink
         } else {
             SourceKind::Procfs
@@ -88,6 +133,18 @@ impl SocketTable {
         self.netlink = None;
     }
 
+    /// `--source auto`: a bpf source that stopped working mid-run gives way to netlink.
+    fn bpf_failed(&mut self, why: &BpfError) {
+        log_bpf_fallback(why);
+        self.bpf = None;
+        if self.netlink.is_none() {
+            match NetlinkDiag::open() {
+                Ok(n) => self.netlink = Some(n),
+                Err(e) => self.fall_back(&e),
+            }
+        }
+    }
+
     /// Streams every socket of `protocol` whose state bit is in `states`.
     ///
     /// # Errors
@@ -99,6 +156,13 @@ impl SocketTable {
         states: u32,
         sink: &mut F,
     ) -> Result<(), SourceError> {
+        if let Some(b) = self.bpf.as_mut() {
+            match b.dump(protocol, states, sink) {
+                Ok(()) => return self.dump_bound_only(protocol, states, sink),
+                Err(e) if self.choice == SourceChoice::Auto => self.bpf_failed(&e),
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(nl) = self.netlink.as_mut() {
             match dump_netlink(nl, protocol, states, sink) {
                 Ok(()) => return Ok(()),
@@ -133,6 +197,69 @@ impl SocketTable {
         self.bad_lines += bad;
         Ok(())
     }
+}
+
+impl SocketTable {
+    /// Beside the bpf source: bound-but-not-listening TCP sockets, which are in the bind
+    /// hash only (the iterator walks the listening and established hashes). They always
+    /// have a file, so their flags come from pidfd as with netlink.
+    fn dump_bound_only<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        sink: &mut F,
+    ) -> Result<(), SourceError> {
+        let bound = netlink::state_bit(State::BoundInactive);
+        if protocol != Protocol::Tcp || states & bound == 0 {
+            return Ok(());
+        }
+        let Some(nl) = self.netlink.as_mut() else {
+            return Ok(());
+        };
+        let r = nl.dump(
+            Request {
+                protocol,
+                family: libc::AF_UNSPEC as u8,
+                states: bound,
+            },
+            sink,
+        );
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() => {
+                log_once(&BOUND_ONLY_LOGGED, || {
+                    tracing::warn!(
+                        error = %e,
+                        "netlink sock_diag denied: bound-only (BOUND_INACTIVE) TCP sockets are \
+                         not visible beside the bpf source"
+                    )
+                });
+                self.netlink = None;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+static BPF_LOGGED: std::sync::Once = std::sync::Once::new();
+static BPF_FALLBACK_LOGGED: std::sync::Once = std::sync::Once::new();
+static BOUND_ONLY_LOGGED: std::sync::Once = std::sync::Once::new();
+
+/// The source choice is logged once per process, not once per network namespace.
+fn log_once(once: &std::sync::Once, f: impl FnOnce()) {
+    once.call_once(f);
+}
+
+fn log_bpf_fallback(why: &BpfError) {
+    let reason = why.to_string();
+    log_once(&BPF_FALLBACK_LOGGED, || {
+        tracing::warn!(
+            error = %reason,
+            "bpf socket iterator unavailable, using netlink sock_diag (flags of sockets \
+             without a file, TIME_WAIT and orphans, are not visible there)"
+        )
+    });
 }
 
 fn dump_netlink<F: FnMut(&Socket) + ?Sized>(

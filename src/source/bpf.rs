@@ -1,0 +1,497 @@
+//! The BPF socket-iterator source: `bpf/sockiter.bpf.c` (`iter/tcp`, `iter/udp`), built
+//! by `scripts/build-bpf.sh`, committed and embedded here, loaded with aya.
+//!
+//! Each socket of the namespace the iterator is created in comes back as one 64-byte
+//! record (`struct sockrec`), read in large chunks and decoded in place. Unlike
+//! sock_diag, the record carries SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY for every
+//! socket, also TIME_WAIT and orphans that have no file for pidfd_getfd to reach.
+//!
+//! The loader helpers ([`probe`], [`kernel_btf`], [`raise_memlock`], [`kernel_hz`],
+//! [`error_chain`]) are shared with the other BPF users of the crate.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aya::programs::Iter;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::model::{Protocol, Socket, SocketFlags, State, Tri};
+
+/// The compiled `bpf/sockiter.bpf.c` (tests/bpf_objects.rs checks it is built from it).
+pub static SOCKITER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sockiter.bpf.o");
+
+/// Size of `struct sockrec`.
+pub const RECORD_LEN: usize = 64;
+const REC_REUSEADDR: u8 = 1 << 0;
+const REC_REUSEPORT: u8 = 1 << 1;
+const REC_V6ONLY: u8 = 1 << 2;
+const REC_FLAGS_KNOWN: u8 = 1 << 3;
+const REC_TIMER: u8 = 1 << 4;
+
+/// One read(2) of the iterator. The kernel fills at most its seq_file buffer (8 pages)
+/// per read; a larger buffer lets it hand over several of those when it can.
+const CHUNK: usize = 256 * 1024;
+
+/// A listeners-only walk kept for the rest of the table this long at most.
+const PENDING_MAX_AGE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
+    #[error("loading the BPF socket iterator ({what}): {reason}")]
+    Load { what: String, reason: String },
+    #[error("reading the {protocol} socket iterator: {source}")]
+    Read {
+        protocol: Protocol,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {protocol} socket iterator ended inside a record ({left} bytes left over)")]
+    Truncated { protocol: Protocol, left: usize },
+}
+
+/// An error and its sources, one line: aya's errors keep the errno and the verifier
+/// log in their source chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    // A verifier log can be long; the first lines say enough in one log line.
+    if s.len() > 2000 {
+        let mut end = 2000;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" ...");
+    }
+    s
+}
+
+/// The running kernel's BTF, which CO-RE relocations and the iterator attach need.
+///
+/// # Errors
+/// When `/sys/kernel/btf/vmlinux` is missing (a kernel without CONFIG_DEBUG_INFO_BTF)
+/// or unreadable.
+pub fn kernel_btf() -> Result<Btf, BpfError> {
+    Btf::from_sys_fs().map_err(|e| BpfError::Btf(error_chain(&e)))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (64 KiB by default in many
+/// setups); later ones to the memory cgroup. Raising the soft limit to the hard one is
+/// harmless either way; failure only matters on those old kernels, whose load error
+/// then says so.
+pub fn raise_memlock() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
+}
+
+/// Whether this process may use bpf(2) at all: creates and closes a one-entry array
+/// map. Denied by seccomp, by a missing CAP_BPF (or CAP_SYS_ADMIN), or by a kernel
+/// without the syscall, the errno says which; aya's own errors can hide it (a denied
+/// global-data probe surfaces as a relocation error).
+///
+/// # Errors
+/// The syscall's error, with what was tried.
+pub fn probe() -> Result<(), BpfError> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries,
+    // then zeros (the kernel checks the unused tail is zero).
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: bpf(BPF_MAP_CREATE = 0) reads `size` bytes of attr, which is that long.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                " (seccomp, or CAP_BPF and CAP_PERFMON not granted)"
+            }
+            Some(libc::ENOSYS) => " (kernel without bpf(2))",
+            _ => "",
+        };
+        return Err(BpfError::Load {
+            what: "bpf(BPF_MAP_CREATE) probe".to_string(),
+            reason: format!("{e}{hint}"),
+        });
+    }
+    // SAFETY: a fresh fd this function owns.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// The kernel's CONFIG_HZ, which turns timer deadlines (jiffies) into milliseconds,
+/// from `/proc/config.gz` or `/boot/config-RELEASE`; `None` when neither says.
+/// (aya does not resolve libbpf's `__kconfig` externs, so the program gets it as a
+/// global set at load.)
+pub fn kernel_hz() -> Option<u32> {
+    static HZ: OnceLock<Option<u32>> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        let from_gz = || -> Option<String> {
+            let f = File::open("/proc/config.gz").ok()?;
+            let mut s = String::new();
+            // Bounded: a kernel config is some 200 KiB.
+            flate2::read::GzDecoder::new(f)
+                .take(16 << 20)
+                .read_to_string(&mut s)
+                .ok()?;
+            Some(s)
+        };
+        let from_boot = || -> Option<String> {
+            let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+            let f = File::open(format!("/boot/config-{}", rel.trim())).ok()?;
+            let mut s = String::new();
+            f.take(16 << 20).read_to_string(&mut s).ok()?;
+            Some(s)
+        };
+        let parse = |s: String| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .filter(|hz| (24..=10_000).contains(hz))
+        };
+        from_gz()
+            .and_then(parse)
+            .or_else(|| from_boot().and_then(parse))
+    })
+}
+
+/// Decodes one `struct sockrec`; `None` for a family or state this crate does not know.
+pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket> {
+    let u16_at = |o: usize| u16::from_ne_bytes([r[o], r[o + 1]]);
+    let u32_at = |o: usize| u32::from_ne_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
+    let family = r[0] as i32;
+    let state = State::from_kernel(r[1])?;
+    let f = r[2];
+    let lport = u16_at(4);
+    let rport = u16_at(6);
+    let ifindex = u32_at(8);
+    let uid = u32_at(12);
+    let mut ino = [0u8; 8];
+    ino.copy_from_slice(&r[16..24]);
+    let inode = u64::from_ne_bytes(ino);
+    let expires = u32_at(24);
+    let addr = |o: usize| -> Option<IpAddr> {
+        match family {
+            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                r[o],
+                r[o + 1],
+                r[o + 2],
+                r[o + 3],
+            ))),
+            libc::AF_INET6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&r[o..o + 16]);
+                Some(IpAddr::V6(Ipv6Addr::from(a)))
+            }
+            _ => None,
+        }
+    };
+    let local = addr(32)?;
+    let remote = addr(48)?;
+    let known = f & REC_FLAGS_KNOWN != 0;
+    let bit = |b: u8| {
+        if known {
+            Tri::from_bool(f & b != 0)
+        } else {
+            Tri::Unknown
+        }
+    };
+    Some(Socket {
+        protocol,
+        state,
+        local: SocketAddr::new(local, lport),
+        remote: SocketAddr::new(remote, rport),
+        uid,
+        inode,
+        ifindex: Some(ifindex),
+        expires_ms: (f & REC_TIMER != 0).then_some(u64::from(expires)),
+        // As sock_diag: IPV6_V6ONLY is a property of IPv6 sockets only.
+        v6only: if family == libc::AF_INET6 {
+            bit(REC_V6ONLY)
+        } else {
+            Tri::Unknown
+        },
+        flags: SocketFlags {
+            reuseaddr: bit(REC_REUSEADDR),
+            reuseport: bit(REC_REUSEPORT),
+        },
+        count: 1,
+    })
+}
+
+/// A TCP walk stopped after the listeners: the iterator walks the listening hash
+/// first, so the rest of the table can follow in the next dump of this poll.
+struct Pending {
+    file: File,
+    /// Undecoded bytes already read: `buf[start..end]`.
+    start: usize,
+    end: usize,
+    at: Instant,
+}
+
+/// The loaded iterator programs of one network namespace's source.
+pub struct SockIter {
+    ebpf: Ebpf,
+    buf: Vec<u8>,
+    pending: Option<Pending>,
+    /// Whether listeners always came first so far (see [`Pending`]); when a walk shows
+    /// otherwise, listener dumps walk the whole table.
+    listeners_first: bool,
+}
+
+impl SockIter {
+    /// Loads both programs and walks the UDP table once, so anything that stops the
+    /// source (seccomp, capabilities, BTF, verifier) shows here, not at the first poll.
+    ///
+    /// # Errors
+    /// Every reason the programs cannot load or run.
+    pub fn open() -> Result<Self, BpfError> {
+        raise_memlock();
+        probe()?;
+        let btf = kernel_btf()?;
+        let hz = kernel_hz().unwrap_or(0);
+        let load = |what: &str, e: &dyn std::error::Error| BpfError::Load {
+            what: what.to_string(),
+            reason: error_chain(e),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("hz", &hz, true)
+            .load(SOCKITER_OBJECT)
+            .map_err(|e| load("object", &e))?;
+        for (name, kind) in [("sockiter_tcp", "tcp"), ("sockiter_udp", "udp")] {
+            let prog: &mut Iter = ebpf
+                .program_mut(name)
+                .ok_or_else(|| BpfError::Load {
+                    what: name.to_string(),
+                    reason: "not in the embedded object".to_string(),
+                })?
+                .try_into()
+                .map_err(|e| load(name, &e))?;
+            prog.load(kind, &btf).map_err(|e| load(name, &e))?;
+        }
+        let mut it = SockIter {
+            ebpf,
+            buf: vec![0; CHUNK],
+            pending: None,
+            listeners_first: true,
+        };
+        it.dump(Protocol::Udp, u32::MAX, &mut |_| {})?;
+        Ok(it)
+    }
+
+    /// A fresh iterator over the calling thread's network namespace.
+    fn iterator(&mut self, protocol: Protocol) -> Result<File, BpfError> {
+        let name = match protocol {
+            Protocol::Tcp => "sockiter_tcp",
+            Protocol::Udp => "sockiter_udp",
+        };
+        let load = |e: &dyn std::error::Error| BpfError::Load {
+            what: format!("attaching {name}"),
+            reason: error_chain(e),
+        };
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| BpfError::Load {
+                what: name.to_string(),
+                reason: "not loaded".to_string(),
+            })?
+            .try_into()
+            .map_err(|e| load(&e))?;
+        let id = prog.attach().map_err(|e| load(&e))?;
+        let link = prog.take_link(id).map_err(|e| load(&e))?;
+        link.into_file().map_err(|e| load(&e))
+    }
+
+    /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`.
+    ///
+    /// A TCP dump of listeners only stops once the walk has left the listening hash
+    /// and keeps its place; a following dump without listeners (the rest of the same
+    /// poll) continues from there, so one poll walks the table once.
+    ///
+    /// # Errors
+    /// When the iterator cannot be created or read.
+    pub fn dump<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        sink: &mut F,
+    ) -> Result<(), BpfError> {
+        let listen = 1u32 << State::Listen as u32;
+        let listeners_only = protocol == Protocol::Tcp && states == listen;
+        let pending = self.pending.take();
+        let (mut file, mut start, mut end, mut seen_other) = match pending {
+            Some(p)
+                if protocol == Protocol::Tcp
+                    && states & listen == 0
+                    && p.at.elapsed() < PENDING_MAX_AGE =>
+            {
+                (p.file, p.start, p.end, true)
+            }
+            _ => (self.iterator(protocol)?, 0, 0, false),
+        };
+        let stop_early = listeners_only && self.listeners_first;
+        loop {
+            // Decode whole records in place.
+            while end - start >= RECORD_LEN {
+                let mut rec = [0u8; RECORD_LEN];
+                rec.copy_from_slice(&self.buf[start..start + RECORD_LEN]);
+                let is_listen = rec[1] == State::Listen as u8;
+                if stop_early && !is_listen {
+                    self.pending = Some(Pending {
+                        file,
+                        start,
+                        end,
+                        at: Instant::now(),
+                    });
+                    return Ok(());
+                }
+                if !is_listen {
+                    seen_other = true;
+                } else if seen_other && protocol == Protocol::Tcp && self.listeners_first {
+                    tracing::warn!(
+                        "the TCP socket iterator returned a listener after other sockets; \
+                         listener dumps walk the whole table from now on"
+                    );
+                    self.listeners_first = false;
+                }
+                start += RECORD_LEN;
+                if states & (1u32 << (rec[1] as u32 & 31)) == 0 {
+                    continue;
+                }
+                if let Some(s) = decode_record(&rec, protocol) {
+                    sink(&s);
+                }
+            }
+            // Keep a partial record (never seen: the kernel writes whole records).
+            self.buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            let n = loop {
+                match file.read(&mut self.buf[end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(BpfError::Read {
+                            protocol,
+                            source: e,
+                        })
+                    }
+                }
+            };
+            if n == 0 {
+                return if end == 0 {
+                    Ok(())
+                } else {
+                    Err(BpfError::Truncated {
+                        protocol,
+                        left: end,
+                    })
+                };
+            }
+            end += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(family: u8, state: u8, flags: u8) -> [u8; RECORD_LEN] {
+        let mut r = [0u8; RECORD_LEN];
+        r[0] = family;
+        r[1] = state;
+        r[2] = flags;
+        r[4..6].copy_from_slice(&5000u16.to_ne_bytes());
+        r[6..8].copy_from_slice(&40000u16.to_ne_bytes());
+        r[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        r[12..16].copy_from_slice(&1000u32.to_ne_bytes());
+        r[16..24].copy_from_slice(&4242u64.to_ne_bytes());
+        r[24..28].copy_from_slice(&59_000u32.to_ne_bytes());
+        r
+    }
+
+    #[test]
+    fn decodes_v4_time_wait_with_flags_and_timer() {
+        let mut r = rec(
+            2,
+            6,
+            REC_FLAGS_KNOWN | REC_REUSEADDR | REC_TIMER | REC_V6ONLY,
+        );
+        r[32..36].copy_from_slice(&[127, 0, 0, 1]);
+        r[48..52].copy_from_slice(&[127, 0, 0, 2]);
+        let s = decode_record(&r, Protocol::Tcp).expect("decodes");
+        assert_eq!(s.state, State::TimeWait);
+        assert_eq!(s.local, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(s.remote, "127.0.0.2:40000".parse().unwrap());
+        assert_eq!(s.flags.reuseaddr, Tri::True);
+        assert_eq!(s.flags.reuseport, Tri::False);
+        // IPv4: V6ONLY is not a property of the socket.
+        assert_eq!(s.v6only, Tri::Unknown);
+        assert_eq!(s.expires_ms, Some(59_000));
+        assert_eq!((s.uid, s.inode, s.ifindex), (1000, 4242, Some(3)));
+    }
+
+    #[test]
+    fn decodes_v6_and_unknown_flags_of_request_sockets() {
+        let mut r = rec(10, 10, REC_FLAGS_KNOWN | REC_V6ONLY | REC_REUSEPORT);
+        r[32..48].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        let s = decode_record(&r, Protocol::Tcp).expect("decodes");
+        assert_eq!(s.local, "[::1]:5000".parse().unwrap());
+        assert_eq!(s.v6only, Tri::True);
+        assert_eq!(s.flags.reuseport, Tri::True);
+        assert_eq!(s.expires_ms, None);
+        let s = decode_record(&rec(10, 3, REC_V6ONLY), Protocol::Tcp).expect("decodes");
+        assert_eq!(s.flags, SocketFlags::default());
+        assert_eq!(s.v6only, Tri::Unknown);
+    }
+
+    #[test]
+    fn unknown_family_or_state_is_skipped() {
+        assert!(decode_record(&rec(1, 6, 0), Protocol::Tcp).is_none());
+        assert!(decode_record(&rec(2, 0, 0), Protocol::Tcp).is_none());
+        assert!(decode_record(&rec(2, 200, 0), Protocol::Tcp).is_none());
+    }
+
+    #[test]
+    fn the_embedded_object_is_an_elf_bpf_object() {
+        // EM_BPF = 247 at e_machine (offset 18).
+        assert_eq!(&SOCKITER_OBJECT[..4], b"\x7fELF");
+        assert_eq!(
+            u16::from_le_bytes([SOCKITER_OBJECT[18], SOCKITER_OBJECT[19]]),
+            247
+        );
+    }
+}

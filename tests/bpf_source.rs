@@ -1,0 +1,626 @@
+//! The BPF socket-iterator source against the kernel's other views (issue 17).
+//!
+//! - cross-check: on a quiescent population built for real in a private netns
+//!   (listeners, established, TIME_WAIT, FIN_WAIT2 mini-sockets, a FIN_WAIT1 orphan,
+//!   bound-only, UDP; IPv4, IPv6, v4-mapped), bpf and netlink sock_diag return the same
+//!   (protocol, local, remote, state) set, the same uid/inode/device, timers within a
+//!   tick of sock_diag's `idiag_expires`; bpf's flags equal what pidfd_getfd +
+//!   getsockopt read for every socket with a file, and every TIME_WAIT carries the
+//!   flags its socket was created with.
+//! - seccomp denies bpf(): `--source auto` falls back to netlink (metric, one log line),
+//!   `--source bpf` exits 2 naming the reason.
+//! - `check` and `ports` show real flags for TIME_WAIT blockers, and `why:` names them.
+//!
+//! Needs root (network namespaces, CAP_BPF/CAP_PERFMON) and a kernel with BTF.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bindwatch::model::{Protocol, Socket as BwSocket, State, Tri};
+use bindwatch::source::netlink::ALL_STATES;
+use bindwatch::source::owners::{probe_flags, FdRef};
+use bindwatch::source::{dump_all, SocketTable, SourceChoice};
+use common::*;
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+/// v4-mapped addresses as their IPv4 address: the two ends of a mapped connection
+/// name the same address in different families.
+fn canon(s: SocketAddr) -> SocketAddr {
+    SocketAddr::new(s.ip().to_canonical(), s.port())
+}
+
+fn inode_of(fd: &(impl AsRawFd + ?Sized)) -> u64 {
+    // SAFETY: st is a valid out-pointer for fstat on an fd we hold.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    assert_eq!(r, 0, "fstat: {}", std::io::Error::last_os_error());
+    st.st_ino
+}
+
+/// Everything the population holds open, and what each TIME_WAIT must carry.
+struct Population {
+    fds: Vec<Box<dyn AsRawFd + Send>>,
+    /// Local address of a TIME_WAIT / FIN_WAIT2 mini-socket -> (reuseaddr, reuseport,
+    /// v6only where IPv6) of the socket it came from.
+    tw_flags: BTreeMap<(SocketAddr, SocketAddr), (bool, bool, Option<bool>)>,
+}
+
+/// Accepts one connection on `l` from a client bound with the given flags, then
+/// closes the side named by `server_first` first: that side ends in TIME_WAIT.
+fn time_wait(
+    l: &Socket,
+    to: SocketAddr,
+    client: &Socket,
+    server_first: bool,
+) -> (SocketAddr, SocketAddr) {
+    client.connect(&to.into()).expect("connect");
+    let (srv, _) = l.accept().expect("accept");
+    let srv_local = srv.local_addr().expect("addr").as_socket().expect("inet");
+    let cli_local = client
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    if server_first {
+        drop(srv);
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = client.shutdown(std::net::Shutdown::Both);
+    } else {
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        std::thread::sleep(Duration::from_millis(50));
+        drop(srv);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    (srv_local, cli_local)
+}
+
+fn client(addr: SocketAddr, reuseaddr: bool, reuseport: bool) -> Socket {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )
+    .expect("socket");
+    s.set_reuse_address(reuseaddr).expect("SO_REUSEADDR");
+    s.set_reuse_port(reuseport).expect("SO_REUSEPORT");
+    if addr.is_ipv6() {
+        s.set_only_v6(true).expect("IPV6_V6ONLY");
+    }
+    s.bind(&addr.into()).expect("bind client");
+    s
+}
+
+fn build_population() -> Population {
+    let mut fds: Vec<Box<dyn AsRawFd + Send>> = Vec::new();
+    let mut tw_flags = BTreeMap::new();
+    // Listeners: IPv4 with SO_REUSEADDR, IPv6-only with SO_REUSEPORT, a dual-stack
+    // [::] (v4-mapped peers), one bound to lo.
+    let l4 = tcp_listener(a("127.0.0.1:7001"), true, false, None).expect("l4");
+    let l6 = tcp_listener(a("[::1]:7002"), false, true, Some(true)).expect("l6");
+    let ld = tcp_listener(a("[::]:7003"), true, false, Some(false)).expect("ld");
+    let ldev = tcp_socket(a("127.0.0.1:7004"), false, false, None).expect("ldev");
+    ldev.bind_device(Some(b"lo")).expect("SO_BINDTODEVICE");
+    ldev.listen(16).expect("listen");
+
+    // Server-side TIME_WAITs carry the listener's flags (accepted sockets inherit them).
+    let c = client(a("127.0.0.1:0"), false, false);
+    let (s, cl) = time_wait(&l4, a("127.0.0.1:7001"), &c, true);
+    tw_flags.insert((canon(s), canon(cl)), (true, false, None));
+    fds.push(Box::new(c));
+    let c = client(a("[::1]:0"), false, false);
+    let (s, cl) = time_wait(&l6, a("[::1]:7002"), &c, true);
+    tw_flags.insert((canon(s), canon(cl)), (false, true, Some(true)));
+    fds.push(Box::new(c));
+    // v4-mapped: an IPv4 client on the dual-stack listener.
+    let c = client(a("127.0.0.2:0"), false, false);
+    let (s, cl) = time_wait(&ld, a("127.0.0.1:7003"), &c, true);
+    tw_flags.insert((canon(s), canon(cl)), (true, false, Some(false)));
+    fds.push(Box::new(c));
+    // Client-side TIME_WAITs with the client's own flags, one each way.
+    let c = client(a("127.0.0.3:7101"), true, true);
+    let (s, cl) = time_wait(&l4, a("127.0.0.1:7001"), &c, false);
+    drop(c);
+    tw_flags.insert((canon(cl), canon(s)), (true, true, None));
+    let c = client(a("[::1]:7102"), false, false);
+    let (s, cl) = time_wait(&l6, a("[::1]:7002"), &c, false);
+    drop(c);
+    tw_flags.insert((canon(cl), canon(s)), (false, false, Some(true)));
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Established: v4, v6, v4-mapped, and one connection through the lo-bound listener.
+    for (l, to) in [
+        (&l4, "127.0.0.1:7001"),
+        (&l6, "[::1]:7002"),
+        (&ld, "127.0.0.1:7003"),
+        (&ldev, "127.0.0.1:7004"),
+    ] {
+        let c = TcpStream::connect(to).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        fds.push(Box::new(c));
+        fds.push(Box::new(s));
+    }
+
+    // A FIN_WAIT2 mini-socket: the server closes, the client never does (its FIN never
+    // comes), so the orphan becomes a timewait socket in substate FIN_WAIT2.
+    let c = TcpStream::connect("127.0.0.1:7001").expect("connect");
+    let (s, _) = l4.accept().expect("accept");
+    let inet = |a: socket2::SockAddr| a.as_socket().expect("inet");
+    let fw2 = (
+        canon(inet(s.local_addr().expect("addr"))),
+        canon(inet(s.peer_addr().expect("addr"))),
+    );
+    drop(s);
+    fds.push(Box::new(c));
+    tw_flags.insert(fw2, (true, false, None));
+
+    // A FIN_WAIT1 orphan: a full socket without a file, data stuck in its send queue
+    // towards a peer that never reads (zero window), so its FIN cannot go out.
+    let peer = Socket::new(Domain::IPV4, Type::STREAM, Some(SockProto::TCP)).expect("socket");
+    peer.set_recv_buffer_size(4096).expect("rcvbuf");
+    peer.connect(&a("127.0.0.1:7003").into()).expect("connect");
+    let (s, _) = ld.accept().expect("accept");
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![0u8; 65536];
+    for _ in 0..200 {
+        match (&s).write(&chunk) {
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    drop(s);
+    fds.push(Box::new(peer));
+
+    // Bound but not listening: only sock_diag's bind-hash walk sees it.
+    let bound = tcp_socket(a("127.0.0.1:7005"), true, false, None).expect("bound");
+    fds.push(Box::new(bound));
+
+    // UDP: unconnected v4 with SO_REUSEADDR, v6-only with SO_REUSEPORT, connected v4,
+    // connected v4-mapped on a dual-stack socket.
+    let u = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("udp");
+    u.set_reuse_address(true).expect("reuseaddr");
+    u.bind(&a("127.0.0.1:7201").into()).expect("bind");
+    fds.push(Box::new(u));
+    let u = Socket::new(Domain::IPV6, Type::DGRAM, None).expect("udp");
+    u.set_only_v6(true).expect("v6only");
+    u.set_reuse_port(true).expect("reuseport");
+    u.bind(&a("[::]:7202").into()).expect("bind");
+    fds.push(Box::new(u));
+    let u = UdpSocket::bind("127.0.0.1:7203").expect("udp");
+    u.connect("127.0.0.1:7201").expect("connect");
+    fds.push(Box::new(u));
+    let u = UdpSocket::bind("[::]:7204").expect("udp");
+    u.connect("127.0.0.1:7201").expect("connect");
+    fds.push(Box::new(u));
+
+    fds.push(Box::new(l4));
+    fds.push(Box::new(l6));
+    fds.push(Box::new(ld));
+    fds.push(Box::new(ldev));
+    // Let every FIN/ACK settle: the population must be quiescent when read.
+    std::thread::sleep(Duration::from_millis(300));
+    Population { fds, tw_flags }
+}
+
+type Key = (Protocol, SocketAddr, SocketAddr, State);
+
+fn key(s: &BwSocket) -> Key {
+    (s.protocol, s.local, s.remote, s.state)
+}
+
+fn read(choice: SourceChoice) -> BTreeMap<Key, BwSocket> {
+    let mut t = SocketTable::open(choice, std::path::Path::new("/proc"))
+        .unwrap_or_else(|e| panic!("opening the {choice:?} source: {e}"));
+    let socks = dump_all(&mut t, ALL_STATES).expect("dump");
+    let mut m = BTreeMap::new();
+    for s in socks {
+        let k = key(&s);
+        assert!(m.insert(k, s).is_none(), "{choice:?} listed {k:?} twice");
+    }
+    m
+}
+
+#[test]
+fn bpf_and_netlink_agree_and_bpf_flags_are_the_sockets_own() {
+    in_netns(|| {
+        let pop = build_population();
+        let bpf = read(SourceChoice::Bpf);
+        let nl = read(SourceChoice::Netlink);
+        let nl_again = read(SourceChoice::Netlink);
+        // Quiescent: two netlink reads around the bpf one agree with each other.
+        assert_eq!(
+            nl.keys().collect::<Vec<_>>(),
+            nl_again.keys().collect::<Vec<_>>(),
+            "the population moved while it was read"
+        );
+        let bk: BTreeSet<&Key> = bpf.keys().collect();
+        let nk: BTreeSet<&Key> = nl.keys().collect();
+        assert_eq!(
+            bk,
+            nk,
+            "only bpf: {:#?}\nonly netlink: {:#?}",
+            bk.difference(&nk).collect::<Vec<_>>(),
+            nk.difference(&bk).collect::<Vec<_>>()
+        );
+        let count = |st: State| bpf.keys().filter(|k| k.3 == st).count();
+        assert!(count(State::Listen) >= 4, "{bk:#?}");
+        assert!(count(State::Established) >= 8);
+        assert_eq!(count(State::TimeWait), 5, "{bk:#?}");
+        assert_eq!(count(State::FinWait2), 1, "{bk:#?}");
+        assert_eq!(count(State::FinWait1), 1, "{bk:#?}");
+        // sock_diag reports bound-only sockets (its BOUND_INACTIVE walk) as CLOSE.
+        assert_eq!(
+            bk.iter()
+                .filter(|k| k.0 == Protocol::Tcp && k.3 == State::Close)
+                .count(),
+            1,
+            "{bk:#?}"
+        );
+        assert!(
+            bk.iter()
+                .any(|k| k.1.ip().to_string().starts_with("::ffff:127.")),
+            "v4-mapped sockets present"
+        );
+
+        // Same socket, same facts.
+        for (k, b) in &bpf {
+            let n = &nl[k];
+            assert_eq!((b.uid, b.inode), (n.uid, n.inode), "{k:?}");
+            assert_eq!(b.ifindex, n.ifindex, "{k:?}: bound device");
+            if k.1.is_ipv6() && n.v6only != Tri::Unknown {
+                assert_eq!(b.v6only, n.v6only, "{k:?}: IPV6_V6ONLY");
+            }
+            // Timers of TIME_WAIT and orphans, against sock_diag's idiag_expires.
+            if b.inode == 0 && k.0 == Protocol::Tcp {
+                let (Some(bt), Some(nt)) = (b.expires_ms, n.expires_ms) else {
+                    panic!(
+                        "{k:?}: timer bpf {:?} netlink {:?}",
+                        b.expires_ms, n.expires_ms
+                    );
+                };
+                // netlink was read after bpf: its timer is a little shorter.
+                assert!(
+                    bt + 50 >= nt && bt <= nt + 1000,
+                    "{k:?}: bpf {bt} ms, sock_diag {nt} ms"
+                );
+                assert!(bt > 0, "{k:?}: a running timer");
+            }
+        }
+        // Every fd we hold: bpf's flags are what pidfd_getfd + getsockopt read.
+        let pid = std::process::id();
+        let by_inode: BTreeMap<u64, &BwSocket> = bpf
+            .values()
+            .filter(|s| s.inode != 0)
+            .map(|s| (s.inode, s))
+            .collect();
+        let mut probed = 0;
+        for fd in &pop.fds {
+            let ino = inode_of(fd.as_ref());
+            let Some(s) = by_inode.get(&ino) else {
+                // A client whose connection ended (CLOSE, port released) is in no table.
+                assert!(
+                    !nl.values().any(|n| n.inode == ino),
+                    "fd {} (inode {ino}) seen by netlink, not by bpf",
+                    fd.as_raw_fd()
+                );
+                continue;
+            };
+            let p = probe_flags(
+                FdRef {
+                    pid,
+                    fd: fd.as_raw_fd(),
+                },
+                s.local.is_ipv6(),
+                Some(ino),
+            )
+            .expect("pidfd_getfd");
+            if s.protocol == Protocol::Tcp && s.state == State::Close {
+                // Bound-only: from sock_diag beside the iterator; the collector reads
+                // its flags through pidfd, as with netlink.
+                continue;
+            }
+            assert_eq!(s.flags, p.flags, "{s:?}");
+            if s.local.is_ipv6() {
+                assert_eq!(s.v6only, p.v6only, "{s:?}");
+            }
+            assert_eq!(s.ifindex, Some(p.ifindex), "{s:?}");
+            probed += 1;
+        }
+        assert!(probed >= 16, "{probed} sockets probed");
+        // Sockets without a file: the TIME_WAITs carry their socket's flags; netlink
+        // cannot tell them.
+        let mut tws = 0;
+        for (k, s) in bpf
+            .iter()
+            .filter(|(k, _)| matches!(k.3, State::TimeWait | State::FinWait2) && bpf[*k].inode == 0)
+        {
+            let Some(&(ra, rp, v6)) = pop.tw_flags.get(&(canon(k.1), canon(k.2))) else {
+                panic!("unexpected mini-socket {k:?}");
+            };
+            assert_eq!(s.flags.reuseaddr, Tri::from_bool(ra), "{k:?}");
+            assert_eq!(s.flags.reuseport, Tri::from_bool(rp), "{k:?}");
+            if let Some(v) = v6 {
+                assert_eq!(s.v6only, Tri::from_bool(v), "{k:?}");
+            }
+            assert_eq!(
+                nl[k].flags.reuseaddr,
+                Tri::Unknown,
+                "sock_diag has no flags"
+            );
+            tws += 1;
+        }
+        assert_eq!(tws, pop.tw_flags.len());
+        // The FIN_WAIT1 orphan is a full socket without a file: its flags are the
+        // dual-stack listener's.
+        let fw1 = bpf
+            .values()
+            .find(|s| s.state == State::FinWait1)
+            .expect("orphan");
+        assert_eq!(fw1.inode, 0);
+        assert_eq!(fw1.flags.reuseaddr, Tri::True);
+        assert_eq!(fw1.v6only, Tri::False);
+        drop(pop);
+    });
+}
+
+/// A seccomp filter on the child: bpf(2) fails with EPERM, everything else is allowed.
+#[cfg(target_arch = "x86_64")]
+fn deny_bpf(cmd: &mut Command) {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // struct seccomp_data { int nr; u32 arch; ... }
+    let filter = [
+        ins(LD_W_ABS, 0, 0, 4),
+        ins(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        ins(LD_W_ABS, 0, 0, 0),
+        ins(JEQ_K, 0, 1, libc::SYS_bpf as u32),
+        ins(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec only the two prctl calls run; the filter was moved
+    // into the closure before the fork, nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bpf_denied_by_seccomp_falls_back_to_netlink() {
+    in_netns(|| {
+        let _l = tcp_listener(a("127.0.0.1:7301"), false, false, None).expect("listener");
+        let port = 7390;
+        let mut cmd = Command::new(bin());
+        deny_bpf(&mut cmd);
+        let mut child = cmd
+            .args([
+                "serve",
+                "--source",
+                "auto",
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+                "--state.file=",
+                "--poll.interval",
+                "500ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let addr = a(&format!("127.0.0.1:{port}"));
+        let ok = eventually(Duration::from_secs(15), || {
+            matches!(http_get(addr, "/healthz", &[]), Ok((200, _, _)))
+        });
+        let m = ok.then(|| {
+            let (_, _, body) = http_get(addr, "/metrics", &[]).expect("scrape");
+            Metrics::parse(&String::from_utf8_lossy(&body))
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut log = String::new();
+        if let Some(e) = child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut log);
+        }
+        let m = m.unwrap_or_else(|| panic!("agent did not serve: {log}"));
+        assert_eq!(
+            m.get("bindwatch_source_active", &[("source", "netlink")]),
+            Some(1.0),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.get("bindwatch_source_active", &[("source", "bpf")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            m.get("bindwatch_capability", &[("capability", "bpf")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            m.matching("bindwatch_listener_info", &[("port", "7301")])
+                .len(),
+            1,
+            "sockets seen through netlink"
+        );
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("bpf socket iterator unavailable"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one log line: {log}");
+        assert!(lines[0].contains("Operation not permitted"), "{log}");
+
+        // Forced, the same filter is a clear error (exit 2) with the reason, for the
+        // agent and for the one-shot commands.
+        for args in [
+            &[
+                "serve",
+                "--source",
+                "bpf",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--state.file=",
+            ][..],
+            &["ports", "--source", "bpf", "--state.file="][..],
+            &["check", "7301", "--source", "bpf", "--state.file="][..],
+        ] {
+            let mut cmd = Command::new(bin());
+            deny_bpf(&mut cmd);
+            let out = cmd.args(args).output().expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains("BPF socket iterator") && err.contains("Operation not permitted"),
+                "{args:?}: {err}"
+            );
+        }
+    });
+}
+
+/// A TIME_WAIT blocker's flags are facts with bpf: `check` names them in `why:` and
+/// decides where netlink cannot tell; `ports` lists them.
+#[test]
+fn check_and_ports_show_time_wait_flags() {
+    in_netns(|| {
+        // The daemon ran with SO_REUSEADDR and is gone; its connection is in TIME_WAIT.
+        let l = tcp_listener(a("127.0.0.1:7401"), true, false, None).expect("listener");
+        server_time_wait(&l, a("127.0.0.1:7401"));
+        drop(l);
+        // Another one without it, on its own port.
+        let l = tcp_listener(a("127.0.0.1:7402"), false, false, None).expect("listener");
+        server_time_wait(&l, a("127.0.0.1:7402"));
+        drop(l);
+
+        let check = |port: &str, source: &str| {
+            bindwatch(&[
+                "check",
+                port,
+                "--address",
+                "127.0.0.1",
+                "--reuseaddr",
+                "--source",
+                source,
+                "--state.file=",
+                "--json",
+            ])
+        };
+        // The kernel: SO_REUSEADDR on both sides passes a TIME_WAIT; one side without fails.
+        let kernel =
+            |port: u16| kernel_bind_listen(a(&format!("127.0.0.1:{port}")), true, false, None);
+        assert_eq!(kernel(7401), Ok(()));
+        assert_eq!(kernel(7402), Err(libc::EADDRINUSE));
+
+        let (code, out, err) = check("7401", "bpf");
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, err) = check("7402", "bpf");
+        assert_eq!(code, 1, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        let blockers = v["checks"][0]["blockers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v:#}"));
+        let tw = blockers
+            .iter()
+            .find(|b| b["state"] == "time_wait")
+            .unwrap_or_else(|| panic!("{v:#}"));
+        assert_eq!(tw["reuseaddr"], "false", "{tw:#}");
+        // netlink cannot see the TIME_WAIT's flags: cannot tell (exit 3).
+        let (code, out, err) = check("7402", "netlink");
+        assert_eq!(code, 3, "{out}{err}");
+
+        // Text output: the why line names the blocker's flag.
+        let (code, text, err) = bindwatch(&[
+            "check",
+            "7402",
+            "--address",
+            "127.0.0.1",
+            "--reuseaddr",
+            "--source",
+            "bpf",
+            "--state.file=",
+        ]);
+        assert_eq!(code, 1, "{text}{err}");
+        let why = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("why:"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            why.contains("lacks SO_REUSEADDR") && why.contains("SO_REUSEADDR false"),
+            "{text}"
+        );
+        // With netlink the same blocker's flag is unknown, and said so.
+        let (code, text, err) = bindwatch(&[
+            "check",
+            "7402",
+            "--address",
+            "127.0.0.1",
+            "--reuseaddr",
+            "--source",
+            "netlink",
+            "--state.file=",
+        ]);
+        assert_eq!(code, 3, "{text}{err}");
+        assert!(text.contains("SO_REUSEADDR unknown"), "{text}");
+
+        // ports: the old daemon on 7403 had SO_REUSEADDR and SO_REUSEPORT and left a
+        // TIME_WAIT; the new one has SO_REUSEADDR only. With bpf the TIME_WAIT's own flags
+        // are listed; netlink can only lend it the live listener's (reuseport false).
+        let old = tcp_listener(a("127.0.0.1:7403"), true, true, None).expect("old daemon");
+        server_time_wait(&old, a("127.0.0.1:7403"));
+        drop(old);
+        let _new = tcp_listener(a("127.0.0.1:7403"), true, false, None).expect("new daemon");
+        let tw_of = |source: &str| {
+            let (code, out, err) =
+                bindwatch(&["ports", "--source", source, "--state.file=", "--json"]);
+            assert_eq!(code, 0, "{err}");
+            let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+            let l = v["listeners"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["port"] == 7403))
+                .cloned()
+                .unwrap_or_else(|| panic!("{v:#}"));
+            l["restart_blockers"]
+                .as_array()
+                .and_then(|b| b.iter().find(|b| b["state"] == "time_wait"))
+                .cloned()
+                .unwrap_or_else(|| panic!("{l:#}"))
+        };
+        let tw = tw_of("bpf");
+        assert_eq!(
+            (tw["reuseaddr"].as_str(), tw["reuseport"].as_str()),
+            (Some("true"), Some("true")),
+            "{tw:#}"
+        );
+        let tw = tw_of("netlink");
+        assert_eq!(
+            tw["reuseport"], "false",
+            "inherited from the live listener: {tw:#}"
+        );
+    });
+}
