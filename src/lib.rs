@@ -6,8 +6,10 @@
 //! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`, the engine's
 //!   `Judgement`s, watched `Service`s and their statuses, host facts. Imports nothing
 //!   else of the crate.
-//! - [`source`]: reading the kernel: [`source::netlink`] (sock_diag, primary),
-//!   [`source::procnet`] (/proc/net fallback), [`source::owners`] (pids, flags via
+//! - [`source`]: reading the kernel: [`source::bpf`] (the BPF socket iterator, first
+//!   choice: every socket's flags; also the shared BPF loader helpers),
+//!   [`source::netlink`] (sock_diag), [`source::procnet`] (/proc/net fallback),
+//!   [`source::owners`] (pids, flags via
 //!   pidfd), [`source::sysctl`] (ephemeral port range).
 //! - [`config`]: the watched-services file, validated with file/line errors.
 //! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict;

@@ -172,12 +172,14 @@ fn build_population() -> Population {
     let (s, _) = ld.accept().expect("accept");
     s.set_nonblocking(true).expect("nonblocking");
     let chunk = vec![0u8; 65536];
+    let mut queued = 0usize;
     for _ in 0..200 {
         match (&s).write(&chunk) {
-            Ok(_) => {}
+            Ok(n) => queued += n,
             Err(_) => break,
         }
     }
+    assert!(queued > 0, "data queued towards the zero window");
     drop(s);
     fds.push(Box::new(peer));
 
