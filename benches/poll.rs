@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use bindwatch::collect::{CollectOptions, Collector};
 use bindwatch::model::{Protocol, State};
-use bindwatch::source::netlink::{NetlinkDiag, Request, ALL_STATES};
 use bindwatch::source::bpf::SockIter;
+use bindwatch::source::netlink::{NetlinkDiag, Request, ALL_STATES};
 use bindwatch::source::{SocketTable, SourceChoice};
 
 use popgen::{ListenSpec, Plan, Population};

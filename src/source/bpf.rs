@@ -350,7 +350,12 @@ impl SockIter {
     ) -> Result<(), BpfError> {
         let listen = 1u32 << State::Listen as u32;
         let listeners_only = protocol == Protocol::Tcp && states == listen;
-        let pending = self.pending.take();
+        // A UDP dump in between leaves a TCP walk's place alone.
+        let pending = if protocol == Protocol::Tcp {
+            self.pending.take()
+        } else {
+            None
+        };
         let (mut file, mut start, mut end, mut seen_other) = match pending {
             Some(p)
                 if protocol == Protocol::Tcp

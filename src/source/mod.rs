@@ -34,12 +34,19 @@ pub enum SourceError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     ProcNet(#[from] ProcNetError),
+    /// `--source auto` left the bpf source mid-dump: what was streamed so far is
+    /// incomplete, the poll starts again with netlink.
+    #[error("the bpf socket iterator failed mid-dump ({0}); switched to netlink sock_diag")]
+    SourceChanged(String),
 }
 
 impl SourceError {
     /// The dump raced with table changes; restarting the poll gives a consistent view.
     pub fn is_interrupted(&self) -> bool {
-        matches!(self, SourceError::Netlink(NetlinkError::Interrupted { .. }))
+        matches!(
+            self,
+            SourceError::Netlink(NetlinkError::Interrupted { .. }) | SourceError::SourceChanged(_)
+        )
     }
 }
 
@@ -159,7 +166,12 @@ impl SocketTable {
         if let Some(b) = self.bpf.as_mut() {
             match b.dump(protocol, states, sink) {
                 Ok(()) => return self.dump_bound_only(protocol, states, sink),
-                Err(e) if self.choice == SourceChoice::Auto => self.bpf_failed(&e),
+                Err(e) if self.choice == SourceChoice::Auto => {
+                    self.bpf_failed(&e);
+                    // Part of the table may have reached `sink` already: the caller
+                    // retries the whole poll (SourceError::is_interrupted).
+                    return Err(SourceError::SourceChanged(e.to_string()));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
