@@ -51,9 +51,12 @@ struct sockrec {
 	__u32 pad1;
 	__be32 laddr[4];
 	__be32 raddr[4];
+	/* The socket cookie, as sock_diag reports it (generated on first use, so
+	 * both agree); a TIME_WAIT keeps its connection's. */
+	__u64 cookie;
 };
 
-_Static_assert(sizeof(struct sockrec) == 64, "struct sockrec is 64 bytes");
+_Static_assert(sizeof(struct sockrec) == 72, "struct sockrec is 72 bytes");
 
 /* Set by the loader from the kernel's CONFIG_HZ; 0 when unknown (no timers then). */
 const volatile __u32 hz = 0;
@@ -79,6 +82,7 @@ static __always_inline void fill_common(struct sockrec *r, struct sock_common *s
 	r->lport = skc->skc_num;
 	r->rport = bpf_ntohs(skc->skc_dport);
 	r->ifindex = (__u32)skc->skc_bound_dev_if;
+	r->cookie = bpf_get_socket_cookie(skc);
 	if (r->family == AF_INET6) {
 		r->laddr[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
 		r->laddr[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];

@@ -567,7 +567,13 @@ fn daemonset_service_and_monitor_fit_together() {
     // socket-iterator source.
     assert_eq!(
         added,
-        BTreeSet::from(["DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN", "BPF", "PERFMON"])
+        BTreeSet::from([
+            "DAC_READ_SEARCH",
+            "SYS_PTRACE",
+            "SYS_ADMIN",
+            "BPF",
+            "PERFMON"
+        ])
     );
 
     // /proc of the host, read-only, at /host/proc

@@ -1,7 +1,7 @@
 //! The BPF socket-iterator source: `bpf/sockiter.bpf.c` (`iter/tcp`, `iter/udp`), built
 //! by `scripts/build-bpf.sh`, committed and embedded here, loaded with aya.
 //!
-//! Each socket of the namespace the iterator is created in comes back as one 64-byte
+//! Each socket of the namespace the iterator is created in comes back as one 72-byte
 //! record (`struct sockrec`), read in large chunks and decoded in place. Unlike
 //! sock_diag, the record carries SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY for every
 //! socket, also TIME_WAIT and orphans that have no file for pidfd_getfd to reach.
@@ -24,7 +24,7 @@ use crate::model::{Protocol, Socket, SocketFlags, State, Tri};
 pub static SOCKITER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sockiter.bpf.o");
 
 /// Size of `struct sockrec`.
-pub const RECORD_LEN: usize = 64;
+pub const RECORD_LEN: usize = 72;
 const REC_REUSEADDR: u8 = 1 << 0;
 const REC_REUSEPORT: u8 = 1 << 1;
 const REC_V6ONLY: u8 = 1 << 2;
@@ -200,6 +200,9 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
     ino.copy_from_slice(&r[16..24]);
     let inode = u64::from_ne_bytes(ino);
     let expires = u32_at(24);
+    let mut ck = [0u8; 8];
+    ck.copy_from_slice(&r[64..72]);
+    let cookie = u64::from_ne_bytes(ck);
     let addr = |o: usize| -> Option<IpAddr> {
         match family {
             libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
@@ -246,6 +249,7 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
             reuseport: bit(REC_REUSEPORT),
         },
         count: 1,
+        cookie,
     })
 }
 
@@ -453,6 +457,7 @@ mod tests {
         r[12..16].copy_from_slice(&1000u32.to_ne_bytes());
         r[16..24].copy_from_slice(&4242u64.to_ne_bytes());
         r[24..28].copy_from_slice(&59_000u32.to_ne_bytes());
+        r[64..72].copy_from_slice(&77u64.to_ne_bytes());
         r
     }
 
@@ -475,6 +480,7 @@ mod tests {
         assert_eq!(s.v6only, Tri::Unknown);
         assert_eq!(s.expires_ms, Some(59_000));
         assert_eq!((s.uid, s.inode, s.ifindex), (1000, 4242, Some(3)));
+        assert_eq!(s.cookie, 77);
     }
 
     #[test]
