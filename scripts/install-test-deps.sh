@@ -70,10 +70,6 @@ if [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
 fi
 # The venv is built from Debian's own python (not whatever python3 is first on PATH, e.g. a
 # pyenv shim that a later machine may lack); `-m venv` needs python3-venv (ensurepip).
-# BPF helper headers (<bpf/bpf_helpers.h>) for scripts/build-bpf.sh.
-if [ ! -e /usr/include/bpf/bpf_helpers.h ]; then
-    missing+=(libbpf-dev)
-fi
 PY=/usr/bin/python3
 if [ ! -x "$PY" ] || ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
