@@ -14,7 +14,8 @@
 #   - chromium (tests/web.rs renders the landing page headless) and
 #     systemd-socket-activate (socket activation) come from apt.
 #   - lintian, man-db, dpkg-dev and binutils: tests/package.rs builds the Debian package
-#     with scripts/build-deb.sh and judges it.
+#     with scripts/build-deb.sh and judges it; podman and runc build and run the image of
+#     scripts/build-image.sh.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -56,6 +57,9 @@ declare -A PKG_FOR=(
     [clang]=clang
     [llvm-strip]=llvm
     [bpftool]=bpftool
+    # tests/package.rs: the image (podman builds it; runc runs it where crun cannot)
+    [podman]=podman
+    [runc]=runc
 )
 
 missing=()
