@@ -807,6 +807,11 @@ fn systemd_unit_has_the_contracted_settings() {
     );
     // The bpf source's bpf(2) is in no set @system-service includes.
     assert!(filter.split_whitespace().any(|w| w == "bpf"), "{filter}");
+    // The bind-failure tracer attaches its tracepoints with perf_event_open(2).
+    assert!(
+        filter.split_whitespace().any(|w| w == "perf_event_open"),
+        "{filter}"
+    );
     // settings that would hide the host's sockets or processes from bindwatch
     for k in [
         "PrivateNetwork",
