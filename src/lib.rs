@@ -17,6 +17,7 @@
 //!   leftover's flags (pure, tested by a table of cases).
 //! - [`conflict`]: the pure port-conflict monitor (watched services).
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
+//! - [`timefmt`]: UTC dates of Unix times for logs, the failure log and the landing page.
 //! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener
 //!   generations (tracking only; the rule is `rebind::memory`).
 //! - [`events`]: real bind/listen/connect failures from a BPF tracer: blockers,
@@ -67,5 +68,6 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod tally;
+pub mod timefmt;
 pub mod web;
 mod yaml;

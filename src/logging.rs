@@ -5,7 +5,7 @@
 //! crate, and one formatter for both keeps their keys identical.
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -160,26 +160,7 @@ fn logfmt_value(s: &str, out: &mut String) {
 
 /// RFC 3339 in UTC with milliseconds, as Go's logfmt loggers write `ts`.
 fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    crate::timefmt::rfc3339_millis(t)
 }
 
 /// Installs the global subscriber: `BINDWATCH_LOG` (an `EnvFilter`) or `level`.
@@ -196,23 +177,6 @@ pub fn init(level: &str, format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn timestamps() {
-        for (secs, want) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000Z"),
-            (1_796_247_296, "2026-12-02T21:34:56.000Z"),
-            (4_107_542_399, "2100-02-28T23:59:59.000Z"),
-        ] {
-            assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(secs)), want);
-        }
-        assert_eq!(
-            timestamp(UNIX_EPOCH + Duration::from_millis(1_500)),
-            "1970-01-01T00:00:01.500Z"
-        );
-    }
 
     #[test]
     fn both_formats() {
