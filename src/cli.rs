@@ -1,7 +1,7 @@
 //! Command line: flags and subcommands (serve, check, wait, ports). Names follow
 //! `shared/design/contract.md` and the Prometheus exporter conventions.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -409,6 +409,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be greater than zero"));
     }
     Ok(total)
+}
+
+/// Parses `--web.listen-address`: `:PORT` (every address), `HOST:PORT`, `[V6]:PORT`.
+///
+/// # Errors
+/// A message naming the flag and the value.
+pub fn parse_listen_address(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let bad = |why: &str| format!("--web.listen-address {s:?}: {why}");
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("port is not a number from 0 to 65535"))?;
+        return Ok(vec![
+            SocketAddr::from(([0u8; 16], port)),
+            SocketAddr::from(([0u8; 4], port)),
+        ]);
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    if let Some((host, port)) = s.rsplit_once(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("port is not a number from 0 to 65535"))?;
+        if host == "localhost" {
+            return Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+        }
+        return Err(bad("host must be an IP address, \"localhost\" or empty"));
+    }
+    Err(bad("expected HOST:PORT or :PORT"))
 }
 
 #[cfg(test)]

@@ -401,7 +401,7 @@ pub struct Extras {
     pub web_config_reload_ok: Option<bool>,
     /// The failure tracer: `None` when none runs here, `Some(None)` when it could not
     /// attach (capability 0, failure metrics absent), else its counters.
-    pub bind_events: Option<Option<crate::events::log::Counters>>,
+    pub bind_events: Option<Option<crate::model::Counters>>,
 }
 
 /// What the HTTP server counts, for the poller to render (it renders every poll; the
@@ -748,7 +748,7 @@ fn render_snapshot(w: &mut Writer, s: &Snapshot) {
 
 /// The failure tracer's capability and, when it runs, its counters. Series carry a
 /// `netns` label under `--netns all` (in the key), none otherwise.
-fn render_events(w: &mut Writer, ev: Option<&crate::events::log::Counters>) {
+fn render_events(w: &mut Writer, ev: Option<&crate::model::Counters>) {
     w.family(
         "bindwatch_capability",
         "gauge",
@@ -810,7 +810,7 @@ fn render_events(w: &mut Writer, ev: Option<&crate::events::log::Counters>) {
         "counter",
         "Observed binds on ports of interest against the verdict held just before for the socket's own flags: hit (the kernel agreed), miss (it did not), undecided.",
     );
-    for (o, n) in crate::events::log::Outcome::ALL.iter().zip(c.predictions) {
+    for (o, n) in crate::model::Outcome::ALL.iter().zip(c.predictions) {
         w.sample(
             "bindwatch_bind_predictions_total",
             &[("outcome", o.as_str())],

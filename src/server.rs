@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use crate::cli::parse_listen_address;
 use crate::lifecycle::{Outcome, Reloader};
 use crate::publish::Latest;
 use crate::web::auth::Verdict;
@@ -85,36 +86,6 @@ pub struct AppState {
     pub limits: Limits,
     /// The failure tracer's log (`GET /failures`); `None` when none was started.
     pub events: Option<Arc<crate::events::Events>>,
-}
-
-/// Parses `--web.listen-address`: `:PORT` (every address), `HOST:PORT`, `[V6]:PORT`.
-///
-/// # Errors
-/// A message naming the flag and the value.
-pub fn parse_listen_address(s: &str) -> Result<Vec<SocketAddr>, String> {
-    let bad = |why: &str| format!("--web.listen-address {s:?}: {why}");
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("port is not a number from 0 to 65535"))?;
-        return Ok(vec![
-            SocketAddr::from(([0u8; 16], port)),
-            SocketAddr::from(([0u8; 4], port)),
-        ]);
-    }
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    if let Some((host, port)) = s.rsplit_once(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("port is not a number from 0 to 65535"))?;
-        if host == "localhost" {
-            return Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
-        }
-        return Err(bad("host must be an IP address, \"localhost\" or empty"));
-    }
-    Err(bad("expected HOST:PORT or :PORT"))
 }
 
 /// Binds the listen address. For `:PORT` this is a dual-stack `[::]` socket, or

@@ -97,7 +97,7 @@ fn layers_import_only_what_the_map_allows() {
     allowed("fasthash", &[], &g);
     allowed("yaml", &[], &g);
     allowed("fsread", &[], &g);
-    allowed("publish", &["metrics"], &g);
+    allowed("publish", &["metrics", "model"], &g);
     assert!(
         !g["server"].contains("poller"),
         "the server talks to the poller only through publish: {:?}",

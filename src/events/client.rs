@@ -165,7 +165,7 @@ pub fn failures_text(doc: &Value) -> String {
 
 /// Runs `bindwatch failures`; the exit status (0, or 2 when no agent answers).
 pub fn failures(a: &FailuresArgs) -> i32 {
-    let addrs = match crate::server::parse_listen_address(&a.listen_address) {
+    let addrs = match crate::cli::parse_listen_address(&a.listen_address) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("bindwatch failures: {e}");

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+pub use crate::model::Errno;
 use crate::model::Protocol;
 
 /// Size of one record (`sizeof(struct event)`).
@@ -39,44 +40,6 @@ impl Call {
             Call::Bind => "bind",
             Call::Listen => "listen",
             Call::Connect => "connect",
-        }
-    }
-}
-
-/// The errors the program reports (its `errno` label values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Errno {
-    Eaddrinuse,
-    Eacces,
-    Eaddrnotavail,
-}
-
-impl Errno {
-    pub fn from_ret(ret: i32) -> Option<Errno> {
-        match -ret {
-            libc::EADDRINUSE => Some(Errno::Eaddrinuse),
-            libc::EACCES => Some(Errno::Eacces),
-            libc::EADDRNOTAVAIL => Some(Errno::Eaddrnotavail),
-            _ => None,
-        }
-    }
-
-    /// The `errno` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Errno::Eaddrinuse => "eaddrinuse",
-            Errno::Eacces => "eacces",
-            Errno::Eaddrnotavail => "eaddrnotavail",
-        }
-    }
-
-    /// The C name, for log lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Errno::Eaddrinuse => "EADDRINUSE",
-            Errno::Eacces => "EACCES",
-            Errno::Eaddrnotavail => "EADDRNOTAVAIL",
         }
     }
 }

@@ -21,7 +21,7 @@ use super::log::{self, Observed, Outcome};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
-use crate::poller::Latest;
+use crate::publish::Latest;
 use crate::source::netlink::{NetlinkDiag, Request, ALL_STATES};
 
 /// The compiled program (built by scripts/build-bpf.sh, committed).

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::decode::{Call, CallFlags, Errno, Event};
+pub use crate::model::{BindKey, ConnectKey, Counters, Outcome};
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Judgement, Verdict};
 
@@ -17,26 +18,6 @@ use crate::rebind::{self, Candidate, Judgement, Verdict};
 pub const LOG_CAPACITY: usize = 256;
 /// Blockers listed per failure (the count says how many there were).
 pub const BLOCKERS_MAX: usize = 64;
-
-/// `bindwatch_bind_predictions_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Hit,
-    Miss,
-    Undecided,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Hit, Outcome::Miss, Outcome::Undecided];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Undecided => "undecided",
-        }
-    }
-}
 
 /// The socket options of a blocker or of the failing socket, as label-like strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -197,12 +178,12 @@ pub fn miss_report(
         })
         .collect();
     format!(
-        "prediction miss (please report it with this line): {protocol} {}({}) by {process}[{}] uid {}          with {flags}: the kernel answered {answer}, bindwatch {} had predicted {};          the sockets it judged ({} of them, table read at {}): [{}]",
+        "prediction miss (please report it with this line): {protocol} {}({}) by {process}[{}] uid {} with {flags}: the kernel answered {answer}, bindwatch {} had predicted {}; the sockets it judged ({} of them, table read at {}): [{}]",
         e.call.as_str(),
         SocketAddr::new(e.address, e.port),
         e.tgid,
         e.uid,
-        crate::metrics::VERSION,
+        env!("CARGO_PKG_VERSION"),
         j.verdict.as_str(),
         held.len(),
         rfc3339(snap.table_taken_at),
@@ -431,20 +412,6 @@ pub fn log_line(f: &Failure) -> String {
         None => line.push_str("; port not watched"),
     }
     line
-}
-
-/// Counter keys.
-pub type BindKey = (Option<String>, Protocol, u16, Errno, String);
-pub type ConnectKey = (Option<String>, Protocol, Errno, String);
-
-/// The counters behind the failure metrics, bounded like every per-port series.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub bind: BTreeMap<BindKey, u64>,
-    pub connect: BTreeMap<ConnectKey, u64>,
-    pub predictions: [u64; 3],
-    /// Failures not counted because their series would pass the cap.
-    pub dropped: u64,
 }
 
 /// Counters, the recent failures, and the caps.

@@ -7,10 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 
+mod events;
 mod host;
 mod verdict;
 mod watch;
 
+pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
 pub use host::{Capabilities, Denied, PortAllocation};
 pub use verdict::{Finding, Judgement, Rule, Verdict};
 pub use watch::{Bucket, OwnerMatch, Service, ServiceStatus, Status};
