@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use crate::events::log::Failure;
 use crate::metrics::{unix_seconds, REVISION, VERSION};
 use crate::model::{Snapshot, Verdict};
 
@@ -139,6 +140,51 @@ th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:.9em}th{
 td.blocked,td.stolen,td.foreign_owner{background:#f8d0c8}td.unknown,td.missing{background:#fbeec1}\
 td.clear,td.ok{background:#d5efd5}.note{color:#555;font-size:.9em}code{background:#f3f3f3}";
 
+/// How many recent failures the page shows (the JSON at `/failures` has them all).
+pub const FAILURES_SHOWN: usize = 20;
+
+/// The recent real bind/listen/connect failures the tracer saw, newest first;
+/// `None` when the tracer is not running here.
+pub fn failures(recent: Option<&[Failure]>) -> String {
+    let mut out = String::from("<section>\n<h2>Recent bind failures</h2>\n");
+    let Some(recent) = recent else {
+        out.push_str("<p class=\"note\">Real failures are not observed here (the bind-failure tracer is not running: see <code>bindwatch_capability{capability=\"bind_events\"}</code>).</p>\n</section>\n");
+        return out;
+    };
+    if recent.is_empty() {
+        out.push_str("<p class=\"note\">None seen since the agent started.</p>\n</section>\n");
+        return out;
+    }
+    out.push_str("<table>\n<tr><th>time</th><th>netns</th><th>call</th><th>protocol</th><th>address</th><th>port</th><th>errno</th><th>process</th><th>uid</th><th>predicted</th><th>blockers</th><th>clears in</th></tr>\n");
+    for f in recent.iter().take(FAILURES_SHOWN) {
+        let blockers = if f.blockers_total == 0 {
+            "none found".to_string()
+        } else {
+            let states: Vec<&str> = f.blockers.iter().map(|b| b.state).collect();
+            format!("{} ({})", f.blockers_total, states.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}[{}]</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&f.time),
+            escape(&f.netns),
+            f.call.as_str(),
+            f.protocol.as_str(),
+            escape(&f.address),
+            f.port,
+            f.errno.name(),
+            escape(&f.process),
+            f.pid,
+            f.uid,
+            f.verdict_before.map_or("not watched", |v| v.as_str()),
+            escape(&blockers),
+            f.clear_seconds.map_or(String::new(), |s| format!("{s:.0} s")),
+        );
+    }
+    out.push_str("</table>\n</section>\n");
+    out
+}
+
 /// The whole page around the `tables` the poller rendered.
 pub fn page(telemetry_path: &str, tables: &str) -> String {
     let p = escape(telemetry_path);
@@ -158,6 +204,12 @@ pub fn page(telemetry_path: &str, tables: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_section() {
+        assert!(failures(None).contains("not observed here"));
+        assert!(failures(Some(&[])).contains("None seen"));
+    }
 
     #[test]
     fn escaping() {

@@ -476,10 +476,30 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         body: Bytes::from(exp.text),
         openmetrics_gzip: gzip(exp.openmetrics.as_bytes()),
         openmetrics: Bytes::from(exp.openmetrics),
-        landing: Arc::from(crate::landing::tables(&snaps)),
+        landing: Arc::from(landing_tables(&snaps, st.events.as_deref())),
         last_success: st.last_success,
         snapshots: st.last.clone(),
     });
+}
+
+/// The landing page's live part: the snapshot's tables, then the recent failures.
+fn landing_tables(
+    snaps: &[(Option<&str>, &Snapshot)],
+    events: Option<&crate::events::Events>,
+) -> String {
+    let mut out = crate::landing::tables(snaps);
+    let recent = events.filter(|e| e.active()).map(|e| {
+        e.with_log(|l| {
+            l.recent
+                .iter()
+                .rev()
+                .take(crate::landing::FAILURES_SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    });
+    out.push_str(&crate::landing::failures(recent.as_deref()));
+    out
 }
 
 #[cfg(test)]

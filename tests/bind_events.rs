@@ -183,6 +183,15 @@ fn time_wait_failures_are_counted_explained_and_scored() {
                 assert!(t > 0.0 && t <= 60.0, "{t}");
             }
         }
+        // The landing page lists them too (rendered at the next poll).
+        let row = "<td>bind</td><td>tcp</td><td>0.0.0.0</td><td>7443</td><td>EADDRINUSE</td>";
+        let mut page = String::new();
+        let listed = common::eventually(Duration::from_secs(10), || {
+            let (_, _, body) = http_get(srv.addr, "/", &[]).expect("GET /");
+            page = String::from_utf8_lossy(&body).into_owned();
+            page.matches(row).count() == 3
+        });
+        assert!(listed, "three failure rows on /: {page}");
         // The host command reads the same from the agent.
         let listen = srv.addr.to_string();
         let (code, out, err) = common::bindwatch(&["failures", "--web.listen-address", &listen]);
