@@ -96,6 +96,10 @@ fn dead_agents_memory_is_ignored() {
         let agent = Server::start(
             18611,
             &[
+                // Memory is the fallback where flags cannot be read: with the bpf
+                // source they are read, not remembered, so the agent runs netlink.
+                "--source",
+                "netlink",
                 "--poll.interval",
                 "200ms",
                 "--state.file",
@@ -189,6 +193,10 @@ fn listener_missed_between_polls_is_not_taken_for_the_remembered_one() {
         let agent = Server::start(
             18613,
             &[
+                // Memory is the fallback where flags cannot be read: with the bpf
+                // source they are read, not remembered, so the agent runs netlink.
+                "--source",
+                "netlink",
                 "--poll.interval",
                 "5s",
                 "--state.file",
@@ -212,6 +220,17 @@ fn listener_missed_between_polls_is_not_taken_for_the_remembered_one() {
             !g.is_empty() && g.iter().all(|g| g["gone_at"].is_number())
         });
         assert!(gone, "the agent saw Q gone: {:?}", read_state(&state));
+        // Start right after a poll, so the short-lived listener falls between two polls
+        // (5 s apart) and the agent never sees it; under load a poll could otherwise
+        // land inside its 0.3 s and explain the leftover.
+        let beat = |p: &Path| read_state(p).and_then(|v| v["writer"]["heartbeat"].as_f64());
+        let before = beat(&state);
+        let polled = eventually(Duration::from_secs(12), || beat(&state) != before);
+        assert!(
+            polled,
+            "the agent's heartbeat moves: {:?}",
+            read_state(&state)
+        );
         let addr_s = addr;
         let l = tcp_listener(addr_s, false, false, None).expect("listener without SO_REUSEADDR");
         server_time_wait(&l, addr_s);
@@ -266,6 +285,10 @@ fn own_leftover_is_judged_with_the_listeners_flags(reuseaddr: bool, port: u16, h
         let _agent = Server::start(
             http,
             &[
+                // Memory is the fallback where flags cannot be read: with the bpf
+                // source they are read, not remembered, so the agent runs netlink.
+                "--source",
+                "netlink",
                 "--poll.interval",
                 "200ms",
                 "--state.file",
