@@ -13,12 +13,11 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prom::Prometheus;
 use common::*;
 use serde_json::Value;
 
@@ -82,134 +81,18 @@ impl Drop for TempDir {
     }
 }
 
-/// A running `prometheus`, killed on drop; its log is printed when the test fails.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    // Dropped (removed) after the child is killed, see Drop.
-    _dir: TempDir,
+/// The e2e test's waits on top of the shared harness.
+trait Waits {
+    fn alerts(&self, name: &str, port: u16) -> Vec<Value>;
+    fn wait_firing(&self, name: &str, labels: &[(&str, &str)], t0: Instant) -> Value;
+    fn wait_resolved(&self, name: &str, labels: &[(&str, &str)], t0: Instant);
 }
 
-impl Prometheus {
-    /// Writes the config and a copy of the rules, starts prometheus on 127.0.0.1:`port`
-    /// scraping bindwatch at `target`, and waits for /-/ready.
-    fn start(port: u16, target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("e2e-prom");
-        let rules = dir.0.join("bindwatch-rules.yml");
-        std::fs::write(&rules, rules_for_test()).expect("write rules");
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: bindwatch\n    static_configs:\n      - targets: ['{target}']\n",
-                rules.display()
-            ),
-        )
-        .expect("write config");
-        let log = dir.0.join("prometheus.log");
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn prometheus (installed by scripts/install-test-deps.sh)");
-        let mut p = Prometheus {
-            child,
-            addr: listen.parse().expect("addr"),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _, _)) = http_get(p.addr, "/-/ready", &[]) {
-                return p;
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited early with {status}:\n{}", p.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready within 30 s:\n{}",
-                p.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
-    }
-
-    /// GET an API path; the `data` member, or the API's error.
-    fn api(&self, path: &str) -> Result<Value, String> {
-        let (code, _, body) =
-            http_get(self.addr, path, &[]).map_err(|e| format!("GET {path}: {e}"))?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            format!(
-                "GET {path}: HTTP {code}, not JSON ({e}): {}",
-                String::from_utf8_lossy(&body)
-            )
-        })?;
-        if code != 200 || v["status"] != "success" {
-            return Err(format!(
-                "GET {path}: HTTP {code}: {} {}",
-                v["errorType"], v["error"]
-            ));
-        }
-        Ok(v["data"].clone())
-    }
-
-    /// An instant query: the result's elements (a scalar or string counts as one).
-    fn query(&self, q: &str) -> Result<Vec<Value>, String> {
-        let data = self.api(&format!("/api/v1/query?query={}", enc(q)))?;
-        Ok(result_items(&data))
-    }
-
-    /// A range query over the last `secs` seconds with a 1 s step.
-    fn query_range(&self, q: &str, secs: u64) -> Result<Vec<Value>, String> {
-        let end = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let data = self.api(&format!(
-            "/api/v1/query_range?query={}&start={}&end={end}&step=1",
-            enc(q),
-            end - secs
-        ))?;
-        Ok(result_items(&data))
-    }
-
+impl Waits for Prometheus {
     /// Active (pending or firing) alerts named `name` on port `port`.
     fn alerts(&self, name: &str, port: u16) -> Vec<Value> {
         let port = port.to_string();
         self.alerts_where(name, &[("port", &port)])
-    }
-
-    /// Active (pending or firing) alerts named `name` whose labels include `labels`.
-    fn alerts_where(&self, name: &str, labels: &[(&str, &str)]) -> Vec<Value> {
-        let data = self.api("/api/v1/alerts").unwrap_or_else(|e| panic!("{e}"));
-        data["alerts"]
-            .as_array()
-            .expect("alerts array")
-            .iter()
-            .filter(|a| {
-                a["labels"]["alertname"] == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| a["labels"][*k].as_str() == Some(*v))
-            })
-            .cloned()
-            .collect()
     }
 
     /// Waits (bounded) until the alert goes pending or firing, then until it fires; logs both
@@ -262,42 +145,6 @@ fn description(alert: &Value) -> String {
         .as_str()
         .unwrap_or("")
         .to_string()
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- prometheus log ----\n{}\n---- end of prometheus log ----",
-                self.log_text()
-            );
-        }
-    }
-}
-
-fn result_items(data: &Value) -> Vec<Value> {
-    match &data["result"] {
-        Value::Array(a) if matches!(data["resultType"].as_str(), Some("vector" | "matrix")) => {
-            a.clone()
-        }
-        Value::Null => Vec::new(),
-        other => vec![other.clone()],
-    }
-}
-
-/// Percent-encodes a query-string value (everything but RFC 3986 unreserved characters).
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The shipped rules with every `for:` shortened to 1 s. The shipped durations (1m to 15m)
@@ -553,7 +400,7 @@ fn prometheus_alerts_and_dashboard_on_a_real_blocked_restart() {
             ],
         );
         log(t0, format!("bindwatch serving on {}", srv.addr));
-        let prom = Prometheus::start(PROM, srv.addr);
+        let prom = Prometheus::start(PROM, srv.addr, &rules_for_test());
         let instance = srv.addr.to_string();
         log(t0, format!("prometheus ready on {}", prom.addr));
         wait_for(

@@ -93,18 +93,24 @@ impl Prometheus {
         Ok(v["data"].clone())
     }
 
-    /// An instant query's result elements.
+    /// An instant query: the result's elements (a scalar or string counts as one).
     pub fn query(&self, q: &str) -> Result<Vec<Value>, String> {
-        let mut enc = String::new();
-        for b in q.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                enc.push(b as char);
-            } else {
-                enc.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let data = self.api(&format!("/api/v1/query?query={enc}"))?;
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
+        let data = self.api(&format!("/api/v1/query?query={}", enc(q)))?;
+        Ok(result_items(&data))
+    }
+
+    /// A range query over the last `secs` seconds with a 1 s step.
+    pub fn query_range(&self, q: &str, secs: u64) -> Result<Vec<Value>, String> {
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let data = self.api(&format!(
+            "/api/v1/query_range?query={}&start={}&end={end}&step=1",
+            enc(q),
+            end - secs
+        ))?;
+        Ok(result_items(&data))
     }
 
     /// Active (pending or firing) alerts named `name` whose labels include `labels`.
@@ -137,4 +143,28 @@ impl Drop for Prometheus {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A query result's elements: a vector's or matrix's samples, or the scalar or string.
+fn result_items(data: &Value) -> Vec<Value> {
+    match &data["result"] {
+        Value::Array(a) if matches!(data["resultType"].as_str(), Some("vector" | "matrix")) => {
+            a.clone()
+        }
+        Value::Null => Vec::new(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Percent-encodes a query-string value (everything but RFC 3986 unreserved characters).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
