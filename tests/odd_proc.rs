@@ -258,26 +258,7 @@ fn deny_netlink(cmd: &mut Command) {
         ins(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
         ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];
-    // SAFETY: between fork and exec only the two prctl calls run; the filter lives in
-    // the closure (moved there before the fork), no allocation happens.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut libc::sock_filter,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &prog as *const _,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    seccomp_in_child(cmd, filter.to_vec());
 }
 
 /// netlink sock_diag denied (EPERM): `--source auto` falls back to /proc/net, says so in

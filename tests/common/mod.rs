@@ -375,3 +375,29 @@ pub fn server_time_wait(listener: &Socket, addr: SocketAddr) {
     drop(c);
     std::thread::sleep(Duration::from_millis(50));
 }
+
+/// Installs a seccomp `filter` (classic BPF over `struct seccomp_data`) in the child
+/// `cmd` starts, between fork and exec, with no_new_privs.
+pub fn seccomp_in_child(cmd: &mut Command, filter: Vec<libc::sock_filter>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only the two prctl calls run; the filter was moved
+    // into the closure before the fork, and nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
