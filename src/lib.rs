@@ -18,8 +18,10 @@
 //! - [`conflict`]: the pure port-conflict monitor (watched services).
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
 //! - [`timefmt`]: UTC dates of Unix times for logs, the failure log and the landing page.
-//! - [`collect`]: one poll: sources -> `Snapshot`, with the memory of listener
-//!   generations (tracking only; the rule is `rebind::memory`).
+//! - [`collect`]: one poll: sources -> `Snapshot`, as named steps; the table walk
+//!   (`collect::walk`, the per-socket hot loop), the folding of busy ports
+//!   (`collect::fold`) and the memory of listener generations
+//!   (`collect::generations`: tracking only; the rule is `rebind::memory`).
 //! - [`events`]: real bind/listen/connect failures from a BPF tracer: blockers,
 //!   prediction scores, the failure log behind `GET /failures`.
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.

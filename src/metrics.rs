@@ -13,8 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::collect::socket_counts;
-use crate::model::{Protocol, Snapshot, SourceKind, Verdict};
+use crate::model::{Protocol, Snapshot, SourceKind, StateCounts, Verdict};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("BINDWATCH_REVISION") {
@@ -550,6 +549,46 @@ fn collect(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: &Ex
     }
     w.gathered(&selfm.gather());
     w
+}
+
+/// Counts of one protocol and family, with every known state present (0 if none).
+fn state_labels(protocol: Protocol) -> &'static [&'static str] {
+    match protocol {
+        Protocol::Tcp => &[
+            "established",
+            "syn_sent",
+            "syn_recv",
+            "fin_wait1",
+            "fin_wait2",
+            "time_wait",
+            "close",
+            "close_wait",
+            "last_ack",
+            "listen",
+            "closing",
+            "new_syn_recv",
+            "bound_inactive",
+        ],
+        Protocol::Udp => &crate::model::UDP_STATE_LABELS,
+    }
+}
+
+/// `bindwatch_sockets` values: (protocol, family, state label) -> count, with zeros.
+fn socket_counts(
+    counts: &StateCounts,
+) -> BTreeMap<(Protocol, crate::model::Family, &'static str), u64> {
+    let mut out = BTreeMap::new();
+    for p in Protocol::ALL {
+        for f in crate::model::Family::ALL {
+            for l in state_labels(p) {
+                out.insert((p, f, *l), 0);
+            }
+        }
+    }
+    for (&(p, f, s), &n) in counts {
+        *out.entry((p, f, s.label(p))).or_default() += n;
+    }
+    out
 }
 
 fn render_snapshot(w: &mut Writer, s: &Snapshot) {

@@ -98,6 +98,8 @@ fn layers_import_only_what_the_map_allows() {
     allowed("yaml", &[], &g);
     allowed("fsread", &[], &g);
     allowed("publish", &["metrics", "model"], &g);
+    // The renderer reads snapshots; it never reaches back into the poll.
+    allowed("metrics", &["model", "conflict"], &g);
     assert!(
         !g["server"].contains("poller"),
         "the server talks to the poller only through publish: {:?}",
