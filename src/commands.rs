@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -146,28 +146,55 @@ fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     opts.probe_max = 8192;
     opts.ports_max = usize::MAX;
     let mut c = Collector::new(opts)?;
-    seed_from_state_file(&mut c, src);
+    seed_memory(&mut c, src, MemoryOf::RunningAgent);
     Ok(c)
 }
 
-/// Listeners a running agent remembers (see [`crate::state`]).
-fn seed_from_state_file(c: &mut Collector, src: &SourceArgs) {
+/// Whose listener memory [`seed_memory`] reads from `--state.file`.
+#[derive(Debug, Clone, Copy)]
+pub enum MemoryOf {
+    /// A serving agent's (`check`, `wait`, `ports`): ignored, with one line saying so,
+    /// when its writer is gone or late, because it may then miss listeners that came
+    /// and went since its last poll.
+    RunningAgent,
+    /// This agent's previous run (`serve` at start-up), gone by definition: entries
+    /// seen within the given `--memory` window are taken, and `rebind::memory` trusts
+    /// none of them past its last sighting plus one of the writer's intervals.
+    PreviousRun(Duration),
+}
+
+/// How far back the one-shot commands take a running agent's memory.
+const RUNNING_AGENT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// Seeds the collector with the listeners remembered in `--state.file` (see
+/// [`crate::state`]), for this network namespace; nothing with `--state.file=`.
+/// A file that cannot be used is ignored with a warning: memory only ever adds
+/// answers, its absence makes some "cannot tell".
+pub fn seed_memory(c: &mut Collector, src: &SourceArgs, of: MemoryOf) {
     if src.state_file.as_os_str().is_empty() {
         return;
     }
-    let netns = state::current_netns(&src.procfs);
-    // Memory of a writer that is gone or late may miss listeners that came and went
-    // since its last poll: ignored, with one line saying so.
-    match state::load_live(
-        &src.state_file,
-        &src.procfs,
-        netns,
-        Duration::from_secs(600),
-    ) {
+    let path = &src.state_file;
+    let netns = crate::netns::own_inode(&src.procfs);
+    let loaded = match of {
+        MemoryOf::RunningAgent => state::load_live(path, &src.procfs, netns, RUNNING_AGENT_MAX_AGE),
+        MemoryOf::PreviousRun(max_age) => state::load_file(path, netns).map(|file| {
+            file.map_or_else(state::Live::default, |file| state::Live {
+                interval: state::writer_interval(&file),
+                entries: state::recent(file, max_age),
+                ignored: None,
+            })
+        }),
+    };
+    match loaded {
         Ok(state::Live {
             ignored: Some(why), ..
         }) => tracing::warn!("{why}"),
-        Ok(live) => c.remember(&live.entries, live.interval),
+        Ok(live) if !live.entries.is_empty() => {
+            tracing::info!(listeners = live.entries.len(), path = %path.display(), "restored the memory of listeners");
+            c.remember(&live.entries, live.interval);
+        }
+        Ok(_) => {}
         Err(e) => tracing::warn!("ignoring the state file: {e}"),
     }
 }
@@ -198,18 +225,6 @@ pub struct CheckOutcome {
     pub restart: bool,
     pub checked: Vec<Checked>,
     pub verdict: Verdict,
-}
-
-fn combine(verdicts: impl Iterator<Item = Verdict>) -> Verdict {
-    let mut out = Verdict::Clear;
-    for v in verdicts {
-        match v {
-            Verdict::Blocked => return Verdict::Blocked,
-            Verdict::Unknown => out = Verdict::Unknown,
-            Verdict::Clear => {}
-        }
-    }
-    out
 }
 
 /// Judges the new socket (or restart) described by `a` against a snapshot.
@@ -266,7 +281,7 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
             judgement,
         });
     }
-    let verdict = combine(checked.iter().map(|c| c.judgement.verdict));
+    let verdict = Verdict::worst(checked.iter().map(|c| c.judgement.verdict));
     Ok(CheckOutcome {
         protocol: a.protocol,
         port: a.port,
@@ -296,18 +311,13 @@ pub fn check_once(
     Ok((judge_snapshot(a, &snap)?, snap))
 }
 
+/// `1.2.3.4:80`, `[::1]:80`: without the scope id a `SocketAddr` of a socket may carry.
 fn endpoint_str(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-    }
+    SocketAddr::new(ip, port).to_string()
 }
 
 fn owner_str(o: Option<&Owner>) -> String {
-    match o {
-        Some(o) => format!("{} (pid {}, user {})", o.process, o.pid, o.user),
-        None => "owner unknown".to_string(),
-    }
+    o.map_or_else(|| "owner unknown".to_string(), Owner::summary)
 }
 
 #[derive(Serialize)]
@@ -374,74 +384,14 @@ pub fn check_json(o: &CheckOutcome, snap: &Snapshot) -> serde_json::Value {
 pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
     let mut out = String::new();
     for c in &o.checked {
-        let what = match &c.listener {
-            Some(l) => format!(
-                "restart of {} listening on {} {}",
-                owner_str(snap.owners.get(&l.inode)),
-                o.protocol,
-                endpoint_str(l.local.ip(), l.local.port())
-            ),
-            None => format!(
-                "bind {} {}{}{}",
-                o.protocol,
-                endpoint_str(c.candidate.address, o.port),
-                if c.candidate.reuseaddr {
-                    " with SO_REUSEADDR"
-                } else {
-                    " without SO_REUSEADDR"
-                },
-                if c.candidate.reuseport == Tri::True {
-                    " and SO_REUSEPORT"
-                } else {
-                    ""
-                },
-            ),
-        };
-        let verdict = match c.judgement.verdict {
-            Verdict::Clear => "would succeed".to_string(),
-            Verdict::Blocked => match c.judgement.clear_seconds() {
-                Some(s) if c.judgement.blocking().all(|f| f.remaining().is_some()) => {
-                    format!("would FAIL with EADDRINUSE (clears in {s:.0} s)")
-                }
-                _ => "would FAIL with EADDRINUSE".to_string(),
-            },
-            Verdict::Unknown => {
-                "CANNOT TELL: a deciding flag of an existing socket is unknown".to_string()
-            }
-        };
-        let _ = writeln!(out, "{what}: {verdict}");
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            checked_what(o, c, snap),
+            verdict_text(&c.judgement)
+        );
         for f in &c.judgement.findings {
-            let timer = match f.socket.expires_ms {
-                Some(ms) if f.socket.state.is_expiring() => {
-                    format!(", {:.1} s left", ms as f64 / 1000.0)
-                }
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "  {} {:<12} {} -> {}  {}{}",
-                if f.blocks == Tri::True {
-                    "BLOCKS "
-                } else {
-                    "MAYBE  "
-                },
-                f.socket.state_label(),
-                endpoint_str(f.socket.local.ip(), f.socket.local.port()),
-                endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
-                owner_str(snap.owners.get(&f.socket.inode)),
-                timer,
-            );
-            // The blocker's own flags, as read (bpf reads them for every socket).
-            let _ = writeln!(
-                out,
-                "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})",
-                f.rule.describe(),
-                f.socket.flags.reuseaddr.as_str(),
-                f.socket.flags.reuseport.as_str()
-            );
-            if !f.undecided_by.is_empty() {
-                let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
-            }
+            finding_text(&mut out, f, snap);
         }
     }
     out.push_str(&watched_text(snap, Some((o.protocol, o.port))));
@@ -452,6 +402,83 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
         );
     }
     out
+}
+
+/// What was judged: the restart of a listener, or a bind with the given flags.
+fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
+    match &c.listener {
+        Some(l) => format!(
+            "restart of {} listening on {} {}",
+            owner_str(snap.owners.get(&l.inode)),
+            o.protocol,
+            endpoint_str(l.local.ip(), l.local.port())
+        ),
+        None => format!(
+            "bind {} {}{}{}",
+            o.protocol,
+            endpoint_str(c.candidate.address, o.port),
+            if c.candidate.reuseaddr {
+                " with SO_REUSEADDR"
+            } else {
+                " without SO_REUSEADDR"
+            },
+            if c.candidate.reuseport == Tri::True {
+                " and SO_REUSEPORT"
+            } else {
+                ""
+            },
+        ),
+    }
+}
+
+fn verdict_text(j: &Judgement) -> String {
+    match j.verdict {
+        Verdict::Clear => "would succeed".to_string(),
+        Verdict::Blocked => match j.clear_seconds() {
+            Some(s) if j.blocking().all(|f| f.remaining().is_some()) => {
+                format!("would FAIL with EADDRINUSE (clears in {s:.0} s)")
+            }
+            _ => "would FAIL with EADDRINUSE".to_string(),
+        },
+        Verdict::Unknown => {
+            "CANNOT TELL: a deciding flag of an existing socket is unknown".to_string()
+        }
+    }
+}
+
+/// One existing socket that blocks (or may block): its lines of the report.
+fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
+    let timer = match f.socket.expires_ms {
+        Some(ms) if f.socket.state.is_expiring() => {
+            format!(", {:.1} s left", ms as f64 / 1000.0)
+        }
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  {} {:<12} {} -> {}  {}{}",
+        if f.blocks == Tri::True {
+            "BLOCKS "
+        } else {
+            "MAYBE  "
+        },
+        f.socket.state_label(),
+        endpoint_str(f.socket.local.ip(), f.socket.local.port()),
+        endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
+        owner_str(snap.owners.get(&f.socket.inode)),
+        timer,
+    );
+    // The blocker's own flags, as read (bpf reads them for every socket).
+    let _ = writeln!(
+        out,
+        "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})",
+        f.rule.describe(),
+        f.socket.flags.reuseaddr.as_str(),
+        f.socket.flags.reuseport.as_str()
+    );
+    if !f.undecided_by.is_empty() {
+        let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
+    }
 }
 
 /// `bindwatch check`: prints the report and returns the exit status.

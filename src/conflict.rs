@@ -114,7 +114,7 @@ fn who_listens(
         .collect();
     let first = live.first()?;
     let describe = |s: &Socket| match owners.get(&s.inode) {
-        Some(o) => format!("{} (pid {}, user {})", o.process, o.pid, o.user),
+        Some(o) => o.summary(),
         None => "an unknown process".to_string(),
     };
     Some(

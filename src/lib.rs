@@ -43,7 +43,10 @@
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into.
-//! - [`commands`]: the one-shot commands `check`, `wait`, `ports`.
+//! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
+//!   collector with the state file's listener memory (also for [`serve`]).
+//! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
+//!   listen sockets, tracer, poller, HTTP server); `main` only dispatches.
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
@@ -66,6 +69,7 @@ pub mod netns;
 pub mod poller;
 pub mod publish;
 pub mod rebind;
+pub mod serve;
 pub mod server;
 pub mod source;
 pub mod state;

@@ -65,13 +65,11 @@ pub fn judge<'a>(
             findings.push(f);
         }
     }
-    let verdict = if findings.iter().any(|f| f.blocks == Tri::True) {
-        Verdict::Blocked
-    } else if findings.is_empty() {
-        Verdict::Clear
-    } else {
-        Verdict::Unknown
-    };
+    // A finding blocks for certain or "cannot tell"; findings never say "clear".
+    let verdict = Verdict::worst(findings.iter().map(|f| match f.blocks {
+        Tri::True => Verdict::Blocked,
+        _ => Verdict::Unknown,
+    }));
     Judgement { verdict, findings }
 }
 

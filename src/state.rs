@@ -283,15 +283,6 @@ const MAX_CHILDREN: usize = 65_536;
 /// The latest `last_seen` accepted (2500-01-01): anything later is a broken file.
 const MAX_LAST_SEEN: f64 = 16_725_225_600.0;
 
-/// Inode of this process's network namespace (`/proc/self/ns/net`).
-pub fn current_netns(procfs: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(procfs.join("thread-self/ns/net"))
-        .or_else(|_| std::fs::metadata(procfs.join("self/ns/net")))
-        .ok()
-        .map(|m| m.ino())
-}
-
 /// The cap on the state file, see [`crate::fsread::STATE_MAX`].
 pub const MAX_BYTES: u64 = crate::fsread::STATE_MAX;
 

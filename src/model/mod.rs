@@ -309,6 +309,13 @@ pub struct Owner {
     pub unit: Option<String>,
 }
 
+impl Owner {
+    /// `nginx (pid 123, user www-data)`, as `check` and the watched-service details say it.
+    pub fn summary(&self) -> String {
+        format!("{} (pid {}, user {})", self.process, self.pid, self.user)
+    }
+}
+
 /// Key of a listening endpoint: protocol, local address (unmapped) and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Endpoint {

@@ -23,6 +23,20 @@ impl Verdict {
             Verdict::Unknown => "unknown",
         }
     }
+
+    /// The verdict of several answers together: one block blocks, else one "cannot
+    /// tell" leaves it open, else (also for none at all) clear.
+    pub fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        let mut out = Verdict::Clear;
+        for v in verdicts {
+            match v {
+                Verdict::Blocked => return Verdict::Blocked,
+                Verdict::Unknown => out = Verdict::Unknown,
+                Verdict::Clear => {}
+            }
+        }
+        out
+    }
 }
 
 /// Why an existing socket blocks the new one.

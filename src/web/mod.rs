@@ -178,10 +178,6 @@ impl WebState {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the last load of the file (or of a file it names) worked.
     pub fn last_reload_ok(&self) -> bool {
         self.last_ok.load(std::sync::atomic::Ordering::Relaxed)
