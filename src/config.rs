@@ -7,53 +7,19 @@
 //! validated by hand, collecting every error. Pure apart from [`load`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::model::Protocol;
 pub use crate::model::{OwnerMatch, Service};
-pub use crate::yaml::Problem;
-use crate::yaml::{parse_tree, Node, Value};
+use crate::yaml::{join, parse_tree, Node, Problems};
+pub use crate::yaml::{ConfigError, Problem};
 
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<Service>,
 }
-
-/// Every problem found in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "{}: {n} problem{}",
-            self.path.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n  {}", self.path.display())?;
-            // Line 0: a problem with the file as a whole (unreadable), not a line of it.
-            if p.line > 0 {
-                write!(f, ":{}", p.line)?;
-            }
-            if !p.key.is_empty() {
-                write!(f, ": {}", p.key)?;
-            }
-            write!(f, ": {}", p.message)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Reads and validates `path`.
 ///
@@ -65,14 +31,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         crate::fsread::Symlinks::Follow,
         crate::fsread::CONFIG_MAX,
     )
-    .map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        problems: vec![Problem {
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read the file: {}", e.reason()),
-        }],
-    })?;
+    .map_err(|e| ConfigError::unreadable(path, e.reason()))?;
     parse(&text).map_err(|problems| ConfigError {
         path: path.to_path_buf(),
         problems,
@@ -84,9 +43,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// Every problem found, in document order.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let root = parse_tree(text).map_err(|p| vec![p])?;
-    let mut problems = Vec::new();
-    let cfg = match root {
+    let root = match parse_tree(text).map_err(|p| vec![p])? {
         // An empty file is refused: on a reload it would silently drop every watched
         // service (a truncated write, a config management run gone wrong).
         None => {
@@ -96,131 +53,38 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
                 message: "no YAML document (the file is empty or only whitespace and comments); to watch nothing, write `services: []`".to_string(),
             }])
         }
-        Some(root) => validate(&root, &mut problems),
+        // A lone `~` or `---` is as empty.
+        Some(root) if root.is_null() => {
+            return Err(vec![Problem {
+                line: root.line.max(1),
+                key: String::new(),
+                message: "the document is empty (null); to watch nothing, write `services: []`".to_string(),
+            }])
+        }
+        Some(root) => root,
     };
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        problems.sort_by_key(|p| p.line);
-        Err(problems)
-    }
+    let mut p = Problems::default();
+    let cfg = validate(&root, &mut p);
+    p.finish(cfg)
 }
 
-fn problem(problems: &mut Vec<Problem>, node: &Node, key: &str, message: impl Into<String>) {
-    problems.push(Problem {
-        line: node.line,
-        key: key.to_string(),
-        message: message.into(),
-    });
-}
-
-fn scalar<'a>(n: &'a Node, key: &str, problems: &mut Vec<Problem>) -> Option<&'a str> {
-    match &n.value {
-        Value::Scalar(s, _) => Some(s),
-        _ => {
-            problem(problems, n, key, "expected a single value");
-            None
-        }
-    }
-}
-
-fn string(n: &Node, key: &str, problems: &mut Vec<Problem>) -> Option<String> {
-    let s = scalar(n, key, problems)?;
-    if s.is_empty() {
-        problem(problems, n, key, "must not be empty");
-        return None;
-    }
-    Some(s.to_string())
-}
-
-fn boolean(n: &Node, key: &str, problems: &mut Vec<Problem>) -> Option<bool> {
-    match &n.value {
-        Value::Scalar(s, false) if s == "true" => Some(true),
-        Value::Scalar(s, false) if s == "false" => Some(false),
-        _ => {
-            problem(problems, n, key, "expected true or false");
-            None
-        }
-    }
-}
-
-fn mapping<'a>(n: &'a Node, key: &str, problems: &mut Vec<Problem>) -> Option<&'a [(Node, Node)]> {
-    match &n.value {
-        Value::Map(m) => Some(m),
-        _ => {
-            problem(problems, n, key, "expected a mapping (key: value lines)");
-            None
-        }
-    }
-}
-
-/// Looks up known keys; reports unknown and duplicate keys.
-fn fields<'a>(
-    entries: &'a [(Node, Node)],
-    known: &[&str],
-    prefix: &str,
-    problems: &mut Vec<Problem>,
-) -> BTreeMap<&'a str, &'a Node> {
-    let mut out = BTreeMap::new();
-    let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
-    for (k, v) in entries {
-        let Value::Scalar(name, _) = &k.value else {
-            problem(problems, k, prefix, "keys must be plain names");
-            continue;
-        };
-        let full = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}.{name}")
-        };
-        if !known.contains(&name.as_str()) {
-            problem(
-                problems,
-                k,
-                &full,
-                format!("unknown key (known keys: {})", known.join(", ")),
-            );
-        } else if let Some(first) = first_line.get(name.as_str()) {
-            problem(
-                problems,
-                k,
-                &full,
-                format!("given twice (first on line {first})"),
-            );
-        } else {
-            first_line.insert(name.as_str(), k.line);
-            out.insert(name.as_str(), v);
-        }
-    }
-    out
-}
-
-fn validate(root: &Node, problems: &mut Vec<Problem>) -> Config {
-    let Some(top) = mapping(root, "", problems) else {
+fn validate(root: &Node, p: &mut Problems) -> Config {
+    let Some(top) = p.mapping(root, "") else {
         return Config::default();
     };
-    let f = fields(top, &["services"], "", problems);
+    let f = p.fields(top, &["services"], &[], "");
+    let Some(items) = f.get("services").and_then(|n| p.list(n, "services")) else {
+        return Config::default();
+    };
     let mut services: Vec<Service> = Vec::new();
-    let Some(list) = f.get("services") else {
-        return Config::default();
-    };
-    let items = match &list.value {
-        Value::Seq(items) => items.as_slice(),
-        Value::Scalar(s, false) if s.is_empty() || s == "null" || s == "~" => &[],
-        _ => {
-            problem(problems, list, "services", "expected a list of services");
-            return Config::default();
-        }
-    };
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         let at = format!("services[{i}]");
-        if let Some(s) = service(item, &at, problems) {
+        if let Some(s) = service(item, &at, p) {
             if let Some(first) = names.get(&s.name) {
-                problem(
-                    problems,
+                p.add(
                     item,
-                    &format!("{at}.name"),
+                    &join(&at, "name"),
                     format!(
                         "duplicate service name {:?} (first defined on line {first})",
                         s.name
@@ -235,115 +99,42 @@ fn validate(root: &Node, problems: &mut Vec<Problem>) -> Config {
     Config { services }
 }
 
-fn service(item: &Node, at: &str, problems: &mut Vec<Problem>) -> Option<Service> {
-    let entries = mapping(item, at, problems)?;
-    let before = problems.len();
-    let f = fields(
-        entries,
-        &[
-            "name",
-            "protocol",
-            "port",
-            "addresses",
-            "owner",
-            "reuseaddr",
-            "reuseport",
-        ],
-        at,
-        problems,
-    );
-    let key = |k: &str| format!("{at}.{k}");
-    let name = match f.get("name") {
-        Some(n) => string(n, &key("name"), problems),
-        None => {
-            problem(problems, item, at, "missing required key \"name\"");
-            None
-        }
-    };
-    let protocol = match f.get("protocol") {
-        None => Some(Protocol::Tcp),
-        Some(n) => scalar(n, &key("protocol"), problems).and_then(|s| match s.parse() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                problem(
-                    problems,
-                    n,
-                    &key("protocol"),
-                    format!("{s:?} is not tcp or udp"),
-                );
-                None
-            }
-        }),
-    };
-    let port = match f.get("port") {
-        None => {
-            problem(problems, item, at, "missing required key \"port\"");
-            None
-        }
-        Some(n) => scalar(n, &key("port"), problems).and_then(|s| match s.parse::<u32>() {
-            Ok(p) if (1..=65535).contains(&p) => Some(p as u16),
-            _ => {
-                problem(
-                    problems,
-                    n,
-                    &key("port"),
-                    format!("{s} is not a port (1-65535)"),
-                );
-                None
-            }
-        }),
-    };
-    let mut addresses = Vec::new();
-    if let Some(n) = f.get("addresses") {
-        match &n.value {
-            Value::Seq(list) => {
-                for (j, a) in list.iter().enumerate() {
-                    let k = format!("{at}.addresses[{j}]");
-                    if let Some(s) = scalar(a, &k, problems) {
-                        match s.parse::<IpAddr>() {
-                            Ok(ip) => addresses.push(ip),
-                            Err(_) => {
-                                problem(problems, a, &k, format!("{s:?} is not an IP address"))
-                            }
-                        }
-                    }
-                }
-            }
-            _ => problem(
-                problems,
-                n,
-                &key("addresses"),
-                "expected a list of IP addresses",
-            ),
-        }
-    }
-    let mut owner = OwnerMatch::default();
-    if let Some(n) = f.get("owner") {
-        if let Some(entries) = mapping(n, &key("owner"), problems) {
-            let o = fields(
-                entries,
-                &["process", "unit", "user"],
-                &key("owner"),
-                problems,
-            );
-            owner.process = o
-                .get("process")
-                .and_then(|v| string(v, &key("owner.process"), problems));
-            owner.unit = o
-                .get("unit")
-                .and_then(|v| string(v, &key("owner.unit"), problems));
-            owner.user = o
-                .get("user")
-                .and_then(|v| string(v, &key("owner.user"), problems));
-        }
-    }
+const SERVICE_KEYS: [&str; 7] = [
+    "name",
+    "protocol",
+    "port",
+    "addresses",
+    "owner",
+    "reuseaddr",
+    "reuseport",
+];
+
+/// One item of `services`. With problems, only its name (for the duplicate-name check).
+fn service(item: &Node, at: &str, p: &mut Problems) -> Option<Service> {
+    let entries = p.mapping(item, at)?;
+    let before = p.len();
+    let f = p.fields(entries, &SERVICE_KEYS, &[], at);
+    let key = |k: &str| join(at, k);
+    let name = required(&f, "name", item, at, p).and_then(|n| p.string(n, &key("name")));
+    let protocol = f
+        .get("protocol")
+        .map_or(Some(Protocol::Tcp), |n| protocol(n, &key("protocol"), p));
+    let port = required(&f, "port", item, at, p).and_then(|n| port(n, &key("port"), p));
+    let addresses = f
+        .get("addresses")
+        .map(|n| addresses(n, &key("addresses"), p))
+        .unwrap_or_default();
+    let owner = f
+        .get("owner")
+        .map(|n| owner(n, &key("owner"), p))
+        .unwrap_or_default();
     let reuseaddr = f
         .get("reuseaddr")
-        .map_or(Some(false), |n| boolean(n, &key("reuseaddr"), problems));
+        .map_or(Some(false), |n| p.boolean(n, &key("reuseaddr")));
     let reuseport = f
         .get("reuseport")
-        .map_or(Some(false), |n| boolean(n, &key("reuseport"), problems));
-    if problems.len() > before {
+        .map_or(Some(false), |n| p.boolean(n, &key("reuseport")));
+    if p.len() > before {
         // Still report a duplicate name for a service with other problems.
         return name.map(|name| Service {
             name,
@@ -366,9 +157,74 @@ fn service(item: &Node, at: &str, problems: &mut Vec<Problem>) -> Option<Service
     })
 }
 
+/// A key the service must have; a problem on the item's line when it is missing.
+fn required<'a>(
+    f: &BTreeMap<&str, &'a Node>,
+    name: &str,
+    item: &Node,
+    at: &str,
+    p: &mut Problems,
+) -> Option<&'a Node> {
+    let n = f.get(name).copied();
+    if n.is_none() {
+        p.add(item, at, format!("missing required key {name:?}"));
+    }
+    n
+}
+
+fn protocol(n: &Node, key: &str, p: &mut Problems) -> Option<Protocol> {
+    let s = p.scalar(n, key)?;
+    match s.parse() {
+        Ok(proto) => Some(proto),
+        Err(_) => {
+            p.add(n, key, format!("{s:?} is not tcp or udp"));
+            None
+        }
+    }
+}
+
+fn port(n: &Node, key: &str, p: &mut Problems) -> Option<u16> {
+    let s = p.scalar(n, key)?;
+    match s.parse::<u16>() {
+        Ok(port) if port >= 1 => Some(port),
+        _ => {
+            p.add(n, key, format!("{s} is not a port (1-65535)"));
+            None
+        }
+    }
+}
+
+fn addresses(n: &Node, key: &str, p: &mut Problems) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for (j, a) in p.list(n, key).unwrap_or_default().iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        if let Some(s) = p.scalar(a, &k) {
+            match s.parse::<IpAddr>() {
+                Ok(ip) => out.push(ip),
+                Err(_) => p.add(a, &k, format!("{s:?} is not an IP address")),
+            }
+        }
+    }
+    out
+}
+
+fn owner(n: &Node, key: &str, p: &mut Problems) -> OwnerMatch {
+    let mut owner = OwnerMatch::default();
+    let Some(entries) = p.mapping(n, key) else {
+        return owner;
+    };
+    let o = p.fields(entries, &["process", "unit", "user"], &[], key);
+    let mut get = |k: &str| o.get(k).and_then(|v| p.string(v, &join(key, k)));
+    owner.process = get("process");
+    owner.unit = get("unit");
+    owner.user = get("user");
+    owner
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const GOOD: &str = r#"
 services:

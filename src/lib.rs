@@ -42,7 +42,8 @@
 //! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
-//! - `yaml` (private): the YAML tree with line numbers both config files are read into.
+//! - `yaml` (private): the YAML tree with line numbers both config files are read into,
+//!   and the one set of checking helpers both validate with (`Problem`, `ConfigError`).
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
 //!   collector with the state file's listener memory (also for [`serve`]).
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,

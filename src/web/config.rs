@@ -13,8 +13,7 @@ use rustls::crypto::SupportedKxGroup;
 use rustls::SupportedCipherSuite;
 
 use super::suites;
-use crate::config::Problem;
-use crate::yaml::{join, parse_tree, Node, Problems};
+use crate::yaml::{join, parse_tree, Node, Problem, Problems};
 
 /// Where a PEM document comes from: a file (re-read when it changes) or the YAML itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,12 +176,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<WebConfig, Vec<Problem>> {
     };
     let mut p = Problems::default();
     let cfg = validate(&root, base_dir, &mut p);
-    if p.0.is_empty() {
-        Ok(cfg)
-    } else {
-        p.0.sort_by_key(|p| p.line);
-        Err(p.0)
-    }
+    p.finish(cfg)
 }
 
 fn validate(root: &Node, base: &Path, p: &mut Problems) -> WebConfig {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use hyper::header::{HeaderName, HeaderValue};
 use rustls::ServerConfig;
 
-use crate::config::{ConfigError, Problem};
+use crate::yaml::{ConfigError, Problem};
 pub use auth::{BasicAuth, RateLimiter};
 pub use config::WebConfig;
 
@@ -89,13 +89,7 @@ pub fn load(path: &Path) -> Result<(WebConfig, Active, Vec<PathBuf>), ConfigErro
         crate::fsread::Symlinks::Follow,
         crate::fsread::CONFIG_MAX,
     )
-    .map_err(|e| {
-        err(vec![Problem {
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read the file: {}", e.reason()),
-        }])
-    })?;
+    .map_err(|e| ConfigError::unreadable(path, e.reason()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let cfg = config::parse(&text, base).map_err(err)?;
     let mut files = vec![path.to_path_buf()];

@@ -18,7 +18,7 @@ use rustls::{
 
 use super::config::{ClientAuth, Pem, PemSource, TlsSettings, TlsVersion};
 use super::suites::provider;
-use crate::config::Problem;
+use crate::yaml::Problem;
 
 fn problem(pem: &Pem, message: impl Into<String>) -> Problem {
     Problem {
@@ -73,106 +73,14 @@ fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, Problem> {
 pub fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, Vec<Problem>> {
     let mut problems = Vec::new();
     let chain = certificates(&s.cert).map_err(|p| problems.push(p)).ok();
-    let key = read_pem(&s.key)
-        .and_then(|bytes| {
-            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                problem(
-                    &s.key,
-                    format!(
-                        "{}: no usable private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block): {e}",
-                        where_(&s.key)
-                    ),
-                )
-            })
-        })
-        .map_err(|p| problems.push(p))
-        .ok();
-
-    let mut p = provider();
-    if !s.cipher_suites.is_empty() {
-        let mut suites: Vec<SupportedCipherSuite> = p
-            .cipher_suites
-            .iter()
-            .filter(|c| c.tls13().is_some())
-            .copied()
-            .collect();
-        suites.extend(s.cipher_suites.iter().copied());
-        p.cipher_suites = suites;
-    }
-    if !s.curves.is_empty() {
-        p.kx_groups = s.curves.clone();
-    }
-    let p = Arc::new(p);
-
-    let verifier: Option<Arc<dyn ClientCertVerifier>> = match s.client_auth {
-        ClientAuth::NoClientCert => Some(WebPkiClientVerifier::no_client_auth()),
-        ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
-            Some(Arc::new(AnyClientCert {
-                mandatory: s.client_auth == ClientAuth::RequireAnyClientCert,
-                algs: p.signature_verification_algorithms,
-            }))
-        }
-        ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert => {
-            match s.client_ca.as_ref().map(|ca| (ca, certificates(ca))) {
-                Some((ca, Ok(certs))) => {
-                    let mut roots = RootCertStore::empty();
-                    let mut bad = None;
-                    for c in certs {
-                        if let Err(e) = roots.add(c) {
-                            bad = Some(e);
-                        }
-                    }
-                    match bad {
-                        Some(e) => {
-                            problems.push(problem(
-                                ca,
-                                format!("{}: unusable CA certificate: {e}", where_(ca)),
-                            ));
-                            None
-                        }
-                        None => {
-                            let b = WebPkiClientVerifier::builder_with_provider(
-                                Arc::new(roots),
-                                p.clone(),
-                            );
-                            let b = if s.client_auth == ClientAuth::VerifyClientCertIfGiven {
-                                b.allow_unauthenticated()
-                            } else {
-                                b
-                            };
-                            match b.build() {
-                                Ok(v) => Some(v),
-                                Err(e) => {
-                                    problems.push(problem(ca, format!("{}: {e}", where_(ca))));
-                                    None
-                                }
-                            }
-                        }
-                    }
-                }
-                Some((_, Err(e))) => {
-                    problems.push(e);
-                    None
-                }
-                // The parser refuses verifying modes without a CA.
-                None => None,
-            }
-        }
-    };
+    let key = private_key(&s.key).map_err(|p| problems.push(p)).ok();
+    let p = Arc::new(crypto_provider(s));
+    let verifier = client_verifier(s, &p).map_err(|p| problems.push(p)).ok();
     let (Some(chain), Some(key), Some(verifier)) = (chain, key, verifier) else {
         return Err(problems);
     };
-
-    let versions: Vec<&'static SupportedProtocolVersion> = [
-        (TlsVersion::Tls12, &rustls::version::TLS12),
-        (TlsVersion::Tls13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (s.min_version..=s.max_version).contains(v))
-    .map(|(_, v)| v)
-    .collect();
     let builder = ServerConfig::builder_with_provider(p)
-        .with_protocol_versions(&versions)
+        .with_protocol_versions(&versions(s))
         .map_err(|e| {
             vec![problem(
                 &s.cert,
@@ -196,6 +104,97 @@ pub fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, Vec<Problem>> {
     cfg.ignore_client_order = s.prefer_server_cipher_suites;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, Problem> {
+    let bytes = read_pem(pem)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        problem(
+            pem,
+            format!(
+                "{}: no usable private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block): {e}",
+                where_(pem)
+            ),
+        )
+    })
+}
+
+/// The `ring` provider with the configured TLS 1.2 suites (TLS 1.3 suites always on,
+/// as in Go) and curves; rustls's defaults where none are configured.
+fn crypto_provider(s: &TlsSettings) -> rustls::crypto::CryptoProvider {
+    let mut p = provider();
+    if !s.cipher_suites.is_empty() {
+        let mut suites: Vec<SupportedCipherSuite> = p
+            .cipher_suites
+            .iter()
+            .filter(|c| c.tls13().is_some())
+            .copied()
+            .collect();
+        suites.extend(s.cipher_suites.iter().copied());
+        p.cipher_suites = suites;
+    }
+    if !s.curves.is_empty() {
+        p.kx_groups = s.curves.clone();
+    }
+    p
+}
+
+/// `min_version..=max_version`.
+fn versions(s: &TlsSettings) -> Vec<&'static SupportedProtocolVersion> {
+    [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (s.min_version..=s.max_version).contains(v))
+    .map(|(_, v)| v)
+    .collect()
+}
+
+/// What `client_auth_type` asks of clients; the verifying modes read `client_ca`.
+fn client_verifier(
+    s: &TlsSettings,
+    p: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, Problem> {
+    let verify_if_given = match s.client_auth {
+        ClientAuth::NoClientCert => return Ok(WebPkiClientVerifier::no_client_auth()),
+        ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
+            return Ok(Arc::new(AnyClientCert {
+                mandatory: s.client_auth == ClientAuth::RequireAnyClientCert,
+                algs: p.signature_verification_algorithms,
+            }))
+        }
+        ClientAuth::VerifyClientCertIfGiven => true,
+        ClientAuth::RequireAndVerifyClientCert => false,
+    };
+    // The parser refuses verifying modes without a CA; this is not reached without one.
+    let Some(ca) = s.client_ca.as_ref() else {
+        return Err(problem(
+            &s.cert,
+            format!("{:?} needs client_ca_file (or client_ca)", s.client_auth),
+        ));
+    };
+    let mut roots = RootCertStore::empty();
+    let mut bad = None;
+    for c in certificates(ca)? {
+        if let Err(e) = roots.add(c) {
+            bad = Some(e);
+        }
+    }
+    if let Some(e) = bad {
+        return Err(problem(
+            ca,
+            format!("{}: unusable CA certificate: {e}", where_(ca)),
+        ));
+    }
+    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p.clone());
+    let b = if verify_if_given {
+        b.allow_unauthenticated()
+    } else {
+        b
+    };
+    b.build()
+        .map_err(|e| problem(ca, format!("{}: {e}", where_(ca))))
 }
 
 /// `RequestClientCert` / `RequireAnyClientCert`: a certificate is asked for (and, when
