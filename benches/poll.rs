@@ -641,12 +641,14 @@ struct TableRow {
     runs: usize,
 }
 
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 13] = [
     "poll",
     "poll (bpf)",
     "poll (owners off)",
     "poll (bpf, owners off)",
     "bpf 1-walk",
+    "bpf 1-walk, narrowed",
+    "raw bound-only",
     "nl decode 1-walk",
     "raw 1-walk",
     "raw 1-walk, no NET_ADMIN",
@@ -681,6 +683,16 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
     bpf_opts.owners = false;
     let mut off_bpf = Collector::new(bpf_opts).expect("bpf collector");
     let mut sockiter = SockIter::open().expect("bpf socket iterator");
+    let ephemeral = bindwatch::source::sysctl::read_port_allocation(proc)
+        .map(|a| a.range)
+        .unwrap_or((32768, 60999));
+    let mut listening_bits = vec![0u64; 1024];
+    sockiter
+        .dump(Protocol::Tcp, 1 << State::Listen as u32, &mut |s| {
+            let p = s.local.port();
+            listening_bits[usize::from(p) / 64] |= 1 << (p % 64);
+        })
+        .expect("bpf listeners");
     let mut nl = NetlinkDiag::open().expect("netlink");
     let mut procfs = SocketTable::open(SourceChoice::Procfs, proc).expect("procfs source");
     // The first poll scans every fd of every process for owners; reported apart,
@@ -721,6 +733,33 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
                         .dump(Protocol::Tcp, ALL_STATES, &mut |_| n += 1)
                         .expect("bpf dump");
                     n
+                }),
+                // What a bpf poll's table walk asks: whole sockets on the listening
+                // ports, lite records elsewhere (src/source/bpf.rs, Narrow).
+                "bpf 1-walk, narrowed" => measure(&mut || {
+                    let mut n = 0u64;
+                    sockiter
+                        .dump_narrowed(
+                            Protocol::Tcp,
+                            ALL_STATES,
+                            Some((&listening_bits, ephemeral)),
+                            &mut |_| n += 1,
+                        )
+                        .expect("bpf dump");
+                    n
+                }),
+                // The sock_diag dump a bpf poll adds for bound-only sockets: the kernel
+                // walks the bind hash and then, finding nothing to report, the whole
+                // established hash too (inet_diag_dump_icsk skips it only for a
+                // listeners-only request).
+                "raw bound-only" => measure(&mut || {
+                    raw.dump(
+                        Request {
+                            states: 1 << State::BoundInactive as u32,
+                            ..tcp_req(libc::AF_UNSPEC)
+                        },
+                        None,
+                    )
                 }),
                 "nl decode 1-walk" => measure(&mut || {
                     let mut n = 0u64;
@@ -1717,11 +1756,14 @@ fn main() {
         };
         println!(
             "- {name}: poll (bpf) CPU / raw 1-walk CPU {} (medians {:.2}); poll (bpf) CPU / poll CPU {}; \
-             bpf 1-walk CPU / raw 1-walk CPU {:.2} ({} rounds)",
+             bpf 1-walk CPU / raw 1-walk CPU {:.2}, narrowed {:.2}; raw bound-only CPU / raw 1-walk CPU {:.2} \
+             ({} rounds)",
             spread(&|r| r.0),
             cpu("poll (bpf)") / cpu("raw 1-walk"),
             spread(&|r| r.1),
             cpu("bpf 1-walk") / cpu("raw 1-walk"),
+            cpu("bpf 1-walk, narrowed") / cpu("raw 1-walk"),
+            cpu("raw bound-only") / cpu("raw 1-walk"),
             row.bpf_ratios.len()
         );
     }

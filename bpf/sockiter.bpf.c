@@ -36,6 +36,11 @@
 #define REC_FLAGS_KNOWN (1 << 3)
 /* expires_ms holds a running timer. */
 #define REC_TIMER (1 << 4)
+/* A narrowed walk's record of a socket on a port of no interest: family, state and
+ * local port only, plus the remote end where the local port is ephemeral (the
+ * ephemeral tally's key). Nothing else is read, so the walk touches no more of such
+ * a socket than the kernel's own walk already did. */
+#define REC_LITE (1 << 5)
 
 struct sockrec {
 	__u8 family;
@@ -60,6 +65,24 @@ _Static_assert(sizeof(struct sockrec) == 72, "struct sockrec is 72 bytes");
 
 /* Set by the loader from the kernel's CONFIG_HZ; 0 when unknown (no timers then). */
 const volatile __u32 hz = 0;
+
+/* Which TCP sockets get a full record, set by the reader before it walks on past the
+ * listeners (src/source/bpf.rs, struct Narrow; change both together). With `narrow`
+ * 0 every socket gets one; otherwise listeners and sockets whose local port has its
+ * bit in `wanted` do, and every other socket a REC_LITE record. */
+struct narrow {
+	__u32 narrow;
+	__u16 eph_lo;
+	__u16 eph_hi;
+	__u64 wanted[1024];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct narrow);
+} narrowing SEC(".maps");
 
 static __always_inline void set_timer(struct sockrec *r, unsigned long expires)
 {
@@ -141,6 +164,41 @@ static __always_inline void full_sock_timer(struct sockrec *r, struct sock *sk)
 	}
 }
 
+/* The lite record of a narrowed walk; 0 when the socket needs a full one. */
+static __always_inline int lite(struct sockrec *r, struct sock_common *skc, __u8 state)
+{
+	__u32 zero = 0;
+	struct narrow *n = bpf_map_lookup_elem(&narrowing, &zero);
+	__u16 lport = skc->skc_num;
+
+	if (!n || !n->narrow || state == TCP_LISTEN ||
+	    (n->wanted[(lport >> 6) & 1023] & (1ULL << (lport & 63))))
+		return 0;
+	r->family = (__u8)skc->skc_family;
+	r->lport = lport;
+	r->flags = REC_LITE;
+	r->state = state == TCP_TIME_WAIT ?
+		BPF_CORE_READ((struct inet_timewait_sock *)skc, tw_substate) :
+		state == TCP_NEW_SYN_RECV ? TCP_SYN_RECV : state;
+	if (lport >= n->eph_lo && lport <= n->eph_hi) {
+		r->rport = bpf_ntohs(skc->skc_dport);
+		if (r->family == AF_INET6) {
+			r->laddr[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+			r->laddr[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+			r->laddr[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+			r->laddr[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+			r->raddr[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+			r->raddr[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+			r->raddr[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+			r->raddr[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+		} else {
+			r->laddr[0] = skc->skc_rcv_saddr;
+			r->raddr[0] = skc->skc_daddr;
+		}
+	}
+	return 1;
+}
+
 SEC("iter/tcp")
 int sockiter_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -150,8 +208,12 @@ int sockiter_tcp(struct bpf_iter__tcp *ctx)
 
 	if (!skc)
 		return 0;
-	fill_common(&r, skc);
 	state = skc->skc_state;
+	if (lite(&r, skc, state)) {
+		bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+		return 0;
+	}
+	fill_common(&r, skc);
 	if (state == TCP_TIME_WAIT) {
 		/* A struct inet_timewait_sock: sock_diag reports its substate
 		 * (FIN_WAIT2 or TIME_WAIT), and so does this. */

@@ -606,3 +606,157 @@ fn check_and_ports_show_time_wait_flags() {
         assert_ne!(tw["reuseport"], "true", "{tw:#}");
     });
 }
+
+/// `n` loopback connections to a listener of their own on `port`, both ends held; the
+/// clients' ports are ephemeral. Enough of them (a few hundred) make a walk go past the
+/// first read of the iterator, where a narrowing set after the listeners takes effect.
+fn connections(port: u16, n: usize) -> Vec<Box<dyn AsRawFd + Send>> {
+    let l = tcp_listener(SocketAddr::from(([127, 0, 0, 1], port)), true, false, None)
+        .expect("listener");
+    let mut fds: Vec<Box<dyn AsRawFd + Send>> = Vec::new();
+    for _ in 0..n {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        fds.push(Box::new(c));
+        fds.push(Box::new(s));
+    }
+    fds.push(Box::new(l));
+    fds
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("range");
+    let mut it = s
+        .split_whitespace()
+        .map(|v| v.parse::<u16>().expect("port"));
+    (it.next().expect("lo"), it.next().expect("hi"))
+}
+
+/// What the agent's table walk asks of the bpf source: whole sockets on the ports of
+/// interest, elsewhere the state and, on ephemeral ports, the addresses (the tally's
+/// key), and nothing else. Checked against an unnarrowed walk of the same table; the
+/// walk after it is whole again.
+#[test]
+fn a_narrowed_walk_is_whole_on_wanted_ports_and_leaves_the_next_walk_whole() {
+    in_netns(|| {
+        let _pop = build_population();
+        let _more = connections(7010, 400);
+        std::thread::sleep(Duration::from_millis(200));
+        let full = read(SourceChoice::Bpf);
+        let range = ephemeral_range();
+        let mut bits = vec![0u64; 1024];
+        for p in [7001u16, 7002] {
+            bits[usize::from(p) / 64] |= 1 << (p % 64);
+        }
+        let mut t = SocketTable::open(SourceChoice::Bpf, std::path::Path::new("/proc"))
+            .expect("bpf source");
+        // As the collector does: listeners first, then the rest of the same walk.
+        let listen = bindwatch::source::listen_mask();
+        let mut got = Vec::new();
+        t.dump(Protocol::Tcp, listen, &mut |s| got.push(s.clone()))
+            .expect("listeners");
+        t.dump_narrowed(
+            Protocol::Tcp,
+            ALL_STATES & !listen,
+            Some((&bits, range)),
+            &mut |s| got.push(s.clone()),
+        )
+        .expect("narrowed walk");
+
+        // Every TCP socket once, in the same state and family, on the same local port.
+        let shape = |s: &BwSocket| (s.local.port(), s.family(), s.state);
+        let mut want: Vec<_> = full
+            .values()
+            .filter(|s| s.protocol == Protocol::Tcp)
+            .map(shape)
+            .collect();
+        let mut have: Vec<_> = got.iter().map(shape).collect();
+        want.sort();
+        have.sort();
+        assert_eq!(
+            have, want,
+            "the same sockets by (local port, family, state)"
+        );
+
+        let mut lite = 0;
+        for s in &got {
+            // Bound-only sockets come from sock_diag's bind-hash walk, never narrowed.
+            if matches!(s.state, State::Close | State::BoundInactive) {
+                continue;
+            }
+            let wanted = matches!(s.local.port(), 7001 | 7002) || s.state == State::Listen;
+            let ephemeral = (range.0..=range.1).contains(&s.local.port());
+            let whole = full.get(&key(s));
+            if wanted {
+                let w = whole.unwrap_or_else(|| panic!("{s:?} is not whole"));
+                assert_eq!(
+                    (s.flags, s.v6only, s.inode, s.uid, s.cookie),
+                    (w.flags, w.v6only, w.inode, w.uid, w.cookie),
+                    "a socket on a wanted port is whole: {s:?}"
+                );
+            } else if s.flags.reuseaddr == Tri::Unknown {
+                lite += 1;
+                assert_eq!(s.inode, 0, "{s:?}");
+                if ephemeral {
+                    assert!(whole.is_some(), "the tally's key is exact: {s:?}");
+                }
+            }
+        }
+        // 400 clients on ephemeral ports, 400 servers on 7010: those past the listeners'
+        // first read (the kernel hands over some 450 records per read) are lite.
+        assert!(
+            lite >= 200,
+            "only {lite} lite records: the narrowing did not apply"
+        );
+
+        // The narrowing was for that walk only.
+        let again = dump_all(&mut t, ALL_STATES).expect("dump");
+        assert_eq!(again.len(), full.len());
+        for s in &again {
+            let w = full
+                .get(&key(s))
+                .unwrap_or_else(|| panic!("{s:?} not in the first walk"));
+            assert_eq!((s.flags, s.inode), (w.flags, w.inode), "whole again: {s:?}");
+        }
+    });
+}
+
+/// A whole agent poll (listeners, the narrowed table walk, folding, tally) with the bpf
+/// source counts and keeps what the netlink source's poll does.
+#[test]
+fn a_bpf_poll_counts_and_keeps_what_a_netlink_poll_does() {
+    use bindwatch::collect::{CollectOptions, Collector};
+    in_netns(|| {
+        let _pop = build_population();
+        let _more = connections(7011, 400);
+        std::thread::sleep(Duration::from_millis(200));
+        let poll = |source: SourceChoice| {
+            let mut opts = CollectOptions::new(std::path::Path::new("/proc"));
+            opts.source = source;
+            opts.owners = false;
+            let mut c = Collector::new(opts).expect("collector");
+            c.poll(&[], &[]).expect("poll")
+        };
+        let b = poll(SourceChoice::Bpf);
+        let n = poll(SourceChoice::Netlink);
+        assert_eq!(b.counts, n.counts, "state counts");
+        assert_eq!(
+            b.ephemeral_top, n.ephemeral_top,
+            "the fullest ephemeral buckets"
+        );
+        let shape = |s: &BwSocket| (s.protocol, s.local, s.state, s.count);
+        let mut bs: Vec<_> = b.port_sockets.iter().map(shape).collect();
+        let mut ns: Vec<_> = n.port_sockets.iter().map(shape).collect();
+        bs.sort();
+        ns.sort();
+        assert_eq!(bs, ns, "sockets on the ports of interest");
+        let on = |port: u16| {
+            b.port_sockets
+                .iter()
+                .filter(|s| s.local.port() == port && s.state == State::Established)
+                .map(|s| s.count)
+                .sum::<u32>()
+        };
+        assert_eq!(on(7011), 400, "the 400 server sockets, folded or not");
+    });
+}

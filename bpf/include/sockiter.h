@@ -23,6 +23,11 @@ typedef __u32 uid_t;
 
 #define CORE __attribute__((preserve_access_index))
 
+/* UAPI (include/uapi/linux/bpf.h): stable values. */
+enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
+};
+
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];

@@ -58,16 +58,21 @@ impl Collector {
         let mut ring: [Option<Socket>; AHEAD] = Default::default();
         let mut head = 0;
         let states = ALL_STATES & !listen_mask();
-        self.table.dump(Protocol::Tcp, states, &mut |s| {
-            if s.state == State::Listen {
-                return;
-            }
-            walk.prefetch(s);
-            if let Some(old) = ring[head].replace(s.clone()) {
-                walk.take(&old);
-            }
-            head = (head + 1) % AHEAD;
-        })?;
+        // Only the ports of interest need whole sockets; elsewhere the counts and the
+        // tally's key do (the bpf source then reads less of each socket).
+        let wanted_bits = walk.wanted.0.clone();
+        let narrow = (wanted_bits.as_slice(), allocation.range);
+        self.table
+            .dump_narrowed(Protocol::Tcp, states, Some(narrow), &mut |s| {
+                if s.state == State::Listen {
+                    return;
+                }
+                walk.prefetch(s);
+                if let Some(old) = ring[head].replace(s.clone()) {
+                    walk.take(&old);
+                }
+                head = (head + 1) % AHEAD;
+            })?;
         for i in 0..AHEAD {
             if let Some(s) = ring[(head + i) % AHEAD].take() {
                 walk.take(&s);

@@ -30,6 +30,28 @@ const REC_REUSEPORT: u8 = 1 << 1;
 const REC_V6ONLY: u8 = 1 << 2;
 const REC_FLAGS_KNOWN: u8 = 1 << 3;
 const REC_TIMER: u8 = 1 << 4;
+/// A narrowed walk's record of a socket on a port of no interest (see [`Narrow`]).
+const REC_LITE: u8 = 1 << 5;
+
+/// `struct narrow` of `bpf/sockiter.bpf.c`: which TCP sockets get a full record.
+///
+/// A walk narrowed this way reads, of a socket on a port of no interest, only what the
+/// state counts and the ephemeral tally need (family, state, local port, and the two
+/// addresses and remote port where the local port is ephemeral): no inode, cookie,
+/// timer or flags, each of which is another cache line of a socket the kernel's walk
+/// otherwise never touches.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Narrow {
+    narrow: u32,
+    eph_lo: u16,
+    eph_hi: u16,
+    wanted: [u64; 1024],
+}
+
+// SAFETY: plain integers in a repr(C) struct without padding (4 + 2 + 2 + 8 * 1024
+// bytes, 8-aligned), so every byte pattern is a valid value.
+unsafe impl aya::Pod for Narrow {}
 
 /// One read(2) of the iterator. The kernel fills at most its seq_file buffer (8 pages)
 /// per read; a larger buffer lets it hand over several of those when it can.
@@ -221,7 +243,8 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
     };
     let local = addr(32)?;
     let remote = addr(48)?;
-    let known = f & REC_FLAGS_KNOWN != 0;
+    // A lite record's flags are unknown (REC_FLAGS_KNOWN unset), its inode 0.
+    let known = f & REC_FLAGS_KNOWN != 0 && f & REC_LITE == 0;
     let bit = |b: u8| {
         if known {
             Tri::from_bool(f & b != 0)
@@ -271,6 +294,10 @@ pub struct SockIter {
     /// Whether listeners always came first so far (see [`Pending`]); when a walk shows
     /// otherwise, listener dumps walk the whole table.
     listeners_first: bool,
+    /// The program's `narrowing` map is set (see [`SockIter::narrow`]); every new TCP
+    /// iterator resets it first, so a narrowing only ever applies to the walk it was
+    /// set for.
+    narrowed: bool,
 }
 
 impl SockIter {
@@ -317,13 +344,73 @@ impl SockIter {
             buf: vec![0; CHUNK],
             pending: None,
             listeners_first: true,
+            narrowed: false,
         };
         it.dump(Protocol::Udp, u32::MAX, &mut |_| {})?;
         Ok(it)
     }
 
+    fn set_narrow(&mut self, n: &Narrow) -> Result<(), BpfError> {
+        let err = |e: &dyn std::error::Error| BpfError::Load {
+            what: "setting the narrowing map".to_string(),
+            reason: error_chain(e),
+        };
+        let map = self
+            .ebpf
+            .map_mut("narrowing")
+            .ok_or_else(|| BpfError::Load {
+                what: "the narrowing map".to_string(),
+                reason: "not in the embedded object".to_string(),
+            })?;
+        let mut arr: aya::maps::Array<_, Narrow> =
+            aya::maps::Array::try_from(map).map_err(|e| err(&e))?;
+        arr.set(0, *n, 0).map_err(|e| err(&e))
+    }
+
+    /// Narrows the rest of the current TCP walk (the one a listeners-only dump left
+    /// pending): from the next socket the kernel visits, only listeners and sockets whose
+    /// local port has its bit in `wanted` (a 65,536-bit set, 1,024 words) get a full
+    /// record; every other socket comes back with its family, state and local port, and
+    /// its addresses and remote port when the local port is in `ephemeral` (inclusive).
+    /// Records made before this call are full, which is never less. A no-op when
+    /// `wanted` is not 1,024 words.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    fn narrow(&mut self, wanted: &[u64], ephemeral: (u16, u16)) -> Result<(), BpfError> {
+        let Ok(words) = <[u64; 1024]>::try_from(wanted) else {
+            return Ok(());
+        };
+        // Marked first: a failed write may still have reached the map.
+        self.narrowed = true;
+        self.set_narrow(&Narrow {
+            narrow: 1,
+            eph_lo: ephemeral.0,
+            eph_hi: ephemeral.1,
+            wanted: words,
+        })
+    }
+
+    /// Every socket gets a full record again.
+    fn widen(&mut self) -> Result<(), BpfError> {
+        if self.narrowed {
+            self.set_narrow(&Narrow {
+                narrow: 0,
+                eph_lo: 0,
+                eph_hi: 0,
+                wanted: [0; 1024],
+            })?;
+            self.narrowed = false;
+        }
+        Ok(())
+    }
+
     /// A fresh iterator over the calling thread's network namespace.
     fn iterator(&mut self, protocol: Protocol) -> Result<File, BpfError> {
+        if protocol == Protocol::Tcp {
+            // A narrowing set for an earlier walk must not thin this one.
+            self.widen()?;
+        }
         let name = match protocol {
             Protocol::Tcp => "sockiter_tcp",
             Protocol::Udp => "sockiter_udp",
@@ -360,6 +447,23 @@ impl SockIter {
         states: u32,
         sink: &mut F,
     ) -> Result<(), BpfError> {
+        self.dump_narrowed(protocol, states, None, sink)
+    }
+
+    /// [`SockIter::dump`], with the TCP walk narrowed (see [`SockIter::narrow`]) from its
+    /// first read on when `narrow` is given: its sockets on ports outside `wanted` come
+    /// as lite records (family, state, local port; addresses where the port is in the
+    /// ephemeral range) with unknown flags and no inode.
+    ///
+    /// # Errors
+    /// As [`SockIter::dump`].
+    pub fn dump_narrowed<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        narrow: Option<(&[u64], (u16, u16))>,
+        sink: &mut F,
+    ) -> Result<(), BpfError> {
         let listen = 1u32 << State::Listen as u32;
         let listeners_only = protocol == Protocol::Tcp && states == listen;
         // A UDP dump in between leaves a TCP walk's place alone.
@@ -378,6 +482,10 @@ impl SockIter {
             }
             _ => (self.iterator(protocol)?, 0, 0, false),
         };
+        if let (Protocol::Tcp, Some((wanted, ephemeral))) = (protocol, narrow) {
+            // After the iterator exists (a new one resets any narrowing).
+            self.narrow(wanted, ephemeral)?;
+        }
         let stop_early = listeners_only && self.listeners_first;
         loop {
             // Decode whole records in place.

@@ -163,8 +163,28 @@ impl SocketTable {
         states: u32,
         sink: &mut F,
     ) -> Result<(), SourceError> {
+        self.dump_narrowed(protocol, states, None, sink)
+    }
+
+    /// [`SocketTable::dump`] for a caller that needs the full socket only on the ports
+    /// in `narrow`'s bitmap (65,536 bits in 1,024 words) and, elsewhere, only the state
+    /// counts and the ephemeral tally's key (addresses and remote port where the local
+    /// port is in `narrow`'s inclusive range): the bpf source then reads no more of
+    /// those sockets (see [`bpf::SockIter::dump_narrowed`]); the other sources, which
+    /// have every field anyway, stream full sockets. Sockets outside the ports come with
+    /// unknown flags and inode 0.
+    ///
+    /// # Errors
+    /// As [`SocketTable::dump`].
+    pub fn dump_narrowed<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        narrow: Option<(&[u64], (u16, u16))>,
+        sink: &mut F,
+    ) -> Result<(), SourceError> {
         if let Some(b) = self.bpf.as_mut() {
-            match b.dump(protocol, states, sink) {
+            match b.dump_narrowed(protocol, states, narrow, sink) {
                 Ok(()) => return self.dump_bound_only(protocol, states, sink),
                 Err(e) if self.choice == SourceChoice::Auto => {
                     self.bpf_failed(&e);
