@@ -235,8 +235,12 @@ fn read(choice: SourceChoice) -> BTreeMap<Key, BwSocket> {
 fn bpf_and_netlink_agree_and_bpf_flags_are_the_sockets_own() {
     in_netns(|| {
         let pop = build_population();
+        let t0 = std::time::Instant::now();
         let bpf = read(SourceChoice::Bpf);
         let nl = read(SourceChoice::Netlink);
+        // Between the two reads (opening a source included): a timer that ran out
+        // meanwhile was re-armed (an orphan's zero-window probe backs off).
+        let gap_ms = t0.elapsed().as_millis() as u64;
         let nl_again = read(SourceChoice::Netlink);
         // Quiescent: two netlink reads around the bpf one agree with each other.
         assert_eq!(
@@ -291,10 +295,13 @@ fn bpf_and_netlink_agree_and_bpf_flags_are_the_sockets_own() {
                         b.expires_ms, n.expires_ms
                     );
                 };
-                // netlink was read after bpf: its timer is a little shorter.
+                // netlink was read after bpf: its timer is a little shorter, unless
+                // bpf's ran out in between and an orphan's was armed again.
+                let same_arming = bt + 50 >= nt && bt <= nt + 1000 + gap_ms;
+                let rearmed = k.3 != State::TimeWait && bt <= gap_ms + 50;
                 assert!(
-                    bt + 50 >= nt && bt <= nt + 1000,
-                    "{k:?}: bpf {bt} ms, sock_diag {nt} ms"
+                    same_arming || rearmed,
+                    "{k:?}: bpf {bt} ms, sock_diag {nt} ms, {gap_ms} ms apart"
                 );
                 assert!(bt > 0, "{k:?}: a running timer");
             }
