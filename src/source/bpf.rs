@@ -433,6 +433,26 @@ impl SockIter {
         link.into_file().map_err(|e| load(&e))
     }
 
+    /// The TCP walk a listeners-only dump left pending, when `states` asks for the rest
+    /// of it and it is fresh; else a new iterator. With whether the walk is past the
+    /// listeners already.
+    fn resume_or_start(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+    ) -> Result<(File, usize, usize, bool), BpfError> {
+        let listen = 1u32 << State::Listen as u32;
+        // A UDP dump in between leaves a TCP walk's place alone.
+        if protocol == Protocol::Tcp {
+            if let Some(p) = self.pending.take() {
+                if states & listen == 0 && p.at.elapsed() < PENDING_MAX_AGE {
+                    return Ok((p.file, p.start, p.end, true));
+                }
+            }
+        }
+        Ok((self.iterator(protocol)?, 0, 0, false))
+    }
+
     /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`.
     ///
     /// A TCP dump of listeners only stops once the walk has left the listening hash
@@ -466,22 +486,8 @@ impl SockIter {
     ) -> Result<(), BpfError> {
         let listen = 1u32 << State::Listen as u32;
         let listeners_only = protocol == Protocol::Tcp && states == listen;
-        // A UDP dump in between leaves a TCP walk's place alone.
-        let pending = if protocol == Protocol::Tcp {
-            self.pending.take()
-        } else {
-            None
-        };
-        let (mut file, mut start, mut end, mut seen_other) = match pending {
-            Some(p)
-                if protocol == Protocol::Tcp
-                    && states & listen == 0
-                    && p.at.elapsed() < PENDING_MAX_AGE =>
-            {
-                (p.file, p.start, p.end, true)
-            }
-            _ => (self.iterator(protocol)?, 0, 0, false),
-        };
+        let (mut file, mut start, mut end, mut seen_other) =
+            self.resume_or_start(protocol, states)?;
         if let (Protocol::Tcp, Some((wanted, ephemeral))) = (protocol, narrow) {
             // After the iterator exists (a new one resets any narrowing).
             self.narrow(wanted, ephemeral)?;
@@ -523,18 +529,7 @@ impl SockIter {
             self.buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
-            let n = loop {
-                match file.read(&mut self.buf[end..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(BpfError::Read {
-                            protocol,
-                            source: e,
-                        })
-                    }
-                }
-            };
+            let n = read_retrying(&mut file, &mut self.buf[end..], protocol)?;
             if n == 0 {
                 return if end == 0 {
                     Ok(())
@@ -546,6 +541,22 @@ impl SockIter {
                 };
             }
             end += n;
+        }
+    }
+}
+
+/// One read(2) of an iterator, retried when a signal interrupts it.
+fn read_retrying(file: &mut File, buf: &mut [u8], protocol: Protocol) -> Result<usize, BpfError> {
+    loop {
+        match file.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(BpfError::Read {
+                    protocol,
+                    source: e,
+                })
+            }
         }
     }
 }
