@@ -11,41 +11,6 @@ use std::path::PathBuf;
 
 use common::*;
 
-/// A scratch directory of this test process, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("bindwatch-hostile-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("mkdir scratch");
-        Scratch(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn str(&self, name: &str) -> String {
-        self.path(name).to_str().expect("utf8 path").to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Inode of the calling thread's network namespace: what bindwatch, started from
-/// this thread, writes into and expects in the state file.
-fn netns_inode() -> u64 {
-    fs::metadata("/proc/thread-self/ns/net")
-        .expect("stat /proc/thread-self/ns/net")
-        .ino()
-}
-
 fn state_entry(port: u16, last_seen: &str) -> String {
     format!(
         r#"{{"protocol":"tcp","address":"0.0.0.0","port":{port},"v6only":null,"reuseaddr":false,"reuseport":false,"uid":0,"ifindex":null,"process":"old","user":"root","last_seen":{last_seen}}}"#
@@ -58,7 +23,7 @@ fn state_entry(port: u16, last_seen: &str) -> String {
 #[test]
 fn huge_last_seen_is_skipped_not_a_panic() {
     in_netns(|| {
-        let dir = Scratch::new("last-seen");
+        let dir = Scratch::new("hostile-last-seen");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
@@ -119,33 +84,11 @@ fn absurd_durations_are_usage_errors() {
 }
 
 /// `bindwatch serve` started by `sh -c SCRIPT` (which execs into it, keeping its pid),
-/// stderr in a file; killed on drop.
-struct ShAgent {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl ShAgent {
-    fn spawn(script: &str, log: PathBuf) -> ShAgent {
-        let child = std::process::Command::new("sh")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn sh");
-        ShAgent { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ShAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// stderr in `log`; killed on drop.
+fn sh_agent(script: &str, log: PathBuf) -> Logged {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", script]);
+    Logged::spawn(cmd, log)
 }
 
 /// Bug 1: the temporary state file was `state.tmp.<pid>`, opened with O_CREAT|O_TRUNC:
@@ -155,7 +98,7 @@ impl Drop for ShAgent {
 #[test]
 fn planted_temp_symlink_is_not_followed() {
     in_netns(|| {
-        let dir = Scratch::new("symlink");
+        let dir = Scratch::new("hostile-symlink");
         let victim = dir.path("victim");
         fs::write(&victim, "ORIG\n").expect("victim");
         let sd = dir.path("state");
@@ -170,7 +113,7 @@ fn planted_temp_symlink_is_not_followed() {
             b = bin().display(),
             st = state.display(),
         );
-        let agent = ShAgent::spawn(&script, dir.path("log"));
+        let agent = sh_agent(&script, dir.path("log"));
         assert!(
             eventually(std::time::Duration::from_secs(20), || state.exists()),
             "no state file written: {}",
@@ -206,7 +149,7 @@ fn planted_temp_symlink_is_not_followed() {
 fn world_writable_state_directory_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     in_netns(|| {
-        let dir = Scratch::new("worldw");
+        let dir = Scratch::new("hostile-worldw");
         let sd = dir.path("state");
         fs::create_dir(&sd).expect("mkdir");
         fs::set_permissions(&sd, fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -216,7 +159,7 @@ fn world_writable_state_directory_is_refused() {
             b = bin().display(),
             st = state.display(),
         );
-        let mut agent = ShAgent::spawn(&script, dir.path("log"));
+        let mut agent = sh_agent(&script, dir.path("log"));
         assert!(
             eventually(std::time::Duration::from_secs(20), || agent
                 .log()
@@ -303,7 +246,7 @@ const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 #[test]
 fn fifo_state_file_does_not_hang_check_or_wait() {
     in_netns(|| {
-        let dir = Scratch::new("fifo-state");
+        let dir = Scratch::new("hostile-fifo-state");
         mkfifo(&dir.path("state.json"));
         let state = dir.str("state.json");
         for args in [
@@ -325,7 +268,7 @@ fn fifo_state_file_does_not_hang_check_or_wait() {
 #[test]
 fn fifo_and_device_config_files_are_refused() {
     in_netns(|| {
-        let dir = Scratch::new("fifo-config");
+        let dir = Scratch::new("hostile-fifo-config");
         mkfifo(&dir.path("cfg.yml"));
         let fifo = dir.str("cfg.yml");
         std::os::unix::fs::symlink("/dev/zero", dir.path("zero.yml")).expect("symlink");
@@ -365,7 +308,7 @@ fn fifo_and_device_config_files_are_refused() {
 #[test]
 fn huge_config_is_refused_in_bounded_memory() {
     use std::io::Write;
-    let dir = Scratch::new("big-config");
+    let dir = Scratch::new("hostile-big-config");
     let path = dir.path("big.yml");
     let mut f = std::io::BufWriter::new(fs::File::create(&path).expect("create"));
     f.write_all(b"services:\n").expect("write");
@@ -402,7 +345,7 @@ fn huge_config_is_refused_in_bounded_memory() {
 /// A copy of the `odd` fixture procfs (two tcp listeners 8080 and 8081, udp 53) where a
 /// test may plant FIFOs and odd lines.
 fn fake_procfs(name: &str) -> Scratch {
-    let s = Scratch::new(name);
+    let s = Scratch::new(&format!("hostile-{name}"));
     let src =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/procfs/odd/net");
     fs::create_dir_all(s.path("net")).expect("mkdir net");
@@ -451,7 +394,7 @@ fn fifo_in_fake_procfs_does_not_hang_the_poller() {
             b = bin().display(),
             p = procfs.0.display(),
         );
-        let agent = ShAgent::spawn(&script, procfs.path("log"));
+        let agent = sh_agent(&script, procfs.path("log"));
         let addr = "127.0.0.1:18232".parse().expect("addr");
         let errors = || {
             http_get(addr, "/metrics", &[])
@@ -533,7 +476,7 @@ fn endless_and_non_utf8_lines_in_fake_procfs_cost_only_themselves() {
 #[test]
 fn empty_or_two_document_config_on_reload_keeps_the_old_one() {
     in_netns(|| {
-        let dir = Scratch::new("reload");
+        let dir = Scratch::new("hostile-reload");
         let cfg = dir.path("cfg.yml");
         let good = "services:\n  - name: kept\n    port: 18241\n";
         fs::write(&cfg, good).expect("write");
@@ -610,12 +553,12 @@ fn start_up_error_is_printed_once_without_fake_line() {
 #[test]
 fn soft_nofile_limit_is_raised_to_the_hard_limit() {
     in_netns(|| {
-        let dir = Scratch::new("nofile");
+        let dir = Scratch::new("hostile-nofile");
         let script = format!(
             "exec prlimit --nofile=1024:4096 {b} serve --web.listen-address 127.0.0.1:18242 --state.file= --log.level debug",
             b = bin().display(),
         );
-        let agent = ShAgent::spawn(&script, dir.path("log"));
+        let agent = sh_agent(&script, dir.path("log"));
         let pid = agent.child.id();
         let limits = || fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
         let open_files = || {

@@ -8,93 +8,41 @@ mod common;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("bindwatch-lim-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("mkdir");
-        Dir(d)
-    }
-
-    fn write(&self, f: &str, text: &str) -> String {
-        let p = self.0.join(f);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).expect("mkdir");
-        }
-        fs::write(&p, text).expect("write");
-        p.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `bindwatch serve` on `port`, killed on drop.
-struct Agent(Child, SocketAddr);
+struct Agent {
+    /// Kept for its drop, which kills the agent.
+    _run: Logged,
+    addr: SocketAddr,
+}
 
 impl Agent {
     fn start(port: u16, extra: &[&str]) -> Agent {
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(bin())
-            .args([
-                "serve",
-                "--web.listen-address",
-                &listen,
-                "--state.file",
-                "",
-                "--poll.interval",
-                "300ms",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bindwatch");
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "serve",
+            "--web.listen-address",
+            &listen,
+            "--state.file",
+            "",
+            "--poll.interval",
+            "300ms",
+        ])
+        .args(extra);
+        let log =
+            std::env::temp_dir().join(format!("bindwatch-lim-{}-{port}.log", std::process::id()));
+        let mut run = Logged::spawn(cmd, log);
         let addr: SocketAddr = listen.parse().expect("addr");
-        let up = eventually(Duration::from_secs(20), || {
+        run.wait_until("listened", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
-        assert!(up, "bindwatch listens");
-        Agent(child, addr)
+        Agent { _run: run, addr }
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A fake procfs with `n` TCP listeners, so that /metrics is large (about 680 bytes
-/// per listener with `--ports.max` above `n`).
-fn big_procfs(dir: &Dir, n: u16) -> String {
-    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-    let mut tcp = head.to_string();
-    for i in 0..n {
-        tcp.push_str(&format!(
-            "{i:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {} 1 0000000000000000 100 0 0 10 0\n",
-            20000 + i,
-            900_000 + u32::from(i)
-        ));
-    }
-    dir.write("proc/net/tcp", &tcp);
-    for f in ["tcp6", "udp", "udp6"] {
-        dir.write(&format!("proc/net/{f}"), head);
-    }
-    dir.0.join("proc").to_string_lossy().into_owned()
 }
 
 /// A client that asks for /metrics and does not read (a 4 KiB receive buffer).
@@ -115,7 +63,7 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     in_netns(|| {
         // Loopback autotunes send buffers to 4 MB, which would take the whole body.
         run_ok("sysctl", &["-qw", "net.ipv4.tcp_wmem=4096 16384 65536"]);
-        let dir = Dir::new("wto");
+        let dir = Scratch::new("lim-wto");
         let procfs = big_procfs(&dir, 3000);
         let agent = Agent::start(
             18801,
@@ -131,12 +79,15 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
             ],
         );
         let full = eventually(Duration::from_secs(20), || {
-            http_get(agent.1, "/metrics", &[])
+            http_get(agent.addr, "/metrics", &[])
                 .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_500_000)
         });
         assert!(full, "a large body");
-        let body_len = http_get(agent.1, "/metrics", &[]).expect("scrape").2.len();
-        let s = stalled_reader(agent.1);
+        let body_len = http_get(agent.addr, "/metrics", &[])
+            .expect("scrape")
+            .2
+            .len();
+        let s = stalled_reader(agent.addr);
         // Well past the timeout, then read what the server wrote before it gave up.
         std::thread::sleep(Duration::from_secs(5));
         s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -162,7 +113,10 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
             "cut off: read {got} of {body_len} bytes after the server gave up"
         );
         // Scrapes go on.
-        assert_eq!(http_get(agent.1, "/metrics", &[]).expect("scrape").0, 200);
+        assert_eq!(
+            http_get(agent.addr, "/metrics", &[]).expect("scrape").0,
+            200
+        );
     });
 }
 
@@ -174,11 +128,11 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
         let agent = Agent::start(18802, &["--web.max-connections", "4"]);
         // Serving (first poll done, accepting) before the cap is filled.
         assert!(eventually(Duration::from_secs(20), || {
-            matches!(http_get(agent.1, "/healthz", &[]), Ok((200, _, _)))
+            matches!(http_get(agent.addr, "/healthz", &[]), Ok((200, _, _)))
         }));
         let idle: Vec<TcpStream> = (0..4)
             .map(|_| {
-                let mut s = TcpStream::connect(agent.1).expect("connect");
+                let mut s = TcpStream::connect(agent.addr).expect("connect");
                 // The start of a request that never ends (until the header timeout).
                 let _ = s.write_all(b"GET / HTTP/1.1\r\n");
                 s
@@ -187,7 +141,7 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
         // Until the agent has accepted the idle ones, a probe may still get in (and,
         // with `Connection: close`, leave again): count the refusals actually seen.
         let probe = || {
-            let mut s = TcpStream::connect(agent.1).expect("connect");
+            let mut s = TcpStream::connect(agent.addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("timeout");
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -217,7 +171,7 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
         // ones are gone: at least the refusals seen are counted.
         let mut last = None;
         let counted = eventually(Duration::from_secs(10), || {
-            let Ok((200, _, body)) = http_get(agent.1, "/metrics", &[]) else {
+            let Ok((200, _, body)) = http_get(agent.addr, "/metrics", &[]) else {
                 return false;
             };
             last = Metrics::parse(&String::from_utf8_lossy(&body))
@@ -236,7 +190,7 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
 #[test]
 fn a_failed_web_config_reload_shows_in_a_metric() {
     in_netns(|| {
-        let dir = Dir::new("webreload");
+        let dir = Scratch::new("lim-webreload");
         let hash = bcrypt::hash("pw", 4).expect("bcrypt");
         let good = format!("basic_auth_users:\n  alice: {hash}\n");
         let cfg = dir.write("web.yml", &good);
@@ -246,7 +200,7 @@ fn a_failed_web_config_reload_shows_in_a_metric() {
         let metric = |want: f64| {
             let mut last = None;
             let ok = eventually(Duration::from_secs(10), || {
-                let Ok((200, _, body)) = http_get(agent.1, "/metrics", &auth) else {
+                let Ok((200, _, body)) = http_get(agent.addr, "/metrics", &auth) else {
                     return false;
                 };
                 last = Metrics::parse(&String::from_utf8_lossy(&body))

@@ -153,11 +153,7 @@ fn reused_pid_and_old_files_are_not_a_live_writer() {
             "process": "daemon", "user": "root", "last_seen": now(), "inode": 1,
         });
         // Our own pid, with a start time that is not ours.
-        let netns = std::fs::metadata("/proc/thread-self/ns/net").map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
-        let netns = netns.expect("netns inode");
+        let netns = netns_inode();
         let file = serde_json::json!({
             "netns": netns,
             "writer": {"pid": me, "start_time": 1, "poll_interval_seconds": 5.0, "heartbeat": now()},

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -25,9 +25,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// `bindwatch serve` with stderr in a file, killed on drop.
 struct Agent {
-    child: Child,
+    run: Logged,
     addr: SocketAddr,
-    log: PathBuf,
 }
 
 impl Agent {
@@ -43,23 +42,13 @@ impl Agent {
             "--poll.interval",
             "300ms",
         ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(&log).expect("log")));
-        let mut child = cmd.spawn().expect("spawn bindwatch");
+        .args(extra);
+        let mut run = Logged::spawn(cmd, log);
         let addr: SocketAddr = listen.parse().expect("addr");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while http_get(addr, "/metrics", &[]).map(|r| r.0).ok() != Some(200) {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "bindwatch exited with {st}: {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "bindwatch did not serve");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Agent { child, addr, log }
+        run.wait_until("served /metrics", || {
+            http_get(addr, "/metrics", &[]).map(|r| r.0).ok() == Some(200)
+        });
+        Agent { run, addr }
     }
 
     /// Metrics after at least two polls.
@@ -71,15 +60,7 @@ impl Agent {
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.log);
+        self.run.log()
     }
 }
 
@@ -185,7 +166,7 @@ fn missing_ipv4_table_fails_polls_not_the_agent() {
             http_get(agent.addr, "/healthz", &[]).expect("healthz").0,
             503
         );
-        assert!(matches!(agent.child.try_wait(), Ok(None)), "still running");
+        assert!(agent.run.alive(), "still running");
         assert!(
             agent.log().contains("net/udp"),
             "the missing file is named: {}",

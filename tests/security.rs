@@ -7,43 +7,14 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const PORT: u16 = 19443;
 
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("bindwatch-sec-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("mkdir");
-        Dir(d)
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.0.join(f).to_string_lossy().into_owned()
-    }
-
-    fn write(&self, f: &str, text: &str) -> String {
-        let p = self.path(f);
-        fs::write(&p, text).expect("write");
-        p
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn openssl(dir: &Dir, args: &[&str]) {
+fn openssl(dir: &Scratch, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(&dir.0)
@@ -57,7 +28,7 @@ fn openssl(dir: &Dir, args: &[&str]) {
 }
 
 /// `NAME.key` (RSA 2048 or EC P-256) and a request `NAME.csr` for CN=NAME.
-fn key_and_request(dir: &Dir, name: &str, rsa: bool) -> (String, String) {
+fn key_and_request(dir: &Scratch, name: &str, rsa: bool) -> (String, String) {
     let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
     let alg: &[&str] = if rsa {
         &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
@@ -77,7 +48,7 @@ fn key_and_request(dir: &Dir, name: &str, rsa: bool) -> (String, String) {
 }
 
 /// A CA: `NAME.key`, `NAME.crt`.
-fn make_ca(dir: &Dir, name: &str) {
+fn make_ca(dir: &Scratch, name: &str) {
     dir.write(
         "ca.ext",
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
@@ -95,7 +66,7 @@ fn make_ca(dir: &Dir, name: &str) {
 
 /// A leaf certificate `NAME.crt` / `NAME.key` signed by `ca`; `server` decides the
 /// extended key usage (and the 127.0.0.1 SAN). `rsa` picks the key type.
-fn make_leaf(dir: &Dir, name: &str, ca: &str, server: bool, rsa: bool) {
+fn make_leaf(dir: &Scratch, name: &str, ca: &str, server: bool, rsa: bool) {
     let ext = if server {
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
     } else {
@@ -136,56 +107,35 @@ fn hash(password: &str, cost: u32) -> String {
 
 /// `bindwatch serve` with a web config, killed on drop; stderr goes to a file.
 struct Agent {
-    child: Child,
+    run: Logged,
     addr: SocketAddr,
-    log: PathBuf,
 }
 
 impl Agent {
-    fn start(dir: &Dir, extra: &[&str]) -> Agent {
+    fn start(dir: &Scratch, extra: &[&str]) -> Agent {
         let listen = format!("127.0.0.1:{PORT}");
-        let log = dir.0.join("bindwatch.log");
-        let mut args = vec!["serve", "--web.listen-address", &listen, "--state.file="];
-        args.extend_from_slice(extra);
-        let mut child = Command::new(bin())
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(fs::File::create(&log).expect("log file")))
-            .spawn()
-            .expect("spawn bindwatch");
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--web.listen-address", &listen, "--state.file="])
+            .args(extra);
+        let mut run = Logged::spawn(cmd, dir.path("bindwatch.log"));
         let addr: SocketAddr = listen.parse().expect("addr");
-        let deadline = Instant::now() + Duration::from_secs(15);
         // The listener is bound only after the web config loaded.
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "bindwatch exited with {st}: {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "bindwatch did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Agent { child, addr, log }
+        run.wait_until("listened", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        Agent { run, addr }
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.run.alive()
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.run.log()
     }
 
     fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -238,7 +188,7 @@ fn curl(args: &[&str]) -> Curl {
 #[test]
 fn tls_with_basic_auth() {
     in_netns(|| {
-        let dir = Dir::new("basic");
+        let dir = Scratch::new("sec-basic");
         make_ca(&dir, "ca");
         make_leaf(&dir, "server", "ca", true, false);
         let cfg = dir.write(
@@ -251,7 +201,7 @@ fn tls_with_basic_auth() {
             ),
         );
         let mut agent = Agent::start(&dir, &["--web.config.file", &cfg]);
-        let ca = dir.path("ca.crt");
+        let ca = dir.str("ca.crt");
         let url = agent.url("/metrics");
 
         let ok = curl(&["--cacert", &ca, "-u", "alice:s3cret", &url]);
@@ -334,7 +284,7 @@ fn tls_with_basic_auth() {
 #[test]
 fn mutual_tls_require_and_verify() {
     in_netns(|| {
-        let dir = Dir::new("mtls");
+        let dir = Scratch::new("sec-mtls");
         make_ca(&dir, "ca");
         make_ca(&dir, "clientca");
         make_ca(&dir, "otherca");
@@ -345,12 +295,12 @@ fn mutual_tls_require_and_verify() {
             "web.yml",
             &format!(
                 "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clientca.crt\n  min_version: TLS12\n",
-                dir.path("server.crt"),
-                dir.path("server.key")
+                dir.str("server.crt"),
+                dir.str("server.key")
             ),
         );
         let mut agent = Agent::start(&dir, &["--web.config.file", &cfg]);
-        let ca = dir.path("ca.crt");
+        let ca = dir.str("ca.crt");
         let url = agent.url("/metrics");
 
         let none = curl(&["--cacert", &ca, &url]);
@@ -361,9 +311,9 @@ fn mutual_tls_require_and_verify() {
             "--cacert",
             &ca,
             "--cert",
-            &dir.path("intruder.crt"),
+            &dir.str("intruder.crt"),
             "--key",
-            &dir.path("intruder.key"),
+            &dir.str("intruder.key"),
             &url,
         ]);
         assert_eq!(
@@ -375,9 +325,9 @@ fn mutual_tls_require_and_verify() {
                 "--cacert".to_string(),
                 ca.clone(),
                 "--cert".into(),
-                dir.path("scraper.crt"),
+                dir.str("scraper.crt"),
                 "--key".into(),
-                dir.path("scraper.key"),
+                dir.str("scraper.key"),
             ];
             if tls12 {
                 args.extend(["--tls-max".into(), "1.2".into()]);
@@ -400,19 +350,19 @@ fn within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn rotated_certificates_and_users_are_picked_up() {
     in_netns(|| {
-        let dir = Dir::new("rotate");
+        let dir = Scratch::new("sec-rotate");
         make_ca(&dir, "ca1");
         make_ca(&dir, "ca2");
         make_leaf(&dir, "one", "ca1", true, false);
         make_leaf(&dir, "two", "ca2", true, true);
-        fs::copy(dir.path("one.crt"), dir.path("server.crt")).expect("cp");
-        fs::copy(dir.path("one.key"), dir.path("server.key")).expect("cp");
+        fs::copy(dir.str("one.crt"), dir.str("server.crt")).expect("cp");
+        fs::copy(dir.str("one.key"), dir.str("server.key")).expect("cp");
         let users = |u: &str| format!("basic_auth_users:\n  {u}: {}\n", hash("pw", 4));
         let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
         let cfg = dir.write("web.yml", &format!("{tls}{}", users("alice")));
         let agent = Agent::start(&dir, &["--web.config.file", &cfg]);
         let url = agent.url("/metrics");
-        let (ca1, ca2) = (dir.path("ca1.crt"), dir.path("ca2.crt"));
+        let (ca1, ca2) = (dir.str("ca1.crt"), dir.str("ca2.crt"));
         assert_eq!(
             curl(&["--cacert", &ca1, "-u", "alice:pw", &url]).status,
             200
@@ -421,13 +371,13 @@ fn rotated_certificates_and_users_are_picked_up() {
 
         // Rotate as cert-manager or a script would: the certificate first, then the key.
         // In between the pair does not match; the old one stays in use meanwhile.
-        fs::copy(dir.path("two.crt"), dir.path("server.crt")).expect("cp");
+        fs::copy(dir.str("two.crt"), dir.str("server.crt")).expect("cp");
         assert_eq!(
             curl(&["--cacert", &ca1, "-u", "alice:pw", &url]).status,
             200,
             "half-rotated: the previous certificate is still served"
         );
-        fs::copy(dir.path("two.key"), dir.path("server.key")).expect("cp");
+        fs::copy(dir.str("two.key"), dir.str("server.key")).expect("cp");
         assert!(
             within(5, || curl(&["--cacert", &ca2, "-u", "alice:pw", &url])
                 .status
@@ -529,7 +479,7 @@ fn slow_headers_are_cut_off_while_scrapes_go_on() {
 #[test]
 fn stalled_tls_handshake_is_cut_off() {
     in_netns(|| {
-        let dir = Dir::new("stall");
+        let dir = Scratch::new("sec-stall");
         make_ca(&dir, "ca");
         make_leaf(&dir, "server", "ca", true, false);
         let cfg = dir.write(
@@ -552,7 +502,7 @@ fn stalled_tls_handshake_is_cut_off() {
             waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
             "closed after {waited:?}"
         );
-        let ok = curl(&["--cacert", &dir.path("ca.crt"), &agent.url("/metrics")]);
+        let ok = curl(&["--cacert", &dir.str("ca.crt"), &agent.url("/metrics")]);
         assert_eq!(ok.status, 200, "{ok:?}");
         assert!(agent.alive());
     });
@@ -571,28 +521,6 @@ fn slow_hash(password: &str, min: Duration) -> (u32, String) {
         }
         cost += 1;
     }
-}
-
-/// A fake procfs (`--path.procfs`, `--source procfs`) with `n` TCP listeners on 127.0.0.1,
-/// ports 20000.., so that /metrics is large (about 680 bytes per listener with
-/// `--ports.max` above `n`). Loopback autotunes send buffers up to 4 MB, so callers cap
-/// them with [`small_send_buffers`] to make such a body more than the kernel takes.
-fn big_procfs(dir: &Dir, n: u16) -> String {
-    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-    let mut tcp = head.to_string();
-    for i in 0..n {
-        tcp.push_str(&format!(
-            "{i:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {} 1 0000000000000000 100 0 0 10 0\n",
-            20000 + i,
-            900_000 + u32::from(i)
-        ));
-    }
-    fs::create_dir_all(dir.0.join("proc/net")).expect("mkdir");
-    dir.write("proc/net/tcp", &tcp);
-    for f in ["tcp6", "udp", "udp6"] {
-        dir.write(&format!("proc/net/{f}"), head);
-    }
-    dir.path("proc")
 }
 
 /// Caps TCP send buffers at 64 KiB in the current (private) network namespace.
@@ -627,7 +555,7 @@ fn basic(user: &str, pw: &str) -> String {
 fn requests_beyond_max_requests_get_503() {
     in_netns(|| {
         small_send_buffers();
-        let dir = Dir::new("maxreq");
+        let dir = Scratch::new("sec-maxreq");
         let procfs = big_procfs(&dir, 3000);
         let agent = Agent::start(
             &dir,
@@ -672,7 +600,7 @@ fn wrong_passwords_do_not_starve_verified_scrapes() {
     in_netns(|| {
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::Arc;
-        let dir = Dir::new("guess");
+        let dir = Scratch::new("sec-guess");
         let (_, h) = slow_hash("right", Duration::from_millis(100));
         let cfg = dir.write("web.yml", &format!("basic_auth_users:\n  alice: {h}\n"));
         let agent = Agent::start(&dir, &["--web.config.file", &cfg]);
@@ -730,7 +658,7 @@ fn wrong_passwords_do_not_starve_verified_scrapes() {
 
 #[test]
 fn bad_web_configs_fail_start_up_naming_file_line_and_key() {
-    let dir = Dir::new("bad");
+    let dir = Scratch::new("sec-bad");
     let cases: [(&str, &str, &str); 6] = [
         ("unknown.yml", "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: []\n", "unknown.yml:4: tls_server_config.ciphers: unknown key"),
         ("missing.yml", "tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n", "missing.yml:2: tls_server_config.cert_file: cannot read"),
@@ -758,7 +686,7 @@ fn bad_web_configs_fail_start_up_naming_file_line_and_key() {
         "--web.listen-address",
         "127.0.0.1:0",
         "--web.config.file",
-        &dir.path("absent.yml"),
+        &dir.str("absent.yml"),
     ]);
     assert_eq!(code, 2);
     assert!(
@@ -792,7 +720,7 @@ fn bad_web_configs_fail_start_up_naming_file_line_and_key() {
 #[test]
 fn excluded_paths_and_plain_http_with_auth() {
     in_netns(|| {
-        let dir = Dir::new("plainauth");
+        let dir = Scratch::new("sec-plainauth");
         let cfg = dir.write(
             "web.yml",
             &format!(

@@ -401,3 +401,119 @@ pub fn seccomp_in_child(cmd: &mut Command, filter: Vec<libc::sock_filter>) {
         });
     }
 }
+
+/// A scratch directory of this test process (`bindwatch-TAG-PID`), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("bindwatch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir scratch");
+        Scratch(d)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// [`Scratch::path`] as a flag value.
+    pub fn str(&self, name: &str) -> String {
+        self.path(name).to_str().expect("utf8 path").to_string()
+    }
+
+    /// Writes `name` (creating its directories), returns its path as a flag value.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.path(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write");
+        self.str(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fake procfs (`--path.procfs`, `--source procfs`) in `dir` with `n` TCP listeners on
+/// 127.0.0.1, ports 20000.., so that /metrics is large (about 680 bytes per listener
+/// with `--ports.max` above `n`). Loopback autotunes send buffers up to 4 MB: callers
+/// cap them (`net.ipv4.tcp_wmem`) to make such a body more than the kernel takes.
+pub fn big_procfs(dir: &Scratch, n: u16) -> String {
+    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    let mut tcp = head.to_string();
+    for i in 0..n {
+        tcp.push_str(&format!(
+            "{i:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {} 1 0000000000000000 100 0 0 10 0\n",
+            20000 + i,
+            900_000 + u32::from(i)
+        ));
+    }
+    dir.write("proc/net/tcp", &tcp);
+    for f in ["tcp6", "udp", "udp6"] {
+        dir.write(&format!("proc/net/{f}"), head);
+    }
+    dir.str("proc")
+}
+
+/// Inode of the calling thread's network namespace: what bindwatch, started from
+/// this thread, writes into and expects in the state file.
+pub fn netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat /proc/thread-self/ns/net")
+        .ino()
+}
+
+/// A child process with its stderr in a file, killed (and its log removed) on drop.
+pub struct Logged {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Logged {
+    /// Spawns `cmd` with stdout to /dev/null and stderr to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Logged {
+        let err = std::fs::File::create(&log).expect("create log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        Logged { child, log }
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until `ready` holds; panics with the log when the child exits first or
+    /// `ready` still fails after 15 s.
+    pub fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ready() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("exited with {st} before it {what}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "it never {what}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
