@@ -98,14 +98,10 @@ static __always_inline void set_timer(struct sockrec *r, unsigned long expires)
 	r->flags |= REC_TIMER;
 }
 
-/* What every kind of socket shares: addresses, ports, device, flags (sock_common). */
-static __always_inline void fill_common(struct sockrec *r, struct sock_common *skc)
+/* Both addresses and the remote port (r->family set). */
+static __always_inline void fill_addrs(struct sockrec *r, struct sock_common *skc)
 {
-	r->family = (__u8)skc->skc_family;
-	r->lport = skc->skc_num;
 	r->rport = bpf_ntohs(skc->skc_dport);
-	r->ifindex = (__u32)skc->skc_bound_dev_if;
-	r->cookie = bpf_get_socket_cookie(skc);
 	if (r->family == AF_INET6) {
 		r->laddr[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
 		r->laddr[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
@@ -119,6 +115,16 @@ static __always_inline void fill_common(struct sockrec *r, struct sock_common *s
 		r->laddr[0] = skc->skc_rcv_saddr;
 		r->raddr[0] = skc->skc_daddr;
 	}
+}
+
+/* What every kind of socket shares: addresses, ports, device, flags (sock_common). */
+static __always_inline void fill_common(struct sockrec *r, struct sock_common *skc)
+{
+	r->family = (__u8)skc->skc_family;
+	r->lport = skc->skc_num;
+	r->ifindex = (__u32)skc->skc_bound_dev_if;
+	r->cookie = bpf_get_socket_cookie(skc);
+	fill_addrs(r, skc);
 }
 
 static __always_inline void fill_flags(struct sockrec *r, struct sock_common *skc)
@@ -180,22 +186,8 @@ static __always_inline int lite(struct sockrec *r, struct sock_common *skc, __u8
 	r->state = state == TCP_TIME_WAIT ?
 		BPF_CORE_READ((struct inet_timewait_sock *)skc, tw_substate) :
 		state == TCP_NEW_SYN_RECV ? TCP_SYN_RECV : state;
-	if (lport >= n->eph_lo && lport <= n->eph_hi) {
-		r->rport = bpf_ntohs(skc->skc_dport);
-		if (r->family == AF_INET6) {
-			r->laddr[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
-			r->laddr[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
-			r->laddr[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
-			r->laddr[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
-			r->raddr[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
-			r->raddr[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
-			r->raddr[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
-			r->raddr[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
-		} else {
-			r->laddr[0] = skc->skc_rcv_saddr;
-			r->raddr[0] = skc->skc_daddr;
-		}
-	}
+	if (lport >= n->eph_lo && lport <= n->eph_hi)
+		fill_addrs(r, skc);
 	return 1;
 }
 
