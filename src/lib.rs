@@ -34,7 +34,9 @@
 //!   with the writer's heartbeat (pid, start time, poll interval).
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
-//! - [`metrics`]: every metric name and help text; renders a `Snapshot`.
+//! - [`metrics`]: every metric name and help text; renders a `Snapshot` (the
+//!   exposition writer in `metrics::writer`, the families per group in
+//!   `metrics::{snapshot, rebind, events}`).
 //! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
 //! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use crate::collect::Collector;
 use crate::config::{self, Config};
 use crate::metrics::{self, Extras, SelfMetrics};
-use crate::model::Snapshot;
+use crate::model::{Snapshot, SourceKind};
 use crate::netns::NetnsCollectors;
 pub use crate::publish::{Control, Latest, Published, ReloadReply};
 use crate::state;
@@ -418,7 +418,11 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         Target::AllNetns(all) => {
             let r = all.poll(&services);
             for (name, e) in &r.errors {
-                selfm.poll_errors.with_label_values(&["netlink"]).inc();
+                // Under `--netns all` every error counts as netlink (the label it always had).
+                selfm
+                    .poll_errors
+                    .with_label_values(&[SourceKind::Netlink.as_str()])
+                    .inc();
                 tracing::warn!(netns = %name, error = %e, "polling a network namespace failed");
             }
             if let Some((_, snap)) = r.snapshots.iter().find(|(n, _)| n == "host") {

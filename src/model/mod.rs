@@ -346,6 +346,10 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// Every source, in the order `bindwatch_source_active` lists them.
+    pub const ALL: [SourceKind; 3] = [SourceKind::Bpf, SourceKind::Netlink, SourceKind::Procfs];
+
+    /// The name used in `source` labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Bpf => "bpf",
