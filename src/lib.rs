@@ -40,7 +40,8 @@
 //! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
 //! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
-//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain.
+//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain
+//!   (connections; `server::io`: write timeout, body; `server::routes`: the routes).
 //! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.

@@ -1,36 +1,37 @@
 //! HTTP: `/metrics` (or `--web.telemetry-path`), `/healthz`, `/`, with gzip; TLS, basic
 //! auth and extra headers from `--web.config.file` ([`crate::web`]); limits on header
 //! time, header size and concurrent requests; a graceful, time-bounded drain on shutdown.
+//!
+//! - this file: listeners, the accept loop, connections, TLS handshakes, the drain;
+//! - `io`: the write timeout of a connection and the response body holding its slot;
+//! - `routes`: each request through the limits and the web config, and the routes.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{
-    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
-    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
-};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 pub use crate::cli::parse_listen_address;
-use crate::lifecycle::{Outcome, Reloader};
+use crate::lifecycle::Reloader;
 use crate::publish::Latest;
-use crate::web::auth::Verdict;
 use crate::web::WebState;
+
+mod io;
+mod routes;
+
+pub use io::{Body, WriteTimeout};
+use routes::serve_request;
+pub use routes::{handle, route};
 
 /// Default of `--web.read-header-timeout`: how long a client may take to send its
 /// request headers (and, with TLS, to finish the handshake).
@@ -248,106 +249,6 @@ fn refuse(stream: TcpStream, state: &AppState) {
     tracing::debug!("connection refused: --web.max-connections reached");
 }
 
-/// A stream whose writes fail with `TimedOut` once they made no progress for the
-/// timeout: hyper (and rustls above it) then drop the connection, and with it the
-/// answer it held. Reads pass through (hyper bounds them with the header timeout).
-pub struct WriteTimeout<S> {
-    inner: S,
-    timeout: Duration,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> Self {
-        WriteTimeout {
-            inner,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// `Pending` from the inner stream: starts or checks the stall timer.
-    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        let timeout = self.timeout;
-        let t = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match t.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client read nothing for --web.write-timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn progress<T>(
-        &mut self,
-        r: Poll<std::io::Result<T>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<T>> {
-        match r {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.stall(cx),
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.progress(r, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.progress(r, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_flush(cx);
-        this.progress(r, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.progress(r, cx)
-    }
-}
-
 /// Go's answer to plain HTTP on a TLS port, so that `curl http://` says what is wrong.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
@@ -436,273 +337,6 @@ async fn handshake(
         .accept(stream)
         .await
         .map(Some)
-}
-
-/// A response body that holds its `--web.max-requests` slot until hyper has taken the
-/// last byte. It hands the bytes out in [`BODY_CHUNK`] pieces (slices of the same
-/// buffer, no copy): hyper takes a piece only when its write buffer has room, so a
-/// client that does not read keeps its slot until the write timeout, instead of hyper
-/// queueing the whole body at once and the slot going free at once.
-pub struct Body {
-    inner: Full<Bytes>,
-    rest: Bytes,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-/// Piece of a response body handed to hyper at a time.
-const BODY_CHUNK: usize = 64 * 1024;
-
-impl hyper::body::Body for Body {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        if this.rest.is_empty() {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                    Ok(d) => this.rest = d,
-                    Err(f) => return Poll::Ready(Some(Ok(f))),
-                },
-                other => return other,
-            }
-        }
-        let n = this.rest.len().min(BODY_CHUNK);
-        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let rest = self.rest.len() as u64;
-        let mut h = SizeHint::new();
-        h.set_lower(inner.lower().saturating_add(rest));
-        if let Some(u) = inner.upper() {
-            h.set_upper(u.saturating_add(rest));
-        }
-        h
-    }
-}
-
-/// One request through the limits and the web config, then [`route`].
-async fn serve_request(
-    state: &AppState,
-    in_flight: Option<Arc<Semaphore>>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let active = state.web.as_ref().map(|w| {
-        let a = w.current();
-        state.latest.http.set_web_config_ok(w.last_reload_ok());
-        a
-    });
-    let mut slot = None;
-    // Reload requests wait for a coalesced reload (seconds at worst) and cost nothing
-    // meanwhile: they must not take the slots scrapes need.
-    let in_flight =
-        in_flight.filter(|_| req.uri().path() != "/-/reload" || state.reloader.is_none());
-    let resp = 'resp: {
-        if let Some(a) = &active {
-            if a.rate_limit.as_ref().is_some_and(|r| !r.allow()) {
-                break 'resp text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
-            }
-            // Before taking a --web.max-requests slot: a bcrypt check is bounded by its
-            // own pool (web::auth), and guesses waiting for it must not hold the slots
-            // that scrapes with verified credentials need.
-            if let (Some(auth), true) = (&a.auth, a.requires_auth(req.uri().path())) {
-                let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-                match auth.check(header).await {
-                    Verdict::Allowed => {}
-                    Verdict::Denied => {
-                        let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-                        r.headers_mut()
-                            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
-                        break 'resp r;
-                    }
-                    Verdict::Busy => {
-                        let mut r = text(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too many unverified logins at once; retry later\n",
-                        );
-                        r.headers_mut()
-                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                        break 'resp r;
-                    }
-                }
-            }
-        }
-        if let Some(sem) = in_flight {
-            match sem.try_acquire_owned() {
-                Ok(p) => slot = Some(p),
-                Err(_) => {
-                    break 'resp text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many concurrent requests (--web.max-requests)\n",
-                    )
-                }
-            }
-        }
-        route(state, req).await
-    };
-    let (mut parts, inner) = resp.into_parts();
-    if let Some(a) = &active {
-        for (k, v) in &a.headers {
-            parts.headers.insert(k.clone(), v.clone());
-        }
-    }
-    Response::from_parts(
-        parts,
-        Body {
-            inner,
-            rest: Bytes::new(),
-            _slot: slot,
-        },
-    )
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn accepts_gzip(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut parts = enc.trim().split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q_zero = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !q_zero
-        })
-}
-
-/// Routes one request: the reload endpoint talks to the poller, everything else is
-/// served from the published state.
-pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.uri().path() == "/-/reload" {
-        if req.method() != Method::POST && req.method() != Method::PUT {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload\n");
-            r.headers_mut()
-                .insert("allow", HeaderValue::from_static("POST, PUT"));
-            return r;
-        }
-        let Some(reloader) = &state.reloader else {
-            return text(
-                StatusCode::FORBIDDEN,
-                "Lifecycle API is not enabled: start bindwatch with --web.enable-lifecycle, or send it SIGHUP\n",
-            );
-        };
-        return match reloader.reload().await {
-            Outcome::Reloaded => text(StatusCode::OK, "config reloaded\n"),
-            Outcome::Failed(e) => {
-                let mut r = Response::new(Full::new(Bytes::from(format!(
-                    "config reload failed, the previous config stays active:\n{e}\n"
-                ))));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                r
-            }
-            Outcome::PollerGone => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the poller is not running\n",
-            ),
-            Outcome::TimedOut => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the reload did not finish in time\n",
-            ),
-        };
-    }
-    handle(state, req)
-}
-
-/// Routes one read-only request. Pure over the published state: never touches the kernel.
-pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
-    if path == state.telemetry_path {
-        if !read_only {
-            let mut r = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and HEAD are allowed here\n",
-            );
-            r.headers_mut()
-                .insert("allow", HeaderValue::from_static("GET, HEAD"));
-            return r;
-        }
-        let p = state.latest.get();
-        let gz = accepts_gzip(&req);
-        let format = crate::web::negotiate::negotiate(
-            req.headers()
-                .get_all(ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        tracing::trace!(format = format.as_str(), gzip = gz, "scrape");
-        let mut r = Response::new(Full::new(p.bytes(format, gz)));
-        let h = r.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        );
-        h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
-        if gz {
-            h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-        return r;
-    }
-    match path {
-        "/healthz" if read_only => {
-            let fresh = state
-                .latest
-                .get()
-                .last_success
-                .is_some_and(|t| t.elapsed() <= state.stale_after);
-            if fresh {
-                text(StatusCode::OK, "ok\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the last successful poll is too old\n",
-                )
-            }
-        }
-        "/" if read_only => {
-            let page = crate::landing::page(&state.telemetry_path, &state.latest.get().landing);
-            let mut r = Response::new(Full::new(Bytes::from(page)));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
-        }
-        "/failures" if read_only => {
-            let body = match &state.events {
-                Some(ev) => ev.failures_json(),
-                None => serde_json::json!({"active": false, "failures": []}),
-            };
-            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
-        "/healthz" | "/" | "/failures" => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed here\n",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    }
 }
 
 #[cfg(test)]
