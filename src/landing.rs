@@ -50,88 +50,98 @@ pub fn tables(snaps: &[(Option<&str>, &Snapshot)]) -> String {
         return out;
     }
     for (netns, s) in snaps {
-        let _ = write!(out, "<section>\n<h2>Listeners");
-        if let Some(n) = netns {
-            let _ = write!(out, " in network namespace <code>{}</code>", escape(n));
-        }
-        let _ = writeln!(
-            out,
-            "</h2>\n<p class=\"note\">As of {} (source {}).</p>",
-            utc(unix_seconds(s.taken_at)),
-            escape(s.source.as_str())
-        );
-        out.push_str(
-            "<table class=\"listeners\">\n<thead><tr><th>Protocol</th><th>Address</th><th>Port</th>\
-             <th>Process</th><th>User</th><th>SO_REUSEADDR</th><th>SO_REUSEPORT</th>\
-             <th>Restart</th><th>New socket without SO_REUSEADDR</th><th>New socket with SO_REUSEADDR</th>\
-             <th>Blockers</th><th>Clears in</th></tr></thead>\n<tbody>\n",
-        );
-        let mut rows = 0;
-        for r in s.risks.iter().filter(|r| !r.gone) {
-            rows += 1;
-            let (process, user) = match &r.owner {
-                Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
-                None => ("unknown".to_string(), "unknown".to_string()),
-            };
-            // What `check PORT --restart` answers: a restart with the daemon's own flags.
-            let j = &r.restart;
-            let clears = j
-                .clear_seconds()
-                .map_or(String::new(), |s| format!("{s:.0} s"));
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td>{}</td><td>{}</td></tr>",
-                escape(r.endpoint.protocol.as_str()),
-                escape(&r.endpoint.address.to_string()),
-                r.endpoint.port,
-                escape(&process),
-                escape(&user),
-                escape(r.listener.flags.reuseaddr.as_str()),
-                escape(r.listener.flags.reuseport.as_str()),
-                verdict_cell(r.restart.verdict),
-                verdict_cell(r.without_reuseaddr.verdict),
-                verdict_cell(r.with_reuseaddr.verdict),
-                j.blocking_count(),
-                escape(&clears),
-            );
-        }
-        if rows == 0 {
-            out.push_str("<tr><td colspan=\"12\">no listening sockets</td></tr>\n");
-        }
-        out.push_str("</tbody>\n</table>\n");
-        out.push_str(
-            "<p class=\"note\">Restart: a restart with the daemon's own SO_REUSEADDR (what \
-             <code>bindwatch check PORT --restart</code> answers); the next two: a new socket \
-             without / with SO_REUSEADDR. Blockers and clears in belong to the restart.</p>\n",
-        );
+        listeners_table(&mut out, *netns, s);
         if !s.capabilities.owners || !s.capabilities.socket_flags {
             out.push_str(
                 "<p class=\"note\">Some owners or flags are unknown: bindwatch lacks \
                  CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH.</p>\n",
             );
         }
-        if !s.watched.is_empty() {
-            out.push_str(
-                "<h3>Watched services</h3>\n<table class=\"watched\">\n<thead><tr><th>Name</th>\
-                 <th>Protocol</th><th>Port</th><th>Status</th><th>Detail</th></tr></thead>\n<tbody>\n",
-            );
-            for w in &s.watched {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
-                    escape(&w.name),
-                    escape(w.protocol.as_str()),
-                    w.port,
-                    escape(w.status.as_str()),
-                    escape(w.status.as_str()),
-                    escape(&w.detail),
-                );
-            }
-            out.push_str("</tbody>\n</table>\n");
-        }
+        watched_table(&mut out, s);
         out.push_str("</section>\n");
     }
     out
+}
+
+/// A section's heading and its table of live listeners with their restart verdicts.
+fn listeners_table(out: &mut String, netns: Option<&str>, s: &Snapshot) {
+    let _ = write!(out, "<section>\n<h2>Listeners");
+    if let Some(n) = netns {
+        let _ = write!(out, " in network namespace <code>{}</code>", escape(n));
+    }
+    let _ = writeln!(
+        out,
+        "</h2>\n<p class=\"note\">As of {} (source {}).</p>",
+        utc(unix_seconds(s.taken_at)),
+        escape(s.source.as_str())
+    );
+    out.push_str(
+        "<table class=\"listeners\">\n<thead><tr><th>Protocol</th><th>Address</th><th>Port</th>\
+         <th>Process</th><th>User</th><th>SO_REUSEADDR</th><th>SO_REUSEPORT</th>\
+         <th>Restart</th><th>New socket without SO_REUSEADDR</th><th>New socket with SO_REUSEADDR</th>\
+         <th>Blockers</th><th>Clears in</th></tr></thead>\n<tbody>\n",
+    );
+    let mut rows = 0;
+    for r in s.risks.iter().filter(|r| !r.gone) {
+        rows += 1;
+        let (process, user) = match &r.owner {
+            Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
+            None => ("unknown".to_string(), "unknown".to_string()),
+        };
+        // What `check PORT --restart` answers: a restart with the daemon's own flags.
+        let j = &r.restart;
+        let clears = j
+            .clear_seconds()
+            .map_or(String::new(), |s| format!("{s:.0} s"));
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td>{}</td><td>{}</td></tr>",
+            escape(r.endpoint.protocol.as_str()),
+            escape(&r.endpoint.address.to_string()),
+            r.endpoint.port,
+            escape(&process),
+            escape(&user),
+            escape(r.listener.flags.reuseaddr.as_str()),
+            escape(r.listener.flags.reuseport.as_str()),
+            verdict_cell(r.restart.verdict),
+            verdict_cell(r.without_reuseaddr.verdict),
+            verdict_cell(r.with_reuseaddr.verdict),
+            j.blocking_count(),
+            escape(&clears),
+        );
+    }
+    if rows == 0 {
+        out.push_str("<tr><td colspan=\"12\">no listening sockets</td></tr>\n");
+    }
+    out.push_str("</tbody>\n</table>\n");
+    out.push_str(
+        "<p class=\"note\">Restart: a restart with the daemon's own SO_REUSEADDR (what \
+         <code>bindwatch check PORT --restart</code> answers); the next two: a new socket \
+         without / with SO_REUSEADDR. Blockers and clears in belong to the restart.</p>\n",
+    );
+}
+
+/// The watched services (`--config.file`) and their status, if any.
+fn watched_table(out: &mut String, s: &Snapshot) {
+    if !s.watched.is_empty() {
+        out.push_str(
+            "<h3>Watched services</h3>\n<table class=\"watched\">\n<thead><tr><th>Name</th>\
+             <th>Protocol</th><th>Port</th><th>Status</th><th>Detail</th></tr></thead>\n<tbody>\n",
+        );
+        for w in &s.watched {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+                escape(&w.name),
+                escape(w.protocol.as_str()),
+                w.port,
+                escape(w.status.as_str()),
+                escape(w.status.as_str()),
+                escape(&w.detail),
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0}header{background:#e6522c;color:#fff;padding:.6em 1em}\

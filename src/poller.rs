@@ -227,46 +227,7 @@ pub fn spawn(
     poll_and_publish(&mut target, &selfm, &latest, &mut state);
     let thread = std::thread::Builder::new()
         .name("bindwatch-poller".into())
-        .spawn(move || {
-            // Polls keep their rhythm whatever messages arrive in between; a poll
-            // that found leftovers memory cannot explain brings the next one forward.
-            let mut next =
-                Instant::now() + state.early.next_wait(interval, wants_early_poll(&target));
-            loop {
-                let wait = next.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                    Ok(Control::Reload(reply)) => {
-                        let (r, changed) = match state.config.as_mut() {
-                            Some(c) => {
-                                let before = (c.current.clone(), c.last_ok);
-                                let r = c.reload();
-                                (r, before != (c.current.clone(), c.last_ok))
-                            }
-                            None => {
-                                tracing::info!("reload requested; no --config.file to re-read");
-                                (Ok(()), false)
-                            }
-                        };
-                        // Poll at once only when the services (or the reload metric)
-                        // changed: a reload of the same file forces no walk.
-                        if changed {
-                            poll_and_publish(&mut target, &selfm, &latest, &mut state);
-                            next = Instant::now()
-                                + state.early.next_wait(interval, wants_early_poll(&target));
-                        }
-                        if let Some(reply) = reply {
-                            let _ = reply.send(r);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        poll_and_publish(&mut target, &selfm, &latest, &mut state);
-                        next = Instant::now()
-                            + state.early.next_wait(interval, wants_early_poll(&target));
-                    }
-                }
-            }
-        })
+        .spawn(move || poll_loop(target, interval, &latest, &selfm, state, &rx))
         .ok();
     if thread.is_none() {
         tracing::error!("could not start the poller thread; metrics will not update");
@@ -274,6 +235,60 @@ pub fn spawn(
     PollerHandle {
         control: tx,
         thread,
+    }
+}
+
+/// The poller thread: polls at the interval (sooner after unexplained leftovers),
+/// reloads when asked, and returns on `Stop` or when the server side is gone.
+fn poll_loop(
+    mut target: Target,
+    interval: Duration,
+    latest: &Latest,
+    selfm: &SelfMetrics,
+    mut state: LoopState,
+    rx: &mpsc::Receiver<Control>,
+) {
+    // Polls keep their rhythm whatever messages arrive in between; a poll
+    // that found leftovers memory cannot explain brings the next one forward.
+    let mut next = Instant::now() + state.early.next_wait(interval, wants_early_poll(&target));
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Control::Reload(reply)) => {
+                let (r, changed) = reload(state.config.as_mut());
+                // Poll at once only when the services (or the reload metric)
+                // changed: a reload of the same file forces no walk.
+                if changed {
+                    poll_and_publish(&mut target, selfm, latest, &mut state);
+                    next =
+                        Instant::now() + state.early.next_wait(interval, wants_early_poll(&target));
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                poll_and_publish(&mut target, selfm, latest, &mut state);
+                next = Instant::now() + state.early.next_wait(interval, wants_early_poll(&target));
+            }
+        }
+    }
+}
+
+/// Re-reads `--config.file` (if any): its result, and whether the services or the
+/// reload metric changed.
+fn reload(config: Option<&mut ConfigSource>) -> (Result<(), String>, bool) {
+    match config {
+        Some(c) => {
+            let before = (c.current.clone(), c.last_ok);
+            let r = c.reload();
+            (r, before != (c.current.clone(), c.last_ok))
+        }
+        None => {
+            tracing::info!("reload requested; no --config.file to re-read");
+            (Ok(()), false)
+        }
     }
 }
 
@@ -373,6 +388,7 @@ impl LoopState {
     }
 }
 
+/// One poll of the target, charged to the CPU budget, rendered once and published.
 fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, st: &mut LoopState) {
     let span = tracing::debug_span!("poll");
     let _g = span.enter();
@@ -381,70 +397,17 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
         .config
         .as_ref()
         .map_or(Vec::new(), |c| c.current.services.clone());
-    let mut bad_lines = 0;
     let cpu_start = crate::collect::thread_cpu_seconds();
     let elapsed = st.last_poll.map_or(0.0, |t| t.elapsed().as_secs_f64());
     st.last_poll = Some(start);
     let walk = st.budget.tick(elapsed);
-    match target {
-        Target::Host(c) => {
-            let source = c.table().kind().as_str();
-            match c.poll_views(&services, &[], walk) {
-                Ok(snap) => {
-                    st.log_missing_caps(&snap);
-                    selfm
-                        .poll_duration
-                        .with_label_values(&[snap.source.as_str()])
-                        .observe(start.elapsed().as_secs_f64());
-                    tracing::debug!(
-                        sockets = snap.counts.values().sum::<u64>(),
-                        listeners = snap.listeners.len(),
-                        ms = start.elapsed().as_millis() as u64,
-                        "poll done"
-                    );
-                    st.succeeded();
-                    st.last = vec![(None, Arc::new(snap))];
-                    if let Some(sink) = st.state_sink.as_mut() {
-                        sink.write(c.memory_entries());
-                    }
-                }
-                Err(e) => {
-                    selfm.poll_errors.with_label_values(&[source]).inc();
-                    st.failed(e.to_string());
-                }
-            }
-            bad_lines = c.table().bad_lines;
-        }
+    let bad_lines = match target {
+        Target::Host(c) => poll_host(c, &services, walk, start, selfm, st),
         Target::AllNetns(all) => {
-            let r = all.poll(&services);
-            for (name, e) in &r.errors {
-                // Under `--netns all` every error counts as netlink (the label it always had).
-                selfm
-                    .poll_errors
-                    .with_label_values(&[SourceKind::Netlink.as_str()])
-                    .inc();
-                tracing::warn!(netns = %name, error = %e, "polling a network namespace failed");
-            }
-            if let Some((_, snap)) = r.snapshots.iter().find(|(n, _)| n == "host") {
-                st.log_missing_caps(snap);
-            }
-            if r.snapshots.is_empty() {
-                st.failed("no network namespace could be polled".to_string());
-            } else {
-                selfm
-                    .poll_duration
-                    .with_label_values(&[r.snapshots[0].1.source.as_str()])
-                    .observe(start.elapsed().as_secs_f64());
-                st.succeeded();
-                st.last = r
-                    .snapshots
-                    .into_iter()
-                    .map(|(n, s)| (Some(n), Arc::new(s)))
-                    .collect();
-                st.netns_poll_seconds = r.durations;
-            }
+            poll_all_netns(all, &services, start, selfm, st);
+            0
         }
-    }
+    };
     let cpu = (crate::collect::thread_cpu_seconds() - cpu_start).max(0.0);
     let walk_cpu = match target {
         Target::Host(c) => c.last_walk_cpu.take(),
@@ -452,7 +415,88 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
     };
     st.budget.charge(cpu, walk_cpu);
     st.poll_cpu_total += cpu;
-    let extras = Extras {
+    let extras = extras(st, latest, bad_lines);
+    publish(st, selfm, latest, &extras);
+}
+
+/// Polls the namespace bindwatch runs in; returns the procfs source's malformed lines.
+fn poll_host(
+    c: &mut Collector,
+    services: &[crate::config::Service],
+    walk: bool,
+    start: Instant,
+    selfm: &SelfMetrics,
+    st: &mut LoopState,
+) -> u64 {
+    let source = c.table().kind().as_str();
+    match c.poll_views(services, &[], walk) {
+        Ok(snap) => {
+            st.log_missing_caps(&snap);
+            selfm
+                .poll_duration
+                .with_label_values(&[snap.source.as_str()])
+                .observe(start.elapsed().as_secs_f64());
+            tracing::debug!(
+                sockets = snap.counts.values().sum::<u64>(),
+                listeners = snap.listeners.len(),
+                ms = start.elapsed().as_millis() as u64,
+                "poll done"
+            );
+            st.succeeded();
+            st.last = vec![(None, Arc::new(snap))];
+            if let Some(sink) = st.state_sink.as_mut() {
+                sink.write(c.memory_entries());
+            }
+        }
+        Err(e) => {
+            selfm.poll_errors.with_label_values(&[source]).inc();
+            st.failed(e.to_string());
+        }
+    }
+    c.table().bad_lines
+}
+
+/// Polls every namespace (`--netns all`); a namespace that fails is logged and left out.
+fn poll_all_netns(
+    all: &mut NetnsCollectors,
+    services: &[crate::config::Service],
+    start: Instant,
+    selfm: &SelfMetrics,
+    st: &mut LoopState,
+) {
+    let r = all.poll(services);
+    for (name, e) in &r.errors {
+        // Under `--netns all` every error counts as netlink (the label it always had).
+        selfm
+            .poll_errors
+            .with_label_values(&[SourceKind::Netlink.as_str()])
+            .inc();
+        tracing::warn!(netns = %name, error = %e, "polling a network namespace failed");
+    }
+    if let Some((_, snap)) = r.snapshots.iter().find(|(n, _)| n == "host") {
+        st.log_missing_caps(snap);
+    }
+    if r.snapshots.is_empty() {
+        st.failed("no network namespace could be polled".to_string());
+    } else {
+        selfm
+            .poll_duration
+            .with_label_values(&[r.snapshots[0].1.source.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+        st.succeeded();
+        st.last = r
+            .snapshots
+            .into_iter()
+            .map(|(n, s)| (Some(n), Arc::new(s)))
+            .collect();
+        st.netns_poll_seconds = r.durations;
+    }
+}
+
+/// What a scrape shows beside the snapshots: the last success, CPU and its budget,
+/// reload results, the server's and the tracer's counters.
+fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
+    Extras {
         last_success_unix: st
             .last
             .first()
@@ -468,13 +512,18 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
             .load(std::sync::atomic::Ordering::Relaxed),
         web_config_reload_ok: latest.http.web_config_ok(),
         bind_events: st.events.as_ref().map(|e| e.counters()),
-    };
+    }
+}
+
+/// Renders the last snapshots once (both formats, gzipped, the landing page) and
+/// publishes them for the server.
+fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras) {
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
         .iter()
         .map(|(n, s)| (n.as_deref(), s.as_ref()))
         .collect();
-    let exp = metrics::render_all(&snaps, selfm, &extras);
+    let exp = metrics::render_all(&snaps, selfm, extras);
     latest.set(Published {
         gzip: gzip(exp.text.as_bytes()),
         body: Bytes::from(exp.text),

@@ -88,79 +88,90 @@ pub fn failures_text(doc: &Value) -> String {
         return out;
     }
     for f in list {
-        let addr = str_of(f, "address");
-        let port = f["port"].as_u64().unwrap_or(0);
-        let target = if addr.contains(':') {
-            format!("[{addr}]:{port}")
-        } else {
-            format!("{addr}:{port}")
-        };
-        let flags = &f["flags"];
-        let flag_text = if flags.is_object() {
-            format!(
-                "reuseaddr={} reuseport={} v6only={}",
-                str_of(flags, "reuseaddr"),
-                str_of(flags, "reuseport"),
-                str_of(flags, "v6only")
-            )
-        } else {
-            "flags unreadable".to_string()
-        };
-        out.push_str(&format!(
-            "{} {} {} {}({}) by {}[{}] uid {} ({}) failed: {}; predicted {}\n",
-            str_of(f, "time"),
-            str_of(f, "netns"),
-            str_of(f, "protocol"),
-            str_of(f, "call"),
-            target,
-            str_of(f, "process"),
-            f["pid"].as_u64().unwrap_or(0),
-            f["uid"].as_u64().unwrap_or(0),
-            flag_text,
-            str_of(f, "errno").to_uppercase(),
-            f["verdict_before"]
-                .as_str()
-                .unwrap_or("nothing (port not watched)"),
-        ));
-        let blockers = f["blockers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let mut whys: Vec<&str> = Vec::new();
-        for b in blockers {
-            let timer = b["timer_seconds"]
-                .as_f64()
-                .map(|t| format!(", gone in {} s", t.ceil() as u64))
-                .unwrap_or_default();
-            let reuse = match str_of(&b["flags"], "reuseaddr") {
-                "true" => "on",
-                "false" => "off",
-                _ => "unknown",
-            };
-            out.push_str(&format!(
-                "    {} {} -> {} owner {} SO_REUSEADDR {reuse}{timer}\n",
-                str_of(b, "state"),
-                str_of(b, "local"),
-                str_of(b, "remote"),
-                b["owner"].as_str().unwrap_or("unknown"),
-            ));
-            let why = str_of(b, "why");
-            if !whys.contains(&why) {
-                whys.push(why);
-            }
-        }
-        let total = f["blockers_total"].as_u64().unwrap_or(0);
-        if total > blockers.len() as u64 {
-            out.push_str(&format!(
-                "    ... and {} more\n",
-                total - blockers.len() as u64
-            ));
-        }
-        for why in whys {
-            out.push_str(&format!("    why: {why}\n"));
-        }
-        if let Some(c) = f["clear_seconds"].as_f64() {
-            out.push_str(&format!("    clear in {} s\n", c.ceil() as u64));
-        }
+        failure_line(&mut out, f);
+        blocker_lines(&mut out, f);
     }
     out
+}
+
+/// One failure: when, where, who, with which flags, and what was predicted.
+fn failure_line(out: &mut String, f: &Value) {
+    let addr = str_of(f, "address");
+    let port = f["port"].as_u64().unwrap_or(0);
+    let target = if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    };
+    let flags = &f["flags"];
+    let flag_text = if flags.is_object() {
+        format!(
+            "reuseaddr={} reuseport={} v6only={}",
+            str_of(flags, "reuseaddr"),
+            str_of(flags, "reuseport"),
+            str_of(flags, "v6only")
+        )
+    } else {
+        "flags unreadable".to_string()
+    };
+    out.push_str(&format!(
+        "{} {} {} {}({}) by {}[{}] uid {} ({}) failed: {}; predicted {}\n",
+        str_of(f, "time"),
+        str_of(f, "netns"),
+        str_of(f, "protocol"),
+        str_of(f, "call"),
+        target,
+        str_of(f, "process"),
+        f["pid"].as_u64().unwrap_or(0),
+        f["uid"].as_u64().unwrap_or(0),
+        flag_text,
+        str_of(f, "errno").to_uppercase(),
+        f["verdict_before"]
+            .as_str()
+            .unwrap_or("nothing (port not watched)"),
+    ));
+}
+
+/// A failure's blockers (each once), how many more there were, why, and when the
+/// port clears.
+fn blocker_lines(out: &mut String, f: &Value) {
+    let blockers = f["blockers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut whys: Vec<&str> = Vec::new();
+    for b in blockers {
+        let timer = b["timer_seconds"]
+            .as_f64()
+            .map(|t| format!(", gone in {} s", t.ceil() as u64))
+            .unwrap_or_default();
+        let reuse = match str_of(&b["flags"], "reuseaddr") {
+            "true" => "on",
+            "false" => "off",
+            _ => "unknown",
+        };
+        out.push_str(&format!(
+            "    {} {} -> {} owner {} SO_REUSEADDR {reuse}{timer}\n",
+            str_of(b, "state"),
+            str_of(b, "local"),
+            str_of(b, "remote"),
+            b["owner"].as_str().unwrap_or("unknown"),
+        ));
+        let why = str_of(b, "why");
+        if !whys.contains(&why) {
+            whys.push(why);
+        }
+    }
+    let total = f["blockers_total"].as_u64().unwrap_or(0);
+    if total > blockers.len() as u64 {
+        out.push_str(&format!(
+            "    ... and {} more\n",
+            total - blockers.len() as u64
+        ));
+    }
+    for why in whys {
+        out.push_str(&format!("    why: {why}\n"));
+    }
+    if let Some(c) = f["clear_seconds"].as_f64() {
+        out.push_str(&format!("    clear in {} s\n", c.ceil() as u64));
+    }
 }
 
 /// Runs `bindwatch failures`; the exit status (0, or 2 when no agent answers).

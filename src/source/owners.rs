@@ -68,6 +68,56 @@ pub struct OwnerResolver {
     pub stats: ResolveStats,
 }
 
+/// Reads the fd links of process `pid` from the `skip`th on, moving the targets it
+/// finds from `remaining` to `found`; stops at the deadline (checked every 256
+/// links). `None` when the fd directory cannot be listed; else how many links it
+/// read and whether the deadline stopped it.
+fn scan_fds(
+    procfs: &Path,
+    (pid, skip): (u32, usize),
+    remaining: &mut HashSet<u64>,
+    found: &mut HashMap<u64, FdRef>,
+    deadline: Option<Instant>,
+    denied: &mut Option<Denied>,
+) -> Option<(usize, bool)> {
+    let fds = match fs::read_dir(procfs.join(pid.to_string()).join("fd")) {
+        Ok(d) => d,
+        Err(e) => {
+            // Kernel threads and exited processes have nothing to show.
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                *denied = Some(Denied::FdDir);
+            }
+            return None;
+        }
+    };
+    let mut read = 0usize;
+    for fd in fds.flatten().skip(skip) {
+        read += 1;
+        let link = match fs::read_link(fd.path()) {
+            Ok(l) => Some(l),
+            // The listing passed (CAP_DAC_READ_SEARCH) but the link did not
+            // (the ptrace check): this fd's owner stays unknown, and says so.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(Denied::FdLink);
+                None
+            }
+            Err(_) => None, // closed meanwhile
+        };
+        if let (Some(n), Some(inode)) = (
+            fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
+            link.as_deref().and_then(socket_inode),
+        ) {
+            if remaining.remove(&inode) {
+                found.insert(inode, FdRef { pid, fd: n });
+            }
+        }
+        if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some((read, true));
+        }
+    }
+    Some((read, false))
+}
+
 fn socket_inode(link: &Path) -> Option<u64> {
     let s = link.to_str()?;
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -271,25 +321,8 @@ impl OwnerResolver {
             None => true,
             Some(st) => !targets.is_subset(&st.targets),
         };
-        if restart {
-            self.stats.full_scans += 1;
-            let Ok(dir) = fs::read_dir(&self.procfs) else {
-                self.caps.owners = false;
-                self.caps.owners_denied = Some(Denied::FdDir);
-                return true;
-            };
-            let mut pids: Vec<u32> = dir
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect();
-            // Popped from the end: highest pid first.
-            pids.sort_unstable();
-            self.scan_state = Some(Scan {
-                pids,
-                current: None,
-                targets: targets.clone(),
-                denied: None,
-            });
+        if restart && !self.start_scan(targets) {
+            return true;
         }
         let deadline = self.scan_slice.and_then(|d| Instant::now().checked_add(d));
         let Some(st) = self.scan_state.as_mut() else {
@@ -314,44 +347,17 @@ impl OwnerResolver {
                     }
                 },
             };
-            let fds = match fs::read_dir(self.procfs.join(pid.to_string()).join("fd")) {
-                Ok(d) => d,
-                Err(e) => {
-                    // Kernel threads and exited processes have nothing to show.
-                    if e.kind() == io::ErrorKind::PermissionDenied {
-                        st.denied = Some(Denied::FdDir);
-                    }
-                    continue;
-                }
+            let Some((read, out_of_time)) = scan_fds(
+                &self.procfs,
+                (pid, skip),
+                &mut remaining,
+                found,
+                deadline,
+                &mut st.denied,
+            ) else {
+                continue;
             };
-            let mut read = 0usize;
-            let mut out_of_time = false;
-            for fd in fds.flatten().skip(skip) {
-                read += 1;
-                self.stats.fds_read += 1;
-                let link = match fs::read_link(fd.path()) {
-                    Ok(l) => Some(l),
-                    // The listing passed (CAP_DAC_READ_SEARCH) but the link did not
-                    // (the ptrace check): this fd's owner stays unknown, and says so.
-                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                        st.denied.get_or_insert(Denied::FdLink);
-                        None
-                    }
-                    Err(_) => None, // closed meanwhile
-                };
-                if let (Some(n), Some(inode)) = (
-                    fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
-                    link.as_deref().and_then(socket_inode),
-                ) {
-                    if remaining.remove(&inode) {
-                        found.insert(inode, FdRef { pid, fd: n });
-                    }
-                }
-                if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-                    out_of_time = true;
-                    break;
-                }
-            }
+            self.stats.fds_read += read as u64;
             if remaining.is_empty() {
                 complete = true;
             } else if out_of_time {
@@ -361,6 +367,40 @@ impl OwnerResolver {
                 break;
             }
         }
+        self.end_slice(complete);
+        complete
+    }
+
+    /// Starts a new pass over every process, newest first. `false` when the
+    /// process list itself cannot be read (owners are then unknown).
+    fn start_scan(&mut self, targets: &HashSet<u64>) -> bool {
+        self.stats.full_scans += 1;
+        let Ok(dir) = fs::read_dir(&self.procfs) else {
+            self.caps.owners = false;
+            self.caps.owners_denied = Some(Denied::FdDir);
+            return false;
+        };
+        let mut pids: Vec<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect();
+        // Popped from the end: highest pid first.
+        pids.sort_unstable();
+        self.scan_state = Some(Scan {
+            pids,
+            current: None,
+            targets: targets.clone(),
+            denied: None,
+        });
+        true
+    }
+
+    /// After a slice: what the scan learnt about the privileges it has, and the end
+    /// of the pass when it is complete.
+    fn end_slice(&mut self, complete: bool) {
+        let Some(st) = self.scan_state.as_ref() else {
+            return;
+        };
         if complete {
             if st.denied.is_some() || (st.pids.is_empty() && st.current.is_none()) {
                 // A whole pass tells whether every process was readable.
@@ -372,7 +412,6 @@ impl OwnerResolver {
             self.caps.owners = false;
             self.caps.owners_denied = st.denied;
         }
-        complete
     }
 
     pub fn user_name(&self, uid: u32) -> String {

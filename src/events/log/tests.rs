@@ -111,6 +111,7 @@ fn tw(local: &str, remote: &str, ms: u64) -> Socket {
     }
 }
 
+// Long on purpose: one scenario (snapshot, failure, every field of its record) read top to bottom.
 #[test]
 fn time_waits_of_a_listener_without_reuseaddr_explain_the_failure() {
     let mut socks: Vec<Socket> = (0..12)

@@ -64,6 +64,7 @@ use Basis::{Coexisted as C, DeathWindow as D};
 
 /// One row per case of the rule: (what it shows, generations as (listener,
 /// last seen ago, gone ago), leftover, expected outcome).
+// Long on purpose: one table, one row per case; split, the cases would hide.
 #[allow(clippy::type_complexity)]
 fn table() -> Vec<(
     &'static str,
