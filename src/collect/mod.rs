@@ -136,6 +136,25 @@ struct PortView {
     ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
 }
 
+/// The listeners among the sockets of interest, with their owners.
+fn live_listeners(port_sockets: &[Socket], owner_of: &HashMap<u64, Owner>) -> Vec<Listener> {
+    port_sockets
+        .iter()
+        .filter(|s| s.is_listener())
+        .map(|s| Listener {
+            socket: s.clone(),
+            owner: owner_of.get(&s.inode).cloned(),
+        })
+        .collect()
+}
+
+/// The sockets of interest in (protocol, port) order, as the snapshot lists them.
+fn sorted_by_port(by_port: HashMap<(Protocol, u16), Vec<Socket>>) -> Vec<Socket> {
+    let mut ports_sorted: Vec<((Protocol, u16), Vec<Socket>)> = by_port.into_iter().collect();
+    ports_sorted.sort_by_key(|(k, _)| *k);
+    ports_sorted.into_iter().flat_map(|(_, v)| v).collect()
+}
+
 fn endpoint(s: &Socket) -> Endpoint {
     Endpoint {
         protocol: s.protocol,
@@ -280,14 +299,7 @@ impl Collector {
             self.attribute(&mut port_sockets, &mut owner_of);
         }
         // 5. Listeners (live), then remember them.
-        let listeners: Vec<Listener> = port_sockets
-            .iter()
-            .filter(|s| s.is_listener())
-            .map(|s| Listener {
-                socket: s.clone(),
-                owner: owner_of.get(&s.inode).cloned(),
-            })
-            .collect();
+        let listeners = live_listeners(&port_sockets, &owner_of);
         self.update_generations(&listeners, &port_sockets, fresh.at, walked, &confirmed);
         // 6. Leftovers get the flags memory may decide for them (rebind::memory).
         let known_listeners: Vec<Socket> = self
@@ -296,11 +308,9 @@ impl Collector {
             .filter_map(|r| r.newest().map(|g| g.listener.clone()))
             .collect();
         let by_port = self.inherit_leftovers(port_sockets, view.table_taken_at);
-        // 7. Rebind risk per endpoint.
+        // 7. Rebind risk per endpoint; the watched services.
         let risks = self.risks(&listeners, &by_port);
-        let mut ports_sorted: Vec<((Protocol, u16), Vec<Socket>)> = by_port.into_iter().collect();
-        ports_sorted.sort_by_key(|(k, _)| *k);
-        let port_sockets: Vec<Socket> = ports_sorted.into_iter().flat_map(|(_, v)| v).collect();
+        let port_sockets = sorted_by_port(by_port);
         let watched = conflict::evaluate(
             services,
             &port_sockets,
