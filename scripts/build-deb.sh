@@ -30,6 +30,9 @@
 #     only; it runs without systemd too, started by any supervisor (docs/deploy.md).
 #   systemd-service-file-missing-install-key (bindwatch-socket.service): on purpose, it is
 #     started by bindwatch.socket and must not be enabled on its own.
+#   spelling-error-in-binary usera users: no such word in bindwatch; Rust string literals
+#     carry no NUL, so "...no such user" (web::auth) and "a listening socket..." (the
+#     engine's rule text) lying side by side in .rodata read as one string.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib-copyright.sh
