@@ -41,8 +41,7 @@ pub struct Netns {
 
 /// A readable name from a process's cgroup file: the pod or the container.
 pub fn name_from_cgroup(text: &str) -> Option<String> {
-    for line in text.lines() {
-        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+    for path in crate::source::owners::cgroup_paths(text) {
         for comp in path.split('/') {
             // kubepods.slice/kubepods-besteffort-pod<uid>.slice or kubepods/besteffort/pod<uid>
             if let Some(i) = comp.rfind("pod") {

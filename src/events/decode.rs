@@ -197,6 +197,8 @@ mod tests {
         b
     }
 
+    // One case per record kind, read top to bottom: split up, the cases would only be
+    // harder to compare with each other.
     #[test]
     fn decodes_each_kind_of_record() {
         let v6 = {

@@ -127,8 +127,7 @@ fn socket_inode(link: &Path) -> Option<u64> {
 /// `.scope`) path component.
 pub fn unit_from_cgroup(text: &str) -> Option<String> {
     let mut scope = None;
-    for line in text.lines() {
-        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+    for path in cgroup_paths(text) {
         for comp in path.split('/').rev() {
             if comp.ends_with(".service") {
                 return Some(comp.to_string());
@@ -139,6 +138,13 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
         }
     }
     scope
+}
+
+/// The cgroup paths of a `/proc/PID/cgroup` text (`ID:CONTROLLERS:PATH` per line; the
+/// path may itself hold colons).
+pub fn cgroup_paths(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(|line| line.splitn(3, ':').nth(2).unwrap_or(""))
 }
 
 /// A scan in progress.
