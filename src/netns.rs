@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::collect::{CollectOptions, Collector};
 use crate::config::Service;
-use crate::model::Snapshot;
+use crate::model::{Snapshot, SourceKind};
 use crate::source::owners::OwnerResolver;
 use std::sync::{Arc, Mutex};
 
@@ -214,7 +214,8 @@ pub struct NetnsCollectors {
 pub struct NetnsPoll {
     pub snapshots: Vec<(String, Snapshot)>,
     pub durations: Vec<(String, f64)>,
-    pub errors: Vec<(String, String)>,
+    /// (namespace, the source its poll used: `None` when none could be opened, error).
+    pub errors: Vec<(String, Option<SourceKind>, String)>,
 }
 
 impl NetnsCollectors {
@@ -268,7 +269,7 @@ impl NetnsCollectors {
                         self.collectors.insert(ns.inode, (ns.clone(), c));
                     }
                     Err(e) => {
-                        out.errors.push((ns.name.clone(), e.to_string()));
+                        out.errors.push((ns.name.clone(), None, e.to_string()));
                         continue;
                     }
                 }
@@ -279,13 +280,15 @@ impl NetnsCollectors {
             *known = ns.clone();
             // Watched services describe the host's daemons.
             let svcs = if ns.name == "host" { services } else { &[] };
+            // The source before the poll: a failing bpf dump may switch it to netlink.
+            let kind = c.table().kind();
             match c.poll(svcs, &[]) {
                 Ok(snap) => {
                     out.durations
                         .push((ns.name.clone(), start.elapsed().as_secs_f64()));
                     out.snapshots.push((ns.name.clone(), snap));
                 }
-                Err(e) => out.errors.push((ns.name.clone(), e.to_string())),
+                Err(e) => out.errors.push((ns.name.clone(), Some(kind), e.to_string())),
             }
         }
         out

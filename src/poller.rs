@@ -465,12 +465,11 @@ fn poll_all_netns(
     st: &mut LoopState,
 ) {
     let r = all.poll(services);
-    for (name, e) in &r.errors {
-        // Under `--netns all` every error counts as netlink (the label it always had).
-        selfm
-            .poll_errors
-            .with_label_values(&[SourceKind::Netlink.as_str()])
-            .inc();
+    for (name, kind, e) in &r.errors {
+        // A namespace where no source could be opened counts as netlink, the source
+        // every other one falls back to.
+        let kind = kind.unwrap_or(SourceKind::Netlink);
+        selfm.poll_errors.with_label_values(&[kind.as_str()]).inc();
         tracing::warn!(netns = %name, error = %e, "polling a network namespace failed");
     }
     if let Some((_, snap)) = r.snapshots.iter().find(|(n, _)| n == "host") {

@@ -69,8 +69,8 @@ impl SelfMetrics {
         registry
             .register(Box::new(poll_errors.clone()))
             .expect("registered once");
-        // Only these two start at 0 (a bpf series appears with its first error).
-        for s in [SourceKind::Netlink, SourceKind::Procfs] {
+        // Every source starts at 0, so `increase()` sees the first error.
+        for s in SourceKind::ALL {
             poll_errors.with_label_values(&[s.as_str()]);
         }
         SelfMetrics {
