@@ -16,6 +16,8 @@
 //! cargo bench --bench poll -- --sizes 10k,100k --runs 5 --no-serve --no-owners
 //! cargo bench --bench poll -- --profile 1m 10       # build 1M, then only poll (for perf -p)
 //! cargo bench --bench poll -- --hold 100k           # build, print pids, wait for Enter
+//! cargo bench --bench poll -- --sizes 100k --no-table --no-serve --no-owners \
+//!     --baseline-bin target/baseline-ec412dd/bindwatch   # poll CPU against an older build
 //! ```
 
 #[path = "support/popgen.rs"]
@@ -44,9 +46,12 @@ static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 /// Progress on stderr, stamped with seconds since the start.
 macro_rules! log {
     ($($t:tt)*) => {
-        eprintln!("[{:6.1}s] {}", START.get_or_init(Instant::now).elapsed().as_secs_f64(), format!($($t)*))
+        eprintln!("[{:6.1}s] {}", $crate::START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64(), format!($($t)*))
     };
 }
+
+#[path = "support/baseline.rs"]
+mod baseline;
 
 fn rusage(who: libc::c_int) -> Duration {
     // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
@@ -543,6 +548,10 @@ struct Args {
     hold: Option<Size>,
     /// Build SIZE, then only poll (for `perf record -i`); with the number of polls.
     profile: Option<(Size, usize)>,
+    /// An older `bindwatch` binary whose poll CPU is measured beside this build's.
+    baseline_bin: Option<std::path::PathBuf>,
+    /// The table-read phase (`--no-table` skips it).
+    table: bool,
 }
 
 fn parse_args() -> Args {
@@ -554,6 +563,8 @@ fn parse_args() -> Args {
         owners: true,
         hold: None,
         profile: None,
+        baseline_bin: None,
+        table: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -570,6 +581,12 @@ fn parse_args() -> Args {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--no-serve" => a.serve = false,
             "--no-owners" => a.owners = false,
+            "--no-table" => a.table = false,
+            "--baseline-bin" => {
+                let p = std::path::PathBuf::from(it.next().expect("--baseline-bin PATH"));
+                assert!(p.is_file(), "--baseline-bin {}: no such file", p.display());
+                a.baseline_bin = Some(p);
+            }
             "--hold" => a.hold = Some(find(&it.next().expect("--hold SIZE"))),
             "--profile" => {
                 let size = find(&it.next().expect("--profile SIZE POLLS"));
@@ -1590,6 +1607,7 @@ fn main() {
     let mut serve_rows: Vec<(String, ServeRow)> = Vec::new();
     let mut ne_rows: Vec<(String, Option<NodeExporterRow>)> = Vec::new();
     let mut table_rows: Vec<(String, TableRow, Duration, Duration, u32)> = Vec::new();
+    let mut baseline_rows: Vec<(String, baseline::Outcome)> = Vec::new();
     if args.serve {
         // Baseline: `bindwatch serve` with an empty table.
         fresh_netns();
@@ -1648,13 +1666,24 @@ fn main() {
         let mut raw = RawDiag::open();
         tw.ensure(&mut raw, Duration::ZERO);
         let tw_time = t0.elapsed();
-        let row = table_phase(runs, &mut tw);
-        log!(
-            "== {}: table phase done ({} .. {})",
-            size.name,
-            row.census_min,
-            row.census_max
-        );
+        let row = args.table.then(|| table_phase(runs, &mut tw));
+        if let Some(row) = &row {
+            log!(
+                "== {}: table phase done ({} .. {})",
+                size.name,
+                row.census_min,
+                row.census_max
+            );
+        }
+        if let Some(bin) = &args.baseline_bin {
+            log!(
+                "== {}: against the baseline build {}",
+                size.name,
+                bin.display()
+            );
+            baseline_rows.push((size.name.to_string(), baseline::phase(&mut tw, bin, runs)));
+            log!("== {}: baseline phase done", size.name);
+        }
         if args.serve {
             // As deployed (default CPU budget: the table is walked when the budget
             // allows), then the worst case: a full walk every poll.
@@ -1683,78 +1712,81 @@ fn main() {
                 log!("== {}: node_exporter done", size.name);
             }
         }
-        table_rows.push((size.name.to_string(), row, build, tw_time, tw.batches));
+        if let Some(row) = row {
+            table_rows.push((size.name.to_string(), row, build, tw_time, tw.batches));
+        }
         drop(pop);
     }
 
     // ---- report
-    println!("\n## Table read: median wall / CPU per read, ms\n");
-    print!("| sockets |");
-    for m in METHODS {
-        print!(" {m} |");
-    }
-    println!(" poll CPU / raw 1-walk CPU | poll CPU / nl decode CPU | ss CPU / poll CPU |");
-    print!("|---|");
-    for _ in 0..METHODS.len() + 3 {
-        print!("---|");
-    }
-    println!();
-    for (name, row, _, _, _) in &table_rows {
-        print!("| {name} |");
+    if !table_rows.is_empty() {
+        println!("\n## Table read: median wall / CPU per read, ms\n");
+        print!("| sockets |");
         for m in METHODS {
-            let (w, c, _) = row.methods.get(m).copied().unwrap_or_default();
-            print!(" {:.1} / {:.1} |", ms(w), ms(c));
+            print!(" {m} |");
         }
-        let cpu = |m: &str| {
-            row.methods
-                .get(m)
-                .map(|x| x.1.as_secs_f64())
-                .unwrap_or(f64::NAN)
-        };
-        println!(
-            " {:.2} | {:.2} | {:.2} |",
-            cpu("poll") / cpu("raw 1-walk"),
-            cpu("poll") / cpu("nl decode 1-walk"),
-            cpu("ss -tan") / cpu("poll")
-        );
-    }
-    println!("\nThe same ratios round by round (min / median / max):\n");
-    for (name, row, _, _, _) in &table_rows {
-        let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = row.round_ratios.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            match (v.first(), v.get(v.len() / 2), v.last()) {
-                (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
-                _ => "-".into(),
+        println!(" poll CPU / raw 1-walk CPU | poll CPU / nl decode CPU | ss CPU / poll CPU |");
+        print!("|---|");
+        for _ in 0..METHODS.len() + 3 {
+            print!("---|");
+        }
+        println!();
+        for (name, row, _, _, _) in &table_rows {
+            print!("| {name} |");
+            for m in METHODS {
+                let (w, c, _) = row.methods.get(m).copied().unwrap_or_default();
+                print!(" {:.1} / {:.1} |", ms(w), ms(c));
             }
-        };
+            let cpu = |m: &str| {
+                row.methods
+                    .get(m)
+                    .map(|x| x.1.as_secs_f64())
+                    .unwrap_or(f64::NAN)
+            };
+            println!(
+                " {:.2} | {:.2} | {:.2} |",
+                cpu("poll") / cpu("raw 1-walk"),
+                cpu("poll") / cpu("nl decode 1-walk"),
+                cpu("ss -tan") / cpu("poll")
+            );
+        }
+        println!("\nThe same ratios round by round (min / median / max):\n");
+        for (name, row, _, _, _) in &table_rows {
+            let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                let mut v: Vec<f64> = row.round_ratios.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                match (v.first(), v.get(v.len() / 2), v.last()) {
+                    (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
+                    _ => "-".into(),
+                }
+            };
+            println!(
+                "- {name}: `ss` CPU / poll CPU {}; poll CPU / raw 1-walk CPU {} ({} rounds)",
+                spread(&|r| r.0),
+                spread(&|r| r.1),
+                row.round_ratios.len()
+            );
+        }
         println!(
-            "- {name}: `ss` CPU / poll CPU {}; poll CPU / raw 1-walk CPU {} ({} rounds)",
-            spread(&|r| r.0),
-            spread(&|r| r.1),
-            row.round_ratios.len()
-        );
-    }
-    println!(
         "\nThe bpf source, round by round (min / median / max): a full poll with `--source bpf` \
          against the raw one-walk sock_diag dump, and against the netlink poll:\n"
     );
-    for (name, row, _, _, _) in &table_rows {
-        let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = row.bpf_ratios.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            match (v.first(), v.get(v.len() / 2), v.last()) {
-                (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
-                _ => "-".into(),
-            }
-        };
-        let cpu = |m: &str| {
-            row.methods
-                .get(m)
-                .map(|x| x.1.as_secs_f64())
-                .unwrap_or(f64::NAN)
-        };
-        println!(
+        for (name, row, _, _, _) in &table_rows {
+            let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                let mut v: Vec<f64> = row.bpf_ratios.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                match (v.first(), v.get(v.len() / 2), v.last()) {
+                    (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
+                    _ => "-".into(),
+                }
+            };
+            let cpu = |m: &str| {
+                row.methods
+                    .get(m)
+                    .map(|x| x.1.as_secs_f64())
+                    .unwrap_or(f64::NAN)
+            };
+            println!(
             "- {name}: poll (bpf) CPU / raw 1-walk CPU {} (medians {:.2}); poll (bpf) CPU / poll CPU {}; \
              bpf 1-walk CPU / raw 1-walk CPU {:.2}, narrowed {:.2}; raw bound-only CPU / raw 1-walk CPU {:.2} \
              ({} rounds)",
@@ -1766,11 +1798,11 @@ fn main() {
             cpu("raw bound-only") / cpu("raw 1-walk"),
             row.bpf_ratios.len()
         );
-    }
-    println!("\nPopulations (census at the start of each round) and first polls:\n");
-    for (name, row, build, tw, batches) in &table_rows {
-        let fp = row.first_poll.unwrap();
-        println!(
+        }
+        println!("\nPopulations (census at the start of each round) and first polls:\n");
+        for (name, row, build, tw, batches) in &table_rows {
+            let fp = row.first_poll.unwrap();
+            println!(
             "- {name}: {} .. {}; {} runs; built in {:.1}s + {:.1}s for TIME_WAITs (made {} times); \
              first poll (cold owner scan) {:.0} ms wall / {:.0} ms CPU; sockets counted per method: {}",
             row.census_min,
@@ -1788,7 +1820,9 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        }
     }
+    baseline::report(&baseline_rows);
 
     if !serve_rows.is_empty() {
         println!("\n## bindwatch serve (poll interval 1s)\n");
