@@ -10,7 +10,7 @@
 # then runs the poll bench (`cargo bench --bench poll`) at 100k and 1M with
 # --baseline-bin. Root
 # (the bench makes network namespaces). Environment: SIZES (default 100k,1m), RUNS
-# (default 3), BUILD_TIMEOUT and BENCH_TIMEOUT in seconds (default 1800 and 3600).
+# (default 5), BUILD_TIMEOUT and BENCH_TIMEOUT in seconds (default 1800 and 3600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -27,7 +27,7 @@ full=$(git rev-parse --verify "$rev^{commit}") || {
 }
 short=$(git rev-parse --short=7 "$full")
 sizes=${SIZES:-100k,1m}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 dir="$root/target/baseline-$short"
 bin="$dir/bindwatch"
 
