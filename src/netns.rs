@@ -288,7 +288,9 @@ impl NetnsCollectors {
                         .push((ns.name.clone(), start.elapsed().as_secs_f64()));
                     out.snapshots.push((ns.name.clone(), snap));
                 }
-                Err(e) => out.errors.push((ns.name.clone(), Some(kind), e.to_string())),
+                Err(e) => out
+                    .errors
+                    .push((ns.name.clone(), Some(kind), e.to_string())),
             }
         }
         out
