@@ -632,11 +632,9 @@ fn connections(port: u16, n: usize) -> Vec<Box<dyn AsRawFd + Send>> {
 }
 
 fn ephemeral_range() -> (u16, u16) {
-    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("range");
-    let mut it = s
-        .split_whitespace()
-        .map(|v| v.parse::<u16>().expect("port"));
-    (it.next().expect("lo"), it.next().expect("hi"))
+    bindwatch::source::sysctl::read_port_allocation(std::path::Path::new("/proc"))
+        .expect("ip_local_port_range")
+        .range
 }
 
 /// What the agent's table walk asks of the bpf source: whole sockets on the ports of

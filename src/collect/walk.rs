@@ -45,7 +45,7 @@ impl Collector {
         let mut walk = Walk {
             cookies: Vec::new(),
             listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
-            wanted: wanted_set,
+            wanted: &wanted_set,
             allocation,
             counts: FastCounts::default(),
             port_sockets: Vec::new(),
@@ -60,8 +60,7 @@ impl Collector {
         let states = ALL_STATES & !listen_mask();
         // Only the ports of interest need whole sockets; elsewhere the counts and the
         // tally's key do (the bpf source then reads less of each socket).
-        let wanted_bits = walk.wanted.0.clone();
-        let narrow = (wanted_bits.as_slice(), allocation.range);
+        let narrow = (wanted_set.0.as_slice(), allocation.range);
         self.table
             .dump_narrowed(Protocol::Tcp, states, Some(narrow), &mut |s| {
                 if s.state == State::Listen {
@@ -104,7 +103,7 @@ const COOKIES_MAX: usize = 262_144;
 /// What one walk of the TCP table gathers, socket by socket.
 struct Walk<'a> {
     cookies: Vec<(u16, std::net::IpAddr, u64)>,
-    wanted: PortSet,
+    wanted: &'a PortSet,
     listener_ports: PortSet,
     allocation: &'a PortAllocation,
     counts: FastCounts,
