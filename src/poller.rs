@@ -3,15 +3,12 @@
 //! last published bytes, so it never waits on the kernel and its cost does not
 //! grow with the socket table.
 
-use std::io::Write as _;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 
 use std::path::PathBuf;
 
@@ -116,13 +113,6 @@ impl PollerHandle {
         let _ = t.join();
         true
     }
-}
-
-fn gzip(body: &[u8]) -> Bytes {
-    let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(body);
-    Bytes::from(enc.finish().unwrap_or_default())
 }
 
 /// Spaces out walks of the whole socket table so bindwatch's average CPU stays
@@ -514,8 +504,8 @@ fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
     }
 }
 
-/// Renders the last snapshots once (both formats, gzipped, the landing page) and
-/// publishes them for the server.
+/// Renders the last snapshots once (both formats; gzip and the landing page are
+/// made when first asked for) and publishes them for the server.
 fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras) {
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
@@ -523,24 +513,20 @@ fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras
         .map(|(n, s)| (n.as_deref(), s.as_ref()))
         .collect();
     let exp = metrics::render_all(&snaps, selfm, extras);
-    latest.set(Published {
-        gzip: gzip(exp.text.as_bytes()),
-        body: Bytes::from(exp.text),
-        openmetrics_gzip: gzip(exp.openmetrics.as_bytes()),
-        openmetrics: Bytes::from(exp.openmetrics),
-        landing: Arc::from(landing_tables(&snaps, st.events.as_deref())),
-        last_success: st.last_success,
-        snapshots: st.last.clone(),
-    });
+    latest.set(Published::new(
+        Bytes::from(exp.text),
+        Bytes::from(exp.openmetrics),
+        landing(st),
+        st.last_success,
+        st.last.clone(),
+    ));
 }
 
-/// The landing page's live part: the snapshot's tables, then the recent failures.
-fn landing_tables(
-    snaps: &[(Option<&str>, &Snapshot)],
-    events: Option<&crate::events::Events>,
-) -> String {
-    let mut out = crate::landing::tables(snaps);
-    let recent = events.filter(|e| e.active()).map(|e| {
+/// The landing page's live part: the snapshot's tables, then the recent failures,
+/// rendered when first asked for from what this poll publishes.
+fn landing(st: &LoopState) -> crate::publish::Landing {
+    let snapshots = st.last.clone();
+    let recent = st.events.as_deref().filter(|e| e.active()).map(|e| {
         e.with_log(|l| {
             l.recent
                 .iter()
@@ -550,8 +536,15 @@ fn landing_tables(
                 .collect::<Vec<_>>()
         })
     });
-    out.push_str(&crate::landing::failures(recent.as_deref()));
-    out
+    crate::publish::Landing::new(move || {
+        let snaps: Vec<(Option<&str>, &Snapshot)> = snapshots
+            .iter()
+            .map(|(n, s)| (n.as_deref(), s.as_ref()))
+            .collect();
+        let mut out = crate::landing::tables(&snaps);
+        out.push_str(&crate::landing::failures(recent.as_deref()));
+        out
+    })
 }
 
 #[cfg(test)]

@@ -2,23 +2,26 @@
 //! ([`Published`], swapped whole in [`Latest`]) and what a request may ask of the
 //! poller ([`Control`]). Neither side knows the other; both know this room.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::metrics;
 
-/// What a scrape serves: the text format and OpenMetrics, each plain and gzipped,
-/// all rendered by the poll (a scrape only picks one and copies it).
-#[derive(Debug, Clone)]
+/// What a scrape serves: the text format and OpenMetrics, rendered by the poll,
+/// each gzipped by the first request that asks for it (most polls are scraped in
+/// one format only, by one Prometheus, or not at all; compressing both every poll
+/// cost as much as rendering them). A scrape never touches the kernel: at most it
+/// compresses an exposition the size of the series count, once per poll.
+#[derive(Debug)]
 pub struct Published {
     pub body: Bytes,
-    pub gzip: Bytes,
     pub openmetrics: Bytes,
-    pub openmetrics_gzip: Bytes,
+    gzip: OnceLock<Bytes>,
+    openmetrics_gzip: OnceLock<Bytes>,
     /// The live tables of the landing page (see [`crate::landing`]).
-    pub landing: Arc<str>,
+    pub landing: Landing,
     pub last_success: Option<Instant>,
     /// The snapshots the body was rendered from, with their namespace name under
     /// `--netns all` (the failure tracer judges events against them).
@@ -26,14 +29,78 @@ pub struct Published {
 }
 
 impl Published {
-    /// The bytes of `format`, gzipped or not.
+    pub fn new(
+        body: Bytes,
+        openmetrics: Bytes,
+        landing: Landing,
+        last_success: Option<Instant>,
+        snapshots: Vec<(Option<String>, Arc<crate::model::Snapshot>)>,
+    ) -> Self {
+        Published {
+            body,
+            openmetrics,
+            gzip: OnceLock::new(),
+            openmetrics_gzip: OnceLock::new(),
+            landing,
+            last_success,
+            snapshots,
+        }
+    }
+
+    /// The bytes of `format`, gzipped or not; concurrent first requests for a
+    /// gzipped format compress it once.
     pub fn bytes(&self, format: metrics::Format, gzip: bool) -> Bytes {
         match (format, gzip) {
             (metrics::Format::Text, false) => self.body.clone(),
-            (metrics::Format::Text, true) => self.gzip.clone(),
+            (metrics::Format::Text, true) => self.gzip.get_or_init(|| compress(&self.body)).clone(),
             (metrics::Format::OpenMetrics, false) => self.openmetrics.clone(),
-            (metrics::Format::OpenMetrics, true) => self.openmetrics_gzip.clone(),
+            (metrics::Format::OpenMetrics, true) => self
+                .openmetrics_gzip
+                .get_or_init(|| compress(&self.openmetrics))
+                .clone(),
         }
+    }
+}
+
+fn compress(body: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(body);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// The landing page's live part, rendered on the first request for it and then
+/// kept with its snapshot: most polls publish a page nobody opens, and rendering
+/// it cost each poll as much as a few percent of its user time.
+pub struct Landing {
+    page: OnceLock<Arc<str>>,
+    render: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl Landing {
+    /// `render` must own what it renders (the published snapshot, not the kernel).
+    pub fn new(render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        Landing {
+            page: OnceLock::new(),
+            render: Box::new(render),
+        }
+    }
+
+    /// The rendered tables; concurrent first requests render once.
+    pub fn get(&self) -> Arc<str> {
+        self.page.get_or_init(|| Arc::from((self.render)())).clone()
+    }
+}
+
+impl std::fmt::Debug for Landing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Landing")
+            .field("rendered", &self.page.get().is_some())
+            .finish()
     }
 }
 
@@ -48,15 +115,13 @@ pub struct Latest {
 impl Latest {
     pub fn new() -> Self {
         Latest {
-            inner: Mutex::new(Arc::new(Published {
-                body: Bytes::new(),
-                gzip: Bytes::new(),
-                openmetrics: Bytes::new(),
-                openmetrics_gzip: Bytes::new(),
-                landing: Arc::from(""),
-                last_success: None,
-                snapshots: Vec::new(),
-            })),
+            inner: Mutex::new(Arc::new(Published::new(
+                Bytes::new(),
+                Bytes::new(),
+                Landing::new(String::new),
+                None,
+                Vec::new(),
+            ))),
             http: metrics::HttpStats::default(),
         }
     }
@@ -93,4 +158,69 @@ pub enum Control {
     /// Re-read `--config.file` (SIGHUP, `POST /-/reload`), then poll at once if the
     /// services changed.
     Reload(Option<ReloadReply>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .expect("valid gzip");
+        out
+    }
+
+    #[test]
+    fn each_format_is_compressed_on_first_request_and_kept() {
+        let text = Bytes::from("# TYPE a gauge\na 1\n".repeat(50));
+        let om = Bytes::from("# TYPE b gauge\nb 2\n# EOF\n".repeat(50));
+        let p = Published::new(
+            text.clone(),
+            om.clone(),
+            Landing::new(String::new),
+            None,
+            Vec::new(),
+        );
+        for (format, plain) in [
+            (metrics::Format::Text, &text),
+            (metrics::Format::OpenMetrics, &om),
+        ] {
+            assert_eq!(&p.bytes(format, false), plain, "{format:?} plain");
+            let first = p.bytes(format, true);
+            assert_eq!(gunzip(&first), plain.to_vec(), "{format:?} gzipped");
+            assert!(first.len() < plain.len(), "{format:?}: compressed");
+            // The same bytes, not a second compression.
+            assert_eq!(p.bytes(format, true).as_ptr(), first.as_ptr(), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn the_landing_page_renders_once_when_first_asked() {
+        let renders = Arc::new(AtomicUsize::new(0));
+        let counted = renders.clone();
+        let landing = Landing::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "<p>tables</p>".to_string()
+        });
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            0,
+            "not rendered by publishing"
+        );
+        let pages: Vec<Arc<str>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| landing.get())).collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert!(pages.iter().all(|p| &**p == "<p>tables</p>"));
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            1,
+            "concurrent first requests render once"
+        );
+        assert_eq!(format!("{landing:?}"), "Landing { rendered: true }");
+    }
 }

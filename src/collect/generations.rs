@@ -2,10 +2,12 @@
 //! had, since when, with which flags and children. Tracking only: when a remembered
 //! generation may decide a leftover's flags is [`crate::rebind::memory`]'s rule.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{endpoint, read_fin_timeout, Collector};
+use crate::fasthash::FxHashMap;
 use crate::model::{Endpoint, Listener, Owner, Protocol, Socket};
 use crate::rebind::memory::{self, Generation};
 use crate::state;
@@ -200,17 +202,18 @@ impl Collector {
         &mut self,
         mut port_sockets: Vec<Socket>,
         table_taken_at: SystemTime,
-    ) -> HashMap<(Protocol, u16), Vec<Socket>> {
+    ) -> FxHashMap<(Protocol, u16), Vec<Socket>> {
         // Everything below is per port: group once instead of filtering per endpoint
         // (hundreds of listening ports times thousands of sockets at scale).
-        let mut generations_by_port: HashMap<(Protocol, u16), Vec<Generation>> = HashMap::new();
+        let mut generations_by_port: FxHashMap<(Protocol, u16), Vec<&Generation>> =
+            FxHashMap::default();
         for (ep, r) in &self.memory {
             generations_by_port
                 .entry((ep.protocol, ep.port))
                 .or_default()
-                .extend(r.generations.iter().cloned());
+                .extend(r.generations.iter());
         }
-        let mut by_port: HashMap<(Protocol, u16), Vec<Socket>> = HashMap::new();
+        let mut by_port: FxHashMap<(Protocol, u16), Vec<Socket>> = FxHashMap::default();
         for s in port_sockets.drain(..) {
             by_port
                 .entry((s.protocol, s.local.port()))
@@ -252,12 +255,9 @@ fn confirm_generations(
     memory: &mut BTreeMap<Endpoint, Remembered>,
     still_listening: &HashSet<u64>,
     at: f64,
-    cookies: Option<&[(u16, std::net::IpAddr, u64)]>,
+    cookies: Option<&[(u16, IpAddr, u64)]>,
 ) {
-    let mut by_port: HashMap<u16, Vec<(std::net::IpAddr, u64)>> = HashMap::new();
-    for &(port, ip, cookie) in cookies.unwrap_or_default() {
-        by_port.entry(port).or_default().push((ip, cookie));
-    }
+    let by_port = cookies.map(CookiesByPort::new);
     for (ep, r) in memory.iter_mut() {
         for g in r.generations.iter_mut() {
             let alive = g.gone_at.is_none()
@@ -268,19 +268,121 @@ fn confirm_generations(
                 continue;
             }
             g.last_seen = g.last_seen.max(at);
-            if cookies.is_none() {
+            let Some(by_port) = &by_port else {
                 continue;
-            }
-            let mut children: Vec<u64> = by_port
-                .get(&ep.port)
-                .into_iter()
-                .flatten()
-                .filter(|(ip, _)| g.may_parent_at(Protocol::Tcp, *ip, ep.port))
-                .map(|&(_, c)| c)
-                .take(memory::CHILDREN_MAX)
-                .collect();
-            children.sort_unstable();
+            };
+            // Refilled in place: the allocation outlives the poll.
+            let mut children = std::mem::take(&mut g.children);
+            children.clear();
+            // Its own address first: the one compare that decides most children.
+            let own = g.listener.local.ip();
+            children.extend(
+                by_port
+                    .on(ep.port)
+                    .iter()
+                    .filter(|(ip, _)| *ip == own || g.may_parent_at(Protocol::Tcp, *ip, ep.port))
+                    .map(|&(_, c)| c)
+                    .take(memory::CHILDREN_MAX),
+            );
+            // Sorted already: each port's cookies are (CookiesByPort::new).
+            debug_assert!(children.is_sorted());
             g.children = children;
         }
+    }
+}
+
+/// A walk's cookies grouped by port with a counting sort: two passes over them
+/// and no hashing (a hash map grouping them was a tenth of a poll's user time at
+/// 100k sockets).
+struct CookiesByPort {
+    /// After [`CookiesByPort::new`], `end[p]` is where port `p`'s entries end
+    /// (and `p + 1`'s begin).
+    end: Vec<u32>,
+    entries: Vec<(IpAddr, u64)>,
+}
+
+impl CookiesByPort {
+    fn new(cookies: &[(u16, IpAddr, u64)]) -> Self {
+        // The walk keeps at most COOKIES_MAX (far below u32::MAX) cookies; more
+        // are dropped here rather than overflow an offset.
+        let cookies = &cookies[..cookies.len().min(u32::MAX as usize)];
+        let mut end = vec![0u32; 1 << 16];
+        for &(p, _, _) in cookies {
+            end[usize::from(p)] += 1;
+        }
+        // Exclusive prefix sums: end[p] becomes where port p begins...
+        let mut sum = 0u32;
+        for e in end.iter_mut() {
+            let n = *e;
+            *e = sum;
+            sum += n;
+        }
+        // ...and, once each entry is placed, where it ends.
+        let mut entries = vec![(IpAddr::from([0u8; 4]), 0u64); cookies.len()];
+        for &(p, ip, c) in cookies {
+            let at = &mut end[usize::from(p)];
+            entries[*at as usize] = (ip, c);
+            *at += 1;
+        }
+        let mut g = CookiesByPort { end, entries };
+        // Sorted by cookie once per port, so that every generation's children,
+        // filtered from its port's, come out sorted (several listeners share a
+        // port: SO_REUSEPORT groups, one per address). The kernel numbers sockets
+        // when a dump first asks for their cookie and dumps its hash in a stable
+        // order, so each port's run is mostly sorted already: the stable sort finds
+        // the runs and merges them instead of sorting from scratch.
+        let mut begin = 0;
+        for &end in &g.end {
+            let end = end as usize;
+            if end - begin > 1 {
+                g.entries[begin..end].sort_by_key(|&(_, c)| c);
+            }
+            begin = end;
+        }
+        g
+    }
+
+    /// The (address, cookie) pairs the walk read on `port`, by cookie.
+    fn on(&self, port: u16) -> &[(IpAddr, u64)] {
+        let begin = match port.checked_sub(1) {
+            Some(prev) => self.end[usize::from(prev)],
+            None => 0,
+        };
+        &self.entries[begin as usize..self.end[usize::from(port)] as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CookiesByPort;
+    use std::net::IpAddr;
+
+    #[test]
+    fn cookies_group_by_port_sorted_by_cookie() {
+        let a = IpAddr::from([127, 0, 0, 1]);
+        let b: IpAddr = "::1".parse().expect("address");
+        let cookies = [
+            (80, a, 6),
+            (0, a, 2),
+            (65535, b, 7),
+            (80, b, 4),
+            (443, a, 5),
+            (80, a, 1),
+            (65535, a, 3),
+        ];
+        let g = CookiesByPort::new(&cookies);
+        let cases: [(u16, &[(IpAddr, u64)]); 6] = [
+            (0, &[(a, 2)]),
+            (1, &[]),
+            (80, &[(a, 1), (b, 4), (a, 6)]),
+            (443, &[(a, 5)]),
+            (444, &[]),
+            (65535, &[(a, 3), (b, 7)]),
+        ];
+        for (port, want) in cases {
+            assert_eq!(g.on(port), want, "port {port}");
+        }
+        let empty = CookiesByPort::new(&[]);
+        assert!(empty.on(0).is_empty() && empty.on(65535).is_empty());
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Service;
 use crate::conflict;
+use crate::fasthash::FxHashMap;
 use crate::model::{
     Endpoint, EndpointRisk, Listener, Owner, Protocol, Snapshot, Socket, State, StateCounts,
 };
@@ -149,7 +150,7 @@ fn live_listeners(port_sockets: &[Socket], owner_of: &HashMap<u64, Owner>) -> Ve
 }
 
 /// The sockets of interest in (protocol, port) order, as the snapshot lists them.
-fn sorted_by_port(by_port: HashMap<(Protocol, u16), Vec<Socket>>) -> Vec<Socket> {
+fn sorted_by_port(by_port: FxHashMap<(Protocol, u16), Vec<Socket>>) -> Vec<Socket> {
     let mut ports_sorted: Vec<((Protocol, u16), Vec<Socket>)> = by_port.into_iter().collect();
     ports_sorted.sort_by_key(|(k, _)| *k);
     ports_sorted.into_iter().flat_map(|(_, v)| v).collect()
@@ -454,7 +455,7 @@ impl Collector {
     fn risks(
         &self,
         listeners: &[Listener],
-        by_port: &HashMap<(Protocol, u16), Vec<Socket>>,
+        by_port: &FxHashMap<(Protocol, u16), Vec<Socket>>,
     ) -> Vec<EndpointRisk> {
         let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
         let empty = Vec::new();

@@ -42,8 +42,10 @@ impl Collector {
                 .filter(|(p, _)| *p == Protocol::Tcp)
                 .map(|(_, n)| *n),
         );
+        // Sized like the last walk's: growing it by doubling copied megabytes.
+        let cookies_hint = self.table_view.as_ref().map_or(0, |v| v.cookies.len());
         let mut walk = Walk {
-            cookies: Vec::new(),
+            cookies: Vec::with_capacity(cookies_hint),
             listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
             wanted: &wanted_set,
             allocation,
@@ -129,15 +131,17 @@ impl Walk<'_> {
         self.counts.add(s);
         let port = s.local.port();
         if self.wanted.contains(port) {
-            // A TIME_WAIT already dates itself by its timer.
-            if s.cookie != 0 && s.state != State::TimeWait && self.cookies.len() < COOKIES_MAX {
+            let listened = self.listener_ports.contains(port);
+            // Only a live listener can have children; a TIME_WAIT already dates
+            // itself by its timer.
+            if listened
+                && s.cookie != 0
+                && s.state != State::TimeWait
+                && self.cookies.len() < COOKIES_MAX
+            {
                 self.cookies.push((port, s.local.ip(), s.cookie));
             }
-            self.folder.push(
-                s,
-                self.listener_ports.contains(port),
-                &mut self.port_sockets,
-            );
+            self.folder.push(s, listened, &mut self.port_sockets);
         }
         if self.allocation.in_range(port) {
             self.tally.add(s);

@@ -201,7 +201,8 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
         }
         "/" if read_only => {
-            let page = crate::landing::page(&state.telemetry_path, &state.latest.get().landing);
+            let page =
+                crate::landing::page(&state.telemetry_path, &state.latest.get().landing.get());
             let mut r = Response::new(Full::new(Bytes::from(page)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
