@@ -31,6 +31,7 @@ const ADDED_METRICS: &[&str] = &[
     "bindwatch_capability",
     "bindwatch_source_active",
     "bindwatch_config_last_reload_successful",
+    "bindwatch_web_config_last_reload_successful",
     "bindwatch_ports_dropped_total",
     "bindwatch_ephemeral_port_range_size",
     "bindwatch_procfs_malformed_lines_total",
