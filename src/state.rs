@@ -286,11 +286,11 @@ const MAX_LAST_SEEN: f64 = 16_725_225_600.0;
 /// The cap on the state file, see [`crate::fsread::STATE_MAX`].
 pub const MAX_BYTES: u64 = crate::fsread::STATE_MAX;
 
-/// Writes the state atomically (not durably: see the comment at the rename), safe in
-/// a directory an attacker may have prepared: the temporary file gets an
-/// unpredictable name and is created with `O_EXCL|O_NOFOLLOW` (a planted file or
-/// symlink makes the create fail, it is never followed or truncated), mode 0644
-/// whatever the umask, then renamed over the file. A directory that other users can write to
+/// Writes the state atomically and durably, safe in a directory an attacker may have
+/// prepared: the temporary file gets an unpredictable name and is created with
+/// `O_EXCL|O_NOFOLLOW` (a planted file or symlink makes the create fail, it is never
+/// followed or truncated), mode 0644 whatever the umask, is fsynced before the rename,
+/// and the directory is fsynced after it. A directory that other users can write to
 /// without the sticky bit is refused (they could swap the file under a reader).
 ///
 /// # Errors
@@ -350,17 +350,15 @@ pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
         // The umask may have cleared bits: readers (check, run by anyone) need 0644.
         file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         file.write_all(&body)?;
-        // No fsync: the rename alone makes readers see the old or the new file
-        // whole, and a file that a crash or power loss left behind names a writer
-        // that is gone, which readers ignore. Syncing a file rewritten every poll
-        // would only cost disk writes and poll time.
+        file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(())
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// 64 random bits from the kernel (getrandom(2)).
