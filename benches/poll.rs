@@ -138,6 +138,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// "min / median / max" of `values` to `decimals` places, "-" when there are none.
+fn min_median_max(values: impl Iterator<Item = f64>, decimals: usize) -> String {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(a), Some(m), Some(b)) => format!("{a:.decimals$} / {m:.decimals$} / {b:.decimals$}"),
+        _ => "-".into(),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -656,6 +666,15 @@ struct TableRow {
     bpf_ratios: Vec<(f64, f64)>,
     first_poll: Option<Sample>,
     runs: usize,
+}
+
+impl TableRow {
+    /// The median CPU seconds of `method` (NaN when it was not measured).
+    fn cpu_secs(&self, method: &str) -> f64 {
+        self.methods
+            .get(method)
+            .map_or(f64::NAN, |x| x.1.as_secs_f64())
+    }
 }
 
 const METHODS: [&str; 13] = [
@@ -1737,12 +1756,7 @@ fn main() {
                 let (w, c, _) = row.methods.get(m).copied().unwrap_or_default();
                 print!(" {:.1} / {:.1} |", ms(w), ms(c));
             }
-            let cpu = |m: &str| {
-                row.methods
-                    .get(m)
-                    .map(|x| x.1.as_secs_f64())
-                    .unwrap_or(f64::NAN)
-            };
+            let cpu = |m: &str| row.cpu_secs(m);
             println!(
                 " {:.2} | {:.2} | {:.2} |",
                 cpu("poll") / cpu("raw 1-walk"),
@@ -1752,14 +1766,8 @@ fn main() {
         }
         println!("\nThe same ratios round by round (min / median / max):\n");
         for (name, row, _, _, _) in &table_rows {
-            let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
-                let mut v: Vec<f64> = row.round_ratios.iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                match (v.first(), v.get(v.len() / 2), v.last()) {
-                    (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
-                    _ => "-".into(),
-                }
-            };
+            let spread =
+                |f: &dyn Fn(&(f64, f64)) -> f64| min_median_max(row.round_ratios.iter().map(f), 2);
             println!(
                 "- {name}: `ss` CPU / poll CPU {}; poll CPU / raw 1-walk CPU {} ({} rounds)",
                 spread(&|r| r.0),
@@ -1772,20 +1780,9 @@ fn main() {
          against the raw one-walk sock_diag dump, and against the netlink poll:\n"
     );
         for (name, row, _, _, _) in &table_rows {
-            let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
-                let mut v: Vec<f64> = row.bpf_ratios.iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                match (v.first(), v.get(v.len() / 2), v.last()) {
-                    (Some(a), Some(m), Some(b)) => format!("{a:.2} / {m:.2} / {b:.2}"),
-                    _ => "-".into(),
-                }
-            };
-            let cpu = |m: &str| {
-                row.methods
-                    .get(m)
-                    .map(|x| x.1.as_secs_f64())
-                    .unwrap_or(f64::NAN)
-            };
+            let spread =
+                |f: &dyn Fn(&(f64, f64)) -> f64| min_median_max(row.bpf_ratios.iter().map(f), 2);
+            let cpu = |m: &str| row.cpu_secs(m);
             println!(
             "- {name}: poll (bpf) CPU / raw 1-walk CPU {} (medians {:.2}); poll (bpf) CPU / poll CPU {}; \
              bpf 1-walk CPU / raw 1-walk CPU {:.2}, narrowed {:.2}; raw bound-only CPU / raw 1-walk CPU {:.2} \

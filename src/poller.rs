@@ -504,8 +504,8 @@ fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
     }
 }
 
-/// Renders the last snapshots once (both formats; gzip and the landing page are
-/// made when first asked for) and publishes them for the server.
+/// Renders the last snapshots once (both formats; the server makes gzip and the
+/// landing page when first asked for) and publishes them.
 fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras) {
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
@@ -516,35 +516,9 @@ fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras
     latest.set(Published::new(
         Bytes::from(exp.text),
         Bytes::from(exp.openmetrics),
-        landing(st),
         st.last_success,
         st.last.clone(),
     ));
-}
-
-/// The landing page's live part: the snapshot's tables, then the recent failures,
-/// rendered when first asked for from what this poll publishes.
-fn landing(st: &LoopState) -> crate::publish::Landing {
-    let snapshots = st.last.clone();
-    let recent = st.events.as_deref().filter(|e| e.active()).map(|e| {
-        e.with_log(|l| {
-            l.recent
-                .iter()
-                .rev()
-                .take(crate::landing::FAILURES_SHOWN)
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-    });
-    crate::publish::Landing::new(move || {
-        let snaps: Vec<(Option<&str>, &Snapshot)> = snapshots
-            .iter()
-            .map(|(n, s)| (n.as_deref(), s.as_ref()))
-            .collect();
-        let mut out = crate::landing::tables(&snaps);
-        out.push_str(&crate::landing::failures(recent.as_deref()));
-        out
-    })
 }
 
 #[cfg(test)]

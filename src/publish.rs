@@ -20,8 +20,9 @@ pub struct Published {
     pub openmetrics: Bytes,
     gzip: OnceLock<Bytes>,
     openmetrics_gzip: OnceLock<Bytes>,
-    /// The live tables of the landing page (see [`crate::landing`]).
-    pub landing: Landing,
+    /// The live tables of the landing page, made by the first `GET /` after the
+    /// poll (see [`Published::landing`]).
+    landing: OnceLock<Arc<str>>,
     pub last_success: Option<Instant>,
     /// The snapshots the body was rendered from, with their namespace name under
     /// `--netns all` (the failure tracer judges events against them).
@@ -32,7 +33,6 @@ impl Published {
     pub fn new(
         body: Bytes,
         openmetrics: Bytes,
-        landing: Landing,
         last_success: Option<Instant>,
         snapshots: Vec<(Option<String>, Arc<crate::model::Snapshot>)>,
     ) -> Self {
@@ -41,10 +41,17 @@ impl Published {
             openmetrics,
             gzip: OnceLock::new(),
             openmetrics_gzip: OnceLock::new(),
-            landing,
+            landing: OnceLock::new(),
             last_success,
             snapshots,
         }
+    }
+
+    /// The landing page's live tables: `render` makes them from this
+    /// publication on the first request after a poll (most polls publish a page
+    /// nobody opens), later and concurrent requests get the same text.
+    pub fn landing(&self, render: impl FnOnce(&Self) -> String) -> Arc<str> {
+        self.landing.get_or_init(|| Arc::from(render(self))).clone()
     }
 
     /// The bytes of `format`, gzipped or not; concurrent first requests for a
@@ -73,37 +80,6 @@ fn compress(body: &[u8]) -> Bytes {
     Bytes::from(enc.finish().unwrap_or_default())
 }
 
-/// The landing page's live part, rendered on the first request for it and then
-/// kept with its snapshot: most polls publish a page nobody opens, and rendering
-/// it cost each poll as much as a few percent of its user time.
-pub struct Landing {
-    page: OnceLock<Arc<str>>,
-    render: Box<dyn Fn() -> String + Send + Sync>,
-}
-
-impl Landing {
-    /// `render` must own what it renders (the published snapshot, not the kernel).
-    pub fn new(render: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        Landing {
-            page: OnceLock::new(),
-            render: Box::new(render),
-        }
-    }
-
-    /// The rendered tables; concurrent first requests render once.
-    pub fn get(&self) -> Arc<str> {
-        self.page.get_or_init(|| Arc::from((self.render)())).clone()
-    }
-}
-
-impl std::fmt::Debug for Landing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Landing")
-            .field("rendered", &self.page.get().is_some())
-            .finish()
-    }
-}
-
 /// The latest [`Published`], swapped whole by the poller.
 pub struct Latest {
     // A std Mutex: it is held only to clone an Arc, never across an await.
@@ -118,7 +94,6 @@ impl Latest {
             inner: Mutex::new(Arc::new(Published::new(
                 Bytes::new(),
                 Bytes::new(),
-                Landing::new(String::new),
                 None,
                 Vec::new(),
             ))),
@@ -178,13 +153,7 @@ mod tests {
     fn each_format_is_compressed_on_first_request_and_kept() {
         let text = Bytes::from("# TYPE a gauge\na 1\n".repeat(50));
         let om = Bytes::from("# TYPE b gauge\nb 2\n# EOF\n".repeat(50));
-        let p = Published::new(
-            text.clone(),
-            om.clone(),
-            Landing::new(String::new),
-            None,
-            Vec::new(),
-        );
+        let p = Published::new(text.clone(), om.clone(), None, Vec::new());
         for (format, plain) in [
             (metrics::Format::Text, &text),
             (metrics::Format::OpenMetrics, &om),
@@ -200,19 +169,19 @@ mod tests {
 
     #[test]
     fn the_landing_page_renders_once_when_first_asked() {
-        let renders = Arc::new(AtomicUsize::new(0));
-        let counted = renders.clone();
-        let landing = Landing::new(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            "<p>tables</p>".to_string()
-        });
-        assert_eq!(
-            renders.load(Ordering::SeqCst),
-            0,
-            "not rendered by publishing"
-        );
+        let p = Published::new(Bytes::new(), Bytes::new(), None, Vec::new());
+        let renders = AtomicUsize::new(0);
         let pages: Vec<Arc<str>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| landing.get())).collect();
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        p.landing(|_| {
+                            renders.fetch_add(1, Ordering::SeqCst);
+                            "<p>tables</p>".to_string()
+                        })
+                    })
+                })
+                .collect();
             hs.into_iter().map(|h| h.join().expect("thread")).collect()
         });
         assert!(pages.iter().all(|p| &**p == "<p>tables</p>"));
@@ -221,6 +190,7 @@ mod tests {
             1,
             "concurrent first requests render once"
         );
-        assert_eq!(format!("{landing:?}"), "Landing { rendered: true }");
+        let again = p.landing(|_| unreachable!("rendered already"));
+        assert_eq!(&*again, "<p>tables</p>");
     }
 }

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{http_get, metric_sum, ms, proc_cpu, wait_http, Census, Guard, RawDiag, TwKeeper};
+use super::{
+    http_get, metric_sum, min_median_max, ms, proc_cpu, wait_http, Census, Guard, RawDiag, TwKeeper,
+};
 
 /// Ports of the two agents (clear of the serve rows' and the population's).
 const CURRENT_PORT: u16 = 10_035;
@@ -356,12 +358,7 @@ pub fn phase(tw: &mut TwKeeper, baseline: &Path, runs: usize) -> Outcome {
 
 /// min / median / max of `f` over the rounds.
 fn spread(rounds: &[(Window, Window)], f: impl Fn(&(Window, Window)) -> f64) -> String {
-    let mut v: Vec<f64> = rounds.iter().map(f).collect();
-    v.sort_by(f64::total_cmp);
-    match (v.first(), v.get(v.len() / 2), v.last()) {
-        (Some(a), Some(m), Some(b)) => format!("{a:.3} / {m:.3} / {b:.3}"),
-        _ => "-".into(),
-    }
+    min_median_max(rounds.iter().map(f), 3)
 }
 
 pub fn report(results: &[(String, Outcome)]) {

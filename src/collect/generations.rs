@@ -274,13 +274,11 @@ fn confirm_generations(
             // Refilled in place: the allocation outlives the poll.
             let mut children = std::mem::take(&mut g.children);
             children.clear();
-            // Its own address first: the one compare that decides most children.
-            let own = g.listener.local.ip();
             children.extend(
                 by_port
                     .on(ep.port)
                     .iter()
-                    .filter(|(ip, _)| *ip == own || g.may_parent_at(Protocol::Tcp, *ip, ep.port))
+                    .filter(|(ip, _)| g.may_parent_at(Protocol::Tcp, *ip, ep.port))
                     .map(|&(_, c)| c)
                     .take(memory::CHILDREN_MAX),
             );

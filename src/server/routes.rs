@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::lifecycle::Outcome;
+use crate::publish::Published;
 use crate::web::auth::Verdict;
 
 use super::{AppState, Body};
@@ -149,6 +150,29 @@ pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<By
     handle(state, req)
 }
 
+/// The landing page's live part: the published snapshots' tables, then the recent
+/// failures.
+fn landing_tables(p: &Published, events: Option<&crate::events::Events>) -> String {
+    let snaps: Vec<(Option<&str>, &crate::model::Snapshot)> = p
+        .snapshots
+        .iter()
+        .map(|(n, s)| (n.as_deref(), s.as_ref()))
+        .collect();
+    let recent = events.filter(|e| e.active()).map(|e| {
+        e.with_log(|l| {
+            l.recent
+                .iter()
+                .rev()
+                .take(crate::landing::FAILURES_SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut out = crate::landing::tables(&snaps);
+    out.push_str(&crate::landing::failures(recent.as_deref()));
+    out
+}
+
 /// Routes one read-only request. Pure over the published state: never touches the kernel.
 pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -201,8 +225,9 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
         }
         "/" if read_only => {
-            let page =
-                crate::landing::page(&state.telemetry_path, &state.latest.get().landing.get());
+            let p = state.latest.get();
+            let tables = p.landing(|p| landing_tables(p, state.events.as_deref()));
+            let page = crate::landing::page(&state.telemetry_path, &tables);
             let mut r = Response::new(Full::new(Bytes::from(page)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
