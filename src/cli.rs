@@ -1,5 +1,5 @@
 //! Command line: flags and subcommands (serve, check, wait, ports). Names follow
-//! `shared/design/contract.md` and the Prometheus exporter conventions.
+//! `docs/contract.md` and the Prometheus exporter conventions.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The bind-conflict engine: would a new socket's `bind()` (+ `listen()`) fail with
 //! EADDRINUSE against the sockets that exist now? Pure: sockets in, verdict out.
 //!
-//! It models the kernel functions named in `shared/design/bind-rules.md`
+//! It models the kernel functions named in `docs/bind-rules.md`
 //! (`inet_bind_conflict`, `inet_rcv_saddr_equal`, `udp_lib_lport_inuse`) on the data
 //! user space can see. A flag that user space could not see is `Tri::Unknown`; the
 //! engine then evaluates the rule for every value of every unknown flag and answers

@@ -10,7 +10,7 @@
 //! venv's Python (`yaml.safe_load_all`) and compared / inspected as `serde_json::Value`.
 //!
 //! The metric names that dashboards and alerts may use come from the contract,
-//! `../shared/design/contract.md` (or `$BINDWATCH_CONTRACT`), plus [`ADDED_METRICS`]; every
+//! `docs/contract.md`, plus [`ADDED_METRICS`]; every
 //! bindwatch name used must also be one that the source (`src/`) really exports.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1138,9 +1138,7 @@ fn dashboard_marks_what_the_e2e_test_expects() {
 
 /// Metric names of the contract's table: name -> type column.
 fn contract_metrics() -> BTreeMap<String, String> {
-    let path = std::env::var_os("BINDWATCH_CONTRACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/design/contract.md"));
+    let path = repo().join("docs/contract.md");
     let contract = read(&path);
     let mut out = BTreeMap::new();
     for line in contract.lines().filter(|l| l.starts_with("| `bindwatch_")) {
