@@ -60,6 +60,9 @@ declare -A PKG_FOR=(
     # tests/package.rs: the image (podman builds it; runc runs it where crun cannot)
     [podman]=podman
     [runc]=runc
+    # real daemons restarted for real (restart and unix-socket tests)
+    [nginx]=nginx
+    [redis-server]=redis-server
 )
 
 missing=()
@@ -84,7 +87,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "install-test-deps: apt-get install ${missing[*]}"
     apt-get update -q
+    # Daemon packages (nginx, redis-server) must not start their services on the host: the
+    # tests start their own, in private network namespaces. policy-rc.d 101 says "do not
+    # start"; one placed here is removed again, one that was already there is left alone.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 else
     echo "install-test-deps: apt packages already present"
 fi
