@@ -1,13 +1,93 @@
-//! The import rules of ARCHITECTURE.md, checked on the source: the data model imports
-//! nothing else of the crate, the engine only the model, the server never the poller,
-//! and no cycle among the top-level modules of `src/`. No root needed.
+//! The code map of ARCHITECTURE.md, checked on the source: every row's "may import"
+//! column is parsed from the file itself, so the map and this test cannot drift apart.
+//! Every top-level module of `src/` must have a row, every row must name a module, no
+//! module may import a crate module its row does not list, and there is no cycle among
+//! the top-level modules. No root needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One row of the code map: module -> the modules it may import (`None`: everything).
+type Map = BTreeMap<String, Option<BTreeSet<String>>>;
+
+/// Parses the `## Code map` table of an ARCHITECTURE.md text.
+fn parse_map(text: &str) -> Result<Map, String> {
+    let section = text
+        .split("\n## Code map")
+        .nth(1)
+        .ok_or("no `## Code map` section")?;
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut map = Map::new();
+    let mut header_seen = false;
+    for (n, line) in section.lines().enumerate() {
+        let line = line.trim();
+        if !line.starts_with('|') {
+            continue;
+        }
+        // `\|` is a pipe inside a cell (Markdown), not a column border.
+        let line = line.replace("\\|", "\u{0}");
+        let cols: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if cols.len() != 3 {
+            return Err(format!(
+                "code map line {n}: {} columns, want 3: {line}",
+                cols.len()
+            ));
+        }
+        if !header_seen {
+            if cols[0] != "module" || cols[2] != "may import" {
+                return Err(format!(
+                    "code map header is not module|job|may import: {line}"
+                ));
+            }
+            header_seen = true;
+            continue;
+        }
+        if cols[0].starts_with("---") {
+            continue;
+        }
+        let module = cols[0]
+            .trim_matches('`')
+            .trim_end_matches(".rs")
+            .to_string();
+        let may = match cols[2] {
+            "everything" => None,
+            "nothing" => Some(BTreeSet::new()),
+            list => {
+                let mut set = BTreeSet::new();
+                for item in list.split(',') {
+                    let item = item.trim();
+                    let name = item
+                        .strip_prefix('`')
+                        .and_then(|s| s.strip_suffix('`'))
+                        .ok_or_else(|| format!("row {module}: `{item}` is not a `module`"))?;
+                    set.insert(name.to_string());
+                }
+                Some(set)
+            }
+        };
+        if map.insert(module.clone(), may).is_some() {
+            return Err(format!("module {module} has two rows"));
+        }
+    }
+    if map.is_empty() {
+        return Err("the code map has no rows".into());
+    }
+    Ok(map)
+}
+
+fn code_map() -> Map {
+    let path = repo().join("ARCHITECTURE.md");
+    let text = std::fs::read_to_string(&path).expect("read ARCHITECTURE.md");
+    parse_map(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Top-level module -> the crate modules its non-test code names (`crate::x`).
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut files = Vec::new();
     walk(&src, &mut files);
@@ -22,19 +102,16 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
             .to_string();
         // A `tests.rs` is a unit-test module (`#[cfg(test)] mod tests;`) in a file
         // of its own: unit tests may use anything.
-        if top == "main" || top == "lib" || f.file_name().is_some_and(|n| n == "tests.rs") {
+        if top == "lib" || f.file_name().is_some_and(|n| n == "tests.rs") {
             continue;
         }
         let text = std::fs::read_to_string(&f).expect("read source");
-        // Unit tests may use anything; doc comments and comments are not imports.
         let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
         let entry = out.entry(top.clone()).or_default();
-        for line in code.lines() {
-            let line = line.split("//").next().unwrap_or("");
-            for name in crate_paths(line) {
-                if name != top {
-                    entry.insert(name);
-                }
+        // `bindwatch::x` in main.rs is the same as `crate::x` elsewhere.
+        for name in crate_paths(&strip_comments(code)) {
+            if name != top {
+                entry.insert(name);
             }
         }
     }
@@ -52,60 +129,146 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Modules named by `crate::name` and by `use crate::{a::.., b, ..}` in one line.
-fn crate_paths(line: &str) -> Vec<String> {
+/// The code without `//` comments (doc comments included): they are not imports.
+fn strip_comments(code: &str) -> String {
+    code.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Modules named by `crate::name`, `bindwatch::name` and by `use crate::{a::.., b, ..}`,
+/// also where a group spans several lines.
+fn crate_paths(code: &str) -> Vec<String> {
     let mut names = Vec::new();
     let ident = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()
     };
-    for (i, _) in line.match_indices("crate::") {
-        let rest = &line[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            for part in group.split(',') {
-                let n = ident(part.trim());
-                if !n.is_empty() {
-                    names.push(n);
-                }
+    for root in ["crate::", "bindwatch::"] {
+        for (i, _) in code.match_indices(root) {
+            // `foo_crate::` or `my_bindwatch::` are other paths.
+            if code[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                continue;
             }
-        } else {
-            let n = ident(rest);
-            if !n.is_empty() {
-                names.push(n);
+            let rest = &code[i + root.len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // The top-level items of the group, up to its closing brace.
+                let mut depth = 0usize;
+                let mut item = String::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            names.push(ident(item.trim()));
+                            item.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        item.push(c);
+                    }
+                }
+                names.push(ident(item.trim()));
+            } else {
+                names.push(ident(rest));
             }
         }
     }
+    names.retain(|n| !n.is_empty());
     names
 }
 
-fn allowed(module: &str, may: &[&str], graph: &BTreeMap<String, BTreeSet<String>>) {
-    let got = graph.get(module).cloned().unwrap_or_default();
-    let extra: Vec<&String> = got.iter().filter(|m| !may.contains(&m.as_str())).collect();
+/// Every breach of `map` by `graph`, one line each.
+fn breaches(map: &Map, graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (module, got) in graph {
+        match map.get(module) {
+            None => out.push(format!("{module} has no row in the code map")),
+            Some(None) => {}
+            Some(Some(may)) => {
+                let extra: Vec<&String> = got.difference(may).collect();
+                if !extra.is_empty() {
+                    out.push(format!(
+                        "{module} imports {extra:?}; the code map allows only {may:?}"
+                    ));
+                }
+            }
+        }
+    }
+    for module in map.keys() {
+        if !graph.contains_key(module) {
+            out.push(format!(
+                "the code map's row {module} names no module of src/"
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_row_of_the_code_map_holds() {
+    let map = code_map();
+    let graph = imports();
+    let found = breaches(&map, &graph);
     assert!(
-        extra.is_empty(),
-        "{module} imports {extra:?}; ARCHITECTURE.md allows only {may:?}"
+        found.is_empty(),
+        "ARCHITECTURE.md's code map is broken:\n{}",
+        found.join("\n")
     );
 }
 
 #[test]
-fn layers_import_only_what_the_map_allows() {
-    let g = imports();
-    assert!(g.contains_key("model") && g.contains_key("rebind"), "{g:?}");
-    allowed("model", &[], &g);
-    allowed("rebind", &["model"], &g);
-    allowed("conflict", &["model", "rebind"], &g);
-    allowed("tally", &["model", "fasthash"], &g);
-    allowed("fasthash", &[], &g);
-    allowed("yaml", &[], &g);
-    allowed("fsread", &[], &g);
-    allowed("publish", &["metrics", "model"], &g);
-    // The renderer reads snapshots; it never reaches back into the poll.
-    allowed("metrics", &["model", "conflict"], &g);
+fn the_map_rules_the_core_layers() {
+    // A map that lost its rows, or allows everything, would pass the test above.
+    let map = code_map();
+    assert!(map.len() >= 25, "only {} rows", map.len());
+    assert_eq!(
+        map["model"],
+        Some(BTreeSet::new()),
+        "the data model must import nothing"
+    );
+    assert_eq!(
+        map["rebind"],
+        Some(BTreeSet::from(["model".to_string()])),
+        "the engine imports only the model"
+    );
+    let server = map["server"].as_ref().expect("server has a list");
     assert!(
-        !g["server"].contains("poller"),
-        "the server talks to the poller only through publish: {:?}",
-        g["server"]
+        !server.contains("poller"),
+        "the server never imports the poller"
+    );
+}
+
+#[test]
+fn a_broken_row_is_found() {
+    // The same check on a map with one row narrowed must report that row.
+    let text = std::fs::read_to_string(repo().join("ARCHITECTURE.md")).expect("read");
+    let mut map = parse_map(&text).expect("parse");
+    map.insert(
+        "collect".into(),
+        Some(BTreeSet::from(["model".to_string()])),
+    );
+    let found = breaches(&map, &imports());
+    assert!(
+        found.iter().any(|l| l.starts_with("collect imports")),
+        "{found:?}"
+    );
+    map.remove("tally");
+    let found = breaches(&map, &imports());
+    assert!(
+        found
+            .iter()
+            .any(|l| l == "tally has no row in the code map"),
+        "{found:?}"
     );
 }
 
@@ -157,6 +320,30 @@ fn the_scanner_sees_imports() {
         crate_paths("use crate::{config::Service, rebind, source::owners};"),
         vec!["config", "rebind", "source"]
     );
+    assert_eq!(
+        crate_paths("use crate::{\n    model::{A, B},\n    netns,\n};"),
+        vec!["model", "netns"]
+    );
+    assert_eq!(
+        crate_paths("let x = bindwatch::serve::run();"),
+        vec!["serve"]
+    );
+    assert!(crate_paths("use other_crate::x;").is_empty());
     let g = imports();
     assert!(g["collect"].contains("rebind"), "{:?}", g["collect"]);
+}
+
+#[test]
+fn the_parser_reads_rows() {
+    let text = "x\n## Code map\n\n| module | job | may import |\n|---|---|---|\n\
+                | `a` | j | nothing |\n| `b` | j | `a`, `c` |\n| `main.rs` | j | everything |\n\n## Next\n| `z` | j | nothing |\n";
+    let map = parse_map(text).expect("parse");
+    assert_eq!(map.len(), 3);
+    assert_eq!(map["a"], Some(BTreeSet::new()));
+    assert_eq!(
+        map["b"],
+        Some(BTreeSet::from(["a".to_string(), "c".to_string()]))
+    );
+    assert_eq!(map["main"], None);
+    assert!(parse_map("## Code map\n| module | job | may import |\n| `a` | j | a, b |\n").is_err());
 }
