@@ -1022,14 +1022,29 @@ fn shipped_config_files_load() {
 
 #[test]
 fn scripts_are_valid_bash() {
-    for script in [
-        "scripts/install-test-deps.sh",
-        "scripts/gen-prometheusrule.sh",
-        "scripts/build-deb.sh",
-        "scripts/build-image.sh",
-        "scripts/lib-copyright.sh",
-    ] {
-        run_ok(Command::new("bash").arg("-n").arg(repo().join(script)));
+    // Every shell script of the repository, found rather than listed, so a new one is
+    // checked too; `.ci/run` has no suffix.
+    let mut scripts = vec![repo().join(".ci/run")];
+    for dir in ["scripts", "deploy"] {
+        let mut stack = vec![repo().join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+                let p = e.expect("dir entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "sh") {
+                    scripts.push(p);
+                }
+            }
+        }
+    }
+    assert!(
+        scripts.len() >= 11,
+        "only {} scripts found: {scripts:?}",
+        scripts.len()
+    );
+    for script in &scripts {
+        run_ok(Command::new("bash").arg("-n").arg(script));
     }
 }
 
