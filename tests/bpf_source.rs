@@ -1,4 +1,4 @@
-//! The BPF socket-iterator source against the kernel's other views (issue 17).
+//! The BPF socket-iterator source against the kernel's other views.
 //!
 //! - cross-check: on a quiescent population built for real in a private netns
 //!   (listeners, established, TIME_WAIT, FIN_WAIT2 mini-sockets, a FIN_WAIT1 orphan,

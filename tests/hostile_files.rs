@@ -1,4 +1,4 @@
-//! Hostile files and flags (issue 15, part A): what an attacker can plant or a careless
+//! Hostile files and flags: what an attacker can plant or a careless
 //! operator can pass must give a clear error or a skipped entry, never a panic, a hang,
 //! an overwritten file or an exhausted memory. Every situation is built for real: real
 //! symlinks, FIFOs, /dev/zero, big files, the real binary.
@@ -17,9 +17,9 @@ fn state_entry(port: u16, last_seen: &str) -> String {
     )
 }
 
-/// Bug 2: a `last_seen` too big for a `Duration` panicked `check`, `wait` and `serve`
-/// (exit 101; under systemd a crash loop on one bad file). Now the entry is skipped with
-/// one warning and the good entry next to it is still used.
+/// A `last_seen` too big for a `Duration` must not panic `check`, `wait` or `serve`
+/// (under systemd that is a crash loop on one bad file): the entry is skipped with one
+/// warning and the good entry next to it is still used.
 #[test]
 fn huge_last_seen_is_skipped_not_a_panic() {
     in_netns(|| {
@@ -60,8 +60,8 @@ fn huge_last_seen_is_skipped_not_a_panic() {
     });
 }
 
-/// Bug 3: absurd durations panicked (exit 101) or, for the header timeout, made every
-/// connection panic in a worker. Each duration flag is bounded: exit 2 naming the flag.
+/// Absurd durations must not panic the agent (or, for the header timeout, every
+/// connection's worker). Each duration flag is bounded: exit 2 naming the flag.
 #[test]
 fn absurd_durations_are_usage_errors() {
     let huge = "18446744073709551615s";
@@ -91,10 +91,10 @@ fn sh_agent(script: &str, log: PathBuf) -> Logged {
     Logged::spawn(cmd, log)
 }
 
-/// Bug 1: the temporary state file was `state.tmp.<pid>`, opened with O_CREAT|O_TRUNC:
-/// a symlink planted under that name made root overwrite its target. Now the temporary
-/// name is unpredictable and created exclusively without following links; the state
-/// file is 0644 even under umask 077.
+/// A predictable temporary name opened with O_CREAT|O_TRUNC would let a symlink planted
+/// under that name make root overwrite its target: the temporary name is unpredictable
+/// and created exclusively without following links; the state file is 0644 even under
+/// umask 077.
 #[test]
 fn planted_temp_symlink_is_not_followed() {
     in_netns(|| {
@@ -240,9 +240,9 @@ fn run_bounded(args: &[&str], limit: std::time::Duration) -> (i32, String) {
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Bug 4: a FIFO at `--state.file` hung `check` and `wait` forever (the ExecStartPre=
-/// path). Now it is refused as not a regular file, with a warning naming it, and the
-/// command answers.
+/// A FIFO at `--state.file` must not hang `check` and `wait` (the ExecStartPre= path):
+/// it is refused as not a regular file, with a warning naming it, and the command
+/// answers.
 #[test]
 fn fifo_state_file_does_not_hang_check_or_wait() {
     in_netns(|| {
@@ -263,8 +263,8 @@ fn fifo_state_file_does_not_hang_check_or_wait() {
     });
 }
 
-/// Bug 4: `--config.file` (and `--web.config.file`) on a FIFO hung start-up, on
-/// /dev/zero read until out of memory. Now both are exit 2 at once, naming the file.
+/// `--config.file` (and `--web.config.file`) on a FIFO must not hang start-up, nor
+/// /dev/zero be read until out of memory: both are exit 2 at once, naming the file.
 #[test]
 fn fifo_and_device_config_files_are_refused() {
     in_netns(|| {
@@ -303,8 +303,8 @@ fn fifo_and_device_config_files_are_refused() {
     });
 }
 
-/// Bug 4: a 50 MB config took 937 MB of memory. Now it is refused by its size before it
-/// is read: exit 2 naming the file and the limit, in bounded memory.
+/// A 50 MB config is refused by its size before it is read (reading it whole would
+/// take about 20 times that in memory): exit 2 naming the file and the limit.
 #[test]
 fn huge_config_is_refused_in_bounded_memory() {
     use std::io::Write;
@@ -379,8 +379,8 @@ fn vm_hwm_kib(pid: i32) -> u64 {
         .expect("VmHWM")
 }
 
-/// Bug 4, fake procfs: a FIFO at net/udp hung the poller for good (open blocks without
-/// a writer). Now each poll fails on it, counted and logged, and the poller goes on.
+/// Fake procfs: a FIFO at net/udp must not hang the poller (open blocks without a
+/// writer): each poll fails on it, counted and logged, and the poller goes on.
 #[test]
 fn fifo_in_fake_procfs_does_not_hang_the_poller() {
     in_netns(|| {
@@ -417,8 +417,8 @@ fn fifo_in_fake_procfs_does_not_hang_the_poller() {
     });
 }
 
-/// Bug 4, fake procfs: one line of 64 MiB (an "endless" line) was read whole into
-/// memory, one invalid UTF-8 line cost the whole table. Now each costs only its line:
+/// Fake procfs: one line of 64 MiB (an "endless" line) must not be read whole into
+/// memory, nor one invalid UTF-8 line cost the whole table. Each costs only its line:
 /// the other listeners are reported, the bad lines counted, memory stays small.
 #[test]
 fn endless_and_non_utf8_lines_in_fake_procfs_cost_only_themselves() {

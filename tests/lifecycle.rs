@@ -123,7 +123,7 @@ fn reload_endpoint_is_subject_to_basic_auth() {
     });
 }
 
-/// Issue 15's acceptance: 20 clients flooding `POST /-/reload` for 8 s, scrapes every
+/// 20 clients flooding `POST /-/reload` for 8 s, scrapes every
 /// 200 ms meanwhile. Every scrape answers 200, and the agent stays under 25% of a core.
 ///
 /// This is the one CPU bound asserted in a test (speed is otherwise measured only in

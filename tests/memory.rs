@@ -1,4 +1,4 @@
-//! Remembered flags that lie (issue 20), built for real on loopback in a private
+//! Remembered flags that lie, built for real on loopback in a private
 //! network namespace and checked against the kernel: memory decides a leftover's
 //! SO_REUSEADDR only when it provably (or, within one poll interval of the
 //! listener's death, presumably) belongs to the listener it remembers; otherwise

@@ -1,4 +1,4 @@
-//! The kernel as the oracle for the rebind engine (issue acceptance 1-4).
+//! The kernel as the oracle for the rebind engine.
 //!
 //! Every situation is built for real, with real sockets (and real child processes where
 //! another owner matters), inside its own network namespace, so ports are fixed and nothing
@@ -1264,7 +1264,7 @@ fn kernel_is_the_oracle(source: &'static str) {
                         // the programs verified per process); on a machine loaded far beyond
                         // its cores the bpf run's largest situations overrun, so there the
                         // overrun is reported, not failed (each check is still compared with
-                        // the kernel right after it). Known limitation, see issue 17's report.
+                        // the kernel right after it).
                         if t.elapsed() > Duration::from_secs(40) && source == "bpf" {
                             eprintln!("[{}] bpf run took {:?} (over 40 s)", s.name, t.elapsed());
                         } else if t.elapsed() > Duration::from_secs(40) {

@@ -592,7 +592,7 @@ fn requests_beyond_max_requests_get_503() {
     });
 }
 
-/// Issue 15, bug 7: wrong passwords must not starve scrapes. 50 clients guessing for 8 s
+/// Wrong passwords must not starve scrapes. 50 clients guessing for 8 s
 /// (each guess a bcrypt of about 100 ms in this build): every scrape with the good,
 /// already verified credentials answers 200. Guesses beyond the bcrypt pool get 429.
 #[test]

@@ -3,12 +3,12 @@
 //! provably (or, in one named case, presumably) has out, or why it cannot tell.
 //!
 //! Without BPF nobody can read the SO_REUSEADDR, SO_REUSEPORT or IPV6_V6ONLY of a
-//! socket that has no file (TIME_WAIT, orphans). The engine used to copy them from
-//! "the listener last seen on that endpoint", which is wrong whenever the leftover
-//! came from another listener: one that lived and died between two polls, one that
-//! a dead agent's state file never heard of, an older generation. A wrong "would
-//! succeed" is the worst answer bindwatch can give, so memory now decides only
-//! where a rule below says so, and the flag stays unknown otherwise.
+//! socket that has no file (TIME_WAIT, orphans). Copying them from "the listener last
+//! seen on that endpoint" is wrong whenever the leftover came from another listener:
+//! one that lived and died between two polls, one that a dead agent's state file never
+//! heard of, an older generation. A wrong "would succeed" is the worst answer bindwatch
+//! can give, so memory decides only where a rule below says so, and the flag stays
+//! unknown otherwise.
 //!
 //! # Generations
 //! A [`Generation`] is one listening socket (its inode) on one endpoint, with the

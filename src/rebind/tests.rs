@@ -201,7 +201,7 @@ fn invariants_decide_unreported_v6only() {
     };
     let cases: [(&str, Socket, Candidate, Verdict); 8] = [
         // A TIME_WAIT on a v4-mapped address is IPv4 traffic: never V6ONLY, so it
-        // meets 0.0.0.0 (it used to be "cannot tell").
+        // meets 0.0.0.0 (not "cannot tell").
         (
             "mapped TIME_WAIT vs 0.0.0.0",
             sock(TimeWait, "[::ffff:127.0.0.1]:80", F, U),

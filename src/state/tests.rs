@@ -57,7 +57,7 @@ fn numbers_out_of_range_skip_their_entry_only() {
             first.contains(why) || first.contains("listeners[1]"),
             "{bad}: {first}"
         );
-        // What used to panic: the age of every entry, as load() and the memory compute it.
+        // What must not panic: the age of every entry, as load() and the memory compute it.
         for e in &state.listeners {
             let _ = SystemTime::now().duration_since(e.seen_at());
         }
