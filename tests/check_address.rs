@@ -120,10 +120,36 @@ fn wait_waits_for_an_address_to_appear() {
         );
         // A VIP added while waiting (as keepalived would) ends the wait with 0.
         let mut child = wait("10.78.0.1", "20s");
-        std::thread::sleep(Duration::from_millis(800));
+        // `wait` says once, on stderr, that the address is not there yet: after that
+        // line it has checked at least once and must still be waiting.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !seen.iter().any(|l: &String| l.contains("10.78.0.1")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("wait never said the address is missing; stderr: {seen:?}");
+                }
+            }
+        }
         assert!(
             child.try_wait().expect("try_wait").is_none(),
-            "wait must not pass before the address exists"
+            "wait must not pass before the address exists: {seen:?}"
         );
         run_ok("ip", &["addr", "add", "10.78.0.1/32", "dev", "lo"]);
         let deadline = Instant::now() + Duration::from_secs(15);
