@@ -198,7 +198,8 @@ pub struct SocketArgs {
     /// Bind the new socket to this network device (SO_BINDTODEVICE).
     #[arg(long, value_name = "DEV")]
     pub device: Option<String>,
-    /// Answer inside this network namespace (`ip netns` name, `host`, `pod:UID`, `netns:[INODE]`).
+    /// Answer inside this network namespace (`ip netns` name, `host`, `pod:UID`,
+    /// `netns:[INODE]`, or a path such as /proc/PID/ns/net).
     #[arg(long = "netns", value_name = "NAME")]
     pub netns: Option<String>,
     /// Judge a restart of the process(es) now listening on PORT, with their own flags.
@@ -236,7 +237,8 @@ pub struct PortsArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// List the listeners of this network namespace instead of bindwatch's own.
+    /// List the listeners of this network namespace instead of bindwatch's own (a
+    /// name as for `check --netns`, or a path such as /proc/PID/ns/net).
     #[arg(long = "netns", value_name = "NAME")]
     pub netns: Option<String>,
     #[command(flatten)]

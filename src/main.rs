@@ -44,6 +44,17 @@ fn main() -> ExitCode {
 /// process into that namespace. `Some(2)` when it cannot.
 fn enter_netns(netns: &Option<String>, src: &bindwatch::cli::SourceArgs) -> Option<i32> {
     let name = netns.as_deref()?;
+    // A path (`/run/netns/NAME`, `/proc/PID/ns/net`, a bind mount elsewhere) is
+    // entered as it is; setns refuses a file that is not a network namespace.
+    if name.starts_with('/') {
+        return match bindwatch::netns::enter_for_good(std::path::Path::new(name)) {
+            Ok(()) => None,
+            Err(e) => {
+                eprintln!("bindwatch: --netns {name:?}: cannot enter it: {e}");
+                Some(2)
+            }
+        };
+    }
     let all = bindwatch::netns::discover(&src.procfs, std::path::Path::new("/run/netns"));
     let Some(ns) = bindwatch::netns::find(&all, name) else {
         let known: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();

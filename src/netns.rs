@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::collect::{CollectOptions, Collector};
@@ -181,7 +182,12 @@ pub fn enter(path: &Path, procfs: &Path) -> io::Result<Entered> {
 /// # Errors
 /// As [`enter`].
 pub fn enter_for_good(path: &Path) -> io::Result<()> {
-    setns(&File::open(path)?)
+    // Non-blocking: a FIFO named by a user must fail in setns, not hang the open.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    setns(&f)
 }
 
 fn setns(f: &File) -> io::Result<()> {

@@ -1,35 +1,65 @@
 //! `--netns all`: listeners and leftovers on the same port in two namespaces are
 //! reported and judged per namespace; `--netns host` does not see them; `check
-//! --netns NAME` answers inside a namespace and agrees with a real bind there.
+//! --netns NAME|PATH` answers inside a namespace and agrees with a real bind there.
+//!
+//! The test keeps to namespaces of its own, so that tests running beside it cannot
+//! change what it sees: its body runs in a private network namespace (the agent's
+//! `host`), its two named namespaces are files in a scratch directory given as
+//! `--path.run-netns`, and the agent runs in a private PID namespace with its own
+//! `/proc`, where no other test's processes (and their namespaces) are visible.
 
 mod common;
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 
 const P: u16 = 18400;
 
-/// A named namespace (`ip netns add`), deleted on drop.
-struct NamedNetns(String);
+/// A named namespace: a file in `dir` the new namespace is bind-mounted on (what `ip
+/// netns add` does in /run/netns), unmounted and removed on drop.
+struct NamedNetns(PathBuf);
 
 impl NamedNetns {
-    fn new(suffix: &str) -> NamedNetns {
-        let name = format!("bw-{}-{suffix}", std::process::id());
-        run_ok("ip", &["netns", "add", &name]);
+    fn new(dir: &Path, name: &str) -> NamedNetns {
+        let path = dir.join(name);
+        File::create(&path).expect("create the namespace's file");
+        let arg = format!("--net={}", path.display());
+        run_ok("unshare", &[&arg, "true"]);
+        let ns = NamedNetns(path);
         run_ok(
-            "ip",
-            &["netns", "exec", &name, "ip", "link", "set", "lo", "up"],
+            "nsenter",
+            &[
+                &format!("--net={}", ns.path()),
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ],
         );
-        NamedNetns(name)
+        ns
+    }
+
+    fn path(&self) -> String {
+        self.0.to_str().expect("utf-8 path").to_string()
+    }
+
+    fn name(&self) -> String {
+        self.0
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string()
     }
 
     /// Runs `f` on a thread inside this namespace.
     fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/run/netns/{}", self.0);
+        let path = self.0.clone();
         std::thread::spawn(move || {
             let ns = File::open(&path).expect("open netns");
             // SAFETY: setns takes an fd this thread holds open and only moves the
@@ -45,9 +75,8 @@ impl NamedNetns {
 
 impl Drop for NamedNetns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -55,49 +84,70 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], P))
 }
 
+/// Runs the agent in a PID namespace of its own with its own /proc: it discovers only
+/// its own namespace and the named ones under `--path.run-netns`.
+const PRIVATE_PIDS: &[&str] = &[
+    "unshare",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child=SIGKILL",
+];
+
 #[test]
 fn namespaces_are_reported_and_judged_separately() {
-    let a = NamedNetns::new("a");
-    let b = NamedNetns::new("b");
+    in_netns(judged_separately);
+}
+
+fn judged_separately() {
+    let dir = Scratch::new("netns-run");
+    let a = NamedNetns::new(&dir.0, "bw-a");
+    let b = NamedNetns::new(&dir.0, "bw-b");
     // Namespace A: a live listener without SO_REUSEADDR and no leftovers: a restart is clear.
-    let (tx_a, rx_a) = std::sync::mpsc::channel::<()>();
-    let holder_a = {
-        let path = format!("/run/netns/{}", a.0);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            // SAFETY: setns takes an fd this thread holds open and only moves the
-            // calling thread, which nothing else shares.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0);
-            let _l = tcp_listener(addr(), false, false, None).expect("listener in A");
-            let _ = rx_a.recv_timeout(Duration::from_secs(60));
-        })
-    };
-    let srv = Server::start(
+    let listener_a = a.run(|| tcp_listener(addr(), false, false, None).expect("listener in A"));
+    let run_netns = dir.str("");
+    let srv = Server::start_wrapped(
+        PRIVATE_PIDS,
         18490,
         &[
             "--netns",
             "all",
+            "--path.run-netns",
+            &run_netns,
             "--poll.interval",
             "300ms",
             "--state.file",
             "",
         ],
     );
+    let (na, nb) = (a.name(), b.name());
     // Namespace B: a listener without SO_REUSEADDR, seen by bindwatch, then closed after
     // leaving 3 TIME_WAITs: a restart there is blocked.
-    b.run(|| {
-        let l = tcp_listener(addr(), false, false, None).expect("listener in B");
-        for _ in 0..3 {
-            server_time_wait(&l, addr());
-        }
-        std::thread::sleep(Duration::from_millis(900));
+    let listener_b = b.run(|| tcp_listener(addr(), false, false, None).expect("listener in B"));
+    let seen = srv.metrics_until(Duration::from_secs(20), |m| {
+        !m.matching(
+            "bindwatch_listener_info",
+            &[("netns", &nb), ("port", "18400"), ("reuseaddr", "false")],
+        )
+        .is_empty()
     });
-    let (na, nb) = (a.0.clone(), b.0.clone());
-    // `--netns all` polls every namespace of the host, also those that tests running
-    // beside this one create (each new one costs a BPF load): 5 s was too short on a
-    // loaded machine; the condition, not the time, is what this test checks.
-    let m = srv.metrics_until(Duration::from_secs(30), |m| {
+    assert!(
+        !seen
+            .matching(
+                "bindwatch_listener_info",
+                &[("netns", &nb), ("port", "18400")]
+            )
+            .is_empty(),
+        "B's listener was never seen: {}",
+        seen.text
+    );
+    b.run(move || {
+        for _ in 0..3 {
+            server_time_wait(&listener_b, addr());
+        }
+        drop(listener_b);
+    });
+    let m = srv.metrics_until(Duration::from_secs(20), |m| {
         m.get(
             "bindwatch_rebind_blocked",
             &[
@@ -196,14 +246,15 @@ fn namespaces_are_reported_and_judged_separately() {
         "no netns label without --netns all"
     );
 
-    // check --netns NAME answers inside the namespace; the kernel agrees there.
-    let (code, out, err) = bindwatch(&["check", &p, "--address", "127.0.0.1", "--netns", &na]);
+    // check --netns PATH answers inside the namespace; the kernel agrees there.
+    let (pa, pb) = (a.path(), b.path());
+    let (code, out, err) = bindwatch(&["check", &p, "--address", "127.0.0.1", "--netns", &pa]);
     assert_eq!(code, 1, "A has a listener: {out}{err}");
     assert_eq!(
         a.run(|| kernel_bind_listen(addr(), true, false, None)),
         Err(libc::EADDRINUSE)
     );
-    let (code, out, err) = bindwatch(&["check", &p, "--address", "127.0.0.1", "--netns", &nb]);
+    let (code, out, err) = bindwatch(&["check", &p, "--address", "127.0.0.1", "--netns", &pb]);
     assert_eq!(
         code, 1,
         "B's TIME_WAITs block a bind without SO_REUSEADDR: {out}{err}"
@@ -221,7 +272,10 @@ fn namespaces_are_reported_and_judged_separately() {
     let (code, _, err) = bindwatch(&["check", &p, "--netns", "no-such-netns"]);
     assert_eq!(code, 2);
     assert!(err.contains("--netns"), "{err}");
-
-    let _ = tx_a.send(());
-    let _ = holder_a.join();
+    // A path that is not a network namespace is refused, naming it.
+    let not_ns = dir.write("not-a-netns", "x");
+    let (code, _, err) = bindwatch(&["check", &p, "--netns", &not_ns]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--netns") && err.contains(&not_ns), "{err}");
+    drop(listener_a);
 }

@@ -88,6 +88,12 @@ impl Server {
     /// Starts `bindwatch serve` on 127.0.0.1:`port` with extra flags and waits until
     /// it answers /healthz 200.
     pub fn start(port: u16, extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], port, extra)
+    }
+
+    /// [`Server::start`] with `bindwatch` run by `wrapper` (e.g. `unshare ...`), which
+    /// must exec it and pass its exit on; the wrapper is what drop kills.
+    pub fn start_wrapped(wrapper: &[&str], port: u16, extra: &[&str]) -> Server {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--web.listen-address", &listen];
         // Never touch the host's /run/bindwatch/state.json from a test.
@@ -100,7 +106,15 @@ impl Server {
             args.extend_from_slice(&["--poll.cpu-budget", "0"]);
         }
         args.extend_from_slice(extra);
-        let child = Command::new(bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
