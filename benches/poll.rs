@@ -718,7 +718,8 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
     let mut on_bpf = Collector::new(bpf_opts.clone()).expect("bpf collector");
     bpf_opts.owners = false;
     let mut off_bpf = Collector::new(bpf_opts).expect("bpf collector");
-    let mut sockiter = SockIter::open().expect("bpf socket iterator");
+    let mut sockiter =
+        SockIter::open(Path::new("/proc"), Path::new("/")).expect("bpf socket iterator");
     let ephemeral = bindwatch::source::sysctl::read_port_allocation(proc)
         .map(|a| a.range)
         .unwrap_or((32768, 60999));
@@ -730,7 +731,13 @@ fn table_phase(runs: usize, tw: &mut TwKeeper) -> TableRow {
         })
         .expect("bpf listeners");
     let mut nl = NetlinkDiag::open().expect("netlink");
-    let mut procfs = SocketTable::open(SourceChoice::Procfs, proc).expect("procfs source");
+    let mut procfs = SocketTable::open(
+        SourceChoice::Procfs,
+        proc,
+        Path::new("/proc"),
+        Path::new("/"),
+    )
+    .expect("procfs source");
     // The first poll scans every fd of every process for owners; reported apart,
     // and done before the TIME_WAITs (which have no fd) start their 60 s.
     row.first_poll = Some(measure(&mut || {

@@ -10,7 +10,8 @@
 //!   choice: every socket's flags; also the shared BPF loader helpers),
 //!   [`source::netlink`] (sock_diag), [`source::procnet`] (/proc/net fallback),
 //!   [`source::owners`] (pids, flags via
-//!   pidfd), [`source::sysctl`] (ephemeral port range).
+//!   pidfd), [`source::sysctl`] (ephemeral port range), [`source::hz`] (the kernel's HZ
+//!   for the bpf source's timers).
 //! - [`config`]: the watched-services file, validated with file/line errors.
 //! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict;
 //!   [`rebind::memory`]: when a remembered listener generation may decide a

@@ -173,7 +173,13 @@ type Key = (Protocol, SocketAddr, SocketAddr, State);
 fn keys(choice: SourceChoice) -> BTreeSet<Key> {
     // /proc/net follows the netns of the process's main thread; this test's thread
     // has its own netns, which /proc/thread-self/net shows.
-    let mut t = SocketTable::open(choice, Path::new("/proc/thread-self")).expect("open source");
+    let mut t = SocketTable::open(
+        choice,
+        Path::new("/proc/thread-self"),
+        Path::new("/proc"),
+        Path::new("/"),
+    )
+    .expect("open source");
     dump_all(&mut t, ALL_STATES)
         .expect("dump")
         .into_iter()

@@ -220,8 +220,13 @@ fn key(s: &BwSocket) -> Key {
 }
 
 fn read(choice: SourceChoice) -> BTreeMap<Key, BwSocket> {
-    let mut t = SocketTable::open(choice, std::path::Path::new("/proc"))
-        .unwrap_or_else(|e| panic!("opening the {choice:?} source: {e}"));
+    let mut t = SocketTable::open(
+        choice,
+        std::path::Path::new("/proc"),
+        std::path::Path::new("/proc"),
+        std::path::Path::new("/"),
+    )
+    .unwrap_or_else(|e| panic!("opening the {choice:?} source: {e}"));
     let socks = dump_all(&mut t, ALL_STATES).expect("dump");
     let mut m = BTreeMap::new();
     for s in socks {
@@ -653,8 +658,13 @@ fn a_narrowed_walk_is_whole_on_wanted_ports_and_leaves_the_next_walk_whole() {
         for p in [7001u16, 7002] {
             bits[usize::from(p) / 64] |= 1 << (p % 64);
         }
-        let mut t = SocketTable::open(SourceChoice::Bpf, std::path::Path::new("/proc"))
-            .expect("bpf source");
+        let mut t = SocketTable::open(
+            SourceChoice::Bpf,
+            std::path::Path::new("/proc"),
+            std::path::Path::new("/proc"),
+            std::path::Path::new("/"),
+        )
+        .expect("bpf source");
         // As the collector does: listeners first, then the rest of the same walk.
         let listen = bindwatch::source::listen_mask();
         let mut got = Vec::new();

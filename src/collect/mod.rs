@@ -183,7 +183,7 @@ impl Collector {
         } else {
             opts.procfs.clone()
         };
-        let table = SocketTable::open(opts.source, &net_root)?;
+        let table = SocketTable::open(opts.source, &net_root, &opts.procfs, &opts.rootfs)?;
         Ok(Collector {
             opts,
             table,
@@ -485,12 +485,14 @@ impl Collector {
             let caps = self.resolver().caps;
             Capabilities {
                 socket_flags: caps.owners && caps.socket_flags,
+                socket_timers: self.table.timers_known(),
                 ..caps
             }
         } else {
             Capabilities {
                 owners: false,
                 socket_flags: false,
+                socket_timers: self.table.timers_known(),
                 owners_denied: None,
             }
         }

@@ -52,7 +52,7 @@ fn render_views(w: &mut Writer, s: &Snapshot) {
     w.family(
         "bindwatch_capability",
         "gauge",
-        "1 when bindwatch really achieved a feature: owners (no /proc/PID/fd listing or link was refused in the last scan), socket_flags (pidfd_getfd of owners' sockets), bpf (the socket iterator is the source in use).",
+        "1 when bindwatch really achieved a feature: owners (no /proc/PID/fd listing or link was refused in the last scan), socket_flags (pidfd_getfd of owners' sockets), bpf (the socket iterator is the source in use), socket_timers (TIME_WAIT and orphan timers are known: the bpf source needs the kernel's HZ).",
     );
     w.sample(
         "bindwatch_capability",
@@ -68,6 +68,11 @@ fn render_views(w: &mut Writer, s: &Snapshot) {
         "bindwatch_capability",
         &[("capability", "bpf")],
         b(s.source == SourceKind::Bpf),
+    );
+    w.sample(
+        "bindwatch_capability",
+        &[("capability", "socket_timers")],
+        b(s.capabilities.socket_timers),
     );
 }
 

@@ -57,6 +57,8 @@ pub struct Capabilities {
     pub owners: bool,
     /// Socket fds could be duplicated to read their flags.
     pub socket_flags: bool,
+    /// TIME_WAIT and orphan timers are known (the bpf source needs the kernel's HZ).
+    pub socket_timers: bool,
     /// Which refusal made `owners` false.
     pub owners_denied: Option<Denied>,
 }
@@ -66,6 +68,7 @@ impl Default for Capabilities {
         Capabilities {
             owners: true,
             socket_flags: true,
+            socket_timers: true,
             owners_denied: None,
         }
     }

@@ -6,13 +6,13 @@
 //! sock_diag, the record carries SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY for every
 //! socket, also TIME_WAIT and orphans that have no file for pidfd_getfd to reach.
 //!
-//! The loader helpers ([`probe`], [`kernel_btf`], [`raise_memlock`], [`kernel_hz`],
+//! The loader helpers ([`probe`], [`kernel_btf`], [`raise_memlock`],
 //! [`error_chain`]) are shared with the other BPF users of the crate.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::programs::Iter;
@@ -171,42 +171,6 @@ pub fn probe() -> Result<(), BpfError> {
     Ok(())
 }
 
-/// The kernel's CONFIG_HZ, which turns timer deadlines (jiffies) into milliseconds,
-/// from `/proc/config.gz` or `/boot/config-RELEASE`; `None` when neither says.
-/// (aya does not resolve libbpf's `__kconfig` externs, so the program gets it as a
-/// global set at load.)
-pub fn kernel_hz() -> Option<u32> {
-    static HZ: OnceLock<Option<u32>> = OnceLock::new();
-    *HZ.get_or_init(|| {
-        let from_gz = || -> Option<String> {
-            let f = File::open("/proc/config.gz").ok()?;
-            let mut s = String::new();
-            // Bounded: a kernel config is some 200 KiB.
-            flate2::read::GzDecoder::new(f)
-                .take(16 << 20)
-                .read_to_string(&mut s)
-                .ok()?;
-            Some(s)
-        };
-        let from_boot = || -> Option<String> {
-            let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-            let f = File::open(format!("/boot/config-{}", rel.trim())).ok()?;
-            let mut s = String::new();
-            f.take(16 << 20).read_to_string(&mut s).ok()?;
-            Some(s)
-        };
-        let parse = |s: String| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .filter(|hz| (24..=10_000).contains(hz))
-        };
-        from_gz()
-            .and_then(parse)
-            .or_else(|| from_boot().and_then(parse))
-    })
-}
-
 /// Decodes one `struct sockrec`; `None` for a family or state this crate does not know.
 pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket> {
     let u16_at = |o: usize| u16::from_ne_bytes([r[o], r[o + 1]]);
@@ -298,6 +262,8 @@ pub struct SockIter {
     /// iterator resets it first, so a narrowing only ever applies to the walk it was
     /// set for.
     narrowed: bool,
+    /// The kernel's HZ was known at load, so records carry timers.
+    timers: bool,
 }
 
 impl SockIter {
@@ -306,11 +272,25 @@ impl SockIter {
     ///
     /// # Errors
     /// Every reason the programs cannot load or run.
-    pub fn open() -> Result<Self, BpfError> {
+    pub fn open(procfs: &Path, rootfs: &Path) -> Result<Self, BpfError> {
         raise_memlock();
         probe()?;
         let btf = kernel_btf()?;
-        let hz = kernel_hz().unwrap_or(0);
+        let hz = super::hz::kernel_hz(procfs, rootfs);
+        if hz.is_none() {
+            static NO_HZ_LOGGED: std::sync::Once = std::sync::Once::new();
+            NO_HZ_LOGGED.call_once(|| {
+                tracing::warn!(
+                    procfs = %procfs.display(),
+                    rootfs = %rootfs.display(),
+                    "the kernel's HZ is unknown (no config.gz, no /boot/config-RELEASE, \
+                     no readable timer_list): the bpf source reports no TIME_WAIT or orphan \
+                     timers, so no clear times (bindwatch_capability{{capability=\"socket_timers\"}} 0)"
+                )
+            });
+        }
+        let timers = hz.is_some();
+        let hz = hz.unwrap_or(0);
         let load = |what: &str, e: &dyn std::error::Error| BpfError::Load {
             what: what.to_string(),
             reason: error_chain(e),
@@ -345,9 +325,16 @@ impl SockIter {
             pending: None,
             listeners_first: true,
             narrowed: false,
+            timers,
         };
         it.dump(Protocol::Udp, u32::MAX, &mut |_| {})?;
         Ok(it)
+    }
+
+    /// Whether the records carry TIME_WAIT and orphan timers (the kernel's HZ was
+    /// known at load).
+    pub fn timers_known(&self) -> bool {
+        self.timers
     }
 
     fn set_narrow(&mut self, n: &Narrow) -> Result<(), BpfError> {

@@ -3,6 +3,7 @@
 //! allocation.
 
 pub mod bpf;
+pub mod hz;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
@@ -65,7 +66,15 @@ pub struct SocketTable {
 impl SocketTable {
     /// # Errors
     /// With `--source bpf` or `--source netlink` when that source cannot be opened.
-    pub fn open(choice: SourceChoice, procfs: &Path) -> Result<Self, SourceError> {
+    /// `procfs` is where this table's `net/` is read (`/proc/thread-self` for a thread
+    /// in another namespace); `host_procfs` and `rootfs` (`--path.procfs`,
+    /// `--path.rootfs`) are where the bpf source looks for the kernel's HZ.
+    pub fn open(
+        choice: SourceChoice,
+        procfs: &Path,
+        host_procfs: &Path,
+        rootfs: &Path,
+    ) -> Result<Self, SourceError> {
         let mut t = SocketTable {
             bpf: None,
             netlink: None,
@@ -78,7 +87,7 @@ impl SocketTable {
             SourceChoice::Procfs => {}
             SourceChoice::Netlink => t.netlink = Some(NetlinkDiag::open()?),
             SourceChoice::Bpf => {
-                t.bpf = Some(SockIter::open()?);
+                t.bpf = Some(SockIter::open(host_procfs, rootfs)?);
                 // Bound-only TCP sockets are not in the iterator's hashes.
                 match NetlinkDiag::open() {
                     Ok(n) => t.netlink = Some(n),
@@ -92,7 +101,7 @@ impl SocketTable {
                 }
             }
             SourceChoice::Auto => {
-                match SockIter::open() {
+                match SockIter::open(host_procfs, rootfs) {
                     Ok(b) => t.bpf = Some(b),
                     Err(e) => log_bpf_fallback(&e),
                 }
@@ -117,6 +126,13 @@ impl SocketTable {
             });
         }
         Ok(t)
+    }
+
+    /// Whether TIME_WAIT and orphan timers are known: always from sock_diag and
+    /// /proc/net (the kernel converts them), from the bpf source only when it knew
+    /// the kernel's HZ.
+    pub fn timers_known(&self) -> bool {
+        self.bpf.as_ref().is_none_or(SockIter::timers_known)
     }
 
     pub fn kind(&self) -> SourceKind {
