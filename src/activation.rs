@@ -2,6 +2,12 @@
 //! systemd `.socket` unit passes, as sd_listen_fds(3) describes: `LISTEN_PID` names
 //! the process they are meant for, `LISTEN_FDS` how many there are, starting at fd 3.
 //! The variables are removed once read, so nothing bindwatch starts inherits them.
+//!
+//! Hand-written rather than the `listenfd` crate, which takes fds 3.. when `LISTEN_PID`
+//! is missing or empty (sd_listen_fds(3) requires it to name this process, else the fds
+//! belong to someone else), trusts any `LISTEN_FDS` count, says nothing when the pid
+//! does not match, does not check that a socket is listening, and leaves
+//! `LISTEN_FDNAMES` behind: each of these is a check here with an error naming the flag.
 
 use std::ops::Range;
 use std::os::fd::{FromRawFd, RawFd};

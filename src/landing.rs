@@ -32,13 +32,9 @@ fn verdict_cell(v: Verdict) -> String {
     format!("<td class=\"{0}\">{0}</td>", v.as_str())
 }
 
-/// RFC 3339 UTC of a Unix time, to the second (for "as of").
+/// The UTC date of a Unix time, to the second (for "as of").
 fn utc(secs: f64) -> String {
-    let c = crate::timefmt::civil(secs.max(0.0) as u64);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    crate::timefmt::utc_seconds(secs)
 }
 
 /// The live part of the page: one section per snapshot (one per network namespace

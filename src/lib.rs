@@ -18,7 +18,8 @@
 //!   leftover's flags (pure, tested by a table of cases).
 //! - [`conflict`]: the pure port-conflict monitor (watched services).
 //! - [`tally`]: the ephemeral-port exhaustion tally, fed by the table walk.
-//! - [`timefmt`]: UTC dates of Unix times for logs, the failure log and the landing page.
+//! - [`timefmt`]: UTC dates of Unix times for logs, the failure log and the landing page
+//!   (humantime, clamped to the range it can write).
 //! - [`collect`]: one poll: sources -> `Snapshot`, as named steps; the table walk
 //!   (`collect::walk`, the per-socket hot loop), the folding of busy ports
 //!   (`collect::fold`) and the memory of listener generations
