@@ -119,10 +119,16 @@ fn planted_temp_symlink_is_not_followed() {
             "no state file written: {}",
             agent.log()
         );
-        // Let it rewrite a few times (every change of listeners, at least every 30 s).
+        // A change of listeners makes it write again: wait for that rewrite.
         let _l = tcp_listener("127.0.0.1:18221".parse().expect("addr"), false, false, None)
             .expect("listener");
-        std::thread::sleep(std::time::Duration::from_millis(800));
+        assert!(
+            eventually(std::time::Duration::from_secs(20), || {
+                fs::read_to_string(&state).is_ok_and(|t| t.contains("\"port\":18221"))
+            }),
+            "the state file was not rewritten with the new listener: {}",
+            agent.log()
+        );
         drop(agent);
         assert_eq!(fs::read_to_string(&victim).expect("victim"), "ORIG\n");
         let meta = fs::symlink_metadata(&state).expect("state");

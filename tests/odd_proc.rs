@@ -51,12 +51,29 @@ impl Agent {
         Agent { run, addr }
     }
 
-    /// Metrics after at least two polls.
-    fn metrics(&self) -> Metrics {
-        std::thread::sleep(Duration::from_millis(700));
+    fn scrape(&self) -> Metrics {
         let (code, _, body) = http_get(self.addr, "/metrics", &[]).expect("scrape");
         assert_eq!(code, 200);
         Metrics::parse(&String::from_utf8_lossy(&body))
+    }
+
+    /// Metrics published after two more polls than had finished when it was called,
+    /// so they reflect what the agent read after the caller's changes.
+    fn metrics(&self) -> Metrics {
+        let start = polls_done(&self.scrape());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.scrape();
+            if polls_done(&m) >= start + 2.0 {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than two polls in 20 s: {}",
+                m.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn log(&self) -> String {

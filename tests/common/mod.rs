@@ -165,6 +165,31 @@ impl Server {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// Metrics published after `n` more polls than had finished when it was called
+    /// (for "this did not change anything": wait for polls, not for a time).
+    pub fn metrics_after_polls(&self, n: u32) -> Metrics {
+        let start = polls_done(&self.metrics());
+        let m = self.metrics_until(Duration::from_secs(20), |m| {
+            polls_done(m) >= start + f64::from(n)
+        });
+        assert!(
+            polls_done(&m) >= start + f64::from(n),
+            "fewer than {n} polls in 20 s: {}",
+            m.text
+        );
+        m
+    }
+}
+
+/// Polls an agent finished, successful or not (every source's histogram count and
+/// every failed poll).
+pub fn polls_done(m: &Metrics) -> f64 {
+    m.matching("bindwatch_poll_duration_seconds_count", &[])
+        .iter()
+        .chain(m.matching("bindwatch_poll_errors_total", &[]).iter())
+        .map(|(_, v)| v)
+        .sum()
 }
 
 impl Drop for Server {
