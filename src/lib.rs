@@ -49,12 +49,16 @@
 //!   and the one set of checking helpers both validate with (`Problem`, `ConfigError`).
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
 //!   collector with the state file's listener memory (also for [`serve`]).
+//! - [`clear`]: `bindwatch clear` and `wait --clear-after`: of what blocks a bind,
+//!   destroys exactly the sockets no process holds (TIME_WAIT, orphans) and judges
+//!   again; the plan is pure ([`clear::plan`]), destroying is `source::destroy`.
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
 //!   listen sockets, tracer, poller, HTTP server); `main` only dispatches.
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
 pub mod activation;
+pub mod clear;
 pub mod cli;
 pub mod collect;
 pub mod commands;
