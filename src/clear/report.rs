@@ -8,16 +8,22 @@ use serde_json::{json, Value};
 use super::plan::{self, Blocker, Decision, Item, Keep};
 use super::{Judged, Report};
 use crate::commands::{self, endpoint_str};
-use crate::model::{Owner, Tri, Verdict};
+use crate::model::{Owner, State, Tri, Verdict};
 use crate::source::destroy::Destroyed;
 
-/// `stop pid 4242 (php-fpm), pid 4243 (php-fpm) or wait`.
-fn stop_hint(holders: &[Owner]) -> String {
+/// `stop pid 4242 (php-fpm), pid 4243 (php-fpm) or wait`; a listener or a bound
+/// socket does not go away by waiting.
+fn stop_hint(holders: &[Owner], state: State) -> String {
     let pids: Vec<String> = holders
         .iter()
         .map(|o| format!("pid {} ({})", o.pid, o.process))
         .collect();
-    format!("stop {} or wait", pids.join(", "))
+    let wait = if matches!(state, State::Listen | State::Close | State::BoundInactive) {
+        ""
+    } else {
+        " or wait"
+    };
+    format!("stop {}{wait}", pids.join(", "))
 }
 
 /// Why a blocker is kept, in the operator's words.
@@ -35,7 +41,7 @@ fn keep_text(k: &Keep, b: &Blocker, r: &Report) -> String {
                 .map(Owner::summary)
                 .collect::<Vec<_>>()
                 .join(", "),
-            stop_hint(holders)
+            stop_hint(holders, finding.socket.state)
         ),
         Keep::HeldUnseen => format!(
             "held by a process bindwatch cannot see (socket inode {}; run as root, or it is in another pid namespace)",
@@ -93,6 +99,8 @@ fn item_text(out: &mut String, i: &Item, r: &Report, before: bool) {
     // A socket to destroy needs no second line: no process holds it.
     if let Decision::Keep(k) = &i.decision {
         let _ = writeln!(out, "          kept: {}", keep_text(k, &i.blocker, r));
+    } else if !before && r.error.is_some() {
+        out.push_str("          no process holds it; not destroyed: see the error\n");
     } else if !before {
         out.push_str("          no process holds it: `clear --yes` again destroys it\n");
     }
@@ -156,6 +164,9 @@ pub fn text(r: &Report) -> String {
             ", {} left alone: another socket has taken their tuple",
             n(Destroyed::Replaced)
         );
+    }
+    if r.error.is_some() {
+        out.push_str(" before an error stopped it");
     }
     out.push('\n');
     if let Some(after) = &r.after {

@@ -1,0 +1,449 @@
+//! `bindwatch clear` against the real kernel: each test builds its sockets in a network
+//! namespace of its own, runs the real binary there, and asks the kernel afterwards
+//! (`ss`, a real `bind()` + `listen()` without SO_REUSEADDR, data over the connections
+//! that must survive) what was destroyed and what was not.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Every TCP socket of this thread's namespace as `ss` reports it: (state, local, peer).
+fn sockets() -> BTreeSet<(String, String, String)> {
+    let out = run_ok("ss", &["-Htan"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5).then(|| (f[0].to_string(), f[3].to_string(), f[4].to_string()))
+        })
+        .collect()
+}
+
+fn port_of(endpoint: &str) -> Option<u16> {
+    endpoint.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Sockets in `state` (ss's spelling) whose local port is `port`.
+fn count(state: &str, port: u16) -> usize {
+    sockets()
+        .iter()
+        .filter(|(s, l, _)| s == state && port_of(l) == Some(port))
+        .count()
+}
+
+/// Waits for `pred`, failing with what `ss` shows last.
+fn await_ss(what: &str, pred: impl Fn() -> bool) {
+    assert!(
+        eventually(Duration::from_secs(10), &pred),
+        "never {what}: {:#?}",
+        sockets()
+    );
+}
+
+fn v4(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("address")
+}
+
+/// `n` server-side TIME_WAITs on `addr`: `n` connections, the server closes each
+/// first, the clients close once they saw its FIN. Leaves `listener` open.
+fn server_time_waits(listener: &Socket, addr: SocketAddr, n: usize) {
+    let before = count("TIME-WAIT", addr.port());
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        drop(s);
+        clients.push(c);
+    }
+    await_ss("saw the clients in CLOSE-WAIT", || {
+        sockets()
+            .iter()
+            .filter(|(s, _, p)| s == "CLOSE-WAIT" && p == &addr.to_string())
+            .count()
+            == n
+    });
+    drop(clients);
+    await_ss("saw the server TIME_WAITs and the clients gone", || {
+        let all = sockets();
+        count("TIME-WAIT", addr.port()) == before + n
+            && !all.iter().any(|(_, _, p)| p == &addr.to_string())
+    });
+}
+
+/// `bindwatch ARGS` without the host's state file.
+fn clear(args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["clear"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--state.file", ""]);
+    bindwatch(&all)
+}
+
+/// The kernel's answer to a new listener on 0.0.0.0:`port` without SO_REUSEADDR.
+fn fresh_bind(port: u16) -> Result<(), i32> {
+    kernel_bind_listen(v4("0.0.0.0", port), false, false, None)
+}
+
+/// Data goes both ways over a connection whose far end echoes.
+fn echoes(c: &mut TcpStream) {
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"ping").expect("write after clear");
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).expect("read after clear");
+    assert_eq!(&buf, b"ping");
+}
+
+/// Both directions of a plain connection between two sockets this test holds.
+fn carries_data(a: &mut TcpStream, b: &mut TcpStream) {
+    fn one_way(from: &mut TcpStream, to: &mut TcpStream) {
+        to.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        from.write_all(b"data").expect("write");
+        let mut buf = [0u8; 4];
+        to.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"data");
+    }
+    one_way(a, b);
+    one_way(b, a);
+}
+
+#[test]
+fn fifty_server_time_waits_are_listed_then_destroyed_and_a_real_bind_succeeds() {
+    in_netns(|| {
+        const P: u16 = 19270;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        server_time_waits(&l, addr, 50);
+        drop(l);
+        assert_eq!(fresh_bind(P), Err(libc::EADDRINUSE), "the kernel: blocked");
+
+        // Without --yes: the plan, nothing changed.
+        let (code, out, err) = clear(&[&P.to_string()]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert_eq!(out.matches("DESTROY time_wait").count(), 50, "{out}");
+        assert!(out.contains("run again with --yes"), "{out}");
+        assert!(!err.contains("destroyed socket"), "{err}");
+        assert_eq!(count("TIME-WAIT", P), 50);
+        assert_eq!(fresh_bind(P), Err(libc::EADDRINUSE));
+
+        // The same as JSON.
+        let (code, out, _) = clear(&[&P.to_string(), "--json"]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let blockers = v["plan"]["blockers"].as_array().expect("blockers");
+        assert_eq!(blockers.len(), 50, "{v}");
+        assert!(blockers
+            .iter()
+            .all(|b| b["action"] == "destroy" && b["state"] == "time_wait"));
+        assert_eq!(v["plan"]["verdict_after_destroying"], "clear");
+        assert!(v["result"].is_null(), "{v}");
+        assert_eq!(count("TIME-WAIT", P), 50);
+
+        // With --yes: every one destroyed, one log line each; the kernel agrees.
+        let (code, out, err) = clear(&[&P.to_string(), "--yes", "--json"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let destroyed = v["result"]["destroyed"].as_array().expect("destroyed");
+        assert_eq!(destroyed.len(), 50, "{v}");
+        assert_eq!(v["result"]["after"]["verdict"], "clear", "{v}");
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("msg=\"destroyed socket\""))
+            .collect();
+        assert_eq!(lines.len(), 50, "{err}");
+        for l in &lines {
+            for field in [
+                "local=127.0.0.1:19270",
+                "remote=127.0.0.1:",
+                "state=time_wait",
+                "owner=",
+                "left_seconds=",
+            ] {
+                assert!(l.contains(field), "{field} missing: {l}");
+            }
+        }
+        assert_eq!(count("TIME-WAIT", P), 0, "{:#?}", sockets());
+        assert_eq!(fresh_bind(P), Ok(()), "a real bind right after clear");
+    });
+}
+
+/// Server-side FIN_WAIT2 orphans whose peer never closes: with the default
+/// tcp_fin_timeout the kernel keeps them as timewait sockets, with a longer one as
+/// full sockets on the keepalive timer; both kinds are destroyed.
+#[test]
+fn orphaned_fin_wait2_are_destroyed_and_a_real_bind_succeeds() {
+    for (fin_timeout, port) in [("60", 19280u16), ("120", 19281)] {
+        in_netns(move || {
+            run_ok(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.tcp_fin_timeout={fin_timeout}")],
+            );
+            let addr = v4("127.0.0.1", port);
+            let l = tcp_listener(addr, false, false, None).expect("listener");
+            let mut peers = Vec::new();
+            for _ in 0..5 {
+                let c = TcpStream::connect(addr).expect("connect");
+                let (s, _) = l.accept().expect("accept");
+                drop(s);
+                peers.push(c); // never closed: the server side waits for its FIN
+            }
+            drop(l);
+            await_ss("saw 5 FIN-WAIT-2 orphans", || {
+                count("FIN-WAIT-2", port) == 5
+            });
+            assert_eq!(fresh_bind(port), Err(libc::EADDRINUSE));
+            let (code, out, err) = clear(&[&port.to_string()]);
+            assert_eq!(code, 1, "{out}{err}");
+            assert_eq!(out.matches("DESTROY fin_wait2").count(), 5, "{out}");
+            let (code, out, err) = clear(&[&port.to_string(), "--yes"]);
+            assert_eq!(code, 0, "tcp_fin_timeout {fin_timeout}: {out}{err}");
+            assert_eq!(err.matches("state=fin_wait2").count(), 5, "{err}");
+            assert_eq!(count("FIN-WAIT-2", port), 0, "{:#?}", sockets());
+            assert_eq!(fresh_bind(port), Ok(()));
+            drop(peers);
+        });
+    }
+}
+
+#[test]
+fn a_connection_held_by_a_forked_child_is_kept_and_named_beside_destroyed_time_waits() {
+    in_netns(|| {
+        const P: u16 = 19290;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        server_time_waits(&l, addr, 10);
+        let mut client = TcpStream::connect(addr).expect("connect");
+        let (served, _) = l.accept().expect("accept");
+        drop(l);
+        // A child gets the served connection as fd 3 and echoes on it; this process
+        // then closes its own copy, so the child is the only holder.
+        let fd = served.as_raw_fd();
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args([
+            "-c",
+            "import socket\ns = socket.socket(fileno=3)\nwhile True:\n    d = s.recv(100)\n    if not d:\n        break\n    s.sendall(d)\n",
+        ])
+        .stdin(Stdio::null());
+        // SAFETY: between fork and exec only dup2 runs (async-signal-safe); `fd`
+        // stays open in the parent until after spawn returns.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = Logged::spawn(
+            cmd,
+            std::env::temp_dir().join(format!("bw-clear-child-{}", std::process::id())),
+        );
+        drop(served);
+        echoes(&mut client);
+
+        let (code, out, err) = clear(&[&P.to_string(), "--yes"]);
+        assert_eq!(code, 1, "the connection still blocks: {out}{err}");
+        let pid = format!("pid {}", child.child.id());
+        assert!(
+            out.contains(&format!("stop {pid} (python3) or wait")),
+            "{out}"
+        );
+        assert_eq!(err.matches("state=time_wait").count(), 10, "{err}");
+        assert!(!err.contains("state=established"), "{err}");
+        assert_eq!(count("TIME-WAIT", P), 0, "{:#?}", sockets());
+        assert_eq!(count("ESTAB", P), 1, "{:#?}", sockets());
+        echoes(&mut client);
+        assert!(child.alive(), "{}", child.log());
+        // The kernel agrees that the connection still blocks.
+        assert_eq!(fresh_bind(P), Err(libc::EADDRINUSE));
+        // Judged again, only the connection remains, listed with its holder.
+        let after = out.split("judged again:").nth(1).expect("judged again");
+        assert!(after.contains("BLOCKS  established"), "{after}");
+        assert!(!after.contains("time_wait"), "{after}");
+    });
+}
+
+#[test]
+fn neighbours_and_other_connections_are_untouched() {
+    in_netns(|| {
+        const P: u16 = 19300;
+        run_ok("ip", &["addr", "add", "127.0.0.2/8", "dev", "lo"]);
+        // To clear: TIME_WAITs on 127.0.0.1:P.
+        let a = tcp_listener(v4("127.0.0.1", P), false, false, None).expect("listener");
+        server_time_waits(&a, v4("127.0.0.1", P), 10);
+        drop(a);
+        // Not to touch: TIME_WAITs on the neighbouring port, a live listener on
+        // 127.0.0.2:P with TIME_WAITs and a connection, a connection on another port.
+        let n = tcp_listener(v4("127.0.0.1", P + 1), false, false, None).expect("listener");
+        server_time_waits(&n, v4("127.0.0.1", P + 1), 10);
+        drop(n);
+        let b = tcp_listener(v4("127.0.0.2", P), false, false, None).expect("listener");
+        server_time_waits(&b, v4("127.0.0.2", P), 5);
+        let mut to_b = TcpStream::connect(v4("127.0.0.2", P)).expect("connect");
+        let mut at_b: TcpStream = b.accept().expect("accept").0.into();
+        let c = tcp_listener(v4("127.0.0.1", P + 2), false, false, None).expect("listener");
+        let mut to_c = TcpStream::connect(v4("127.0.0.1", P + 2)).expect("connect");
+        let mut at_c: TcpStream = c.accept().expect("accept").0.into();
+        let others: BTreeSet<_> = sockets()
+            .into_iter()
+            .filter(|(_, l, _)| l != &v4("127.0.0.1", P).to_string())
+            .collect();
+        assert_eq!(others.len(), 10 + 5 + 1 + 1 + 1 + 2 + 1, "{others:#?}");
+
+        let (code, out, err) = clear(&[&P.to_string(), "--address", "127.0.0.1", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 10, "{err}");
+        assert_eq!(
+            sockets(),
+            others,
+            "only the 10 TIME_WAITs on 127.0.0.1:{P} went"
+        );
+        carries_data(&mut to_b, &mut at_b);
+        carries_data(&mut to_c, &mut at_c);
+        assert_eq!(
+            kernel_bind_listen(v4("127.0.0.1", P), false, false, None),
+            Ok(())
+        );
+    });
+}
+
+#[test]
+fn without_cap_net_admin_it_fails_with_the_kernels_error_and_changes_nothing() {
+    in_netns(|| {
+        const P: u16 = 19310;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        server_time_waits(&l, addr, 10);
+        drop(l);
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
+            .arg(bin())
+            .args(["clear", &P.to_string(), "--yes", "--state.file", ""])
+            .output()
+            .expect("setpriv");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("CAP_NET_ADMIN") && stderr.contains("Operation not permitted"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("msg=\"destroyed socket\""), "{stderr}");
+        assert_eq!(count("TIME-WAIT", P), 10, "{:#?}", sockets());
+        assert_eq!(fresh_bind(P), Err(libc::EADDRINUSE));
+    });
+}
+
+#[test]
+fn restart_clears_the_listeners_own_leftovers() {
+    in_netns(|| {
+        const P: u16 = 19320;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        server_time_waits(&l, addr, 5);
+        let (code, out, err) = clear(&[&P.to_string(), "--restart"]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("restart of"), "{out}");
+        let (code, out, err) = clear(&[&P.to_string(), "--restart", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(count("TIME-WAIT", P), 0);
+        assert_eq!(
+            count("LISTEN", P),
+            1,
+            "the listener itself is never touched"
+        );
+        drop(l);
+        assert_eq!(fresh_bind(P), Ok(()), "the restart the kernel allows");
+    });
+}
+
+#[test]
+fn wait_clear_after_destroys_what_still_blocks() {
+    in_netns(|| {
+        const P: u16 = 19330;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        server_time_waits(&l, addr, 5);
+        drop(l);
+        let (code, out, err) = bindwatch(&[
+            "wait",
+            &P.to_string(),
+            "--clear-after",
+            "200ms",
+            "--timeout",
+            "30s",
+            "--poll.interval",
+            "50ms",
+            "--state.file",
+            "",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 5, "{err}");
+        assert!(out.contains("would succeed"), "{out}");
+        assert_eq!(count("TIME-WAIT", P), 0);
+        assert_eq!(fresh_bind(P), Ok(()));
+    });
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    for (args, code, want) in [
+        (vec!["clear", "0"], 2, "not a port from 1 to 65535"),
+        (vec!["clear", "70000"], 2, "not a port from 1 to 65535"),
+        (vec!["clear", "http"], 2, "not a port from 1 to 65535"),
+        (vec!["clear", "unix:/run/x.sock"], 2, "unix socket path"),
+        (vec!["clear", "80", "--force"], 2, "--yes"),
+        (
+            vec!["clear", "80", "--restart", "--reuseaddr"],
+            2,
+            "--reuseaddr",
+        ),
+        (
+            vec![
+                "clear",
+                "80",
+                "--netns",
+                "bindwatch-no-such-ns",
+                "--state.file",
+                "",
+            ],
+            2,
+            "no such network namespace",
+        ),
+        (
+            vec!["wait", "80", "--clear-after", "0s"],
+            2,
+            "--clear-after",
+        ),
+    ] {
+        let (got, out, err) = bindwatch(&args);
+        assert_eq!(got, code, "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    in_netns(|| {
+        // --yes with nothing in the way: nothing to do, and it says so.
+        let (code, out, err) = clear(&["19340", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("nothing to clear"), "{out}");
+        assert!(!err.contains("destroyed"), "{err}");
+        // --restart with nothing listening and nothing remembered.
+        let (code, _, err) = clear(&["19340", "--restart", "--yes"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("nothing listens"), "{err}");
+    });
+}
