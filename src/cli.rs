@@ -1,4 +1,4 @@
-//! Command line: flags and subcommands (serve, check, wait, ports). Names follow
+//! Command line: flags and subcommands (serve, check, wait, clear, ports). Names follow
 //! `docs/contract.md` and the Prometheus exporter conventions.
 
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +20,7 @@ use crate::source::SourceChoice;
 listener and every socket that would block its restart, predicts per port whether a restart now \
 would fail with EADDRINUSE (with and without SO_REUSEADDR) and when it will clear, and exports it \
 for Prometheus.\n\nWithout a subcommand, bindwatch runs `serve` with the flags given.",
-    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait: 0 bind would succeed, 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
+    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch clear 8080 --restart --yes     # destroy the leftovers that block it (TIME_WAIT, orphans)\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait/clear: 0 bind would succeed (clear --yes: after destroying), 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

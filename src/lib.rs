@@ -2,11 +2,13 @@
 //! restarting a daemon would fail with EADDRINUSE.
 //!
 //! # Layout
-//! - [`cli`]: flags and subcommands (serve, check, wait, ports).
+//! - [`cli`]: flags and subcommands (serve, check, wait, clear, ports).
 //! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`, the engine's
 //!   `Judgement`s, watched `Service`s and their statuses, host facts. Imports nothing
 //!   else of the crate.
-//! - [`source`]: reading the kernel: [`source::bpf`] (the BPF socket iterator, first
+//! - [`source`]: reading the kernel (and, for `clear` only, [`source::destroy`]:
+//!   SOCK_DESTROY of one socket; [`source::holders`]: every process holding a socket):
+//!   [`source::bpf`] (the BPF socket iterator, first
 //!   choice: every socket's flags; also the shared BPF loader helpers),
 //!   [`source::netlink`] (sock_diag), [`source::procnet`] (/proc/net fallback),
 //!   [`source::owners`] (pids, flags via

@@ -100,6 +100,11 @@ fn layers_import_only_what_the_map_allows() {
     allowed("yaml", &[], &g);
     allowed("fsread", &[], &g);
     allowed("publish", &["metrics", "model"], &g);
+    allowed(
+        "clear",
+        &["cli", "collect", "commands", "model", "rebind", "source"],
+        &g,
+    );
     // The renderer reads snapshots; it never reaches back into the poll.
     allowed("metrics", &["model", "conflict"], &g);
     assert!(
