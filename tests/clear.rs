@@ -447,3 +447,116 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains("nothing listens"), "{err}");
     });
 }
+
+/// A python `socketserver.TCPServer` (no SO_REUSEADDR, as its default), on `port`.
+/// Returns the child once it listens, or the errno its bind failed with.
+fn start_daemon(port: u16) -> Result<Logged, i32> {
+    let script = "import socketserver, sys\n\
+class H(socketserver.BaseRequestHandler):\n    def handle(self):\n        self.request.sendall(self.request.recv(100))\n\
+try:\n    srv = socketserver.TCPServer(('127.0.0.1', int(sys.argv[1])), H)\n\
+except OSError as e:\n    sys.exit(3 if e.errno == 98 else 4)\n\
+srv.serve_forever()\n";
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script, &port.to_string()]);
+    let log = std::env::temp_dir().join(format!("bw-clear-daemon-{}-{port}", std::process::id()));
+    let mut d = Logged::spawn(cmd, log);
+    // Readiness from the socket table, a failed bind from the exit status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if count("LISTEN", port) == 1 {
+            return Ok(d);
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            assert_eq!(st.code(), Some(3), "daemon died: {}", d.log());
+            return Err(libc::EADDRINUSE);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon never listened: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests the daemon serves and closes first: each leaves a server-side TIME_WAIT.
+fn serve_requests(port: u16, n: usize) {
+    for _ in 0..n {
+        let mut c = TcpStream::connect(v4("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(b"x").expect("request");
+        let mut all = Vec::new();
+        c.read_to_end(&mut all)
+            .expect("answer, then the daemon's close");
+        assert_eq!(all, b"x");
+    }
+    await_ss("saw the daemon's TIME_WAITs", || {
+        count("TIME-WAIT", port) == n
+    });
+}
+
+#[test]
+fn a_real_daemon_restarts_right_after_clear() {
+    in_netns(|| {
+        const P: u16 = 19350;
+        let mut d = start_daemon(P).expect("first start");
+        serve_requests(P, 5);
+        // Stopped now, the daemon cannot start again: its own TIME_WAITs block it.
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+        assert_eq!(start_daemon(P).err(), Some(libc::EADDRINUSE));
+        let (code, out, err) = clear(&[&P.to_string(), "--address", "127.0.0.1", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let mut d = start_daemon(P).expect("starts right after clear");
+        // And once more, judged as a restart while it runs: clear, stop, start.
+        serve_requests(P, 3);
+        let (code, out, err) = clear(&[&P.to_string(), "--restart", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 3, "{err}");
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+        let _d = start_daemon(P).expect("restarts after clear --restart");
+    });
+}
+
+/// `--netns NAME`: judged and destroyed inside a named namespace, from outside it.
+#[test]
+fn clears_inside_a_named_namespace() {
+    let name = format!("bw-clear-{}", std::process::id());
+    run_ok("ip", &["netns", "add", &name]);
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(name.clone());
+    let path = format!("/run/netns/{name}");
+    const P: u16 = 19360;
+    let inside = move |f: Box<dyn FnOnce() + Send>| {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns with an fd this thread holds; it moves only this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    };
+    inside(Box::new(|| {
+        run_ok("ip", &["link", "set", "lo", "up"]);
+        let l = tcp_listener(v4("127.0.0.1", P), false, false, None).expect("listener");
+        server_time_waits(&l, v4("127.0.0.1", P), 5);
+    }));
+    // From the test's own thread (another namespace).
+    let (code, out, err) = clear(&[&P.to_string(), "--netns", &name, "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 5, "{err}");
+    inside(Box::new(|| {
+        assert_eq!(count("TIME-WAIT", P), 0, "{:#?}", sockets());
+        assert_eq!(fresh_bind(P), Ok(()));
+    }));
+}
