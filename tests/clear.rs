@@ -560,3 +560,83 @@ fn clears_inside_a_named_namespace() {
         assert_eq!(fresh_bind(P), Ok(()));
     }));
 }
+
+/// The unit's `ExecStartPre=bindwatch clear PORT --restart --yes`: the daemon has
+/// stopped, so nothing listens; the agent's memory (its state file) names the
+/// listener whose restart is judged, and the daemon starts right after.
+#[test]
+fn restart_of_a_stopped_daemon_uses_the_agents_memory() {
+    in_netns(|| {
+        const P: u16 = 19370;
+        let dir = Scratch::new("clear-memory");
+        let state = dir.str("state.json");
+        let srv = Server::start(19371, &["--state.file", &state, "--poll.interval", "100ms"]);
+        let mut d = start_daemon(P).expect("first start");
+        serve_requests(P, 3);
+        let seen = |m: &Metrics| {
+            m.get(
+                "bindwatch_port_sockets",
+                &[
+                    ("protocol", "tcp"),
+                    ("port", "19370"),
+                    ("state", "time_wait"),
+                ],
+            ) == Some(3.0)
+        };
+        let m = srv.metrics_until(Duration::from_secs(15), seen);
+        assert!(seen(&m), "the agent never saw the TIME_WAITs: {}", m.text);
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+        // Without the agent's memory nothing says whose restart this is.
+        let (code, _, err) = clear(&[&P.to_string(), "--restart", "--yes"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("nothing listens"), "{err}");
+        let (code, out, err) = bindwatch(&[
+            "clear",
+            &P.to_string(),
+            "--restart",
+            "--yes",
+            "--state.file",
+            &state,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("(gone; remembered by the agent)"), "{out}");
+        assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 3, "{err}");
+        let _d = start_daemon(P).expect("starts right after clear");
+        drop(srv);
+    });
+}
+
+/// IPv6 and v4-mapped leftovers of a dual-stack listener are named exactly too.
+#[test]
+fn ipv6_and_mapped_time_waits_are_destroyed() {
+    in_netns(|| {
+        const P: u16 = 19380;
+        let any6: SocketAddr = format!("[::]:{P}").parse().expect("address");
+        let l = tcp_listener(any6, false, false, Some(false)).expect("dual-stack listener");
+        server_time_waits(&l, format!("[::1]:{P}").parse().expect("address"), 3);
+        server_time_waits(&l, v4("127.0.0.1", P), 3);
+        drop(l);
+        let v6 = |prefix: &str| {
+            sockets()
+                .iter()
+                .filter(|(s, l, _)| s == "TIME-WAIT" && l.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(
+            (v6("[::1]"), v6("[::ffff:127.0.0.1]")),
+            (3, 3),
+            "{:#?}",
+            sockets()
+        );
+        assert_eq!(
+            kernel_bind_listen(any6, false, false, Some(false)),
+            Err(libc::EADDRINUSE)
+        );
+        let (code, out, err) = clear(&[&P.to_string(), "--address", "::", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(err.matches("msg=\"destroyed socket\"").count(), 6, "{err}");
+        assert_eq!(count("TIME-WAIT", P), 0, "{:#?}", sockets());
+        assert_eq!(kernel_bind_listen(any6, false, false, Some(false)), Ok(()));
+    });
+}

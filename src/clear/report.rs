@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::plan::{self, Blocker, Decision, Item, Keep};
 use super::{Judged, Report};
-use crate::commands::{self, endpoint_str};
+use crate::commands::{self, endpoint_str, Checked};
 use crate::model::{Owner, State, Tri, Verdict};
 use crate::source::destroy::Destroyed;
 
@@ -111,12 +111,33 @@ fn judged_text(out: &mut String, j: &Judged, r: &Report, before: bool) {
         let _ = writeln!(
             out,
             "{}: {}",
-            commands::checked_what(&j.outcome, c, &j.snap),
+            what_text(j, c),
             commands::verdict_text(&c.judgement)
         );
     }
     for i in &j.items {
         item_text(out, i, r, before);
+    }
+}
+
+/// What was judged, as `check` says it; a listener that is gone (judged from the
+/// agent's memory) is named as remembered.
+fn what_text(j: &Judged, c: &Checked) -> String {
+    let remembered = c.listener.as_ref().and_then(|l| {
+        let live = j.snap.listeners.iter().any(|x| x.socket.inode == l.inode);
+        let risk = j.snap.risks.iter().find(|r| r.gone && r.listener == *l);
+        risk.filter(|_| !live)
+    });
+    match remembered {
+        Some(r) => format!(
+            "restart of {} that listened on {} {} (gone; remembered by the agent)",
+            r.owner
+                .as_ref()
+                .map_or_else(|| "the daemon".to_string(), Owner::summary),
+            j.outcome.protocol,
+            endpoint_str(r.listener.local.ip(), r.listener.local.port())
+        ),
+        None => commands::checked_what(&j.outcome, c, &j.snap),
     }
 }
 
