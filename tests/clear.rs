@@ -640,3 +640,50 @@ fn ipv6_and_mapped_time_waits_are_destroyed() {
         assert_eq!(kernel_bind_listen(any6, false, false, Some(false)), Ok(()));
     });
 }
+
+/// A FIN_WAIT1 orphan: the server wrote more than the peer (which never reads) can
+/// take, then closed; its FIN waits behind the data. Destroyed on Linux 6.11 and
+/// later, kept before unless `--force`.
+#[test]
+fn an_orphaned_fin_wait1_is_destroyed_where_the_kernel_allows_it() {
+    in_netns(|| {
+        const P: u16 = 19390;
+        let addr = v4("127.0.0.1", P);
+        let l = tcp_listener(addr, false, false, None).expect("listener");
+        let peer = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        peer.set_recv_buffer_size(4096).expect("rcvbuf");
+        peer.connect(&addr.into()).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        drop(l);
+        s.set_nonblocking(true).expect("nonblocking");
+        let chunk = [0u8; 65536];
+        let mut sent = 0usize;
+        // Bounded: the peer's window and our send buffer fill within a few MB.
+        while sent < 64 << 20 {
+            match s.send(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        drop(s);
+        await_ss("saw the FIN_WAIT1 orphan", || count("FIN-WAIT-1", P) == 1);
+        let release = run_ok("uname", &["-r"]);
+        let release = String::from_utf8_lossy(&release.stdout);
+        let mut v = release.trim().split(['.', '-']);
+        let major: u32 = v.next().and_then(|x| x.parse().ok()).expect("major");
+        let minor: u32 = v.next().and_then(|x| x.parse().ok()).expect("minor");
+        let (code, out, err) = clear(&[&P.to_string(), "--yes"]);
+        if (major, minor) < (6, 11) {
+            assert_eq!(code, 1, "{out}{err}");
+            assert!(out.contains("--force destroys it anyway"), "{out}");
+            assert_eq!(count("FIN-WAIT-1", P), 1);
+        } else {
+            assert_eq!(code, 0, "{out}{err}");
+            assert_eq!(err.matches("state=fin_wait1").count(), 1, "{err}");
+            assert_eq!(count("FIN-WAIT-1", P), 0, "{:#?}", sockets());
+            assert_eq!(fresh_bind(P), Ok(()));
+        }
+        drop(peer);
+    });
+}
