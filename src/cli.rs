@@ -1,4 +1,4 @@
-//! Command line: flags and subcommands (serve, check, wait, ports). Names follow
+//! Command line: flags and subcommands (serve, check, wait, clear, ports). Names follow
 //! `docs/contract.md` and the Prometheus exporter conventions.
 
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +20,7 @@ use crate::source::SourceChoice;
 listener and every socket that would block its restart, predicts per port whether a restart now \
 would fail with EADDRINUSE (with and without SO_REUSEADDR) and when it will clear, and exports it \
 for Prometheus.\n\nWithout a subcommand, bindwatch runs `serve` with the flags given.",
-    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait: 0 bind would succeed, 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
+    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch clear 8080 --restart --yes     # destroy the leftovers that block it (TIME_WAIT, orphans)\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait/clear: 0 bind would succeed (clear --yes: after destroying), 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -38,6 +38,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Block until `check` would pass (for ExecStartPre and deploy scripts).
     Wait(WaitArgs),
+    /// Destroy exactly the sockets that block a bind on PORT and are safe to destroy
+    /// (TIME_WAIT, orphans); without --yes, only print the plan.
+    Clear(ClearArgs),
     /// Table of listening endpoints: owner, flags, blockers, restart risk.
     Ports(PortsArgs),
     /// Write the man pages or a shell completion script (used by scripts/build-deb.sh).
@@ -178,6 +181,23 @@ pub struct SocketArgs {
     /// Port to test.
     #[arg(value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    #[command(flatten)]
+    pub options: CheckOptions,
+}
+
+/// `a.protocol` for `a.options.protocol`: the options are check's, the port is one
+/// target kind among those `clear` takes, so they live apart.
+impl std::ops::Deref for SocketArgs {
+    type Target = CheckOptions;
+    fn deref(&self) -> &CheckOptions {
+        &self.options
+    }
+}
+
+/// Everything `check` takes besides the port: the new socket's options, where to
+/// answer, the output (shared by `check`, `wait` and `clear`).
+#[derive(Debug, Clone, Args)]
+pub struct CheckOptions {
     #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_protocol)]
     pub protocol: Protocol,
     /// Local address of the new socket (IPv4 or IPv6, no brackets).
@@ -230,6 +250,47 @@ pub struct WaitArgs {
     /// How often to check again.
     #[arg(long = "poll.interval", value_name = "DURATION", default_value = "1s", value_parser = parse_poll_interval)]
     pub interval: Duration,
+    /// After waiting this long, destroy what still blocks and is safe to destroy, as
+    /// `clear PORT --yes` does (TIME_WAIT, orphans; never a socket a process holds).
+    #[arg(long = "clear-after", value_name = "DURATION", value_parser = parse_wait_timeout)]
+    pub clear_after: Option<Duration>,
+}
+
+/// `bindwatch clear`: what it clears, check's options, and the consent to act.
+#[derive(Debug, Clone, Args)]
+pub struct ClearArgs {
+    /// The port (1-65535) whose blockers to clear.
+    #[arg(value_name = "PORT", value_parser = parse_clear_target)]
+    pub target: ClearTarget,
+    #[command(flatten)]
+    pub options: CheckOptions,
+    /// Destroy the blockers that are safe to destroy, then judge again. Without it,
+    /// clear changes nothing and prints the plan.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also destroy orphaned FIN_WAIT1 sockets on kernels before 6.11, where a
+    /// destroyed FIN_WAIT1 orphan may stay in the table for good.
+    #[arg(long, requires = "yes")]
+    pub force: bool,
+}
+
+/// What `clear` clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearTarget {
+    /// The sockets that block a bind on this port (of `--protocol`).
+    Port(u16),
+}
+
+fn parse_clear_target(s: &str) -> Result<ClearTarget, String> {
+    if s.starts_with("unix:") {
+        return Err(format!(
+            "{s:?}: clearing a unix socket path is not available in this version; give a port from 1 to 65535"
+        ));
+    }
+    match s.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(ClearTarget::Port(p as u16)),
+        _ => Err(format!("{s:?} is not a port from 1 to 65535")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

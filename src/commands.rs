@@ -95,7 +95,7 @@ pub fn address_available(
     }
 }
 
-fn services(w: &WatchArgs) -> Result<Vec<Service>, CommandError> {
+pub fn services(w: &WatchArgs) -> Result<Vec<Service>, CommandError> {
     match &w.config_file {
         Some(p) => Ok(config::load(p)?.services),
         None => Ok(Vec::new()),
@@ -135,7 +135,7 @@ pub fn exit_code(v: Verdict) -> i32 {
     }
 }
 
-fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
+pub fn collector(src: &SourceArgs) -> Result<Collector, CommandError> {
     let mut opts = CollectOptions::new(&src.procfs);
     opts.rootfs = src.rootfs.clone();
     opts.source = src.source;
@@ -312,7 +312,7 @@ pub fn check_once(
 }
 
 /// `1.2.3.4:80`, `[::1]:80`: without the scope id a `SocketAddr` of a socket may carry.
-fn endpoint_str(ip: IpAddr, port: u16) -> String {
+pub fn endpoint_str(ip: IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
@@ -405,7 +405,7 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
 }
 
 /// What was judged: the restart of a listener, or a bind with the given flags.
-fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
+pub fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
     match &c.listener {
         Some(l) => format!(
             "restart of {} listening on {} {}",
@@ -431,7 +431,7 @@ fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
     }
 }
 
-fn verdict_text(j: &Judgement) -> String {
+pub fn verdict_text(j: &Judgement) -> String {
     match j.verdict {
         Verdict::Clear => "would succeed".to_string(),
         Verdict::Blocked => match j.clear_seconds() {

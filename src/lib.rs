@@ -2,11 +2,13 @@
 //! restarting a daemon would fail with EADDRINUSE.
 //!
 //! # Layout
-//! - [`cli`]: flags and subcommands (serve, check, wait, ports).
+//! - [`cli`]: flags and subcommands (serve, check, wait, clear, ports).
 //! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`, the engine's
 //!   `Judgement`s, watched `Service`s and their statuses, host facts. Imports nothing
 //!   else of the crate.
-//! - [`source`]: reading the kernel: [`source::bpf`] (the BPF socket iterator, first
+//! - [`source`]: reading the kernel (and, for `clear` only, [`source::destroy`]:
+//!   SOCK_DESTROY of one socket; [`source::holders`]: every process holding a socket):
+//!   [`source::bpf`] (the BPF socket iterator, first
 //!   choice: every socket's flags; also the shared BPF loader helpers),
 //!   [`source::netlink`] (sock_diag), [`source::procnet`] (/proc/net fallback),
 //!   [`source::owners`] (pids, flags via
@@ -51,12 +53,16 @@
 //!   and the one set of checking helpers both validate with (`Problem`, `ConfigError`).
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
 //!   collector with the state file's listener memory (also for [`serve`]).
+//! - [`clear`]: `bindwatch clear` and `wait --clear-after`: of what blocks a bind,
+//!   destroys exactly the sockets no process holds (TIME_WAIT, orphans) and judges
+//!   again; the plan is pure ([`clear::plan`]), destroying is `source::destroy`.
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
 //!   listen sockets, tracer, poller, HTTP server); `main` only dispatches.
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
 pub mod activation;
+pub mod clear;
 pub mod cli;
 pub mod collect;
 pub mod commands;

@@ -24,8 +24,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| commands::check(&a.socket))
         }
         Some(Command::Wait(a)) => {
-            init_logging("warn");
-            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| commands::wait(&a))
+            match a.clear_after {
+                Some(_) => init_clear_logging(),
+                None => init_logging("warn"),
+            }
+            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| match a.clear_after {
+                Some(_) => bindwatch::clear::wait_then_clear(&a),
+                None => commands::wait(&a),
+            })
+        }
+        Some(Command::Clear(a)) => {
+            init_clear_logging();
+            enter_netns(&a.options.netns, &a.options.source)
+                .unwrap_or_else(|| bindwatch::clear::run(&a))
         }
         Some(Command::Ports(a)) => {
             init_logging("warn");
@@ -38,6 +49,12 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// `clear` logs each socket it destroys (info) and otherwise only warnings, as
+/// the other one-shot commands do.
+fn init_clear_logging() {
+    init_logging("warn,bindwatch::clear=info");
 }
 
 /// `--netns NAME` of the one-shot commands: move this (still single-threaded)

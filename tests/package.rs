@@ -123,6 +123,7 @@ fn package_holds_binary_units_man_pages_completions_docs_and_conffiles() {
         "/usr/share/man/man1/bindwatch-check.1.gz",
         "/usr/share/man/man1/bindwatch-wait.1.gz",
         "/usr/share/man/man1/bindwatch-ports.1.gz",
+        "/usr/share/man/man1/bindwatch-clear.1.gz",
         "/usr/share/bash-completion/completions/bindwatch",
         "/usr/share/zsh/vendor-completions/_bindwatch",
         "/usr/share/fish/vendor_completions.d/bindwatch.fish",
@@ -348,6 +349,10 @@ fn man_pages_render() {
         ),
         ("bindwatch-wait.1.gz", vec!["--timeout"]),
         ("bindwatch-ports.1.gz", vec!["--json"]),
+        (
+            "bindwatch-clear.1.gz",
+            vec!["--yes", "--force", "--restart", "PORT"],
+        ),
         ("bindwatch-serve.1.gz", vec!["--poll.interval"]),
     ] {
         let out = run(Command::new("man")
@@ -407,7 +412,7 @@ fn bash_completion_completes() {
             .collect()
     };
     let subs = complete(&["bindwatch", ""]);
-    for s in ["check", "wait", "ports", "serve"] {
+    for s in ["check", "wait", "clear", "ports", "serve"] {
         assert!(subs.iter().any(|w| w == s), "{s} not offered: {subs:?}");
     }
     assert!(!subs.iter().any(|w| w == "generate"), "{subs:?}");

@@ -3,6 +3,8 @@
 //! allocation.
 
 pub mod bpf;
+pub mod destroy;
+pub mod holders;
 pub mod hz;
 pub mod netlink;
 pub mod owners;

@@ -18,15 +18,15 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// Legacy request type; its dump walks the TCP tables once for both families
 /// (`inet_diag_dump_compat` sets the family to AF_UNSPEC).
 const TCPDIAG_GETSOCK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const INET_DIAG_SKV6ONLY: u16 = 11;
 
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
 /// Large enough for the kernel's biggest dump skb (32 KiB) so one recv is one batch.

@@ -118,7 +118,7 @@ fn scan_fds(
     Some((read, false))
 }
 
-fn socket_inode(link: &Path) -> Option<u64> {
+pub(super) fn socket_inode(link: &Path) -> Option<u64> {
     let s = link.to_str()?;
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
