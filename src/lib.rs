@@ -51,6 +51,10 @@
 //!   collector with the state file's listener memory (also for [`serve`]).
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
 //!   listen sockets, tracer, poller, HTTP server); `main` only dispatches.
+//! - [`unixbind`]: the pure rules of `bind()` on a unix path or abstract name (held,
+//!   stale, not a socket, free); [`unixprobe`]: the I/O that gathers their inputs
+//!   (`lstat` under `--path.rootfs`, sock_diag of every network namespace, owners);
+//!   [`unixcmd`]: `check`/`wait unix:...` and `ports --unix`.
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
@@ -79,5 +83,8 @@ pub mod source;
 pub mod state;
 pub mod tally;
 pub mod timefmt;
+pub mod unixbind;
+pub mod unixcmd;
+pub mod unixprobe;
 pub mod web;
 mod yaml;

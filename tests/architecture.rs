@@ -95,6 +95,7 @@ fn layers_import_only_what_the_map_allows() {
     allowed("model", &[], &g);
     allowed("rebind", &["model"], &g);
     allowed("conflict", &["model", "rebind"], &g);
+    allowed("unixbind", &["model"], &g);
     allowed("tally", &["model", "fasthash"], &g);
     allowed("fasthash", &[], &g);
     allowed("yaml", &[], &g);

@@ -9,11 +9,13 @@ use serde::Serialize;
 
 mod events;
 mod host;
+mod unix;
 mod verdict;
 mod watch;
 
 pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
 pub use host::{Capabilities, Denied, PortAllocation};
+pub use unix::{UnixName, UnixSocket, UnixState, UnixType, VfsId};
 pub use verdict::{Finding, Judgement, Rule, Verdict};
 pub use watch::{Bucket, OwnerMatch, Service, ServiceStatus, Status};
 

@@ -1,0 +1,1 @@
+//! `check unix:...`, `wait unix:...`, `ports --unix`.

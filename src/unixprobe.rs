@@ -1,0 +1,396 @@
+//! Gathers what [`crate::unixbind`] judges a unix address by: what is at a path
+//! (`lstat` under `--path.rootfs`, the directory's permissions), the unix sockets of
+//! every network namespace (sock_diag), and who holds them (the owner scan).
+//!
+//! [`inspect_unix_path`] is the call for anyone about to remove a socket file: its
+//! [`UnixPathReport::judgement`] says `safe_to_remove` only for a socket file that no
+//! socket of any network namespace is bound to, with every namespace read and the
+//! file unchanged from the first look to the last.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::{Owner, UnixSocket, UnixType, VfsId};
+use crate::netns;
+use crate::source::netlink::NetlinkError;
+use crate::source::owners::OwnerResolver;
+use crate::source::unix as unix_diag;
+use crate::unixbind::{self, FileKind, PathFacts, UnixJudgement, UnixTarget};
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// `--path.procfs`.
+    pub procfs: PathBuf,
+    /// `--path.rootfs`: paths are resolved under it, as if it were `/`.
+    pub rootfs: PathBuf,
+    /// Where `ip netns` keeps named namespaces.
+    pub run_netns: PathBuf,
+}
+
+impl ProbeOptions {
+    pub fn new(procfs: &Path, rootfs: &Path) -> ProbeOptions {
+        ProbeOptions {
+            procfs: procfs.to_path_buf(),
+            rootfs: rootfs.to_path_buf(),
+            run_netns: PathBuf::from("/run/netns"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("opening --path.rootfs {path}: {source}")]
+    Rootfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the unix sockets of this network namespace (sock_diag): {0}")]
+    Diag(#[from] NetlinkError),
+    #[error("{0} changed three times while it was read; try again")]
+    Unsettled(String),
+}
+
+/// What bindwatch found about one unix address, with the judgement.
+#[derive(Debug, Clone)]
+pub struct UnixPathReport {
+    pub target: UnixTarget,
+    pub judgement: UnixJudgement,
+    /// Owners of the holders, by socket inode (a holder whose owner cannot be seen
+    /// has no entry).
+    pub owners: BTreeMap<u64, Owner>,
+    /// The network namespace of each holder found outside bindwatch's own, by inode.
+    pub holder_netns: BTreeMap<u64, String>,
+    /// Network namespaces whose unix table was read (bindwatch's own included).
+    pub netns_read: usize,
+    /// Namespaces that could not be read, with why.
+    pub netns_unread: Vec<String>,
+}
+
+/// What is at `path` (absolute), resolved under `rootfs` as its root (symlinks on the
+/// way stay inside it; the last component is not followed, as `bind()` does not).
+///
+/// # Errors
+/// Only when `rootfs` cannot be opened; everything about the path is a [`PathFacts`].
+pub fn path_facts(rootfs: &Path, path: &Path) -> Result<PathFacts, ProbeError> {
+    let root = open_path(None, rootfs, false).map_err(|source| ProbeError::Rootfs {
+        path: rootfs.to_path_buf(),
+        source,
+    })?;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let (parent, name) = match (rel.parent(), rel.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        // "/" itself.
+        _ => {
+            return Ok(PathFacts::Other {
+                kind: FileKind::Directory,
+            })
+        }
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = match open_path(Some(&root), parent, true) {
+        Ok(d) => d,
+        Err(e) => {
+            return Ok(PathFacts::DirUnusable {
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })
+        }
+    };
+    let cname = CString::new(name.as_bytes()).map_err(|_| ProbeError::Rootfs {
+        path: path.to_path_buf(),
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    // SAFETY: zeroed `stat` is a valid out-buffer for fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: dir is an open fd, cname NUL-terminated, st a valid out-pointer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Ok(match e.raw_os_error() {
+            Some(libc::ENOENT) => match dir_writable(&dir) {
+                Ok(()) => PathFacts::Absent,
+                Err(errno) => PathFacts::DirUnusable { errno },
+            },
+            errno => PathFacts::DirUnusable {
+                errno: errno.unwrap_or(libc::EIO),
+            },
+        });
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => {
+            return Ok(PathFacts::Socket {
+                vfs: VfsId {
+                    dev_major: libc::major(st.st_dev),
+                    dev_minor: libc::minor(st.st_dev),
+                    // UNIX_DIAG_VFS carries only the low 32 bits.
+                    ino32: st.st_ino as u32,
+                },
+            });
+        }
+        libc::S_IFREG => FileKind::Regular,
+        libc::S_IFDIR => FileKind::Directory,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        _ => FileKind::BlockDevice,
+    };
+    Ok(PathFacts::Other { kind })
+}
+
+/// Opens `path` as an `O_PATH` fd; relative to `root` with `RESOLVE_IN_ROOT` (every
+/// `..` and absolute symlink stays under it) when given.
+fn open_path(root: Option<&OwnedFd>, path: &Path, dir: bool) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = libc::O_PATH | libc::O_CLOEXEC | if dir { libc::O_DIRECTORY } else { 0 };
+    for _ in 0..8 {
+        let fd = match root {
+            None => {
+                // SAFETY: c is NUL-terminated; the fd is owned below.
+                unsafe { libc::open(c.as_ptr(), flags | libc::O_DIRECTORY) }
+            }
+            Some(root) => {
+                // SAFETY: zeroed open_how is valid (all fields integers).
+                let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+                how.flags = flags as u64;
+                how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+                // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and an
+                // open_how of the size given.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        root.as_raw_fd(),
+                        c.as_ptr(),
+                        &how as *const libc::open_how,
+                        std::mem::size_of::<libc::open_how>(),
+                    ) as libc::c_int
+                }
+            }
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh fd nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        // openat2 asks for a retry when a rename raced with RESOLVE_IN_ROOT.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// Could this process create an entry in `dir`: `faccessat2(W_OK|X_OK)` with the
+/// effective ids, on the fd itself. A kernel without faccessat2 is given the benefit
+/// (the bind itself will say).
+fn dir_writable(dir: &OwnedFd) -> Result<(), i32> {
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH on an open fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(e @ (libc::EACCES | libc::EROFS | libc::EPERM)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The unix sockets of every network namespace but bindwatch's own, each dumped from
+/// a thread that entered it (the caller's thread never changes namespace). Returns
+/// (sockets with their namespace name, namespaces read, namespaces not read + why).
+pub fn other_netns_sockets(opts: &ProbeOptions) -> (Vec<(UnixSocket, String)>, usize, Vec<String>) {
+    let own = netns::own_inode(&opts.procfs);
+    let all = every_netns(opts);
+    let others: Vec<netns::Netns> = all.into_iter().filter(|n| Some(n.inode) != own).collect();
+    if others.is_empty() {
+        return (Vec::new(), 0, Vec::new());
+    }
+    let procfs = opts.procfs.clone();
+    let joined = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut sockets = Vec::new();
+            let mut read = 0;
+            let mut unread = Vec::new();
+            for n in &others {
+                let got = netns::enter(&n.path, &procfs)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_entered| unix_diag::dump_all().map_err(|e| e.to_string()));
+                match got {
+                    Ok(v) => {
+                        read += 1;
+                        sockets.extend(v.into_iter().map(|s| (s, n.name.clone())));
+                    }
+                    // A namespace whose last process exited meanwhile holds nothing.
+                    Err(_) if !n.path.exists() => {}
+                    Err(e) => unread.push(format!("{}: {e}", n.name)),
+                }
+            }
+            (sockets, read, unread)
+        })
+        .join()
+    });
+    joined.unwrap_or_else(|_| {
+        (
+            Vec::new(),
+            0,
+            vec!["the namespace reader thread panicked".into()],
+        )
+    })
+}
+
+/// Every network namespace [`netns::discover`] finds (named ones, those of
+/// processes), and those only a thread has entered (`/proc/PID/task/TID/ns/net`):
+/// a socket file may be bound from any of them. A namespace kept alive by nothing
+/// but a socket or an open fd has no path to enter and is not found.
+fn every_netns(opts: &ProbeOptions) -> Vec<netns::Netns> {
+    use std::os::unix::fs::MetadataExt;
+    let mut all = netns::discover(&opts.procfs, &opts.run_netns);
+    let mut seen: HashSet<u64> = all.iter().map(|n| n.inode).collect();
+    let Ok(procs) = std::fs::read_dir(&opts.procfs) else {
+        return all;
+    };
+    for p in procs.flatten() {
+        if !p.file_name().as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("ns/net");
+            if let Ok(m) = std::fs::metadata(&path) {
+                if seen.insert(m.ino()) {
+                    all.push(netns::Netns {
+                        inode: m.ino(),
+                        name: format!("netns:[{}]", m.ino()),
+                        path,
+                    });
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Stats `path`, reads the unix sockets (bindwatch's own namespace, then every other
+/// one when no holder was found there), stats again, and judges. A path that changed
+/// between the two looks is read again, up to three times.
+///
+/// # Errors
+/// `--path.rootfs` cannot be opened, bindwatch's own namespace cannot be dumped, or
+/// the path kept changing.
+pub fn inspect_unix_path(path: &Path, opts: &ProbeOptions) -> Result<UnixPathReport, ProbeError> {
+    for _ in 0..3 {
+        let before = path_facts(&opts.rootfs, path)?;
+        let mut netns_read = 0;
+        let mut netns_unread = Vec::new();
+        let mut holder_netns = BTreeMap::new();
+        let mut sockets = Vec::new();
+        if let PathFacts::Socket { vfs } = before {
+            sockets = unix_diag::dump_all()?;
+            netns_read = 1;
+            if !sockets.iter().any(|s| s.vfs == Some(vfs)) {
+                let (others, read, unread) = other_netns_sockets(opts);
+                netns_read += read;
+                netns_unread = unread;
+                for (s, name) in others {
+                    if s.vfs == Some(vfs) {
+                        holder_netns.insert(s.inode, name);
+                        sockets.push(s);
+                    }
+                }
+            }
+        }
+        if path_facts(&opts.rootfs, path)? != before {
+            continue;
+        }
+        let judgement = unixbind::judge_unix_path(&before, &sockets, netns_unread.is_empty());
+        let owners = owners_of(opts, &judgement.holders);
+        return Ok(UnixPathReport {
+            target: UnixTarget::Path(path.to_path_buf()),
+            judgement,
+            owners,
+            holder_netns,
+            netns_read,
+            netns_unread,
+        });
+    }
+    Err(ProbeError::Unsettled(path.display().to_string()))
+}
+
+/// Judges a bind of a `kind` socket on the abstract name `name` in bindwatch's own network namespace (the one a
+/// bind from here would use; `--netns` moves bindwatch first).
+///
+/// # Errors
+/// The namespace's unix sockets cannot be read.
+pub fn inspect_unix_abstract(
+    name: &[u8],
+    kind: UnixType,
+    opts: &ProbeOptions,
+) -> Result<UnixPathReport, ProbeError> {
+    let sockets = unix_diag::dump_all()?;
+    let judgement = unixbind::judge_unix_abstract(name, kind, &sockets);
+    let owners = owners_of(opts, &judgement.holders);
+    Ok(UnixPathReport {
+        target: UnixTarget::Abstract(name.to_vec()),
+        judgement,
+        owners,
+        holder_netns: BTreeMap::new(),
+        netns_read: 1,
+        netns_unread: Vec::new(),
+    })
+}
+
+/// [`inspect_unix_path`] or [`inspect_unix_abstract`] (the only one `kind` matters to).
+///
+/// # Errors
+/// As those.
+pub fn inspect(
+    target: &UnixTarget,
+    kind: UnixType,
+    opts: &ProbeOptions,
+) -> Result<UnixPathReport, ProbeError> {
+    match target {
+        UnixTarget::Path(p) => inspect_unix_path(p, opts),
+        UnixTarget::Abstract(n) => inspect_unix_abstract(n, kind, opts),
+    }
+}
+
+/// Who holds each socket, by the owner scan of `/proc/PID/fd`.
+pub fn owners_of(opts: &ProbeOptions, sockets: &[UnixSocket]) -> BTreeMap<u64, Owner> {
+    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut r = OwnerResolver::with_rootfs(&opts.procfs, &opts.rootfs);
+    r.scan_slice = None;
+    let found: HashMap<u64, _> = r.resolve(&wanted);
+    found
+        .into_iter()
+        .filter_map(|(inode, fd)| Some((inode, r.owner(fd.pid)?)))
+        .collect()
+}
