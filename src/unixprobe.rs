@@ -301,8 +301,7 @@ fn every_netns(opts: &ProbeOptions) -> Vec<netns::Netns> {
 /// between the two looks is read again, up to three times.
 ///
 /// # Errors
-/// `--path.rootfs` cannot be opened, bindwatch's own namespace cannot be dumped, or
-/// the path kept changing.
+/// `--path.rootfs` cannot be opened, or the path kept changing.
 pub fn inspect_unix_path(path: &Path, opts: &ProbeOptions) -> Result<UnixPathReport, ProbeError> {
     for _ in 0..3 {
         let before = path_facts(&opts.rootfs, path)?;
@@ -311,12 +310,19 @@ pub fn inspect_unix_path(path: &Path, opts: &ProbeOptions) -> Result<UnixPathRep
         let mut holder_netns = BTreeMap::new();
         let mut sockets = Vec::new();
         if let PathFacts::Socket { vfs } = before {
-            sockets = unix_diag::dump_all()?;
-            netns_read = 1;
+            // Bindwatch's own table unreadable: the file still blocks the bind; only
+            // held or stale is left open (unless another namespace shows a holder).
+            match unix_diag::dump_all() {
+                Ok(v) => {
+                    sockets = v;
+                    netns_read = 1;
+                }
+                Err(e) => netns_unread.push(format!("bindwatch's own: {e}")),
+            }
             if !sockets.iter().any(|s| s.vfs == Some(vfs)) {
                 let (others, read, unread) = other_netns_sockets(opts);
                 netns_read += read;
-                netns_unread = unread;
+                netns_unread.extend(unread);
                 for (s, name) in others {
                     if s.vfs == Some(vfs) {
                         holder_netns.insert(s.inode, name);
@@ -354,7 +360,13 @@ pub fn inspect_unix_abstract(
 ) -> Result<UnixPathReport, ProbeError> {
     let sockets = unix_diag::dump_all()?;
     let judgement = unixbind::judge_unix_abstract(name, kind, &sockets);
-    let owners = owners_of(opts, &judgement.holders);
+    let both: Vec<UnixSocket> = judgement
+        .holders
+        .iter()
+        .chain(&judgement.other_types)
+        .cloned()
+        .collect();
+    let owners = owners_of(opts, &both);
     Ok(UnixPathReport {
         target: UnixTarget::Abstract(name.to_vec()),
         judgement,

@@ -141,13 +141,12 @@ pub fn decode_unix_batch<F: FnMut(UnixSocket) + ?Sized>(
     sink: &mut F,
 ) -> Result<Batch, NetlinkError> {
     netlink::walk_batch(buf, WHAT, &mut |offset, body| {
-        match decode_unix_msg(body).map_err(|reason| NetlinkError::Malformed {
+        if let Some(s) = decode_unix_msg(body).map_err(|reason| NetlinkError::Malformed {
             what: WHAT,
             offset,
             reason,
         })? {
-            Some(s) => sink(s),
-            None => {}
+            sink(s);
         }
         Ok(())
     })
