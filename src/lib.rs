@@ -54,7 +54,8 @@
 //! - [`unixbind`]: the pure rules of `bind()` on a unix path or abstract name (held,
 //!   stale, not a socket, free); [`unixprobe`]: the I/O that gathers their inputs
 //!   (`lstat` under `--path.rootfs`, sock_diag of every network namespace, owners);
-//!   [`unixcmd`]: `check`/`wait unix:...` and `ports --unix`.
+//!   [`unixcmd`]: `check`/`wait unix:...` and `ports --unix`; [`unixwatch`]: watched
+//!   unix services' statuses (pure).
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
@@ -86,5 +87,6 @@ pub mod timefmt;
 pub mod unixbind;
 pub mod unixcmd;
 pub mod unixprobe;
+pub mod unixwatch;
 pub mod web;
 mod yaml;

@@ -231,6 +231,15 @@ impl NetnsCollectors {
         }
     }
 
+    pub fn options(&self) -> &CollectOptions {
+        &self.opts
+    }
+
+    /// The owner resolver every namespace's collector shares.
+    pub fn owner_resolver(&self) -> Arc<Mutex<OwnerResolver>> {
+        Arc::clone(&self.owners)
+    }
+
     /// Whether any namespace's collector found leftovers its memory cannot explain.
     pub fn wants_early_poll(&self) -> bool {
         self.collectors.values().any(|(_, c)| c.wants_early_poll())

@@ -9,12 +9,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{Owner, UnixSocket, UnixType, VfsId};
+use crate::model::{
+    Owner, Status, UnixName, UnixService, UnixSocket, UnixState, UnixType, UnixView, VfsId,
+};
 use crate::netns;
 use crate::source::netlink::NetlinkError;
 use crate::source::owners::OwnerResolver;
@@ -303,6 +306,35 @@ fn every_netns(opts: &ProbeOptions) -> Vec<netns::Netns> {
 /// # Errors
 /// `--path.rootfs` cannot be opened, or the path kept changing.
 pub fn inspect_unix_path(path: &Path, opts: &ProbeOptions) -> Result<UnixPathReport, ProbeError> {
+    let mut report = judge_path(path, opts, None)?;
+    let mut r = OwnerResolver::with_rootfs(&opts.procfs, &opts.rootfs);
+    r.scan_slice = None;
+    report.owners = owners_with(&mut r, &report.judgement.holders);
+    Ok(report)
+}
+
+/// [`inspect_unix_path`] without the owners. With `own`, a dump of bindwatch's
+/// namespace taken just before, that dump decides when it shows a holder of the
+/// file; any other answer is made from fresh dumps (the file may be newer than `own`).
+fn judge_path(
+    path: &Path,
+    opts: &ProbeOptions,
+    own: Option<&[UnixSocket]>,
+) -> Result<UnixPathReport, ProbeError> {
+    if let Some(own) = own {
+        let facts = path_facts(&opts.rootfs, path)?;
+        if let PathFacts::Socket { vfs } = facts {
+            if own.iter().any(|s| s.vfs == Some(vfs)) {
+                return Ok(report(
+                    UnixTarget::Path(path.to_path_buf()),
+                    unixbind::judge_unix_path(&facts, own, true),
+                    BTreeMap::new(),
+                    1,
+                    Vec::new(),
+                ));
+            }
+        }
+    }
     for _ in 0..3 {
         let before = path_facts(&opts.rootfs, path)?;
         let mut netns_read = 0;
@@ -335,17 +367,93 @@ pub fn inspect_unix_path(path: &Path, opts: &ProbeOptions) -> Result<UnixPathRep
             continue;
         }
         let judgement = unixbind::judge_unix_path(&before, &sockets, netns_unread.is_empty());
-        let owners = owners_of(opts, &judgement.holders);
-        return Ok(UnixPathReport {
-            target: UnixTarget::Path(path.to_path_buf()),
+        return Ok(report(
+            UnixTarget::Path(path.to_path_buf()),
             judgement,
-            owners,
             holder_netns,
             netns_read,
             netns_unread,
-        });
+        ));
     }
     Err(ProbeError::Unsettled(path.display().to_string()))
+}
+
+fn report(
+    target: UnixTarget,
+    judgement: UnixJudgement,
+    holder_netns: BTreeMap<u64, String>,
+    netns_read: usize,
+    netns_unread: Vec<String>,
+) -> UnixPathReport {
+    UnixPathReport {
+        target,
+        judgement,
+        owners: BTreeMap::new(),
+        holder_netns,
+        netns_read,
+        netns_unread,
+    }
+}
+
+/// One poll of the agent's unix view: every unix socket of bindwatch's namespace
+/// counted by type and state, and each watched unix service judged (paths with the
+/// rules of [`inspect_unix_path`], abstract names in this namespace). Owners come
+/// from `resolver` (the agent's, with its cache). A table that cannot be read leaves
+/// the counts out and says so in each service's detail.
+pub fn poll_watched(
+    services: &[UnixService],
+    opts: &ProbeOptions,
+    resolver: &mut OwnerResolver,
+) -> UnixView {
+    let own = match unix_diag::dump_all() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the unix socket table failed");
+            None
+        }
+    };
+    let counts = own.as_ref().map(|v| {
+        let mut c: BTreeMap<(UnixType, UnixState), u64> = UnixType::ALL
+            .into_iter()
+            .flat_map(|t| UnixState::ALL.into_iter().map(move |s| ((t, s), 0)))
+            .collect();
+        for s in v {
+            *c.entry((s.kind, s.state)).or_default() += 1;
+        }
+        c
+    });
+    let mut watched = Vec::with_capacity(services.len());
+    for svc in services {
+        let judged = match &svc.address {
+            UnixName::Path(p) => judge_path(Path::new(OsStr::from_bytes(p)), opts, own.as_deref()),
+            UnixName::Abstract(n) => match &own {
+                Some(v) => Ok(report(
+                    UnixTarget::Abstract(n.clone()),
+                    unixbind::judge_unix_abstract(n, svc.kind, v),
+                    BTreeMap::new(),
+                    1,
+                    Vec::new(),
+                )),
+                None => Err(ProbeError::Unsettled(svc.address.to_string())),
+            },
+        };
+        let status = match judged {
+            Ok(r) => {
+                let owners = owners_with(resolver, &r.judgement.holders);
+                crate::unixwatch::service_status(svc, &r.judgement, &owners)
+            }
+            Err(e) => {
+                tracing::warn!(service = %svc.name, error = %e, "judging a watched unix service failed");
+                let j = unixbind::judge_unix_path(&PathFacts::Absent, &[], false);
+                let mut st = crate::unixwatch::service_status(svc, &j, &BTreeMap::new());
+                st.detail = format!("cannot tell: {e}");
+                st.status = Status::Missing;
+                st
+            }
+        };
+        watched.push(status);
+    }
+    UnixView { counts, watched }
 }
 
 /// Judges a bind of a `kind` socket on the abstract name `name` in bindwatch's own network namespace (the one a
@@ -366,15 +474,15 @@ pub fn inspect_unix_abstract(
         .chain(&judgement.other_types)
         .cloned()
         .collect();
-    let owners = owners_of(opts, &both);
-    Ok(UnixPathReport {
-        target: UnixTarget::Abstract(name.to_vec()),
+    let mut r = report(
+        UnixTarget::Abstract(name.to_vec()),
         judgement,
-        owners,
-        holder_netns: BTreeMap::new(),
-        netns_read: 1,
-        netns_unread: Vec::new(),
-    })
+        BTreeMap::new(),
+        1,
+        Vec::new(),
+    );
+    r.owners = owners_of(opts, &both);
+    Ok(r)
 }
 
 /// [`inspect_unix_path`] or [`inspect_unix_abstract`] (the only one `kind` matters to).
@@ -394,15 +502,48 @@ pub fn inspect(
 
 /// Who holds each socket, by the owner scan of `/proc/PID/fd`.
 pub fn owners_of(opts: &ProbeOptions, sockets: &[UnixSocket]) -> BTreeMap<u64, Owner> {
-    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
-    if wanted.is_empty() {
+    if sockets.is_empty() {
         return BTreeMap::new();
     }
     let mut r = OwnerResolver::with_rootfs(&opts.procfs, &opts.rootfs);
     r.scan_slice = None;
+    owners_with(&mut r, sockets)
+}
+
+/// [`owners_of`] with a given resolver (the agent's, whose cache makes it cheap).
+pub fn owners_with(r: &mut OwnerResolver, sockets: &[UnixSocket]) -> BTreeMap<u64, Owner> {
+    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
     let found: HashMap<u64, _> = r.resolve(&wanted);
     found
         .into_iter()
         .filter_map(|(inode, fd)| Some((inode, r.owner(fd.pid)?)))
         .collect()
+}
+
+/// The agent's unix step after a successful poll: [`poll_watched`] into the `unix`
+/// view of the host snapshot in `last` (the one without a netns name, or `host`).
+/// Under `--netns all` only that one gets it: watched paths are judged once (their
+/// holders are looked for in every namespace anyway). Snapshots are read-only once
+/// published, so nothing is done when this poll's is already shared (the poll failed
+/// and `last` is the previous one).
+pub fn fill_host_snapshot(
+    opts: &ProbeOptions,
+    resolver: &std::sync::Mutex<OwnerResolver>,
+    services: &[UnixService],
+    last: &mut [(Option<String>, std::sync::Arc<crate::model::Snapshot>)],
+) {
+    let Some((_, snap)) = last
+        .iter_mut()
+        .find(|(n, _)| n.as_deref().is_none_or(|n| n == "host"))
+    else {
+        return;
+    };
+    let Some(snap) = std::sync::Arc::get_mut(snap) else {
+        return;
+    };
+    let mut r = resolver.lock().unwrap_or_else(|p| p.into_inner());
+    snap.unix = poll_watched(services, opts, &mut r);
 }

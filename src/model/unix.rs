@@ -206,3 +206,41 @@ impl UnixSocket {
         }
     }
 }
+
+/// A watched unix service from `--config.file` (`unix:` instead of protocol/port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixService {
+    pub name: String,
+    /// An absolute path, or an abstract name.
+    pub address: UnixName,
+    /// The daemon's socket type (matters for an abstract name only).
+    pub kind: UnixType,
+    pub owner: super::OwnerMatch,
+}
+
+/// The status of one watched unix service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnixServiceStatus {
+    pub name: String,
+    /// `/run/app.sock` or `@name`: the `address` label.
+    pub address: String,
+    pub status: super::Status,
+    /// What is at the path: `free`, `held`, `stale`, `holder_unknown`,
+    /// `not_a_socket`, `unusable`.
+    pub path_state: &'static str,
+    /// One line for humans: who holds it, what blocks it.
+    pub detail: String,
+    /// The expected listener's accept queue and its limit, when one listens.
+    pub accept_queue: Option<u32>,
+    pub accept_queue_limit: Option<u32>,
+}
+
+/// What a poll saw of unix sockets: counts for the whole namespace, and the
+/// watched services. Empty (not read) where bindwatch did not look.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnixView {
+    /// Every unix socket of the namespace by (type, state); `None` when the unix
+    /// table was not read.
+    pub counts: Option<std::collections::BTreeMap<(UnixType, UnixState), u64>>,
+    pub watched: Vec<UnixServiceStatus>,
+}
