@@ -235,6 +235,11 @@ impl NetnsCollectors {
         &self.opts
     }
 
+    /// The namespaces polled last, with their names and paths.
+    pub fn namespaces(&self) -> Vec<Netns> {
+        self.collectors.values().map(|(n, _)| n.clone()).collect()
+    }
+
     /// The owner resolver every namespace's collector shares.
     pub fn owner_resolver(&self) -> Arc<Mutex<OwnerResolver>> {
         Arc::clone(&self.owners)

@@ -28,8 +28,21 @@
 //! stats the path (under `--path.rootfs`, without following its last component),
 //! dumps the unix sockets of every network namespace, re-stats the path to be sure
 //! it did not change meanwhile, and returns a `unixprobe::UnixPathReport` with the
-//! judgement and the holders' owners. Between that answer and an `unlink()` a daemon
-//! may start: unlink only right before starting the daemon that will bind the path.
+//! judgement and the holders' owners, and the `PathFacts` it judged (device and inode
+//! of the socket file). Between that answer and an `unlink()` a daemon may start and
+//! bind anew (after removing the file itself): compare a fresh `lstat()` of the path
+//! with `report.facts` right before unlinking, and unlink only right before starting
+//! the daemon that will bind the path:
+//!
+//! ```text
+//! let opts = unixprobe::ProbeOptions::new(Path::new("/proc"), rootfs);
+//! let report = unixprobe::inspect_unix_path(path, &opts)?;
+//! if report.judgement.safe_to_remove
+//!     && Some(unixprobe::path_facts(rootfs, path)?) == report.facts
+//! {
+//!     // unlink rootfs + path
+//! }
+//! ```
 
 use std::path::PathBuf;
 

@@ -63,6 +63,11 @@ pub enum ProbeError {
 #[derive(Debug, Clone)]
 pub struct UnixPathReport {
     pub target: UnixTarget,
+    /// What was at the path (the same at the first and the last look); `None` for an
+    /// abstract name. A caller about to `unlink()` a stale file compares its device
+    /// and inode with a fresh `lstat()` right before, so that a file replaced since
+    /// (a daemon that started and bound anew) is never removed.
+    pub facts: Option<PathFacts>,
     pub judgement: UnixJudgement,
     /// Owners of the holders, by socket inode (a holder whose owner cannot be seen
     /// has no entry).
@@ -327,6 +332,7 @@ fn judge_path(
             if own.iter().any(|s| s.vfs == Some(vfs)) {
                 return Ok(report(
                     UnixTarget::Path(path.to_path_buf()),
+                    Some(facts),
                     unixbind::judge_unix_path(&facts, own, true),
                     BTreeMap::new(),
                     1,
@@ -369,6 +375,7 @@ fn judge_path(
         let judgement = unixbind::judge_unix_path(&before, &sockets, netns_unread.is_empty());
         return Ok(report(
             UnixTarget::Path(path.to_path_buf()),
+            Some(before),
             judgement,
             holder_netns,
             netns_read,
@@ -380,6 +387,7 @@ fn judge_path(
 
 fn report(
     target: UnixTarget,
+    facts: Option<PathFacts>,
     judgement: UnixJudgement,
     holder_netns: BTreeMap<u64, String>,
     netns_read: usize,
@@ -387,6 +395,7 @@ fn report(
 ) -> UnixPathReport {
     UnixPathReport {
         target,
+        facts,
         judgement,
         owners: BTreeMap::new(),
         holder_netns,
@@ -412,16 +421,7 @@ pub fn poll_watched(
             None
         }
     };
-    let counts = own.as_ref().map(|v| {
-        let mut c: BTreeMap<(UnixType, UnixState), u64> = UnixType::ALL
-            .into_iter()
-            .flat_map(|t| UnixState::ALL.into_iter().map(move |s| ((t, s), 0)))
-            .collect();
-        for s in v {
-            *c.entry((s.kind, s.state)).or_default() += 1;
-        }
-        c
-    });
+    let counts = own.as_deref().map(count);
     let mut watched = Vec::with_capacity(services.len());
     for svc in services {
         let judged = match &svc.address {
@@ -429,6 +429,7 @@ pub fn poll_watched(
             UnixName::Abstract(n) => match &own {
                 Some(v) => Ok(report(
                     UnixTarget::Abstract(n.clone()),
+                    None,
                     unixbind::judge_unix_abstract(n, svc.kind, v),
                     BTreeMap::new(),
                     1,
@@ -476,6 +477,7 @@ pub fn inspect_unix_abstract(
         .collect();
     let mut r = report(
         UnixTarget::Abstract(name.to_vec()),
+        None,
         judgement,
         BTreeMap::new(),
         1,
@@ -524,26 +526,77 @@ pub fn owners_with(r: &mut OwnerResolver, sockets: &[UnixSocket]) -> BTreeMap<u6
 }
 
 /// The agent's unix step after a successful poll: [`poll_watched`] into the `unix`
-/// view of the host snapshot in `last` (the one without a netns name, or `host`).
-/// Under `--netns all` only that one gets it: watched paths are judged once (their
-/// holders are looked for in every namespace anyway). Snapshots are read-only once
-/// published, so nothing is done when this poll's is already shared (the poll failed
-/// and `last` is the previous one).
-pub fn fill_host_snapshot(
+/// view of the host snapshot in `last` (the one without a netns name, or `host`);
+/// under `--netns all`, the unix socket counts of every other polled namespace
+/// (`others`: name and path) into its snapshot, each dumped from a thread that
+/// entered it. Watched services are judged once, in the host's view (a path's
+/// holders are looked for in every namespace anyway; an abstract name in the
+/// host's). Snapshots are read-only once published: one already shared (this poll
+/// failed and `last` is the previous one) is left as it is.
+pub fn fill_snapshots(
     opts: &ProbeOptions,
     resolver: &std::sync::Mutex<OwnerResolver>,
     services: &[UnixService],
     last: &mut [(Option<String>, std::sync::Arc<crate::model::Snapshot>)],
+    others: &[netns::Netns],
 ) {
-    let Some((_, snap)) = last
-        .iter_mut()
-        .find(|(n, _)| n.as_deref().is_none_or(|n| n == "host"))
-    else {
+    let mut wanted: Vec<(usize, &netns::Netns)> = Vec::new();
+    for (i, (name, snap)) in last.iter_mut().enumerate() {
+        let Some(snap) = std::sync::Arc::get_mut(snap) else {
+            continue;
+        };
+        match name.as_deref() {
+            None | Some("host") => {
+                let mut r = resolver.lock().unwrap_or_else(|p| p.into_inner());
+                snap.unix = poll_watched(services, opts, &mut r);
+            }
+            Some(n) => {
+                if let Some(ns) = others.iter().find(|ns| ns.name == n) {
+                    wanted.push((i, ns));
+                }
+            }
+        }
+    }
+    if wanted.is_empty() {
         return;
-    };
-    let Some(snap) = std::sync::Arc::get_mut(snap) else {
-        return;
-    };
-    let mut r = resolver.lock().unwrap_or_else(|p| p.into_inner());
-    snap.unix = poll_watched(services, opts, &mut r);
+    }
+    let procfs = opts.procfs.clone();
+    let counted: Vec<(usize, Option<UnixCounts>)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            wanted
+                .iter()
+                .map(|(i, ns)| {
+                    let counts = netns::enter(&ns.path, &procfs)
+                        .ok()
+                        .and_then(|_inside| unix_diag::dump_all().ok())
+                        .map(|v| count(&v));
+                    (*i, counts)
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_default()
+    });
+    for (i, counts) in counted {
+        if let Some(snap) = last
+            .get_mut(i)
+            .and_then(|(_, s)| std::sync::Arc::get_mut(s))
+        {
+            snap.unix.counts = counts;
+        }
+    }
+}
+
+type UnixCounts = BTreeMap<(UnixType, UnixState), u64>;
+
+/// Every socket counted by (type, state), every combination present.
+fn count(sockets: &[UnixSocket]) -> UnixCounts {
+    let mut c: UnixCounts = UnixType::ALL
+        .into_iter()
+        .flat_map(|t| UnixState::ALL.into_iter().map(move |s| ((t, s), 0)))
+        .collect();
+    for s in sockets {
+        *c.entry((s.kind, s.state)).or_default() += 1;
+    }
+    c
 }

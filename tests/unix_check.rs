@@ -127,15 +127,16 @@ fn nginx_held_then_stale_after_kill_9_then_free() {
         assert_eq!(v["holders"][0]["state"], "listen", "{json}");
         assert_eq!(v["safe_to_remove"], false);
 
-        // kill -9 of every nginx process: nobody unlinks the socket file.
+        // kill -9 of every nginx process: nobody unlinks the socket file. The master
+        // first, so that it cannot start new workers for the ones killed.
         let master = nginx.child.id();
         let workers = children_of(master);
         assert!(!workers.is_empty(), "nginx has no workers");
+        kill9(master);
+        let _ = nginx.child.wait();
         for w in &workers {
             kill9(*w);
         }
-        kill9(master);
-        let _ = nginx.child.wait();
         assert!(
             dir.path("nginx.sock").exists(),
             "nginx removed its socket file"
@@ -173,7 +174,10 @@ fn nginx_held_then_stale_after_kill_9_then_free() {
         let (code, _) = check_until(&addr, "held by nginx[");
         assert_eq!(code, 1);
         let master = nginx.child.id();
-        for w in children_of(master) {
+        let workers = children_of(master);
+        kill9(master);
+        let _ = nginx.child.wait();
+        for w in workers {
             kill9(w);
         }
     });
@@ -408,4 +412,54 @@ fn bad_unix_addresses_are_usage_errors() {
         text.contains("ENOENT") && text.contains("missing"),
         "{text}"
     );
+}
+
+#[test]
+fn paths_resolve_under_path_rootfs_and_stay_there() {
+    in_netns(|| {
+        let dir = Scratch::new("unix-rootfs");
+        let root = dir.str("root");
+        std::fs::create_dir_all(dir.path("root/run")).unwrap();
+        let real = dir.str("root/run/app.sock");
+        drop(bind(libc::SOCK_STREAM, &sun_path(&real), true).unwrap());
+        let (code, out, err) = bindwatch(&["check", "unix:/run/app.sock", "--path.rootfs", &root]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("stale socket file"), "{out}");
+        assert_eq!(kernel_bind(libc::SOCK_STREAM, &real), Err(libc::EADDRINUSE));
+        // The host's own /run/app.sock is not what was judged.
+        assert!(out.starts_with("unix:/run/app.sock:"), "{out}");
+
+        // An absolute symlink inside the root points inside the root, not at the host's
+        // /tmp: /tmp/x.sock under the root's /tmp, whose directory does not exist.
+        std::os::unix::fs::symlink("/tmp", dir.path("root/run2")).unwrap();
+        let host_side = std::path::Path::new("/tmp").join(format!(
+            "bindwatch-rootfs-escape-{}.sock",
+            std::process::id()
+        ));
+        drop(
+            bind(
+                libc::SOCK_STREAM,
+                &sun_path(host_side.to_str().unwrap()),
+                false,
+            )
+            .unwrap(),
+        );
+        let escaped = format!(
+            "unix:/run2/{}",
+            host_side.file_name().unwrap().to_str().unwrap()
+        );
+        let (code, out, err) = bindwatch(&["check", &escaped, "--path.rootfs", &root]);
+        std::fs::remove_file(&host_side).unwrap();
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains("ENOENT"), "{err}");
+        // An unusable --path.rootfs is a runtime error naming it.
+        let (code, _, err) = bindwatch(&[
+            "check",
+            "unix:/run/app.sock",
+            "--path.rootfs",
+            &dir.str("nowhere"),
+        ]);
+        assert_eq!(code, 2);
+        assert!(err.contains("--path.rootfs"), "{err}");
+    });
 }

@@ -154,3 +154,68 @@ fn accept_queue_and_foreign_owner_of_a_watched_listener() {
         drop(clients);
     });
 }
+
+/// `ip netns add NAME`, deleted on drop.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn add(name: &str) -> NamedNetns {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        common::run_ok("ip", &["netns", "add", name]);
+        NamedNetns(name.to_string())
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn netns_all_counts_unix_sockets_of_every_namespace() {
+    in_netns(|| {
+        let dir = Scratch::new("unix-netns-all");
+        let name = format!("bw-unix-{}", std::process::id());
+        let ns = NamedNetns::add(&name);
+        // A listener inside the named namespace only (its file is in the scratch
+        // directory; the socket belongs to the namespace it was made in).
+        let sock = dir.str("ns.sock");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0, "python3", "-c", PY_NO_ACCEPT])
+            .args([sock.as_str(), "3"]);
+        let _py = Logged::spawn(cmd, dir.path("py.log"));
+        let srv = Server::start(
+            18293,
+            &[
+                "--poll.interval",
+                "200ms",
+                "--no-bind-events",
+                "--netns",
+                "all",
+            ],
+        );
+        let labels = [
+            ("netns", name.as_str()),
+            ("type", "stream"),
+            ("state", "listen"),
+        ];
+        let m = srv.metrics_until(Duration::from_secs(20), |m| {
+            m.get("bindwatch_unix_sockets", &labels) == Some(1.0)
+        });
+        assert_eq!(
+            m.get("bindwatch_unix_sockets", &labels),
+            Some(1.0),
+            "{:?}",
+            m.matching("bindwatch_unix_sockets", &[("netns", name.as_str())])
+        );
+        assert!(
+            m.get(
+                "bindwatch_unix_sockets",
+                &[("netns", "host"), ("type", "stream"), ("state", "listen")]
+            )
+            .is_some(),
+            "the host's counts are there too"
+        );
+    });
+}
