@@ -300,8 +300,18 @@ pub fn describe(state: PathState) -> String {
         PathState::Unusable { errno } => format!(
             "bind() would fail with {} ({}), not EADDRINUSE",
             errno_name(errno),
-            std::io::Error::from_raw_os_error(errno)
+            strerror(errno)
         ),
+    }
+}
+
+/// The C library's text of `errno` ("No such file or directory"), without the
+/// "(os error N)" Rust adds.
+pub fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 

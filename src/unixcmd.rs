@@ -104,7 +104,7 @@ pub fn check_text(r: &UnixPathReport) -> String {
         BindOutcome::Fails { errno } => format!(
             "bind() would FAIL with {} ({})",
             unixbind::errno_name(errno),
-            std::io::Error::from_raw_os_error(errno)
+            unixbind::strerror(errno)
         ),
     };
     let why = match (j.state, j.holders.first()) {

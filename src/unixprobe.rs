@@ -229,8 +229,12 @@ fn dir_writable(dir: &OwnedFd) -> Result<(), i32> {
 
 /// The unix sockets of every network namespace but bindwatch's own, each dumped from
 /// a thread that entered it (the caller's thread never changes namespace). Returns
-/// (sockets with their namespace name, namespaces read, namespaces not read + why).
-pub fn other_netns_sockets(opts: &ProbeOptions) -> (Vec<(UnixSocket, String)>, usize, Vec<String>) {
+/// (the sockets `keep` accepts, with their namespace name; namespaces read;
+/// namespaces not read, with why).
+pub fn other_netns_sockets(
+    opts: &ProbeOptions,
+    keep: &(dyn Fn(&UnixSocket) -> bool + Sync),
+) -> (Vec<(UnixSocket, String)>, usize, Vec<String>) {
     let own = netns::own_inode(&opts.procfs);
     let all = every_netns(opts);
     let others: Vec<netns::Netns> = all.into_iter().filter(|n| Some(n.inode) != own).collect();
@@ -250,7 +254,11 @@ pub fn other_netns_sockets(opts: &ProbeOptions) -> (Vec<(UnixSocket, String)>, u
                 match got {
                     Ok(v) => {
                         read += 1;
-                        sockets.extend(v.into_iter().map(|s| (s, n.name.clone())));
+                        sockets.extend(
+                            v.into_iter()
+                                .filter(|s| keep(s))
+                                .map(|s| (s, n.name.clone())),
+                        );
                     }
                     // A namespace whose last process exited meanwhile holds nothing.
                     Err(_) if !n.path.exists() => {}
@@ -358,7 +366,8 @@ fn judge_path(
                 Err(e) => netns_unread.push(format!("bindwatch's own: {e}")),
             }
             if !sockets.iter().any(|s| s.vfs == Some(vfs)) {
-                let (others, read, unread) = other_netns_sockets(opts);
+                let (others, read, unread) =
+                    other_netns_sockets(opts, &|s: &UnixSocket| s.vfs == Some(vfs));
                 netns_read += read;
                 netns_unread.extend(unread);
                 for (s, name) in others {
@@ -414,7 +423,13 @@ pub fn poll_watched(
     opts: &ProbeOptions,
     resolver: &mut OwnerResolver,
 ) -> UnixView {
-    let own = match unix_diag::dump_all() {
+    // Without watched services only counts are needed: the cheapest dump.
+    let show = if services.is_empty() {
+        0
+    } else {
+        unix_diag::SHOW_ALL
+    };
+    let own = match unix_diag::dump_all_show(show) {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::warn!(error = %e, "reading the unix socket table failed");
@@ -568,7 +583,7 @@ pub fn fill_snapshots(
                 .map(|(i, ns)| {
                     let counts = netns::enter(&ns.path, &procfs)
                         .ok()
-                        .and_then(|_inside| unix_diag::dump_all().ok())
+                        .and_then(|_inside| unix_diag::dump_all_show(0).ok())
                         .map(|v| count(&v));
                     (*i, counts)
                 })

@@ -166,7 +166,21 @@ pub fn dump<F: FnMut(UnixSocket) + ?Sized>(
     states: u32,
     sink: &mut F,
 ) -> Result<(), NetlinkError> {
-    let msg = request(nl.next_seq(), states, SHOW_ALL);
+    dump_show(nl, states, SHOW_ALL, sink)
+}
+
+/// [`dump`] asking only for the attributes in `show` (0: type, state, inode and
+/// cookie only, the cheapest dump, enough to count).
+///
+/// # Errors
+/// As [`dump`].
+pub fn dump_show<F: FnMut(UnixSocket) + ?Sized>(
+    nl: &mut NetlinkDiag,
+    states: u32,
+    show: u32,
+    sink: &mut F,
+) -> Result<(), NetlinkError> {
+    let msg = request(nl.next_seq(), states, show);
     nl.dump_with(&msg, WHAT, &mut |buf| decode_unix_batch(buf, sink))
 }
 
@@ -176,11 +190,19 @@ pub fn dump<F: FnMut(UnixSocket) + ?Sized>(
 /// # Errors
 /// Opening the netlink socket, or a dump that failed (or was interrupted three times).
 pub fn dump_all() -> Result<Vec<UnixSocket>, NetlinkError> {
+    dump_all_show(SHOW_ALL)
+}
+
+/// [`dump_all`] asking only for the attributes in `show` (see [`dump_show`]).
+///
+/// # Errors
+/// As [`dump_all`].
+pub fn dump_all_show(show: u32) -> Result<Vec<UnixSocket>, NetlinkError> {
     let mut nl = NetlinkDiag::open()?;
     let mut tries = 0;
     loop {
         let mut out = Vec::new();
-        match dump(&mut nl, ALL_STATES, &mut |s| out.push(s)) {
+        match dump_show(&mut nl, ALL_STATES, show, &mut |s| out.push(s)) {
             Ok(()) => return Ok(out),
             Err(NetlinkError::Interrupted { .. }) if tries < 2 => tries += 1,
             Err(e) => return Err(e),

@@ -243,6 +243,7 @@ fn descriptions_name_the_case() {
         describe(PathState::NotSocket(FileKind::Regular)),
         "a regular file, not a socket"
     );
+    assert_eq!(strerror(libc::ENOENT), "No such file or directory");
     assert!(describe(PathState::Unusable {
         errno: libc::ENOENT
     })
