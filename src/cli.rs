@@ -21,7 +21,7 @@ use crate::unixbind::UnixTarget;
 listener and every socket that would block its restart, predicts per port whether a restart now \
 would fail with EADDRINUSE (with and without SO_REUSEADDR) and when it will clear, and exports it \
 for Prometheus.\n\nWithout a subcommand, bindwatch runs `serve` with the flags given.",
-    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait: 0 bind would succeed, 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
+    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch ports                          # listeners, owners, flags, restart risk\n  bindwatch check unix:/run/app.sock       # held by whom, stale (safe to remove), or not a socket?\n\nExit status of check/wait: 0 bind would succeed, 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -35,7 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the polling agent and the HTTP server (the default).
     Serve(ServeArgs),
-    /// Would a new socket bind (and, for TCP, listen) on ADDR:PORT now?
+    /// Would a new socket bind (and, for TCP, listen) on ADDR:PORT now? Or on a unix
+    /// socket path (unix:PATH: held, stale or not a socket) or abstract name (unix:@NAME)?
     Check(CheckArgs),
     /// Block until `check` would pass (for ExecStartPre and deploy scripts).
     Wait(WaitArgs),
