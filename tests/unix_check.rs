@@ -403,9 +403,21 @@ fn bad_unix_addresses_are_usage_errors() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A NUL byte cannot travel in argv; in the services file it is a problem naming
+    // file, line and key.
+    let dir = Scratch::new("unix-bad");
+    let cfg = dir.write(
+        "nul.yml",
+        "services:\n  - name: app\n    unix: \"/run/a\\0b.sock\"\n",
+    );
+    let (code, out, err) = bindwatch(&["check", "8080", "--config.file", &cfg]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&format!("{cfg}:3: services[0].unix")) && err.contains("NUL"),
+        "{err}"
+    );
     // A directory that does not exist is an error other than EADDRINUSE: exit 2
     // naming it (checked against bind() by check_agrees).
-    let dir = Scratch::new("unix-bad");
     let (code, text) = check_agrees(&format!("unix:{}", dir.str("missing/app.sock")), &[]);
     assert_eq!(code, 2);
     assert!(
