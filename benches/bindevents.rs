@@ -73,6 +73,7 @@ fn main() {
     let opts = TracerOptions {
         procfs: "/proc".into(),
         run_netns: "/run/netns".into(),
+        rootfs: "/".into(),
         all_netns: false,
     };
     // Warm up caches, the allocator and the listener's accept queue.

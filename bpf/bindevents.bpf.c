@@ -11,11 +11,16 @@
  * ->private_data = struct socket -> sk) for its SO_REUSEADDR, SO_REUSEPORT,
  * IPV6_V6ONLY, bound device, protocol and network namespace. The fast path (a successful call) is a
  * user read of the sockaddr, one map update at enter and a lookup + delete (+ a
- * `ports` lookup for binds) at exit. */
+ * `ports` lookup for binds) at exit.
+ *
+ * An AF_UNIX bind() has its sun_path (at most 108 bytes, as many as its addrlen
+ * says) read at sys_enter_bind into a per-thread map; a bind that fails with
+ * EADDRINUSE is reported as a `struct unix_event` (the event plus the path). */
 #include "bindevents_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define EACCES 13
@@ -95,6 +100,28 @@ struct {
 	__type(value, __u8);
 } ports SEC(".maps");
 
+/* AF_UNIX binds: the sun_path a thread in bind() asked for (its `pending` entry
+ * says AF_UNIX). A failed bind leaves no name on the socket to read back later. */
+#define SUN_PATH_MAX 108
+struct unix_path {
+	__u32 len; /* bytes of sun_path given (addrlen minus the family) */
+	char path[SUN_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct unix_path);
+} unix_paths SEC(".maps");
+
+/* A failed AF_UNIX bind: the common event (family AF_UNIX, no address or port)
+ * followed by the path. Layout shared with src/events/unix.rs (184 bytes). */
+struct unix_event {
+	struct event e;
+	struct unix_path u;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -134,6 +161,19 @@ static __always_inline int stash_sockaddr(__u8 kind, __u64 fd, const void *uaddr
 			return 0;
 		p.port = __builtin_bswap16(sin6.port);
 		__builtin_memcpy(p.addr, sin6.addr, 16);
+	} else if (family == AF_UNIX && kind == KIND_BIND) {
+		/* Bounded: at most sun_path, read once into the per-thread map. */
+		struct unix_path u = {};
+		__u64 n = len - 2;
+		if (n > SUN_PATH_MAX)
+			n = SUN_PATH_MAX;
+		if (n == 0)
+			return 0; /* autobind: no name asked for */
+		if (bpf_probe_read_user(u.path, n, (const char *)uaddr + 2))
+			return 0;
+		u.len = (__u32)n;
+		__u64 uid = bpf_get_current_pid_tgid();
+		bpf_map_update_elem(&unix_paths, &uid, &u, BPF_ANY);
 	} else {
 		return 0;
 	}
@@ -195,6 +235,35 @@ static __always_inline void read_socket(struct event *e, __u32 fd, __u8 kind)
 	}
 }
 
+/* A bind on AF_UNIX: reported only when it failed with EADDRINUSE, with its path. */
+static __always_inline int finish_unix(struct sys_exit_ctx *ctx, struct pending *p, __u64 id)
+{
+	struct unix_path *up = bpf_map_lookup_elem(&unix_paths, &id);
+	struct unix_path u;
+
+	if (!up)
+		return 0;
+	u = *up;
+	bpf_map_delete_elem(&unix_paths, &id);
+	if (ctx->ret != -EADDRINUSE)
+		return 0;
+	struct unix_event *ue = bpf_ringbuf_reserve(&events, sizeof(*ue), 0);
+	if (!ue)
+		return 0;
+	__builtin_memset(ue, 0, sizeof(*ue));
+	ue->e.pid = (__u32)id;
+	ue->e.tgid = (__u32)(id >> 32);
+	ue->e.uid = (__u32)bpf_get_current_uid_gid();
+	ue->e.ret = (__s32)ctx->ret;
+	ue->e.kind = KIND_BIND;
+	ue->e.family = AF_UNIX;
+	bpf_get_current_comm(ue->e.comm, sizeof(ue->e.comm));
+	read_socket(&ue->e, p->fd, KIND_BIND);
+	ue->u = u;
+	bpf_ringbuf_submit(ue, 0);
+	return 0;
+}
+
 static __always_inline int finish(struct sys_exit_ctx *ctx, __u8 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -208,6 +277,8 @@ static __always_inline int finish(struct sys_exit_ctx *ctx, __u8 kind)
 	bpf_map_delete_elem(&pending, &id);
 	if (p.kind != kind)
 		return 0;
+	if (p.family == AF_UNIX)
+		return finish_unix(ctx, &p, id);
 
 	if (kind == KIND_CONNECT) {
 		if (ret != -EADDRNOTAVAIL)

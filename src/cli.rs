@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::Protocol;
+use crate::model::{Protocol, UnixType};
 use crate::netns::NetnsMode;
 use crate::source::SourceChoice;
+use crate::unixbind::UnixTarget;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +21,7 @@ use crate::source::SourceChoice;
 listener and every socket that would block its restart, predicts per port whether a restart now \
 would fail with EADDRINUSE (with and without SO_REUSEADDR) and when it will clear, and exports it \
 for Prometheus.\n\nWithout a subcommand, bindwatch runs `serve` with the flags given.",
-    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch clear 8080 --restart --yes     # destroy the leftovers that block it (TIME_WAIT, orphans)\n  bindwatch ports                          # listeners, owners, flags, restart risk\n\nExit status of check/wait/clear: 0 bind would succeed (clear --yes: after destroying), 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
+    after_help = "Examples:\n  bindwatch                                # serve metrics on :10033\n  bindwatch check 8080                     # would bind(0.0.0.0:8080) succeed now?\n  bindwatch check 443 --restart            # would restarting the daemon on :443 succeed?\n  bindwatch wait 8080 --reuseaddr --timeout 90s   # in ExecStartPre=\n  bindwatch clear 8080 --restart --yes     # destroy the leftovers that block it (TIME_WAIT, orphans)\n  bindwatch ports                          # listeners, owners, flags, restart risk\n  bindwatch check unix:/run/app.sock       # held by whom, stale (safe to remove), or not a socket?\n\nExit status of check/wait/clear: 0 bind would succeed (clear --yes: after destroying), 1 would fail (EADDRINUSE), 3 cannot tell, 2 usage or runtime error.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -34,7 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the polling agent and the HTTP server (the default).
     Serve(ServeArgs),
-    /// Would a new socket bind (and, for TCP, listen) on ADDR:PORT now?
+    /// Would a new socket bind (and, for TCP, listen) on ADDR:PORT now? Or on a unix
+    /// socket path (unix:PATH: held, stale or not a socket) or abstract name (unix:@NAME)?
     Check(CheckArgs),
     /// Block until `check` would pass (for ExecStartPre and deploy scripts).
     Wait(WaitArgs),
@@ -175,18 +177,45 @@ pub struct ServeArgs {
     pub source: SourceArgs,
 }
 
+/// What `check` and `wait` test: a port, or a unix-domain socket address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Port(u16),
+    /// `unix:PATH` or `unix:@NAME`.
+    Unix(UnixTarget),
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    if let Some(unix) = crate::unixbind::parse_target(s) {
+        return unix.map(Target::Unix);
+    }
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(Target::Port(p)),
+        _ => Err(format!(
+            "{s:?} is neither a port from 1 to 65535 nor unix:PATH / unix:@NAME"
+        )),
+    }
+}
+
+fn parse_unix_type(s: &str) -> Result<UnixType, String> {
+    UnixType::ALL
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a unix socket type (stream, dgram, seqpacket)"))
+}
+
 /// The new socket to test.
 #[derive(Debug, Clone, Args)]
 pub struct SocketArgs {
-    /// Port to test.
-    #[arg(value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
+    /// Port to test, or a unix-domain socket: `unix:/run/app.sock`, `unix:@name`.
+    #[arg(value_name = "PORT|unix:PATH|unix:@NAME", value_parser = parse_target)]
+    pub target: Target,
     #[command(flatten)]
     pub options: CheckOptions,
 }
 
-/// `a.protocol` for `a.options.protocol`: the options are check's, the port is one
-/// target kind among those `clear` takes, so they live apart.
+/// `a.protocol` for `a.options.protocol`: the options are check's, the target is one
+/// kind among those `check`, `wait` and `clear` take, so they live apart.
 impl std::ops::Deref for SocketArgs {
     type Target = CheckOptions;
     fn deref(&self) -> &CheckOptions {
@@ -194,10 +223,14 @@ impl std::ops::Deref for SocketArgs {
     }
 }
 
-/// Everything `check` takes besides the port: the new socket's options, where to
+/// Everything `check` takes besides the target: the new socket's options, where to
 /// answer, the output (shared by `check`, `wait` and `clear`).
 #[derive(Debug, Clone, Args)]
 pub struct CheckOptions {
+    /// Type of the new unix socket (stream, dgram, seqpacket): an abstract name is
+    /// held per type; for a path it changes nothing.
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_unix_type)]
+    pub unix_type: Option<UnixType>,
     #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_protocol)]
     pub protocol: Protocol,
     /// Local address of the new socket (IPv4 or IPv6, no brackets).
@@ -298,6 +331,9 @@ pub struct PortsArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List unix-domain listeners (path or @name, type, owner, accept queue) instead.
+    #[arg(long)]
+    pub unix: bool,
     /// List the listeners of this network namespace instead of bindwatch's own (a
     /// name as for `check --netns`, or a path such as /proc/PID/ns/net).
     #[arg(long = "netns", value_name = "NAME")]
@@ -366,6 +402,17 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a fraction of one core from 0 to 1 (e.g. 0.01 for 1%)"
         )),
+    }
+}
+
+impl SocketArgs {
+    /// The port of a port target; 0 for a unix target (never checked: `main`
+    /// sends those to `unixcmd`).
+    pub fn port(&self) -> u16 {
+        match self.target {
+            Target::Port(p) => p,
+            Target::Unix(_) => 0,
+        }
     }
 }
 
@@ -601,6 +648,13 @@ mod tests {
         assert!(!a.socket.reuseaddr);
         for (args, flag) in [
             (vec!["bindwatch", "check", "70000"], "PORT"),
+            (vec!["bindwatch", "check", "unix:"], "needs a path"),
+            (vec!["bindwatch", "check", "unix:@"], "needs a name"),
+            (vec!["bindwatch", "check", "unix:a.sock"], "absolute"),
+            (
+                vec!["bindwatch", "check", "unix:/a", "--type", "raw"],
+                "--type",
+            ),
             (
                 vec!["bindwatch", "check", "80", "--protocol", "sctp"],
                 "--protocol",

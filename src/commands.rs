@@ -235,7 +235,7 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
     let on_port: Vec<Socket> = snap
         .port_sockets
         .iter()
-        .filter(|s| s.protocol == a.protocol && s.local.port() == a.port)
+        .filter(|s| s.protocol == a.protocol && s.local.port() == a.port())
         .cloned()
         .collect();
     let mut checked = Vec::new();
@@ -253,13 +253,13 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
             });
         }
         if checked.is_empty() {
-            return Err(CommandError::NoListener(a.protocol, a.port));
+            return Err(CommandError::NoListener(a.protocol, a.port()));
         }
     } else {
         let candidate = Candidate {
             protocol: a.protocol,
             address: a.address,
-            port: a.port,
+            port: a.port(),
             v6only: Candidate::effective_v6only(
                 a.address,
                 a.v6only.then_some(true),
@@ -284,7 +284,7 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
     let verdict = Verdict::worst(checked.iter().map(|c| c.judgement.verdict));
     Ok(CheckOutcome {
         protocol: a.protocol,
-        port: a.port,
+        port: a.port(),
         restart: a.restart,
         checked,
         verdict,
@@ -307,7 +307,7 @@ pub fn check_once(
         address_available(a.protocol, a.address, ifindex)?;
     }
     let services = services(&a.watch)?;
-    let snap = c.poll(&services, &[(a.protocol, a.port)])?;
+    let snap = c.poll(&services, &[(a.protocol, a.port())])?;
     Ok((judge_snapshot(a, &snap)?, snap))
 }
 

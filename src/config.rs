@@ -15,10 +15,16 @@ pub use crate::model::{OwnerMatch, Service};
 use crate::yaml::{join, parse_tree, Node, Problems};
 pub use crate::yaml::{ConfigError, Problem};
 
+mod unix;
+
+pub use crate::model::UnixService;
+
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<Service>,
+    /// Services with a `unix:` address instead of protocol and port.
+    pub unix_services: Vec<UnixService>,
 }
 
 /// Reads and validates `path`.
@@ -77,9 +83,28 @@ fn validate(root: &Node, p: &mut Problems) -> Config {
         return Config::default();
     };
     let mut services: Vec<Service> = Vec::new();
+    let mut unix_services: Vec<UnixService> = Vec::new();
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         let at = format!("services[{i}]");
+        if unix::is_unix(item) {
+            if let Some(s) = unix::service(item, &at, p) {
+                if let Some(first) = names.get(&s.name) {
+                    p.add(
+                        item,
+                        &join(&at, "name"),
+                        format!(
+                            "duplicate service name {:?} (first defined on line {first})",
+                            s.name
+                        ),
+                    );
+                    continue;
+                }
+                names.insert(s.name.clone(), item.line);
+                unix_services.push(s);
+            }
+            continue;
+        }
         if let Some(s) = service(item, &at, p) {
             if let Some(first) = names.get(&s.name) {
                 p.add(
@@ -96,7 +121,10 @@ fn validate(root: &Node, p: &mut Problems) -> Config {
             services.push(s);
         }
     }
-    Config { services }
+    Config {
+        services,
+        unix_services,
+    }
 }
 
 const SERVICE_KEYS: [&str; 7] = [

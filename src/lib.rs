@@ -58,6 +58,11 @@
 //!   again; the plan is pure ([`clear::plan`]), destroying is `source::destroy`.
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
 //!   listen sockets, tracer, poller, HTTP server); `main` only dispatches.
+//! - [`unixbind`]: the pure rules of `bind()` on a unix path or abstract name (held,
+//!   stale, not a socket, free); [`unixprobe`]: the I/O that gathers their inputs
+//!   (`lstat` under `--path.rootfs`, sock_diag of every network namespace, owners);
+//!   [`unixcmd`]: `check`/`wait unix:...` and `ports --unix`; [`unixwatch`]: watched
+//!   unix services' statuses (pure).
 //! - [`generate`]: the hidden `generate` command: man pages and shell completions from
 //!   the clap definitions (for scripts/build-deb.sh).
 
@@ -87,5 +92,9 @@ pub mod source;
 pub mod state;
 pub mod tally;
 pub mod timefmt;
+pub mod unixbind;
+pub mod unixcmd;
+pub mod unixprobe;
+pub mod unixwatch;
 pub mod web;
 mod yaml;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use bindwatch::cli::{Cli, Command, LogFormat, ServeArgs};
-use bindwatch::commands;
+use bindwatch::cli::{Cli, Command, LogFormat, ServeArgs, SocketArgs, Target};
+use bindwatch::{commands, unixcmd};
 
 fn init_logging(level: &str) {
     bindwatch::logging::init(level, LogFormat::Logfmt);
@@ -20,17 +20,37 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Check(a)) => {
             init_logging("warn");
-            enter_netns(&a.socket.netns, &a.socket.source)
-                .unwrap_or_else(|| commands::check(&a.socket))
+            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| {
+                match &a.socket.target {
+                    Target::Unix(t) => unixcmd::check(&a.socket, t),
+                    Target::Port(_) => {
+                        no_type(&a.socket).unwrap_or_else(|| commands::check(&a.socket))
+                    }
+                }
+            })
         }
         Some(Command::Wait(a)) => {
             match a.clear_after {
                 Some(_) => init_clear_logging(),
                 None => init_logging("warn"),
             }
-            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| match a.clear_after {
-                Some(_) => bindwatch::clear::wait_then_clear(&a),
-                None => commands::wait(&a),
+            enter_netns(&a.socket.netns, &a.socket.source).unwrap_or_else(|| {
+                match (&a.socket.target, a.clear_after) {
+                    (Target::Unix(t), None) => unixcmd::wait(&a, t),
+                    (Target::Unix(_), Some(_)) => {
+                        eprintln!(
+                            "bindwatch wait: --clear-after is for ports; a stale unix socket \
+                             file is removed by hand once `check` says it is safe"
+                        );
+                        2
+                    }
+                    (Target::Port(_), Some(_)) => {
+                        no_type(&a.socket).unwrap_or_else(|| bindwatch::clear::wait_then_clear(&a))
+                    }
+                    (Target::Port(_), None) => {
+                        no_type(&a.socket).unwrap_or_else(|| commands::wait(&a))
+                    }
+                }
             })
         }
         Some(Command::Clear(a)) => {
@@ -40,7 +60,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Ports(a)) => {
             init_logging("warn");
-            enter_netns(&a.netns, &a.source).unwrap_or_else(|| commands::ports(&a))
+            enter_netns(&a.netns, &a.source).unwrap_or_else(|| {
+                if a.unix {
+                    unixcmd::ports(&a)
+                } else {
+                    commands::ports(&a)
+                }
+            })
         }
         Some(Command::Generate(a)) => bindwatch::generate::run(&a.what),
         Some(Command::Failures(a)) => {
@@ -55,6 +81,13 @@ fn main() -> ExitCode {
 /// the other one-shot commands do.
 fn init_clear_logging() {
     init_logging("warn,bindwatch::clear=info");
+}
+
+/// `--type` is for unix: addresses; with a port it is a usage error (exit 2).
+fn no_type(a: &SocketArgs) -> Option<i32> {
+    a.unix_type?;
+    eprintln!("bindwatch: --type is for unix: addresses; a port's protocol is --protocol");
+    Some(2)
 }
 
 /// `--netns NAME` of the one-shot commands: move this (still single-threaded)

@@ -237,6 +237,20 @@ impl NetnsCollectors {
         }
     }
 
+    pub fn options(&self) -> &CollectOptions {
+        &self.opts
+    }
+
+    /// The namespaces polled last, with their names and paths.
+    pub fn namespaces(&self) -> Vec<Netns> {
+        self.collectors.values().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The owner resolver every namespace's collector shares.
+    pub fn owner_resolver(&self) -> Arc<Mutex<OwnerResolver>> {
+        Arc::clone(&self.owners)
+    }
+
     /// Whether any namespace's collector found leftovers its memory cannot explain.
     pub fn wants_early_poll(&self) -> bool {
         self.collectors.values().any(|(_, c)| c.wants_early_poll())

@@ -398,6 +398,22 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
             0
         }
     };
+    // Unix sockets: counts and watched unix services, into the host snapshot.
+    let (o, resolver, others) = match target {
+        Target::Host(c) => (c.options(), c.owner_resolver(), Vec::new()),
+        Target::AllNetns(all) => (all.options(), all.owner_resolver(), all.namespaces()),
+    };
+    let unix_services = st
+        .config
+        .as_ref()
+        .map_or(&[][..], |c| &c.current.unix_services[..]);
+    crate::unixprobe::fill_snapshots(
+        &crate::unixprobe::ProbeOptions::new(&o.procfs, &o.rootfs),
+        &resolver,
+        unix_services,
+        &mut st.last,
+        &others,
+    );
     let cpu = (crate::collect::thread_cpu_seconds() - cpu_start).max(0.0);
     let walk_cpu = match target {
         Target::Host(c) => c.last_walk_cpu.take(),

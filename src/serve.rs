@@ -330,6 +330,7 @@ fn start_tracer(
     let opts = crate::events::loader::TracerOptions {
         procfs: a.source.procfs.clone(),
         run_netns: a.run_netns.clone(),
+        rootfs: a.source.rootfs.clone(),
         all_netns: a.netns == NetnsMode::All,
     };
     match crate::events::loader::start(opts, latest, events) {

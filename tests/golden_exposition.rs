@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bindwatch::metrics::{self, Extras, SelfMetrics};
 use bindwatch::model::{
     Family, Listener, Owner, Protocol, ServiceStatus, Snapshot, Socket, SocketFlags, SourceKind,
-    State, Status, Tri,
+    State, Status, Tri, UnixServiceStatus, UnixState, UnixType, UnixView,
 };
 use bindwatch::rebind;
 
@@ -190,6 +190,38 @@ fn snapshot() -> Snapshot {
         120,
     )];
     s.ports_dropped_total = 3;
+    let mut unix_counts = std::collections::BTreeMap::new();
+    for t in UnixType::ALL {
+        for st in UnixState::ALL {
+            unix_counts.insert((t, st), 0);
+        }
+    }
+    unix_counts.insert((UnixType::Stream, UnixState::Listen), 12);
+    unix_counts.insert((UnixType::Stream, UnixState::Connected), 140);
+    unix_counts.insert((UnixType::Dgram, UnixState::Unconnected), 9);
+    s.unix = UnixView {
+        counts: Some(unix_counts),
+        watched: vec![
+            UnixServiceStatus {
+                name: "app".into(),
+                address: "/run/app.sock".into(),
+                status: Status::Ok,
+                path_state: "held",
+                detail: "nginx[100] (user www-data) listens".into(),
+                accept_queue: Some(3),
+                accept_queue_limit: Some(511),
+            },
+            UnixServiceStatus {
+                name: "worker".into(),
+                address: "/run/worker.sock".into(),
+                status: Status::Blocked,
+                path_state: "stale",
+                detail: "nothing listens and a bind would fail with EADDRINUSE".into(),
+                accept_queue: None,
+                accept_queue_limit: None,
+            },
+        ],
+    };
     s
 }
 

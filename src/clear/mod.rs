@@ -102,7 +102,7 @@ pub fn judge(a: &SocketArgs, c: &mut Collector, facts: Facts) -> Result<Judged, 
     let (outcome, snap) = match commands::check_once(a, c) {
         Err(CommandError::NoListener(p, n)) if a.restart => {
             let services = commands::services(&a.watch)?;
-            let snap = c.poll(&services, &[(a.protocol, a.port)])?;
+            let snap = c.poll(&services, &[(a.protocol, a.port())])?;
             let o = remembered(a, &snap).ok_or(CommandError::NoListener(p, n))?;
             (o, snap)
         }
@@ -131,7 +131,7 @@ fn remembered(a: &SocketArgs, snap: &Snapshot) -> Option<CheckOutcome> {
     let checked: Vec<Checked> = snap
         .risks
         .iter()
-        .filter(|r| r.gone && r.endpoint.protocol == a.protocol && r.endpoint.port == a.port)
+        .filter(|r| r.gone && r.endpoint.protocol == a.protocol && r.endpoint.port == a.port())
         .map(|r| Checked {
             candidate: rebind::restart_candidate(
                 &r.listener,
@@ -146,7 +146,7 @@ fn remembered(a: &SocketArgs, snap: &Snapshot) -> Option<CheckOutcome> {
     }
     Some(CheckOutcome {
         protocol: a.protocol,
-        port: a.port,
+        port: a.port(),
         restart: true,
         verdict: Verdict::worst(checked.iter().map(|c| c.judgement.verdict)),
         checked,
@@ -280,7 +280,7 @@ fn destroy_error(e: &DestroyError, s: &Socket, facts: Facts) -> String {
 fn socket_args(a: &ClearArgs) -> SocketArgs {
     let ClearTarget::Port(port) = a.target;
     SocketArgs {
-        port,
+        target: crate::cli::Target::Port(port),
         options: a.options.clone(),
     }
 }
@@ -307,7 +307,7 @@ pub fn run(a: &ClearArgs) -> i32 {
     let mut report = Report {
         target: Target::Port {
             protocol: sa.protocol,
-            port: sa.port,
+            port: sa.port(),
         },
         before,
         yes: a.yes,

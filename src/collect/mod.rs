@@ -203,6 +203,10 @@ impl Collector {
         &self.table
     }
 
+    pub fn options(&self) -> &CollectOptions {
+        &self.opts
+    }
+
     /// A collector that shares `owners` with others; the caller starts the rounds.
     ///
     /// # Errors
@@ -221,6 +225,12 @@ impl Collector {
 
     pub fn owner_stats(&self) -> crate::source::owners::ResolveStats {
         self.resolver().stats
+    }
+
+    /// The owner resolver this collector uses, for a step outside the poll that maps
+    /// other sockets (unix ones) to processes with the same cache.
+    pub fn owner_resolver(&self) -> Arc<Mutex<OwnerResolver>> {
+        Arc::clone(&self.owners)
     }
 
     /// Leftovers on remembered ports that no remembered generation explains.
@@ -336,6 +346,7 @@ impl Collector {
             watched,
             ephemeral_top: view.ephemeral_top,
             table_taken_at: view.table_taken_at,
+            unix: Default::default(),
         })
     }
 

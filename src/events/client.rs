@@ -88,10 +88,38 @@ pub fn failures_text(doc: &Value) -> String {
         return out;
     }
     for f in list {
+        if f["protocol"] == "unix" {
+            unix_lines(&mut out, f);
+            continue;
+        }
         failure_line(&mut out, f);
         blocker_lines(&mut out, f);
     }
     out
+}
+
+/// A failed unix bind: the path, who failed, and what was there a moment later.
+fn unix_lines(out: &mut String, f: &Value) {
+    out.push_str(&format!(
+        "{} {} unix bind({}) by {}[{}] uid {} failed: {}\n",
+        str_of(f, "time"),
+        str_of(f, "netns"),
+        str_of(f, "address"),
+        str_of(f, "process"),
+        f["pid"].as_u64().unwrap_or(0),
+        f["uid"].as_u64().unwrap_or(0),
+        str_of(f, "errno").to_uppercase(),
+    ));
+    let holders = f["holders"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    match f["state"].as_str() {
+        Some("held") => {
+            for h in holders {
+                out.push_str(&format!("    held by {}\n", h.as_str().unwrap_or("?")));
+            }
+        }
+        Some(_) => out.push_str(&format!("    {}\n", str_of(f, "reason"))),
+        None => out.push_str(&format!("    not judged: {}\n", str_of(f, "reason"))),
+    }
 }
 
 /// One failure: when, where, who, with which flags, and what was predicted.
@@ -245,6 +273,21 @@ mod tests {
              \x20   ... and 1 more\n\
              \x20   why: w\n\
              \x20   clear in 41 s\n"
+        );
+        let unix = serde_json::json!({"active": true, "failures": [
+            {"time": "t1", "netns": "host", "call": "bind", "protocol": "unix", "address": "/run/a.sock",
+             "errno": "eaddrinuse", "pid": 9, "process": "nginx", "uid": 0, "state": "stale",
+             "holders": [], "safe_to_remove": true, "reason": "stale socket file: removing it is safe"},
+            {"time": "t2", "netns": "host", "call": "bind", "protocol": "unix", "address": "@bus",
+             "errno": "eaddrinuse", "pid": 9, "process": "app", "uid": 0, "state": "held",
+             "holders": ["bus[3] (user root), stream listen"], "safe_to_remove": false, "reason": ""}
+        ]});
+        assert_eq!(
+            failures_text(&unix),
+            "t1 host unix bind(/run/a.sock) by nginx[9] uid 0 failed: EADDRINUSE\n\
+             \x20   stale socket file: removing it is safe\n\
+             t2 host unix bind(@bus) by app[9] uid 0 failed: EADDRINUSE\n\
+             \x20   held by bus[3] (user root), stream listen\n"
         );
         let none = serde_json::json!({"active": false, "failures": []});
         assert!(failures_text(&none).contains("not running"));

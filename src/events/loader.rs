@@ -77,6 +77,9 @@ pub enum LoadError {
 pub struct TracerOptions {
     pub procfs: PathBuf,
     pub run_netns: PathBuf,
+    /// `--path.rootfs`: where a failed unix bind's path is looked at when the caller's
+    /// own root (`/proc/PID/root`) is gone.
+    pub rootfs: PathBuf,
     /// `--netns all`: report every namespace with its name; else only bindwatch's own.
     pub all_netns: bool,
 }
@@ -238,6 +241,13 @@ impl Reader {
                 }
             }
             for raw in batch {
+                if super::unix::is_unix_record(&raw) {
+                    match super::unix::decode(&raw) {
+                        Ok(e) => self.handle_unix(&e),
+                        Err(err) => tracing::debug!(error = %err, "skipping a bind tracer record"),
+                    }
+                    continue;
+                }
                 match decode::decode(&raw) {
                     Ok(e) => self.handle(&e),
                     Err(err) => tracing::debug!(error = %err, "skipping a bind tracer record"),
@@ -356,6 +366,67 @@ impl Reader {
             if let Some(snap) = snapshot {
                 self.score(e, protocol, snap, &process, &ns.name);
             }
+        }
+    }
+
+    /// A failed unix bind: what was at the path (or name) a moment later, logged,
+    /// counted (no path label) and kept for `GET /failures`.
+    fn handle_unix(&mut self, e: &super::unix::UnixEvent) {
+        let Some(ns) = self.namespace(u64::from(e.netns)) else {
+            return;
+        };
+        let label = self.opts.all_netns.then(|| ns.name.clone());
+        let comm = self.opts.procfs.join(e.tgid.to_string()).join("comm");
+        let process = match std::fs::read_to_string(&comm) {
+            Ok(s) if !s.trim_end().is_empty() => s.trim_end().to_string(),
+            _ => e.comm.clone(),
+        };
+        let looked = self.look_unix(e, &ns);
+        let f = super::unix::explain(e, SystemTime::now(), &ns.name, &process, &looked);
+        tracing::warn!(netns = %ns.name, "{}", super::unix::log_line(&f));
+        self.events.record_unix(label.as_deref(), f);
+    }
+
+    /// Judges a failed unix bind's address: a path under the caller's own root
+    /// (`/proc/PID/root`: its mount namespace) while it lives, else under
+    /// `--path.rootfs`; an abstract name inside the caller's network namespace.
+    fn look_unix(&mut self, e: &super::unix::UnixEvent, ns: &Netns) -> super::unix::Looked {
+        use super::unix::Looked;
+        use crate::unixbind::UnixTarget;
+        let Some(target) = super::unix::target_of(&e.name) else {
+            return Looked::Not("a relative path (the caller's working directory decides)".into());
+        };
+        if !self.may_capture() {
+            return Looked::Not(format!(
+                "more than {CAPTURES_PER_SECOND} failures this second"
+            ));
+        }
+        let own_root = self.opts.procfs.join(e.tgid.to_string()).join("root");
+        let rootfs = if std::fs::read_dir(&own_root).is_ok() {
+            own_root
+        } else {
+            self.opts.rootfs.clone()
+        };
+        let mut opts = crate::unixprobe::ProbeOptions::new(&self.opts.procfs, &rootfs);
+        opts.run_netns = self.opts.run_netns.clone();
+        let kind = e.kind.unwrap_or(crate::model::UnixType::Stream);
+        let judged = match &target {
+            UnixTarget::Abstract(_) if Some(ns.inode) != self.own_netns => {
+                if ns.path.as_os_str().is_empty() {
+                    return Looked::Not(format!("no path to enter {}", ns.name));
+                }
+                match netns::enter(&ns.path, &self.opts.procfs) {
+                    Ok(_inside) => crate::unixprobe::inspect(&target, kind, &opts),
+                    Err(err) => {
+                        return Looked::Not(format!("entering {}: {err}", ns.path.display()))
+                    }
+                }
+            }
+            _ => crate::unixprobe::inspect(&target, kind, &opts),
+        };
+        match judged {
+            Ok(r) => Looked::Judged(r),
+            Err(err) => Looked::Failed(err),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod client;
 pub mod decode;
 pub mod loader;
 pub mod log;
+pub mod unix;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -25,6 +26,9 @@ use self::log::{Counters, FailureLog};
 /// State shared between the tracer thread and its readers.
 pub struct Events {
     log: Mutex<FailureLog>,
+    /// Failed unix binds (their own records: a path, no port).
+    unix: Mutex<unix::UnixLog>,
+    ports_max: usize,
     /// True once the programs are attached; the failure metrics exist only then.
     active: AtomicBool,
 }
@@ -33,6 +37,8 @@ impl Events {
     pub fn new(ports_max: usize) -> Self {
         Events {
             log: Mutex::new(FailureLog::new(ports_max)),
+            unix: Mutex::new(unix::UnixLog::default()),
+            ports_max,
             active: AtomicBool::new(false),
         }
     }
@@ -52,21 +58,54 @@ impl Events {
         f(&mut g)
     }
 
+    /// Counts and keeps a failed unix bind (`netns`: the label under `--netns all`).
+    pub fn record_unix(&self, netns: Option<&str>, f: unix::UnixFailure) {
+        let mut g = self.unix.lock().unwrap_or_else(|p| p.into_inner());
+        g.record(netns, f, self.ports_max);
+    }
+
     /// The counters for rendering, `None` while failures are not observed (the
     /// metrics are then absent, not zero).
     pub fn counters(&self) -> Option<Counters> {
         if !self.active() {
             return None;
         }
-        Some(self.with_log(|l| l.counters.clone()))
+        let mut c = self.with_log(|l| l.counters.clone());
+        let u = self.unix.lock().unwrap_or_else(|p| p.into_inner());
+        c.unix_bind = u
+            .counts
+            .iter()
+            .map(|((ns, process), n)| {
+                (
+                    (ns.clone(), crate::model::Errno::Eaddrinuse, process.clone()),
+                    *n,
+                )
+            })
+            .collect();
+        c.dropped += u.dropped;
+        Some(c)
     }
 
-    /// The body of `GET /failures`: the recent failures, oldest first.
+    /// The body of `GET /failures`: the recent failures (IP and unix), oldest first.
     pub fn failures_json(&self) -> serde_json::Value {
-        let failures = self.with_log(|l| l.recent.iter().cloned().collect::<Vec<_>>());
+        let mut failures: Vec<(std::time::SystemTime, serde_json::Value)> = self.with_log(|l| {
+            l.recent
+                .iter()
+                .map(|f| (f.at, serde_json::to_value(f).unwrap_or_default()))
+                .collect()
+        });
+        {
+            let u = self.unix.lock().unwrap_or_else(|p| p.into_inner());
+            failures.extend(
+                u.recent
+                    .iter()
+                    .map(|f| (f.at, serde_json::to_value(f).unwrap_or_default())),
+            );
+        }
+        failures.sort_by_key(|(at, _)| *at);
         serde_json::json!({
             "active": self.active(),
-            "failures": failures,
+            "failures": failures.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         })
     }
 }

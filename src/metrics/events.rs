@@ -46,6 +46,19 @@ pub(super) fn render_events(w: &mut Writer, ev: Option<&crate::model::Counters>)
         let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         w.sample("bindwatch_bind_failures_total", &refs, *n as f64);
     }
+    // Failed unix binds: no port, and the path never in a label (`GET /failures`).
+    for ((ns, errno, process), n) in &c.unix_bind {
+        let labels = with_ns(
+            ns,
+            &[
+                ("protocol", "unix"),
+                ("errno", errno.as_str()),
+                ("process", process),
+            ],
+        );
+        let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.sample("bindwatch_bind_failures_total", &refs, *n as f64);
+    }
     w.family(
         "bindwatch_connect_failures_total",
         "counter",

@@ -22,6 +22,7 @@ use crate::model::{Snapshot, SourceKind};
 mod events;
 mod rebind;
 mod snapshot;
+mod unix;
 mod writer;
 
 use writer::Writer;

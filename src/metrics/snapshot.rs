@@ -16,6 +16,7 @@ pub(super) fn render_snapshot(w: &mut Writer, s: &Snapshot) {
     render_port_sockets(w, s);
     render_rebind(w, s);
     render_ports(w, s);
+    super::unix::render_unix(w, s);
     render_ephemeral(w, s);
     render_totals(w, s);
 }

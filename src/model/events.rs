@@ -74,6 +74,8 @@ pub type ConnectKey = (Option<String>, Protocol, Errno, String);
 pub struct Counters {
     pub bind: BTreeMap<BindKey, u64>,
     pub connect: BTreeMap<ConnectKey, u64>,
+    /// Failed unix binds: (netns label, errno, process) -> count (no port, no path).
+    pub unix_bind: BTreeMap<(Option<String>, Errno, String), u64>,
     pub predictions: [u64; 3],
     /// Failures not counted because their series would pass the cap.
     pub dropped: u64,

@@ -9,11 +9,15 @@ use serde::Serialize;
 
 mod events;
 mod host;
+mod unix;
 mod verdict;
 mod watch;
 
 pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
 pub use host::{Capabilities, Denied, PortAllocation};
+pub use unix::{
+    UnixName, UnixService, UnixServiceStatus, UnixSocket, UnixState, UnixType, UnixView, VfsId,
+};
 pub use verdict::{Finding, Judgement, Rule, Verdict};
 pub use watch::{Bucket, OwnerMatch, Service, ServiceStatus, Status};
 
@@ -417,6 +421,9 @@ pub struct Snapshot {
     /// When the whole TCP table was last walked (counts, sockets on ports of
     /// interest, ephemeral buckets); listeners are read fresh at `taken_at`.
     pub table_taken_at: std::time::SystemTime,
+    /// Unix sockets: counts by type and state, watched unix services (the agent
+    /// fills it for its own namespace).
+    pub unix: UnixView,
 }
 
 impl Snapshot {
@@ -440,6 +447,7 @@ impl Snapshot {
             ephemeral_top: Vec::new(),
             bindv6only: false,
             table_taken_at: taken_at,
+            unix: UnixView::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod owners;
 pub mod procnet;
 pub mod sysctl;
+pub mod unix;
 
 use std::path::{Path, PathBuf};
 

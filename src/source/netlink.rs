@@ -14,19 +14,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::model::{Protocol, Socket, SocketFlags, State, Tri};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// Legacy request type; its dump walks the TCP tables once for both families
 /// (`inet_diag_dump_compat` sets the family to AF_UNSPEC).
 const TCPDIAG_GETSOCK: u16 = 18;
 pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const INET_DIAG_SKV6ONLY: u16 = 11;
 
-pub(super) const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
 /// Large enough for the kernel's biggest dump skb (32 KiB) so one recv is one batch.
@@ -197,6 +197,35 @@ pub fn decode_batch<F: FnMut(&Socket) + ?Sized>(
     what: &'static str,
     sink: &mut F,
 ) -> Result<Batch, NetlinkError> {
+    walk_batch(buf, what, &mut |off, body| {
+        if let Some(s) =
+            decode_diag_msg(body, protocol).map_err(|reason| NetlinkError::Malformed {
+                what,
+                offset: off,
+                reason,
+            })?
+        {
+            sink(&s);
+        }
+        Ok(())
+    })
+}
+
+/// Walks the netlink messages of one receive buffer of any sock_diag dump, handing
+/// each data message's body (and its offset in `buf`) to `on_body`; the family's
+/// own decoder reads the body (`decode_diag_msg` for inet, `source::unix` for unix).
+///
+/// Pure: works on bytes.
+///
+/// # Errors
+/// NLMSG_ERROR, a negative NLMSG_DONE status, NLM_F_DUMP_INTR, a truncated message,
+/// or whatever `on_body` returns.
+#[inline]
+pub fn walk_batch<F: FnMut(usize, &[u8]) -> Result<(), NetlinkError> + ?Sized>(
+    buf: &[u8],
+    what: &'static str,
+    on_body: &mut F,
+) -> Result<Batch, NetlinkError> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
         let len = u32_at(buf, off) as usize;
@@ -239,15 +268,7 @@ pub fn decode_batch<F: FnMut(&Socket) + ?Sized>(
                 }
             }
             _ => {
-                if let Some(s) =
-                    decode_diag_msg(body, protocol).map_err(|reason| NetlinkError::Malformed {
-                        what,
-                        offset: off,
-                        reason,
-                    })?
-                {
-                    sink(&s);
-                }
+                on_body(off, body)?;
                 if flags & NLM_F_MULTI == 0 {
                     return Ok(Batch::Done);
                 }
@@ -333,11 +354,11 @@ pub fn decode_diag_msg(b: &[u8], protocol: Protocol) -> Result<Option<Socket>, &
     }))
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn align4(n: usize) -> usize {
+pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -477,6 +498,38 @@ impl NetlinkDiag {
         sink: &mut F,
     ) -> Result<(), NetlinkError> {
         let what = req.what();
+        self.exchange_with(msg, what, &mut |buf| {
+            decode_batch(buf, req.protocol, what, sink)
+        })
+    }
+
+    /// Sends the request `msg` of any sock_diag family (its nlmsghdr sequence number
+    /// from [`NetlinkDiag::next_seq`]) and hands each received buffer to `decode`
+    /// (typically a [`walk_batch`] with the family's decoder) up to NLMSG_DONE.
+    ///
+    /// # Errors
+    /// See [`NetlinkError`].
+    pub fn dump_with<D: FnMut(&[u8]) -> Result<Batch, NetlinkError> + ?Sized>(
+        &mut self,
+        msg: &[u8],
+        what: &'static str,
+        decode: &mut D,
+    ) -> Result<(), NetlinkError> {
+        self.exchange_with(msg, what, decode)
+    }
+
+    /// The sequence number of the next request.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn exchange_with<D: FnMut(&[u8]) -> Result<Batch, NetlinkError> + ?Sized>(
+        &mut self,
+        msg: &[u8],
+        what: &'static str,
+        decode: &mut D,
+    ) -> Result<(), NetlinkError> {
         // SAFETY: sockaddr_nl zeroed is the kernel's address (pid 0).
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
@@ -521,7 +574,7 @@ impl NetlinkDiag {
                     reason: "end of stream before NLMSG_DONE",
                 });
             }
-            match decode_batch(&self.buf[..n as usize], req.protocol, what, sink) {
+            match decode(&self.buf[..n as usize]) {
                 Ok(Batch::More) => continue,
                 Ok(Batch::Done) => return Ok(()),
                 Err(e) => {

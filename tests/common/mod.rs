@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod prom;
+pub mod unix;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

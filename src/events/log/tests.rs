@@ -100,6 +100,7 @@ fn empty_snapshot() -> Snapshot {
         bindv6only: false,
         table_taken_at: SystemTime::now(),
         memory_unexplained_total: 0,
+        unix: Default::default(),
     }
 }
 
