@@ -10,9 +10,9 @@
 #     $HOME/.cache/bindwatch-venv); tests/deploy.rs looks in $BINDWATCH_VENV/bin itself, so
 #     nothing has to be sourced. The venv's python also has PyYAML (a dependency of
 #     kubernetes-validate), which the tests use to compare YAML documents parsed, and
-#     prometheus_client, whose OpenMetrics parser tests/web.rs feeds /metrics to;
-#   - chromium (tests/web.rs renders the landing page headless) and
-#     systemd-socket-activate (socket activation) come from apt.
+#     prometheus_client, whose OpenMetrics parser tests/web_exposition.rs feeds /metrics to;
+#   - chromium (tests/web_landing.rs renders the landing page headless) and
+#     systemd-socket-activate (socket activation, tests/web_serve.rs) come from apt.
 #   - lintian, man-db, dpkg-dev and binutils: tests/package.rs builds the Debian package
 #     with scripts/build-deb.sh and judges it; podman and runc build and run the image of
 #     scripts/build-image.sh.
@@ -22,7 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 VENV="${BINDWATCH_VENV:-$HOME/.cache/bindwatch-venv}"
 # Pinned so that the Kubernetes versions it knows stay the ones tests/deploy.rs asks for.
 K8S_VALIDATE_VERSION="${K8S_VALIDATE_VERSION:-1.34.1}"
-# The third-party OpenMetrics parser tests/web.rs feeds bindwatch's exposition to.
+# The third-party OpenMetrics parser tests/web_exposition.rs feeds bindwatch's exposition to.
 PROM_CLIENT_VERSION="${PROM_CLIENT_VERSION:-0.21.1}"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -44,7 +44,8 @@ declare -A PKG_FOR=(
     [setpriv]=util-linux
     [unshare]=util-linux
     [systemd-analyze]=systemd
-    # tests/web.rs: socket activation and the landing page in a real browser
+    # tests/web_serve.rs: socket activation; tests/web_landing.rs: the landing page in a
+    # real browser
     [systemd-socket-activate]=systemd
     [chromium]=chromium
     # tests/package.rs: scripts/build-deb.sh, and what judges the package it builds

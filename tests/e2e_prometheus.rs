@@ -10,13 +10,18 @@
 //!
 //! Everything runs in a private network namespace (bindwatch, prometheus, the sockets and `ss`),
 //! every wait is bounded, and both child processes are killed on drop.
+//!
+//! The waits on alerts and the shortened rules are in tests/common/e2e.rs, the dashboard's
+//! queries in tests/common/dashboard.rs.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::dashboard::check_dashboard;
+use common::e2e::*;
 use common::prom::Prometheus;
 use common::*;
 use serde_json::Value;
@@ -51,14 +56,6 @@ fn watched_config() -> String {
     )
 }
 
-fn manifest(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn log(t0: Instant, msg: impl AsRef<str>) {
-    println!("[e2e {:6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
-}
-
 /// A scratch directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -81,122 +78,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The e2e test's waits on top of the shared harness.
-trait Waits {
-    fn alerts(&self, name: &str, port: u16) -> Vec<Value>;
-    fn wait_firing(&self, name: &str, labels: &[(&str, &str)], t0: Instant) -> Value;
-    fn wait_resolved(&self, name: &str, labels: &[(&str, &str)], t0: Instant);
-}
-
-impl Waits for Prometheus {
-    /// Active (pending or firing) alerts named `name` on port `port`.
-    fn alerts(&self, name: &str, port: u16) -> Vec<Value> {
-        let port = port.to_string();
-        self.alerts_where(name, &[("port", &port)])
-    }
-
-    /// Waits (bounded) until the alert goes pending or firing, then until it fires; logs both
-    /// and checks that no annotation failed to expand. Returns the firing alert.
-    fn wait_firing(&self, name: &str, labels: &[(&str, &str)], t0: Instant) -> Value {
-        let what = format!("{name} {labels:?}");
-        let a = wait_for(
-            &format!("{what} pending or firing"),
-            Duration::from_secs(30),
-            || self.alerts_where(name, labels).into_iter().next(),
-        );
-        log(t0, format!("{what} is {}", a["state"]));
-        let a = wait_for(&format!("{what} firing"), Duration::from_secs(30), || {
-            self.alerts_where(name, labels)
-                .into_iter()
-                .find(|a| a["state"] == "firing")
-        });
-        log(t0, format!("{what} is firing: {}", a["labels"]));
-        for (k, v) in a["annotations"].as_object().expect("annotations") {
-            let v = v.as_str().unwrap_or("");
-            assert!(
-                !v.contains("error expanding") && !v.contains("<no value>"),
-                "{what}: annotation {k}: {v}"
-            );
-        }
-        a
-    }
-
-    /// Waits (bounded) until no alert `name` with `labels` is active and ALERTS has none.
-    fn wait_resolved(&self, name: &str, labels: &[(&str, &str)], t0: Instant) {
-        let what = format!("{name} {labels:?}");
-        let sel: String = labels
-            .iter()
-            .map(|(k, v)| format!(",{k}=\"{v}\""))
-            .collect();
-        wait_for(&format!("{what} resolved"), Duration::from_secs(30), || {
-            let gone = self.alerts_where(name, labels).is_empty()
-                && self
-                    .query(&format!("ALERTS{{alertname=\"{name}\"{sel}}}"))
-                    .expect("ALERTS query")
-                    .is_empty();
-            gone.then_some(())
-        });
-        log(t0, format!("{what} resolved"));
-    }
-}
-
-fn description(alert: &Value) -> String {
-    alert["annotations"]["description"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// The shipped rules with every `for:` shortened to 1 s. The shipped durations (1m to 15m)
-/// would make this test wait minutes for an alert to fire; shortening `for:` changes only
-/// how long an alert stays pending, never which series it fires on. The `expr`s (what this
-/// test is about) are copied byte for byte.
-fn rules_for_test() -> String {
-    let src = std::fs::read_to_string(manifest("deploy/prometheus/bindwatch-rules.yml"))
-        .expect("read rules");
-    let mut replaced = 0;
-    let out: Vec<String> = src
-        .lines()
-        .map(|l| {
-            let t = l.trim_start();
-            match t.strip_prefix("for: ") {
-                Some(d) if !d.trim().is_empty() && !d.contains(' ') => {
-                    replaced += 1;
-                    let indent = &l[..l.len() - t.len()];
-                    format!("{indent}for: 1s # e2e test: shipped value {d}, shortened so the test does not wait for it")
-                }
-                _ => l.to_string(),
-            }
-        })
-        .collect();
-    assert!(replaced > 0, "no `for:` found in the rules");
-    let out = out.join("\n") + "\n";
-    // Nothing but the `for:` lines differs.
-    let strip = |s: &str| -> Vec<String> {
-        s.lines()
-            .filter(|l| !l.trim_start().starts_with("for: "))
-            .map(str::to_string)
-            .collect()
-    };
-    assert_eq!(strip(&src), strip(&out));
-    out
-}
-
-/// Polls `f` until it gives `Some`, at most `timeout`; panics naming `what` otherwise.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// Server-side TIME_WAITs on local port `port` in this namespace, per `ss`.
 fn time_waits(port: u16) -> usize {
     let out = run_ok(
@@ -212,168 +93,6 @@ fn time_waits(port: u16) -> usize {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count()
-}
-
-/// One query of one dashboard panel.
-#[derive(Debug)]
-struct PanelQuery {
-    panel: String,
-    ref_id: String,
-    expr: String,
-    range: bool,
-    /// The target's own `bindwatch_e2e_expect_data`, if it has one.
-    expect: Option<bool>,
-}
-
-/// Every panel (rows' nested panels included): (title, panel-level expect flag, its queries).
-fn dashboard_panels() -> Vec<(String, bool, Vec<PanelQuery>)> {
-    fn walk(panels: &[Value], out: &mut Vec<(String, bool, Vec<PanelQuery>)>) {
-        for p in panels {
-            let title = format!("#{} {:?}", p["id"], p["title"].as_str().unwrap_or(""));
-            let queries: Vec<PanelQuery> = p["targets"]
-                .as_array()
-                .map(|ts| {
-                    ts.iter()
-                        .filter_map(|t| {
-                            Some(PanelQuery {
-                                panel: title.clone(),
-                                ref_id: t["refId"].as_str().unwrap_or("?").to_string(),
-                                expr: t["expr"].as_str()?.to_string(),
-                                range: t["range"].as_bool().unwrap_or(true),
-                                expect: t["bindwatch_e2e_expect_data"].as_bool(),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !queries.is_empty() {
-                out.push((
-                    title,
-                    p["bindwatch_e2e_expect_data"].as_bool().unwrap_or(false),
-                    queries,
-                ));
-            }
-            if let Some(nested) = p["panels"].as_array() {
-                walk(nested, out);
-            }
-        }
-    }
-    let text =
-        std::fs::read_to_string(manifest("dashboards/bindwatch.json")).expect("read dashboard");
-    let d: Value = serde_json::from_str(&text).expect("dashboard is JSON");
-    let mut out = Vec::new();
-    walk(d["panels"].as_array().expect("panels"), &mut out);
-    out
-}
-
-/// Replaces Grafana's variables as Grafana would for `instance` = `instance_value`
-/// (already escaped for a regex matcher) and a 1 m interval/range.
-fn substitute(expr: &str, instance_value: &str) -> String {
-    let mut e = expr.to_string();
-    for (var, val) in [
-        ("${instance:regex}", instance_value),
-        ("${instance}", instance_value),
-        ("[[instance]]", instance_value),
-        ("$instance", instance_value),
-        ("${__rate_interval}", "1m"),
-        ("$__rate_interval", "1m"),
-        ("${__interval_ms}", "1000"),
-        ("$__interval_ms", "1000"),
-        ("${__interval}", "1m"),
-        ("$__interval", "1m"),
-        ("${__range_ms}", "60000"),
-        ("$__range_ms", "60000"),
-        ("${__range_s}", "60"),
-        ("$__range_s", "60"),
-        ("${__range}", "1m"),
-        ("$__range", "1m"),
-    ] {
-        e = e.replace(var, val);
-    }
-    let unknown = e.match_indices('$').any(|(i, _)| {
-        e[i + 1..].starts_with(|c: char| c == '{' || c == '_' || c.is_ascii_alphabetic())
-    });
-    assert!(
-        !unknown && !e.contains("[["),
-        "a dashboard variable this test does not know: {expr}"
-    );
-    e
-}
-
-/// Runs every dashboard query for both instance selections (the single instance, escaped as
-/// Grafana escapes a multi-value variable for `=~`, and "All" = `.*`). Fails on any query
-/// error; panels/targets marked `bindwatch_e2e_expect_data` must return data (retried while
-/// history builds up, bounded).
-fn check_dashboard(prom: &Prometheus, instance: &str, t0: Instant) {
-    let escaped = instance.replace('.', "\\\\.");
-    let panels = dashboard_panels();
-    assert!(!panels.is_empty(), "dashboard has no queries");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
-    for (title, panel_expect, queries) in &panels {
-        for selection in [escaped.as_str(), ".*"] {
-            let mut panel_has_data = false;
-            for q in queries {
-                let expr = substitute(&q.expr, selection);
-                let must = q.expect.unwrap_or(false);
-                let rows = loop {
-                    let inst = prom.query(&expr).unwrap_or_else(|e| {
-                        panic!("panel {} query {}: `{expr}` fails: {e}", q.panel, q.ref_id)
-                    });
-                    let rows = if q.range && inst.is_empty() {
-                        // A time series panel draws the range even when the last instant is empty.
-                        prom.query_range(&expr, 60).unwrap_or_else(|e| {
-                            panic!(
-                                "panel {} query {} (range): `{expr}` fails: {e}",
-                                q.panel, q.ref_id
-                            )
-                        })
-                    } else {
-                        inst
-                    };
-                    if !rows.is_empty() || !must || Instant::now() > deadline {
-                        break rows;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                };
-                if q.range {
-                    prom.query_range(&expr, 60).unwrap_or_else(|e| {
-                        panic!(
-                            "panel {} query {} (range): `{expr}` fails: {e}",
-                            q.panel, q.ref_id
-                        )
-                    });
-                }
-                assert!(
-                    !must || !rows.is_empty(),
-                    "panel {} query {} is marked bindwatch_e2e_expect_data but returns nothing: `{expr}`",
-                    q.panel,
-                    q.ref_id
-                );
-                panel_has_data |= !rows.is_empty();
-                n += 1;
-                log(
-                    t0,
-                    format!(
-                        "  {title} {} [{selection}]: {} series",
-                        q.ref_id,
-                        rows.len()
-                    ),
-                );
-            }
-            assert!(
-                !panel_expect || panel_has_data,
-                "panel {title} is marked bindwatch_e2e_expect_data but none of its queries returns data"
-            );
-        }
-    }
-    log(
-        t0,
-        format!(
-            "dashboard: {n} queries of {} panels evaluated without error",
-            panels.len()
-        ),
-    );
 }
 
 #[test]

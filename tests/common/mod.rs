@@ -7,8 +7,13 @@
 
 #![allow(dead_code)]
 
+pub mod dashboard;
+pub mod e2e;
+pub mod oracle;
+pub mod oracle_situations;
 pub mod prom;
 pub mod unix;
+pub mod web_config;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -207,6 +212,14 @@ pub fn http_get(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     http_request(addr, "GET", path, headers)
+}
+
+/// The value of header `name` (lower case) among [`http_get`]'s headers.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 pub fn http_request(
