@@ -292,8 +292,8 @@ pub struct WaitArgs {
 /// `bindwatch clear`: what it clears, check's options, and the consent to act.
 #[derive(Debug, Clone, Args)]
 pub struct ClearArgs {
-    /// The port (1-65535) whose blockers to clear.
-    #[arg(value_name = "PORT", value_parser = parse_clear_target)]
+    /// The port (1-65535) whose blockers to clear, or `unix:PATH`, a stale socket file.
+    #[arg(value_name = "PORT|unix:PATH", value_parser = parse_clear_target)]
     pub target: ClearTarget,
     #[command(flatten)]
     pub options: CheckOptions,
@@ -308,21 +308,23 @@ pub struct ClearArgs {
 }
 
 /// What `clear` clears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClearTarget {
     /// The sockets that block a bind on this port (of `--protocol`).
     Port(u16),
+    /// A stale socket file at this path (`unix:PATH`).
+    Unix(UnixTarget),
 }
 
 fn parse_clear_target(s: &str) -> Result<ClearTarget, String> {
-    if s.starts_with("unix:") {
-        return Err(format!(
-            "{s:?}: clearing a unix socket path is not available in this version; give a port from 1 to 65535"
-        ));
+    if let Some(unix) = crate::unixbind::parse_target(s) {
+        return unix.map(ClearTarget::Unix);
     }
     match s.parse::<u32>() {
         Ok(p @ 1..=65535) => Ok(ClearTarget::Port(p as u16)),
-        _ => Err(format!("{s:?} is not a port from 1 to 65535")),
+        _ => Err(format!(
+            "{s:?} is neither a port from 1 to 65535 nor unix:PATH"
+        )),
     }
 }
 

@@ -86,6 +86,37 @@ pub struct UnixPathReport {
 /// # Errors
 /// Only when `rootfs` cannot be opened; everything about the path is a [`PathFacts`].
 pub fn path_facts(rootfs: &Path, path: &Path) -> Result<PathFacts, ProbeError> {
+    let (dir, cname) = match parent_and_name(rootfs, path)? {
+        Ok(found) => found,
+        Err(facts) => return Ok(facts),
+    };
+    let st = match stat_at(&dir, &cname) {
+        Ok(st) => st,
+        Err(e) => {
+            return Ok(match e.raw_os_error() {
+                Some(libc::ENOENT) => match dir_writable(&dir) {
+                    Ok(()) => PathFacts::Absent,
+                    Err(errno) => PathFacts::DirUnusable { errno },
+                },
+                errno => PathFacts::DirUnusable {
+                    errno: errno.unwrap_or(libc::EIO),
+                },
+            })
+        }
+    };
+    Ok(facts_of(&st))
+}
+
+/// The directory of `path` (absolute, resolved under `rootfs`) as an `O_PATH` fd, and
+/// the last component; `Err(facts)` where there is no such pair (`/` itself, or a
+/// directory that cannot be reached).
+///
+/// # Errors
+/// Only when `rootfs` cannot be opened or the name holds a NUL byte.
+fn parent_and_name(
+    rootfs: &Path,
+    path: &Path,
+) -> Result<Result<(OwnedFd, CString), PathFacts>, ProbeError> {
     let root = open_path(None, rootfs, false).map_err(|source| ProbeError::Rootfs {
         path: rootfs.to_path_buf(),
         source,
@@ -95,9 +126,9 @@ pub fn path_facts(rootfs: &Path, path: &Path) -> Result<PathFacts, ProbeError> {
         (Some(p), Some(n)) => (p, n),
         // "/" itself.
         _ => {
-            return Ok(PathFacts::Other {
+            return Ok(Err(PathFacts::Other {
                 kind: FileKind::Directory,
-            })
+            }))
         }
     };
     let parent = if parent.as_os_str().is_empty() {
@@ -108,48 +139,85 @@ pub fn path_facts(rootfs: &Path, path: &Path) -> Result<PathFacts, ProbeError> {
     let dir = match open_path(Some(&root), parent, true) {
         Ok(d) => d,
         Err(e) => {
-            return Ok(PathFacts::DirUnusable {
+            return Ok(Err(PathFacts::DirUnusable {
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
-            })
+            }))
         }
     };
     let cname = CString::new(name.as_bytes()).map_err(|_| ProbeError::Rootfs {
         path: path.to_path_buf(),
         source: io::Error::from_raw_os_error(libc::EINVAL),
     })?;
+    Ok(Ok((dir, cname)))
+}
+
+/// `fstatat(dir, name)` without following a symlink.
+fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
     // SAFETY: zeroed `stat` is a valid out-buffer for fstatat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: dir is an open fd, cname NUL-terminated, st a valid out-pointer.
+    // SAFETY: dir is an open fd, name NUL-terminated, st a valid out-pointer.
     let r = unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
-            cname.as_ptr(),
+            name.as_ptr(),
             &mut st,
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
     if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Removes the socket file at `path` (under `rootfs`) only while it is still the very
+/// file `expected` names (a socket file with that device and inode), as seen through
+/// the same directory fd the removal uses: a symlink, another type, or a socket file
+/// made since (a daemon that started and bound anew) is left alone. The last
+/// component is never followed (`unlinkat` removes a name, not what it points at).
+/// `Ok(false)` when the path no longer holds that file.
+///
+/// # Errors
+/// When `rootfs` cannot be opened, or the kernel refuses the removal (EACCES, EROFS,
+/// EBUSY ...), with its errno.
+pub fn unlink_stale(rootfs: &Path, path: &Path, expected: &PathFacts) -> Result<bool, ProbeError> {
+    let PathFacts::Socket { .. } = expected else {
+        return Ok(false);
+    };
+    let (dir, cname) = match parent_and_name(rootfs, path)? {
+        Ok(found) => found,
+        Err(_) => return Ok(false),
+    };
+    match stat_at(&dir, &cname) {
+        Ok(st) if facts_of(&st) == *expected => {}
+        _ => return Ok(false),
+    }
+    // SAFETY: dir is an open fd (O_PATH is accepted as a dirfd), cname NUL-terminated.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } != 0 {
         let e = io::Error::last_os_error();
-        return Ok(match e.raw_os_error() {
-            Some(libc::ENOENT) => match dir_writable(&dir) {
-                Ok(()) => PathFacts::Absent,
-                Err(errno) => PathFacts::DirUnusable { errno },
-            },
-            errno => PathFacts::DirUnusable {
-                errno: errno.unwrap_or(libc::EIO),
-            },
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(false);
+        }
+        return Err(ProbeError::Rootfs {
+            path: path.to_path_buf(),
+            source: e,
         });
     }
+    Ok(true)
+}
+
+/// What a `stat` of the path's last component says.
+fn facts_of(st: &libc::stat) -> PathFacts {
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFSOCK => {
-            return Ok(PathFacts::Socket {
+            return PathFacts::Socket {
                 vfs: VfsId {
                     dev_major: libc::major(st.st_dev),
                     dev_minor: libc::minor(st.st_dev),
                     // UNIX_DIAG_VFS carries only the low 32 bits.
                     ino32: st.st_ino as u32,
                 },
-            });
+            };
         }
         libc::S_IFREG => FileKind::Regular,
         libc::S_IFDIR => FileKind::Directory,
@@ -158,7 +226,7 @@ pub fn path_facts(rootfs: &Path, path: &Path) -> Result<PathFacts, ProbeError> {
         libc::S_IFCHR => FileKind::CharDevice,
         _ => FileKind::BlockDevice,
     };
-    Ok(PathFacts::Other { kind })
+    PathFacts::Other { kind }
 }
 
 /// Opens `path` as an `O_PATH` fd; relative to `root` with `RESOLVE_IN_ROOT` (every

@@ -1,4 +1,5 @@
-//! `bindwatch clear`: removes exactly what blocks a bind on a port, and nothing else.
+//! `bindwatch clear`: removes exactly what blocks a bind on a port (or a stale unix
+//! socket file, `clear::unix`), and nothing else.
 //!
 //! One poll and the rebind engine's judgement, as `check` gives it, name every socket
 //! that blocks; [`plan`] decides, without I/O, which of them are safe to destroy
@@ -12,6 +13,7 @@
 
 pub mod plan;
 mod report;
+mod unix;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -277,8 +279,7 @@ fn destroy_error(e: &DestroyError, s: &Socket, facts: Facts) -> String {
 }
 
 /// The port `clear` judges, as check's arguments.
-fn socket_args(a: &ClearArgs) -> SocketArgs {
-    let ClearTarget::Port(port) = a.target;
+fn socket_args(a: &ClearArgs, port: u16) -> SocketArgs {
     SocketArgs {
         target: crate::cli::Target::Port(port),
         options: a.options.clone(),
@@ -288,7 +289,17 @@ fn socket_args(a: &ClearArgs) -> SocketArgs {
 /// `bindwatch clear`: prints the plan (and with `--yes` what was done and the new
 /// judgement), returns the exit status.
 pub fn run(a: &ClearArgs) -> i32 {
-    let sa = socket_args(a);
+    let port = match &a.target {
+        ClearTarget::Port(p) => *p,
+        ClearTarget::Unix(t) => return unix::run(a, t),
+    };
+    if a.options.unix_type.is_some() {
+        eprintln!(
+            "bindwatch clear: --type is for unix: addresses; a port's protocol is --protocol"
+        );
+        return EXIT_ERROR;
+    }
+    let sa = socket_args(a, port);
     let facts = facts(a.force);
     let mut c = match commands::collector(&sa.source) {
         Ok(c) => c,
