@@ -73,6 +73,7 @@ pub mod netns;
 pub mod poller;
 pub mod publish;
 pub mod rebind;
+pub mod report;
 pub mod serve;
 pub mod server;
 pub mod source;

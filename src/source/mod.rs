@@ -3,6 +3,7 @@
 //! allocation.
 
 pub mod bpf;
+pub mod holders;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
