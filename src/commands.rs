@@ -413,8 +413,15 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot, all: bool) -> String {
             out.push_str(&crate::report::more_line(sorted.len() - shown));
         }
     }
-    out.push_str(&crate::report::watched_text(snap, Some((o.protocol, o.port))));
-    if o.verdict == Verdict::Unknown {
+    out.push_str(&crate::report::watched_text(
+        snap,
+        Some((o.protocol, o.port)),
+    ));
+    let flags_decide = o.checked.iter().any(|c| {
+        c.judgement.verdict == Verdict::Unknown
+            && !crate::report::holders_decide(&c.judgement.findings)
+    });
+    if flags_decide {
         out.push_str(
             "hint: flags of sockets without a file (TIME_WAIT, orphans) cannot be read; the serving agent \
              remembers the flags of listeners that are gone. Run as root (CAP_SYS_PTRACE) to read live sockets' flags.\n",
@@ -498,7 +505,10 @@ fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
         f.socket.state_label(),
         endpoint_str(f.socket.local.ip(), f.socket.local.port()),
         endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
-        owner_str(snap.owners.get(&f.socket.inode)),
+        match snap.holdings.get(&f.socket.inode).and_then(|h| h.summary()) {
+            Some(held) => format!("held by {held}"),
+            None => owner_str(snap.owners.get(&f.socket.inode)),
+        },
         timer,
     );
     // The blocker's own flags, as read (bpf reads them for every socket).

@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{json, Value};
 
-use crate::model::{EndpointRisk, Finding, Holder, Holding, Protocol, Snapshot, Socket, Survival, Tri};
+use crate::model::{
+    EndpointRisk, Finding, Holder, Holding, Protocol, Snapshot, Socket, Survival, Tri,
+};
 use crate::rebind::holders::HOLDERS_DECIDE;
 
 /// Blockers a text report shows unless `--all` is given.
@@ -137,9 +139,10 @@ pub fn held_by(snap: &Snapshot, s: &Socket) -> String {
     if let Some(text) = snap.holdings.get(&s.inode).and_then(Holding::summary) {
         return text;
     }
-    snap.owners
-        .get(&s.inode)
-        .map_or_else(|| "unknown".to_string(), |o| format!("{}[{}] {}", o.process, o.pid, o.user))
+    snap.owners.get(&s.inode).map_or_else(
+        || "unknown".to_string(),
+        |o| format!("{}[{}] {}", o.process, o.pid, o.user),
+    )
 }
 
 /// Each member socket of an endpoint with its flags and holders.

@@ -320,16 +320,28 @@ impl Reader {
             .map(|(_, s)| s.as_ref());
         let process = self.process_name(e);
         let Some(errno) = e.errno else {
-            // A successful bind on a port of interest: only the prediction is scored.
+            // A successful bind on a port of interest: only the prediction is scored,
+            // against the port's sockets as a dump right after it shows them.
             if let Some(snap) = snapshot {
-                self.score(e, protocol, snap, &process, &ns.name);
+                let at = SystemTime::now();
+                let after = if self.may_capture() {
+                    self.capture(&ns, protocol, e.port).ok()
+                } else {
+                    None
+                };
+                self.score(e, protocol, snap, &process, &ns.name, at, after.as_deref());
             }
             return;
         };
+        let at = SystemTime::now();
         let mut sockets = Vec::new();
+        let mut captured = false;
         if errno == Errno::Eaddrinuse && e.call != Call::Connect && self.may_capture() {
             match self.capture(&ns, protocol, e.port) {
-                Ok(s) => sockets = s,
+                Ok(s) => {
+                    sockets = s;
+                    captured = true;
+                }
                 Err(err) => {
                     tracing::debug!(netns = %ns.name, port = e.port, error = %err, "cannot capture the sockets of a failed bind")
                 }
@@ -354,19 +366,32 @@ impl Reader {
         });
         if e.call == Call::Bind {
             if let Some(snap) = snapshot {
-                self.score(e, protocol, snap, &process, &ns.name);
+                let after = captured.then_some(sockets.as_slice());
+                self.score(e, protocol, snap, &process, &ns.name, at, after);
             }
         }
     }
 
     /// Scores a bind against the verdict held before it; a miss is logged with
     /// everything needed to report it.
-    fn score(&self, e: &Event, protocol: Protocol, snap: &Snapshot, process: &str, netns: &str) {
-        let Some(j) = log::judgement_before(e, protocol, snap) else {
-            return;
-        };
-        let only_bound = log::blockers_only_bound(&j);
-        let Some(outcome) = log::score(Some(j.verdict), e.errno, protocol, only_bound) else {
+    /// `after`: the port's sockets dumped right after the call, when taken
+    /// (`events::score` says what hit, miss and undecided mean).
+    #[allow(clippy::too_many_arguments)]
+    fn score(
+        &self,
+        e: &Event,
+        protocol: Protocol,
+        snap: &Snapshot,
+        process: &str,
+        netns: &str,
+        at: SystemTime,
+        after: Option<&[Socket]>,
+    ) {
+        let Some(super::score::Scored {
+            outcome,
+            judgement: j,
+        }) = super::score::score_bind(e, protocol, snap, at, after)
+        else {
             return;
         };
         self.events.with_log(|l| l.predicted(outcome));

@@ -16,6 +16,7 @@ pub mod client;
 pub mod decode;
 pub mod loader;
 pub mod log;
+pub mod score;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -57,10 +57,7 @@ pub enum Survival {
     #[default]
     Closed,
     /// These holders are outside what the restart stops: they keep the socket open.
-    Survivors {
-        holders: Vec<Holder>,
-        why: String,
-    },
+    Survivors { holders: Vec<Holder>, why: String },
     /// It depends on something user space cannot see (whether children exit with
     /// their parent; whether a lone orphan is the daemon itself).
     Undecided {

@@ -252,7 +252,9 @@ pub fn judge_restart_held(
     let mut low: Vec<Socket> = Vec::with_capacity(on_port.len());
     let mut maybe: Vec<Socket> = Vec::new();
     for s in on_port {
-        let replaced = after_restart(listener, std::slice::from_ref(s)).next().is_none();
+        let replaced = after_restart(listener, std::slice::from_ref(s))
+            .next()
+            .is_none();
         if !replaced {
             low.push(s.clone());
             continue;
@@ -363,11 +365,25 @@ mod tests {
         let u = Some("/sys.slice/web.service");
         let other = Some("/sys.slice/other.service");
         let cases: Vec<(&str, Holders, Option<MainId>, &str)> = vec![
-            ("one daemon, session leader", all(vec![h(10, 1, 10, 10, 5, None)]), None, "closed"),
-            ("one process started by a shell", all(vec![h(10, 9, 9, 9, 5, None)]), None, "closed"),
+            (
+                "one daemon, session leader",
+                all(vec![h(10, 1, 10, 10, 5, None)]),
+                None,
+                "closed",
+            ),
+            (
+                "one process started by a shell",
+                all(vec![h(10, 9, 9, 9, 5, None)]),
+                None,
+                "closed",
+            ),
             (
                 "nginx, master alive, workers, no unit",
-                all(vec![h(10, 1, 10, 10, 5, None), h(11, 10, 10, 10, 6, None), h(12, 10, 10, 10, 6, None)]),
+                all(vec![
+                    h(10, 1, 10, 10, 5, None),
+                    h(11, 10, 10, 10, 6, None),
+                    h(12, 10, 10, 10, 6, None),
+                ]),
                 None,
                 "undecided:11,12",
             ),
@@ -427,7 +443,10 @@ mod tests {
             ),
             (
                 "unit: a child in a sub-cgroup of the unit",
-                all(vec![h(10, 1, 10, 10, 5, u), h(11, 10, 10, 10, 6, Some("/sys.slice/web.service/x"))]),
+                all(vec![
+                    h(10, 1, 10, 10, 5, u),
+                    h(11, 10, 10, 10, 6, Some("/sys.slice/web.service/x")),
+                ]),
                 None,
                 "closed",
             ),
@@ -445,7 +464,10 @@ mod tests {
             ),
             (
                 "a cgroup that only shares a prefix is outside",
-                all(vec![h(10, 1, 10, 10, 5, u), h(11, 10, 10, 10, 6, Some("/sys.slice/web.service2"))]),
+                all(vec![
+                    h(10, 1, 10, 10, 5, u),
+                    h(11, 10, 10, 10, 6, Some("/sys.slice/web.service2")),
+                ]),
                 None,
                 "survivors:11",
             ),

@@ -212,7 +212,13 @@ impl HolderScanner {
                         }
                     }
                 }
-                (inode, Holders { list: holders, complete })
+                (
+                    inode,
+                    Holders {
+                        list: holders,
+                        complete,
+                    },
+                )
             })
             .collect()
     }
@@ -288,11 +294,10 @@ impl HolderScanner {
                         proc_file(&dir, "stat").and_then(|t| parse_stat(&t).map(|p| p.4))
                     });
                     if let (Some(fd), Some(st)) = (fd, st) {
-                        scan.found.entry(inode).or_default().push(FdAt {
-                            pid,
-                            fd,
-                            start: st,
-                        });
+                        scan.found
+                            .entry(inode)
+                            .or_default()
+                            .push(FdAt { pid, fd, start: st });
                     }
                 }
                 if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
@@ -369,7 +374,10 @@ mod tests {
             ),
             (
                 "0::/user.slice/user-0.slice/session-1.scope\n",
-                Some(("session-1.scope", "/user.slice/user-0.slice/session-1.scope")),
+                Some((
+                    "session-1.scope",
+                    "/user.slice/user-0.slice/session-1.scope",
+                )),
             ),
             ("0::/\n", None),
             ("garbage", None),
