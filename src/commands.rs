@@ -406,8 +406,9 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot, all: bool) -> String {
         }
         let sorted = crate::report::by_time_left(&c.judgement.findings);
         let shown = crate::report::shown(sorted.len(), all);
+        let mut last_why = String::new();
         for f in &sorted[..shown] {
-            finding_text(&mut out, f, snap);
+            finding_text(&mut out, f, snap, &mut last_why);
         }
         if sorted.len() > shown {
             out.push_str(&crate::report::more_line(sorted.len() - shown));
@@ -487,7 +488,9 @@ fn verdict_text(j: &Judgement) -> String {
 }
 
 /// One existing socket that blocks (or may block): its lines of the report.
-fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
+/// The `why` line is printed only where it differs from the line before (hundreds
+/// of TIME_WAITs share one).
+fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot, last_why: &mut String) {
     let timer = match f.socket.expires_ms {
         Some(ms) if f.socket.state.is_expiring() => {
             format!(", {:.1} s left", ms as f64 / 1000.0)
@@ -512,15 +515,18 @@ fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
         timer,
     );
     // The blocker's own flags, as read (bpf reads them for every socket).
-    let _ = writeln!(
-        out,
-        "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})",
+    let mut why = format!(
+        "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})\n",
         f.rule.describe(),
         f.socket.flags.reuseaddr.as_str(),
         f.socket.flags.reuseport.as_str()
     );
     if !f.undecided_by.is_empty() {
-        let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
+        let _ = writeln!(why, "          unknown: {}", f.undecided_by.join(", "));
+    }
+    if why != *last_why {
+        out.push_str(&why);
+        *last_why = why;
     }
 }
 

@@ -12,6 +12,12 @@
 //! found then). In the agent a scan may take several polls ([`HolderScanner::slice`]);
 //! until it ends, a socket's holders are the ones still confirmed, marked
 //! incomplete.
+//!
+//! Without CAP_SYS_PTRACE the kernel refuses other users' fd tables, and the
+//! holders are incomplete (a restart is then "cannot tell" where they decide).
+//! With it, a table still refused belongs to a process hidden on purpose (a
+//! hardened init, an LSM rule): it is taken to hold none of the sockets, since
+//! nothing about it can be read; the owner capability metric reports refusals.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -120,6 +126,26 @@ pub struct HolderScanner {
     pub slice: Option<Duration>,
     /// This process: its own duplicates (flag probes) are not holders.
     own_pid: u32,
+    /// Whether a refused fd table leaves the holders unknown: without
+    /// CAP_SYS_PTRACE most tables are refused; with it, a table that is still
+    /// refused belongs to a process hidden on purpose (a hardened init, an LSM
+    /// rule), which is taken to hold none of the sockets (see the module docs).
+    refusal_unknown: bool,
+}
+
+/// Whether this process has CAP_SYS_PTRACE in its effective set.
+fn can_ptrace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            let hex = t
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 19) != 0)
 }
 
 impl HolderScanner {
@@ -130,6 +156,7 @@ impl HolderScanner {
             scan: None,
             slice,
             own_pid: std::process::id(),
+            refusal_unknown: !can_ptrace(),
         }
     }
 
@@ -268,7 +295,7 @@ impl HolderScanner {
             let entries = match fs::read_dir(dir.join("fd")) {
                 Ok(d) => d,
                 Err(e) => {
-                    if e.kind() == io::ErrorKind::PermissionDenied {
+                    if e.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
                         scan.refused = true;
                     }
                     continue;
@@ -282,7 +309,7 @@ impl HolderScanner {
                 let link = match fs::read_link(e.path()) {
                     Ok(l) => l,
                     Err(err) => {
-                        if err.kind() == io::ErrorKind::PermissionDenied {
+                        if err.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
                             scan.refused = true;
                         }
                         continue;

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemons;
 pub mod prom;
 
 use std::collections::BTreeMap;
