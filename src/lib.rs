@@ -47,6 +47,8 @@
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into,
 //!   and the one set of checking helpers both validate with (`Problem`, `ConfigError`).
+//! - [`report`]: pieces of the one-shot commands' output: holders of a listening
+//!   socket and what a restart leaves of them, blockers sorted and capped, `ports`.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
 //!   collector with the state file's listener memory (also for [`serve`]).
 //! - [`serve`]: the agent's start-up and shutdown in named steps (files, collector,
