@@ -124,7 +124,7 @@ fn routine_restarts_that_succeed_count_no_miss() {
         r.wait().expect("reap redis");
         let r2 = redis();
         let r2_pid = r2.id() as i32;
-        pids.add(r2_pid);
+        pids.keep(r2);
         await_that(
             "redis to listen again",
             15,
@@ -162,7 +162,7 @@ fn routine_restarts_that_succeed_count_no_miss() {
         assert_eq!(code, 0, "wait: {out}{err}");
         let py2 = daemons::python(LISTEN_ONLY, &[&WAITED.to_string()]);
         let py2_pid = py2.id() as i32;
-        pids.add(py2_pid);
+        pids.keep(py2);
         await_that(
             "python to listen again",
             15,

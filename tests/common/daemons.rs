@@ -11,9 +11,15 @@ use super::Scratch;
 
 /// Pids this test started (directly or as a daemon's children), killed on drop.
 #[derive(Default)]
-pub struct Pids(pub Vec<i32>);
+pub struct Pids(pub Vec<i32>, pub Vec<Child>);
 
 impl Pids {
+    /// Keeps a child this test spawned: killed and reaped on drop.
+    pub fn keep(&mut self, c: Child) {
+        self.add(c.id() as i32);
+        self.1.push(c);
+    }
+
     pub fn add(&mut self, pid: i32) {
         if !self.0.contains(&pid) {
             self.0.push(pid);
@@ -26,6 +32,9 @@ impl Drop for Pids {
         for &p in &self.0 {
             // SAFETY: kill with a pid this test started and a signal number.
             unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        for c in &mut self.1 {
+            let _ = c.wait();
         }
     }
 }
