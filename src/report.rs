@@ -227,6 +227,16 @@ pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
                     "reuseaddr": f.socket.flags.reuseaddr,
                     "reuseport": f.socket.flags.reuseport,
                 })).collect::<Vec<_>>(),
+                // What a new socket without SO_REUSEADDR (the -REUSE column) would meet.
+                "without_reuseaddr_blockers": by_time_left(&r.without_reuseaddr.findings).into_iter().map(|f| json!({
+                    "state": f.socket.state_label(),
+                    "local": endpoint_str(f.socket.local.ip(), f.socket.local.port()),
+                    "remote": endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
+                    "blocks": f.blocks,
+                    "timer_seconds": f.remaining().map(|d| d.as_secs_f64()),
+                    "reuseaddr": f.socket.flags.reuseaddr,
+                    "reuseport": f.socket.flags.reuseport,
+                })).collect::<Vec<_>>(),
                 "clear_seconds": j.clear_seconds(),
             })
         }).collect::<Vec<_>>(),
