@@ -31,6 +31,12 @@ fn check_restart(port: u16, state: &str) -> (i32, String, String) {
     ])
 }
 
+/// One line of the scenario table: bindwatch's answer beside the real restart's.
+fn note(scenario: &str, bindwatch: &str, real_ok: bool, real: &str) {
+    let real_said = if real_ok { "succeeded" } else { "FAILED" };
+    eprintln!("SCENARIO {scenario}: bindwatch {bindwatch}; the real restart {real_said} ({real})");
+}
+
 /// Every `bindwatch_rebind_blocked` series of `port` (both reuseaddr values).
 fn blocked(m: &Metrics, port: u16) -> Vec<f64> {
     m.matching("bindwatch_rebind_blocked", &[("port", &port.to_string())])
@@ -97,6 +103,15 @@ fn nginx_master_killed_workers_keep_the_socket() {
             !real_ok && real_err.contains("Address already in use"),
             "the real restart: {real_err}"
         );
+        note(
+            "nginx kill -9 master, 2 workers alive",
+            &format!(
+                "check --restart exit {code}, rebind_blocked {:?}",
+                blocked(&m, PORT)
+            ),
+            real_ok,
+            real_err.lines().last().unwrap_or(""),
+        );
         assert_eq!(code, expected(real_ok), "check --restart: {out}{err}");
         for w in &workers {
             assert!(
@@ -146,8 +161,18 @@ fn forking_server_parent_killed_child_keeps_the_socket() {
         );
         let child = daemons::children(parent)[0];
         pids.add(child);
-        let saw = |m: &Metrics| m.text.contains(&format!("port=\"{PORT}\""));
-        bw.metrics_until(std::time::Duration::from_secs(20), saw);
+        // The agent finds the child (forked after it first looked at the socket)
+        // among the holders: its landing page counts one more holder.
+        let held = format!("python3[{parent}] +1");
+        await_that(
+            "the agent to count the child as a holder",
+            20,
+            || {
+                common::http_get(bw.addr, "/", &[])
+                    .is_ok_and(|(_, _, body)| String::from_utf8_lossy(&body).contains(&held))
+            },
+            || String::new(),
+        );
         await_that(
             "the state file to name the main holder",
             20,
@@ -178,6 +203,15 @@ fn forking_server_parent_killed_child_keeps_the_socket() {
         assert!(
             !real_ok && err.contains("Address already in use"),
             "the real restart: {status:?} {err}"
+        );
+        note(
+            "ForkingTCPServer parent kill -9, child serving a client",
+            &format!(
+                "check --restart exit {bare} without memory, {with_memory} with the agent's state file; rebind_blocked {:?}",
+                blocked(&m, PORT)
+            ),
+            real_ok,
+            err.lines().last().unwrap_or(""),
         );
         assert!(
             bare == 1 || bare == 3,
@@ -246,6 +280,12 @@ fn a_listener_that_just_crashed_is_judged_from_the_agents_memory() {
         pids.add(again.id() as i32);
         let (status, real_err) = daemons::exit_of(again, 3);
         let real_ok = status.is_none();
+        note(
+            "listener without SO_REUSEADDR crashed, server-side TIME_WAITs",
+            &format!("check --restart --state.file exit {code}"),
+            real_ok,
+            real_err.lines().last().unwrap_or("it bound"),
+        );
         assert_ne!(code, 2, "the remembered listener is judged: {out}{err}");
         assert!(out.contains("gone now"), "{out}");
         if code != 3 {
@@ -327,6 +367,12 @@ fn a_units_cgroup_is_stopped_whole_and_a_holder_outside_it_blocks() {
             "the real restart: {}",
             String::from_utf8_lossy(&again.stderr)
         );
+        note(
+            "nginx in a unit's cgroup: stop the cgroup, start",
+            &format!("check --restart exit {code}"),
+            real_ok,
+            "nginx started",
+        );
         assert_eq!(code, expected(real_ok), "in the unit: {text}{err}");
         assert!(text.contains("(web.service)"), "names the unit: {text}");
         let (master, workers) = daemons::nginx_pids(&conf, PORT, 2);
@@ -349,6 +395,15 @@ fn a_units_cgroup_is_stopped_whole_and_a_holder_outside_it_blocks() {
             pids.add(m);
             w.iter().for_each(|w| pids.add(*w));
         }
+        note(
+            "nginx in a unit, one worker moved out of the cgroup",
+            &format!("check --restart exit {code}"),
+            real_ok,
+            String::from_utf8_lossy(&again.stderr)
+                .lines()
+                .last()
+                .unwrap_or(""),
+        );
         assert!(
             !real_ok,
             "the real restart fails while the moved worker holds the socket"

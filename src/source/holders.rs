@@ -29,7 +29,7 @@ use crate::model::{Holder, Holders};
 
 /// How long the holders found by a complete scan are trusted without a new scan
 /// (each one is still re-checked at every call).
-pub const HOLDERS_TTL: Duration = Duration::from_secs(60);
+pub const HOLDERS_TTL: Duration = Duration::from_secs(300);
 
 /// One fd of one process that refers to the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,9 @@ pub struct HolderScanner {
     /// refused belongs to a process hidden on purpose (a hardened init, an LSM
     /// rule), which is taken to hold none of the sockets (see the module docs).
     refusal_unknown: bool,
+    /// Pids the last complete scan (or sweep) covered: a process not among them is
+    /// new, and if its parent holds a socket it may have inherited it.
+    seen: HashSet<u32>,
 }
 
 /// Whether this process has CAP_SYS_PTRACE in its effective set.
@@ -157,6 +160,7 @@ impl HolderScanner {
             slice,
             own_pid: std::process::id(),
             refusal_unknown: !can_ptrace(),
+            seen: HashSet::new(),
         }
     }
 
@@ -224,6 +228,9 @@ impl HolderScanner {
                 }
             }
         }
+        if rescan.is_empty() && self.scan.is_none() {
+            self.sweep_new_children(&mut fds);
+        }
         let mut by_pid: HashMap<u32, Option<Holder>> = HashMap::new();
         fds.into_iter()
             .map(|(inode, (list, complete))| {
@@ -250,6 +257,67 @@ impl HolderScanner {
             .collect()
     }
 
+    /// Between full scans, a fork is the usual way a new holder appears (a forking
+    /// server's child, a new worker): each process started since the last look
+    /// whose parent holds (or descends from a holder of) a socket gets its fds read.
+    fn sweep_new_children(&mut self, fds: &mut HashMap<u64, (Vec<FdAt>, bool)>) {
+        if self.seen.is_empty() {
+            return;
+        }
+        let Ok(dir) = fs::read_dir(&self.procfs) else {
+            return;
+        };
+        let now: HashSet<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect();
+        let mut new: Vec<u32> = now.difference(&self.seen).copied().collect();
+        new.sort_unstable();
+        let mut parents: HashSet<u32> = fds
+            .values()
+            .flat_map(|(l, _)| l.iter().map(|f| f.pid))
+            .collect();
+        for pid in new {
+            if pid == self.own_pid {
+                continue;
+            }
+            let dir = self.procfs.join(pid.to_string());
+            let Some((_, ppid, _, _, start)) = proc_file(&dir, "stat").and_then(|t| parse_stat(&t))
+            else {
+                continue;
+            };
+            if !parents.contains(&ppid) {
+                continue;
+            }
+            parents.insert(pid);
+            let Ok(entries) = fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Some(inode) = fs::read_link(e.path())
+                    .ok()
+                    .as_deref()
+                    .and_then(socket_inode)
+                else {
+                    continue;
+                };
+                let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if let Some((list, _)) = fds.get_mut(&inode) {
+                    let f = FdAt { pid, fd, start };
+                    if !list.contains(&f) {
+                        list.push(f);
+                        if let Some(k) = self.known.get_mut(&inode) {
+                            k.fds.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        self.seen = now;
+    }
+
     /// Runs (or resumes) a scan for `wanted` (a new target restarts it); the
     /// finished scan when it reached its end.
     fn scan_for(&mut self, wanted: &HashSet<u64>, live: &HashSet<u64>) -> Option<Scan> {
@@ -268,6 +336,7 @@ impl HolderScanner {
                 .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
                 .collect();
             pids.sort_unstable();
+            self.seen = pids.iter().copied().collect();
             self.scan = Some(Scan {
                 pids,
                 current: None,
