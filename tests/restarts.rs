@@ -171,7 +171,7 @@ fn forking_server_parent_killed_child_keeps_the_socket() {
                 common::http_get(bw.addr, "/", &[])
                     .is_ok_and(|(_, _, body)| String::from_utf8_lossy(&body).contains(&held))
             },
-            || String::new(),
+            String::new,
         );
         await_that(
             "the state file to name the main holder",
