@@ -22,10 +22,15 @@
 //!
 //! Every holder outside that set keeps the socket open and **blocks** the restart
 //! ([`Survival::Survivors`]): workers orphaned by a dead master, a child moved to
-//! another cgroup, a process that received the fd over a unix socket. So do all
-//! holders when the main holder this socket was remembered with died and the
-//! socket lives on. Two or more holders none of which is anchored (orphans of one
-//! dead parent) block too: whichever the restart stops, another keeps the socket.
+//! another cgroup, a process that received the fd over a unix socket. Outside a
+//! unit, so do all holders when the main holder this socket was remembered with
+//! died and the socket lives on (orphaned workers, a forking server's child),
+//! unless one anchored process holds it alone with its descendants (a successor
+//! that was handed the socket: it is the main holder now); one re-parented
+//! process with children of its own is undecided (a binary upgrade's new master,
+//! or a subtree left behind). Two or more holders none of which is anchored
+//! (orphans of one dead parent) block too: whichever the restart stops, another
+//! keeps the socket.
 //!
 //! The answer is **cannot tell** ([`Survival::Undecided`]) where it hangs on what
 //! user space cannot see: a live main holder outside any unit whose children hold
@@ -111,18 +116,6 @@ pub fn holding(holders: &Holders, remembered_main: Option<MainId>) -> Holding {
         };
         return out;
     }
-    if let Some((pid, start)) = remembered_main {
-        if !list.iter().any(|h| h.pid == pid && h.start_time == start) {
-            out.survival = Survival::Survivors {
-                why: format!(
-                    "the listening socket stays open in {} (its main holder, pid {pid}, died)",
-                    names(&list)
-                ),
-                holders: list,
-            };
-            return out;
-        }
-    }
     let pids: HashSet<u32> = list.iter().map(|h| h.pid).collect();
     let roots: Vec<&Holder> = list.iter().filter(|h| !pids.contains(&h.ppid)).collect();
     let remembered = remembered_main.and_then(|(pid, start)| {
@@ -131,6 +124,42 @@ pub fn holding(holders: &Holders, remembered_main: Option<MainId>) -> Holding {
             .find(|h| h.pid == pid && h.start_time == start)
             .copied()
     });
+    let main_died = remembered_main
+        .is_some_and(|(pid, start)| !list.iter().any(|h| h.pid == pid && h.start_time == start));
+    let in_unit = roots.iter().any(|h| h.unit_cgroup.is_some());
+    // The main holder this socket was seen with died and the socket lives on:
+    // outside a unit (which a restart stops whole, whoever in it died) the rest
+    // survive the restart, unless one of them was started to take over.
+    if let (true, false, Some((dead, _))) = (main_died, in_unit, remembered_main) {
+        match roots.as_slice() {
+            // Started by a live parent or leading its own session: a successor
+            // that was handed the socket; judged as the main holder below.
+            [one] if anchored(one) => {}
+            [one] if list.len() > 1 => {
+                out.survival = Survival::Undecided {
+                    why: format!(
+                        "the main holder (pid {dead}) died; {} pid {} holds the listening socket \
+                         with its children, re-parented: if it is the daemon's successor (a binary \
+                         upgrade), a restart stops it and would succeed; if it was left behind, it \
+                         keeps the socket and the restart would FAIL",
+                        one.process, one.pid
+                    ),
+                    holders: list.clone(),
+                };
+                return out;
+            }
+            _ => {
+                out.survival = Survival::Survivors {
+                    why: format!(
+                        "the listening socket stays open in {} (its main holder, pid {dead}, died)",
+                        names(&list)
+                    ),
+                    holders: list,
+                };
+                return out;
+            }
+        }
+    }
     let main = remembered
         .or_else(|| roots.iter().find(|h| h.unit_cgroup.is_some()).copied())
         .or_else(|| roots.iter().find(|h| anchored(h)).copied());
@@ -406,6 +435,27 @@ mod tests {
                 "survivors:11",
             ),
             (
+                "a successor master with its worker, the old master remembered",
+                all(vec![h(20, 1, 10, 10, 7, None), h(21, 20, 10, 10, 8, None)]),
+                Some((10, 5)),
+                "undecided:20,21",
+            ),
+            (
+                "a successor started by a live parent, the old master remembered",
+                all(vec![h(20, 9, 9, 9, 7, None)]),
+                Some((10, 5)),
+                "closed",
+            ),
+            (
+                "unit: the remembered master died, workers still in the unit",
+                all(vec![
+                    h(11, 1, 10, 10, 6, Some("/s.slice/web.service")),
+                    h(12, 1, 10, 10, 6, Some("/s.slice/web.service")),
+                ]),
+                Some((10, 5)),
+                "closed",
+            ),
+            (
                 "remembered main alive",
                 all(vec![h(10, 9, 9, 9, 5, None)]),
                 Some((10, 5)),
@@ -413,7 +463,7 @@ mod tests {
             ),
             (
                 "a reused pid is not the remembered main",
-                all(vec![h(10, 9, 9, 9, 7, None)]),
+                all(vec![h(10, 1, 8, 8, 7, None)]),
                 Some((10, 5)),
                 "survivors:10",
             ),

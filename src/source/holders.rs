@@ -46,6 +46,8 @@ struct Known {
     at: Instant,
     /// No fd table was refused.
     complete: bool,
+    /// The round it was last asked for in.
+    used: u64,
 }
 
 /// A scan in progress (resumed at the next call when it ran out of time).
@@ -134,6 +136,8 @@ pub struct HolderScanner {
     /// Pids the last complete scan (or sweep) covered: a process not among them is
     /// new, and if its parent holds a socket it may have inherited it.
     seen: HashSet<u32>,
+    /// One round is one poll of every namespace (the owner resolver's rounds).
+    round: u64,
 }
 
 /// Whether this process has CAP_SYS_PTRACE in its effective set.
@@ -161,7 +165,16 @@ impl HolderScanner {
             own_pid: std::process::id(),
             refusal_unknown: !can_ptrace(),
             seen: HashSet::new(),
+            round: 0,
         }
+    }
+
+    /// Starts a new round: forgets the sockets no call of the last round asked for
+    /// (namespaces share one scanner, each asks for its own sockets).
+    pub fn next_round(&mut self) {
+        let last = self.round;
+        self.known.retain(|_, k| k.used >= last);
+        self.round += 1;
     }
 
     fn start_of(&self, pid: u32) -> Option<u64> {
@@ -208,23 +221,30 @@ impl HolderScanner {
                 }
             }
         }
-        self.known.retain(|i, _| inodes.contains(i));
+        let round = self.round;
+        for i in inodes {
+            if let Some(k) = self.known.get_mut(i) {
+                k.used = round;
+            }
+        }
         if !rescan.is_empty() || self.scan.is_some() {
-            if let Some(done) = self.scan_for(&rescan, inodes) {
+            if let Some(done) = self.scan_for(&rescan) {
                 let now = Instant::now();
+                // Every target of the scan is known now, also those another
+                // namespace asked for.
                 for (inode, found) in done.found {
-                    if !inodes.contains(&inode) {
-                        continue;
-                    }
                     self.known.insert(
                         inode,
                         Known {
                             fds: found.clone(),
                             at: now,
                             complete: !done.refused,
+                            used: round,
                         },
                     );
-                    fds.insert(inode, (found, !done.refused));
+                    if inodes.contains(&inode) {
+                        fds.insert(inode, (found, !done.refused));
+                    }
                 }
             }
         }
@@ -320,15 +340,17 @@ impl HolderScanner {
 
     /// Runs (or resumes) a scan for `wanted` (a new target restarts it); the
     /// finished scan when it reached its end.
-    fn scan_for(&mut self, wanted: &HashSet<u64>, live: &HashSet<u64>) -> Option<Scan> {
+    fn scan_for(&mut self, wanted: &HashSet<u64>) -> Option<Scan> {
         let restart = match &self.scan {
             None => true,
             Some(s) => !wanted.is_subset(&s.targets),
         };
         if restart {
             let mut targets: HashSet<u64> = wanted.clone();
+            // A scan restarted for a new socket keeps looking for the old ones
+            // (another namespace's), so that alternating callers still finish one.
             if let Some(s) = &self.scan {
-                targets.extend(s.targets.iter().filter(|i| live.contains(i)));
+                targets.extend(s.targets.iter().copied());
             }
             let mut pids: Vec<u32> = fs::read_dir(&self.procfs)
                 .ok()?

@@ -256,6 +256,7 @@ impl OwnerResolver {
         self.not_found.retain(|_, r| *r >= last);
         self.owners.retain(|_, (_, _, r)| *r >= last);
         self.flags.retain(|_, (_, _, r)| *r >= last);
+        self.holder_scan.next_round();
         self.round += 1;
     }
 
