@@ -443,8 +443,13 @@ fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
         ),
         Some(l) => format!(
             "restart of {} listening on {} {}",
-            match c.holding.as_ref().and_then(|h| h.main.as_ref()) {
-                Some(m) => format!("{} (pid {}, user {})", m.process, m.pid, m.user),
+            match c.holding.as_ref() {
+                Some(h) => match (&h.main, h.summary()) {
+                    (Some(m), _) => format!("{} (pid {}, user {})", m.process, m.pid, m.user),
+                    // No main holder: say who holds it, not one of them as "the daemon".
+                    (None, Some(held)) => format!("the service holding it ({held})"),
+                    (None, None) => owner_str(snap.owners.get(&l.inode)),
+                },
                 None => owner_str(snap.owners.get(&l.inode)),
             },
             o.protocol,

@@ -336,3 +336,35 @@ fn three_hundred_time_waits_stay_readable() {
         assert_eq!(all.lines().filter(|l| l.contains("time_wait")).count(), 300);
     });
 }
+
+/// `ports` shows one row per member of a SO_REUSEPORT group, each with its holder.
+#[test]
+fn ports_shows_each_reuseport_member() {
+    in_netns(|| {
+        use common::tcp_listener;
+        const PORT: u16 = 18096;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{PORT}").parse().expect("addr");
+        let _a = tcp_listener(addr, true, true, None).expect("first member");
+        let _b = tcp_listener(addr, true, true, None).expect("second member");
+        let (code, out, err) = bindwatch(&["ports", "--state.file", ""]);
+        assert_eq!(code, 0, "{err}");
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(&format!("127.0.0.1:{PORT} ")))
+            .collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        let me = format!("[{}] root", std::process::id());
+        assert!(rows.iter().all(|r| r.contains(&me)), "{out}");
+        let (_, json, _) = bindwatch(&["ports", "--json", "--state.file", ""]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let l = v["listeners"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["port"] == PORT))
+            .unwrap_or_else(|| panic!("{v:#}"));
+        assert_eq!(l["members"].as_array().map(Vec::len), Some(2), "{l:#}");
+        let listed = l["restart_blockers"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter(|b| b["blocks"] == "true").count());
+        assert_eq!(l["blockers"], listed, "the count equals its list: {l:#}");
+    });
+}

@@ -76,6 +76,11 @@ fn nginx_master_killed_workers_keep_the_socket() {
             seen.text
         );
 
+        // `ports` names the master as the holder, with its workers.
+        let (_, table, _) = bindwatch(&["ports", "--state.file", ""]);
+        let row = format!("nginx[{master}] root +2 workers");
+        assert!(table.contains(&row), "{row} in:\n{table}");
+
         // SAFETY: kill with the pid of the nginx master this test started.
         unsafe { libc::kill(master, libc::SIGKILL) };
         await_that(

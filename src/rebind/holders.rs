@@ -107,6 +107,10 @@ pub fn holding(holders: &Holders, remembered_main: Option<MainId>) -> Holding {
         complete: holders.complete,
         survival: Survival::Closed,
     };
+    if list.is_empty() && !holders.complete {
+        out.survival = incomplete();
+        return out;
+    }
     if list.is_empty() {
         out.survival = Survival::Undecided {
             holders: Vec::new(),
