@@ -28,7 +28,9 @@ impl Collector {
         for inode in inodes {
             let held = found.get(&inode).cloned().unwrap_or_default();
             let h = holders::holding(&held, self.mains.get(&inode).copied());
-            if let Some(m) = &h.main {
+            // Only a complete set names the main holder for good: a scan in
+            // progress may have found a worker before its master.
+            if let (Some(m), true) = (&h.main, h.complete) {
                 self.mains.entry(inode).or_insert((m.pid, m.start_time));
             }
             out.insert(inode, h);
