@@ -424,3 +424,66 @@ fn a_units_cgroup_is_stopped_whole_and_a_holder_outside_it_blocks() {
         );
     });
 }
+
+/// A live forking server outside any unit whose child serves a client: the restart
+/// succeeds only if the child exits with its parent, which user space cannot see.
+/// bindwatch answers "cannot tell" (3) and names both outcomes, never "would
+/// succeed"; the real restart (the parent stopped, the server started again)
+/// shows the failing outcome here.
+#[test]
+fn a_live_forking_server_outside_a_unit_cannot_be_told() {
+    in_netns(|| {
+        const PORT: u16 = 18085;
+        // SO_REUSEADDR on: the child's connection does not block a reusing socket,
+        // so only the listening socket's holders decide.
+        let script = daemons::FORKING_SERVER.replace(
+            "srv = socketserver.ForkingTCPServer(",
+            "socketserver.ForkingTCPServer.allow_reuse_address = True\nsrv = socketserver.ForkingTCPServer(",
+        );
+        let mut pids = Pids::default();
+        let mut server = daemons::python(&script, &[&PORT.to_string()]);
+        let parent = server.id() as i32;
+        pids.add(parent);
+        await_that(
+            "the server to listen",
+            15,
+            || daemons::accepts(PORT),
+            String::new,
+        );
+        let mut client = TcpStream::connect(("127.0.0.1", PORT)).expect("client");
+        client.write_all(b"x").expect("send");
+        await_that(
+            "one child serving the client",
+            15,
+            || daemons::children(parent).len() == 1,
+            || format!("{:?}", daemons::children(parent)),
+        );
+        let child = daemons::children(parent)[0];
+        pids.add(child);
+
+        let (code, out, err) = check_restart(PORT, "");
+        server.kill().expect("stop the parent");
+        server.wait().expect("reap");
+        let again = daemons::python(&script, &[&PORT.to_string()]);
+        pids.add(again.id() as i32);
+        let (status, real_err) = daemons::exit_of(again, 3);
+        let real_ok = status.is_none();
+        note(
+            "live ForkingTCPServer (SO_REUSEADDR) outside a unit, child serving",
+            &format!("check --restart exit {code}"),
+            real_ok,
+            real_err.lines().last().unwrap_or("it bound"),
+        );
+        assert_eq!(code, 3, "{out}{err}");
+        assert!(
+            out.contains("would succeed if") && out.contains("would FAIL"),
+            "both outcomes named: {out}"
+        );
+        assert!(
+            out.contains(&format!("pid {child}")),
+            "names the child: {out}"
+        );
+        assert!(!real_ok, "the child kept the socket: {real_err}");
+        drop(client);
+    });
+}
