@@ -273,6 +273,14 @@ fn a_restart_that_fails_is_a_hit_even_after_a_listener_between_polls() {
         assert!(failures(&m) >= 1.0, "the failure is counted: {}", m.text);
         assert!(outcome(&m, "hit") > base, "and scored a hit: {}", m.text);
         assert_eq!(outcome(&m, "miss"), outcome(&before, "miss"), "no miss");
+        // The failure says what was predicted, not "nothing (port not watched)".
+        let (_, _, body) = common::http_get(bw.addr, "/failures", &[]).expect("GET /failures");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("failures JSON");
+        let f = v["failures"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["port"] == PORT))
+            .unwrap_or_else(|| panic!("{v:#}"));
+        assert_eq!(f["verdict_before"], "blocked", "{f:#}");
     });
 }
 

@@ -348,7 +348,16 @@ impl Reader {
             }
         }
         log::enrich(&mut sockets, snapshot);
-        let Some(failure) = log::explain(&Observed {
+        // Scored first: on a port the agent kept no sockets of, the score's judgement
+        // (against the sockets that existed at the last walk) is the prediction.
+        let scored = match (e.call, snapshot) {
+            (Call::Bind, Some(snap)) => {
+                let after = captured.then_some(sockets.as_slice());
+                self.score(e, protocol, snap, &process, &ns.name, at, after)
+            }
+            _ => None,
+        };
+        let Some(mut failure) = log::explain(&Observed {
             event: e,
             protocol,
             at: SystemTime::now(),
@@ -359,17 +368,12 @@ impl Reader {
         }) else {
             return;
         };
+        failure.verdict_before = failure.verdict_before.or(scored);
         tracing::warn!(netns = %ns.name, "{}", log::log_line(&failure));
         self.events.with_log(|l| {
             l.count(label.as_deref(), e.call, protocol, e.port, errno, &process);
             l.push(failure);
         });
-        if e.call == Call::Bind {
-            if let Some(snap) = snapshot {
-                let after = captured.then_some(sockets.as_slice());
-                self.score(e, protocol, snap, &process, &ns.name, at, after);
-            }
-        }
     }
 
     /// Scores a bind against the verdict held before it; a miss is logged with
@@ -386,14 +390,11 @@ impl Reader {
         netns: &str,
         at: SystemTime,
         after: Option<&[Socket]>,
-    ) {
-        let Some(super::score::Scored {
+    ) -> Option<crate::model::Verdict> {
+        let super::score::Scored {
             outcome,
             judgement: j,
-        }) = super::score::score_bind(e, protocol, snap, at, after)
-        else {
-            return;
-        };
+        } = super::score::score_bind(e, protocol, snap, at, after)?;
         self.events.with_log(|l| l.predicted(outcome));
         if outcome == Outcome::Miss {
             tracing::warn!(
@@ -402,6 +403,7 @@ impl Reader {
                 log::miss_report(e, protocol, process, snap, &j)
             );
         }
+        Some(j.verdict)
     }
 
     fn may_capture(&mut self) -> bool {
