@@ -261,6 +261,10 @@ pub struct CheckOptions {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// List every blocking socket in the text report (it shows the first 20 by
+    /// default; --json always lists every one).
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

@@ -102,31 +102,6 @@ pub fn services(w: &WatchArgs) -> Result<Vec<Service>, CommandError> {
     }
 }
 
-fn watched_text(snap: &Snapshot, port: Option<(Protocol, u16)>) -> String {
-    let mut out = String::new();
-    let rows: Vec<_> = snap
-        .watched
-        .iter()
-        .filter(|w| port.is_none_or(|(p, n)| w.protocol == p && w.port == n))
-        .collect();
-    if rows.is_empty() {
-        return out;
-    }
-    let _ = writeln!(out, "\nwatched services:");
-    for w in rows {
-        let _ = writeln!(
-            out,
-            "  {:<16} {}/{:<5} {:<13} {}",
-            w.name,
-            w.protocol,
-            w.port,
-            w.status.as_str(),
-            w.detail
-        );
-    }
-    out
-}
-
 pub fn exit_code(v: Verdict) -> i32 {
     match v {
         Verdict::Clear => EXIT_CLEAR,
@@ -215,6 +190,10 @@ pub struct Checked {
     pub candidate: Candidate,
     pub listener: Option<Socket>,
     pub judgement: Judgement,
+    /// Who holds the listener and what a restart leaves of them (restart mode).
+    pub holding: Option<crate::model::Holding>,
+    /// The listener is gone: it was judged as the agent remembered it.
+    pub remembered: bool,
 }
 
 /// The outcome of `check`.
@@ -241,16 +220,43 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
     let mut checked = Vec::new();
     if a.restart {
         let mut seen = BTreeSet::new();
+        // A listening socket stays open where a holder outlives the restart.
+        let stays = |s: &Socket| {
+            snap.holdings
+                .get(&s.inode)
+                .map_or(Tri::Unknown, rebind::holders::stays)
+        };
         for l in on_port.iter().filter(|s| s.is_listener()) {
             if !seen.insert(l.local) {
                 continue; // one verdict per endpoint (SO_REUSEPORT groups)
             }
-            let judgement = rebind::judge_restart(l, &on_port).own_flags;
+            let judgement = rebind::holders::judge_restart_held(l, &on_port, &stays).own_flags;
             checked.push(Checked {
                 candidate: rebind::restart_candidate(l, l.flags.reuseaddr == Tri::True),
                 listener: Some(l.clone()),
                 judgement,
+                holding: snap.holdings.get(&l.inode).cloned(),
+                remembered: false,
             });
+        }
+        // Right after a crash nothing listens, but the agent's memory (the state
+        // file) knows the listener that just vanished: judge its restart as the
+        // agent does, with its remembered flags.
+        if checked.is_empty() {
+            for r in snap.risks.iter().filter(|r| {
+                r.gone && r.endpoint.protocol == a.protocol && r.endpoint.port == a.port()
+            }) {
+                checked.push(Checked {
+                    candidate: rebind::restart_candidate(
+                        &r.listener,
+                        r.listener.flags.reuseaddr == Tri::True,
+                    ),
+                    listener: Some(r.listener.clone()),
+                    judgement: r.restart.clone(),
+                    holding: None,
+                    remembered: true,
+                });
+            }
         }
         if checked.is_empty() {
             return Err(CommandError::NoListener(a.protocol, a.port()));
@@ -279,6 +285,8 @@ pub fn judge_snapshot(a: &SocketArgs, snap: &Snapshot) -> Result<CheckOutcome, C
             candidate,
             listener: None,
             judgement,
+            holding: None,
+            remembered: false,
         });
     }
     let verdict = Verdict::worst(checked.iter().map(|c| c.judgement.verdict));
@@ -373,15 +381,18 @@ pub fn check_json(o: &CheckOutcome, snap: &Snapshot) -> serde_json::Value {
             "uid": c.candidate.uid,
             "ifindex": c.candidate.ifindex,
             "listener_owner": c.listener.as_ref().and_then(|l| snap.owners.get(&l.inode)),
+            "listener_gone": c.remembered,
+            "holding": c.holding.as_ref().map(crate::report::holding_json),
             "verdict": c.judgement.verdict,
             "clear_seconds": c.judgement.clear_seconds(),
-            "blockers": c.judgement.findings.iter().map(|f| blocker_json(f, snap)).collect::<Vec<_>>(),
+            "blockers_total": c.judgement.findings.len(),
+            "blockers": crate::report::by_time_left(&c.judgement.findings).into_iter().map(|f| blocker_json(f, snap)).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
 
 /// The text report of `check`.
-pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
+pub fn check_text(o: &CheckOutcome, snap: &Snapshot, all: bool) -> String {
     let mut out = String::new();
     for c in &o.checked {
         let _ = writeln!(
@@ -390,12 +401,28 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
             checked_what(o, c, snap),
             verdict_text(&c.judgement)
         );
-        for f in &c.judgement.findings {
-            finding_text(&mut out, f, snap);
+        if let Some(h) = &c.holding {
+            crate::report::holding_text(&mut out, h);
+        }
+        let sorted = crate::report::by_time_left(&c.judgement.findings);
+        let shown = crate::report::shown(sorted.len(), all);
+        let mut last_why = String::new();
+        for f in &sorted[..shown] {
+            finding_text(&mut out, f, snap, &mut last_why);
+        }
+        if sorted.len() > shown {
+            out.push_str(&crate::report::more_line(sorted.len() - shown));
         }
     }
-    out.push_str(&watched_text(snap, Some((o.protocol, o.port))));
-    if o.verdict == Verdict::Unknown {
+    out.push_str(&crate::report::watched_text(
+        snap,
+        Some((o.protocol, o.port)),
+    ));
+    let flags_decide = o.checked.iter().any(|c| {
+        c.judgement.verdict == Verdict::Unknown
+            && !crate::report::holders_decide(&c.judgement.findings)
+    });
+    if flags_decide {
         out.push_str(
             "hint: flags of sockets without a file (TIME_WAIT, orphans) cannot be read; the serving agent \
              remembers the flags of listeners that are gone. Run as root (CAP_SYS_PTRACE) to read live sockets' flags.\n",
@@ -407,9 +434,24 @@ pub fn check_text(o: &CheckOutcome, snap: &Snapshot) -> String {
 /// What was judged: the restart of a listener, or a bind with the given flags.
 pub fn checked_what(o: &CheckOutcome, c: &Checked, snap: &Snapshot) -> String {
     match &c.listener {
+        Some(l) if c.remembered => format!(
+            "restart of the listener that was on {} {} (gone now; judged with its remembered flags: SO_REUSEADDR {}, SO_REUSEPORT {})",
+            o.protocol,
+            endpoint_str(l.local.ip(), l.local.port()),
+            l.flags.reuseaddr.as_str(),
+            l.flags.reuseport.as_str(),
+        ),
         Some(l) => format!(
             "restart of {} listening on {} {}",
-            owner_str(snap.owners.get(&l.inode)),
+            match c.holding.as_ref() {
+                Some(h) => match (&h.main, h.summary()) {
+                    (Some(m), _) => format!("{} (pid {}, user {})", m.process, m.pid, m.user),
+                    // No main holder: say who holds it, not one of them as "the daemon".
+                    (None, Some(held)) => format!("the service holding it ({held})"),
+                    (None, None) => owner_str(snap.owners.get(&l.inode)),
+                },
+                None => owner_str(snap.owners.get(&l.inode)),
+            },
             o.protocol,
             endpoint_str(l.local.ip(), l.local.port())
         ),
@@ -440,6 +482,10 @@ pub fn verdict_text(j: &Judgement) -> String {
             }
             _ => "would FAIL with EADDRINUSE".to_string(),
         },
+        Verdict::Unknown if crate::report::holders_decide(&j.findings) => {
+            "CANNOT TELL: it depends on whether the listening socket's holders outlive the restart"
+                .to_string()
+        }
         Verdict::Unknown => {
             "CANNOT TELL: a deciding flag of an existing socket is unknown".to_string()
         }
@@ -447,7 +493,9 @@ pub fn verdict_text(j: &Judgement) -> String {
 }
 
 /// One existing socket that blocks (or may block): its lines of the report.
-fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
+/// The `why` line is printed only where it differs from the line before (hundreds
+/// of TIME_WAITs share one).
+fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot, last_why: &mut String) {
     let timer = match f.socket.expires_ms {
         Some(ms) if f.socket.state.is_expiring() => {
             format!(", {:.1} s left", ms as f64 / 1000.0)
@@ -465,19 +513,25 @@ fn finding_text(out: &mut String, f: &Finding, snap: &Snapshot) {
         f.socket.state_label(),
         endpoint_str(f.socket.local.ip(), f.socket.local.port()),
         endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
-        owner_str(snap.owners.get(&f.socket.inode)),
+        match snap.holdings.get(&f.socket.inode).and_then(|h| h.summary()) {
+            Some(held) => format!("held by {held}"),
+            None => owner_str(snap.owners.get(&f.socket.inode)),
+        },
         timer,
     );
     // The blocker's own flags, as read (bpf reads them for every socket).
-    let _ = writeln!(
-        out,
-        "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})",
+    let mut why = format!(
+        "          why: {} (this socket: SO_REUSEADDR {}, SO_REUSEPORT {})\n",
         f.rule.describe(),
         f.socket.flags.reuseaddr.as_str(),
         f.socket.flags.reuseport.as_str()
     );
     if !f.undecided_by.is_empty() {
-        let _ = writeln!(out, "          unknown: {}", f.undecided_by.join(", "));
+        let _ = writeln!(why, "          unknown: {}", f.undecided_by.join(", "));
+    }
+    if why != *last_why {
+        out.push_str(&why);
+        *last_why = why;
     }
 }
 
@@ -489,7 +543,7 @@ pub fn check(a: &SocketArgs) -> i32 {
             if a.json {
                 println!("{}", check_json(&o, &snap));
             } else {
-                print!("{}", check_text(&o, &snap));
+                print!("{}", check_text(&o, &snap, a.all));
             }
             exit_code(o.verdict)
         }
@@ -521,12 +575,12 @@ pub fn wait(a: &WaitArgs) -> i32 {
                     if a.socket.json {
                         println!("{}", check_json(&o, &snap));
                     } else {
-                        print!("{}", check_text(&o, &snap));
+                        print!("{}", check_text(&o, &snap, a.socket.all));
                     }
                     return EXIT_CLEAR;
                 }
                 if last != Some(o.verdict) || time_left().is_some_and(|left| left <= a.interval) {
-                    eprint!("{}", check_text(&o, &snap));
+                    eprint!("{}", check_text(&o, &snap, a.socket.all));
                 }
                 last = Some(o.verdict);
             }
@@ -578,97 +632,4 @@ pub fn ports(a: &PortsArgs) -> i32 {
     0
 }
 
-pub fn ports_json(snap: &Snapshot) -> serde_json::Value {
-    json!({
-        "source": snap.source,
-        "capabilities": { "owners": snap.capabilities.owners, "socket_flags": snap.capabilities.socket_flags },
-        "watched": snap.watched,
-        "ephemeral_buckets": snap.ephemeral_top.iter().map(|((src, dst, dport), n)| json!({
-            "source": src.to_string(), "destination": endpoint_str(*dst, *dport), "ports": n,
-            "ratio": f64::from(*n) / f64::from(snap.allocation.size().max(1)),
-        })).collect::<Vec<_>>(),
-        "listeners": snap.risks.iter().filter(|r| !r.gone).map(|r| {
-            let j = &r.restart;
-            json!({
-                "protocol": r.endpoint.protocol,
-                "family": r.listener.family(),
-                "address": r.endpoint.address.to_string(),
-                "port": r.endpoint.port,
-                "owner": r.owner,
-                "reuseaddr": r.listener.flags.reuseaddr,
-                "reuseport": r.listener.flags.reuseport,
-                "v6only": r.listener.v6only,
-                "in_ephemeral_range": snap.allocation.is_ephemeral(r.endpoint.port),
-                "blockers": j.blocking_count(),
-                // `verdict` is what `check PORT --restart` answers (the listener's own
-                // SO_REUSEADDR); the other two are the new socket without / with it.
-                "restart": { "verdict": r.restart.verdict, "without_reuseaddr": r.without_reuseaddr.verdict, "with_reuseaddr": r.with_reuseaddr.verdict },
-                // What a restart without SO_REUSEADDR would meet, with each socket's flags.
-                "restart_blockers": r.without_reuseaddr.findings.iter().map(|f| json!({
-                    "state": f.socket.state_label(),
-                    "local": endpoint_str(f.socket.local.ip(), f.socket.local.port()),
-                    "remote": endpoint_str(f.socket.remote.ip(), f.socket.remote.port()),
-                    "blocks": f.blocks,
-                    "reuseaddr": f.socket.flags.reuseaddr,
-                    "reuseport": f.socket.flags.reuseport,
-                })).collect::<Vec<_>>(),
-                "clear_seconds": j.clear_seconds(),
-            })
-        }).collect::<Vec<_>>(),
-    })
-}
-
-pub fn ports_text(snap: &Snapshot) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<8} {:<8} {:<8} NOTE",
-        "PROTO",
-        "ADDRESS",
-        "PROCESS",
-        "USER",
-        "REUSEADDR",
-        "REUSEPORT",
-        "BLOCKERS",
-        "RESTART",
-        "-REUSE",
-        "+REUSE",
-    );
-    for r in snap.risks.iter().filter(|r| !r.gone) {
-        let (proc_, user) = match &r.owner {
-            Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
-            None => ("unknown".into(), "unknown".into()),
-        };
-        let j = &r.restart;
-        let mut note = Vec::new();
-        if let Some(s) = j.clear_seconds() {
-            note.push(format!("clears in {s:.0} s"));
-        }
-        if snap.allocation.is_ephemeral(r.endpoint.port) {
-            note.push("port inside ip_local_port_range".to_string());
-        }
-        let _ = writeln!(
-            out,
-            "{:<5} {:<28} {:<24} {:<10} {:<9} {:<9} {:>8}  {:<8} {:<8} {:<8} {}",
-            r.endpoint.protocol.as_str(),
-            endpoint_str(r.endpoint.address, r.endpoint.port),
-            proc_,
-            user,
-            r.listener.flags.reuseaddr.as_str(),
-            r.listener.flags.reuseport.as_str(),
-            j.blocking_count(),
-            r.restart.verdict.as_str(),
-            r.without_reuseaddr.verdict.as_str(),
-            r.with_reuseaddr.verdict.as_str(),
-            note.join("; "),
-        );
-    }
-    if !snap.risks.is_empty() {
-        out.push_str("RESTART: a restart with the daemon's own SO_REUSEADDR (what `check PORT --restart` answers); -REUSE / +REUSE: a new socket without / with SO_REUSEADDR\n");
-    }
-    out.push_str(&watched_text(snap, None));
-    if !snap.capabilities.owners || !snap.capabilities.socket_flags {
-        out.push_str("note: some owners or flags are unknown: run as root (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)\n");
-    }
-    out
-}
+pub use crate::report::{ports_json, ports_text};

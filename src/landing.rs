@@ -80,9 +80,18 @@ fn listeners_table(out: &mut String, netns: Option<&str>, s: &Snapshot) {
     let mut rows = 0;
     for r in s.risks.iter().filter(|r| !r.gone) {
         rows += 1;
-        let (process, user) = match &r.owner {
-            Some(o) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
-            None => ("unknown".to_string(), "unknown".to_string()),
+        // The main holder (else the first), and how many more hold the socket.
+        let held = &r.holding;
+        let (process, user) = match (held.main.as_ref().or(held.holders.first()), &r.owner) {
+            (Some(h), _) => {
+                let more = match held.holders.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" +{}", n - 1),
+                };
+                (format!("{}[{}]{more}", h.process, h.pid), h.user.clone())
+            }
+            (None, Some(o)) => (format!("{}[{}]", o.process, o.pid), o.user.clone()),
+            (None, None) => ("unknown".to_string(), "unknown".to_string()),
         };
         // What `check PORT --restart` answers: a restart with the daemon's own flags.
         let j = &r.restart;

@@ -51,6 +51,8 @@
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
 //! - `yaml` (private): the YAML tree with line numbers both config files are read into,
 //!   and the one set of checking helpers both validate with (`Problem`, `ConfigError`).
+//! - [`report`]: pieces of the one-shot commands' output: holders of a listening
+//!   socket and what a restart leaves of them, blockers sorted and capped, `ports`.
 //! - [`commands`]: the one-shot commands `check`, `wait`, `ports`, and seeding a
 //!   collector with the state file's listener memory (also for [`serve`]).
 //! - [`clear`]: `bindwatch clear` and `wait --clear-after`: of what blocks a bind,
@@ -86,6 +88,7 @@ pub mod netns;
 pub mod poller;
 pub mod publish;
 pub mod rebind;
+pub mod report;
 pub mod serve;
 pub mod server;
 pub mod source;

@@ -14,6 +14,7 @@ use serde::Serialize;
 pub use crate::model::{Finding, Judgement, Rule, Verdict};
 use crate::model::{Protocol, Socket, State, Tri};
 
+pub mod holders;
 pub mod memory;
 
 /// The new socket whose bind we predict.

@@ -50,6 +50,11 @@ pub struct Entry {
     /// listening (sorted, capped): their leftovers are provably its children's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<u64>,
+    /// The main holder first named for the live listening socket: pid and start
+    /// time (`/proc/PID/stat` field 22). A restart judged later sees whether it
+    /// died while other holders keep the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_holder: Option<(u32, u64)>,
 }
 
 /// Who wrote the file, to tell whether it is still being refreshed.
@@ -196,6 +201,7 @@ impl Entry {
             first_seen: None,
             gone_at: None,
             children: Vec::new(),
+            main_holder: None,
         }
     }
 

@@ -146,6 +146,7 @@ fn snapshot() -> Snapshot {
             listener: l.clone(),
             owner: s.owners.get(&l.inode).cloned(),
             gone: false,
+            holding: Default::default(),
             without_reuseaddr: r.without_reuseaddr,
             with_reuseaddr: r.with_reuseaddr,
             restart: r.own_flags,

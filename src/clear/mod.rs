@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{ClearArgs, ClearTarget, SocketArgs, WaitArgs};
 use crate::collect::Collector;
-use crate::commands::{self, CheckOutcome, Checked, CommandError, EXIT_ERROR};
-use crate::model::{Owner, Snapshot, Socket, State, Tri, Verdict};
+use crate::commands::{self, CheckOutcome, CommandError, EXIT_ERROR};
+use crate::model::{Owner, Snapshot, Socket, State, Verdict};
 use crate::rebind;
 use crate::source::destroy::{DestroyError, Destroyed, Destroyer};
 use crate::source::holders;
@@ -96,20 +96,13 @@ pub fn facts(force: bool) -> Facts {
 
 /// Polls, judges as `check` does, and plans. `--restart` with no live listener on
 /// the port judges the restart of the listener the agent remembers there (its memory
-/// in `--state.file`), as a unit's `ExecStartPre=` runs before the daemon is back.
+/// in `--state.file`, as `check` does), as a unit's `ExecStartPre=` runs before the
+/// daemon is back.
 ///
 /// # Errors
 /// See [`CommandError`].
 pub fn judge(a: &SocketArgs, c: &mut Collector, facts: Facts) -> Result<Judged, CommandError> {
-    let (outcome, snap) = match commands::check_once(a, c) {
-        Err(CommandError::NoListener(p, n)) if a.restart => {
-            let services = commands::services(&a.watch)?;
-            let snap = c.poll(&services, &[(a.protocol, a.port())])?;
-            let o = remembered(a, &snap).ok_or(CommandError::NoListener(p, n))?;
-            (o, snap)
-        }
-        other => other?,
-    };
+    let (outcome, snap) = commands::check_once(a, c)?;
     let findings: Vec<&rebind::Finding> = outcome
         .checked
         .iter()
@@ -128,33 +121,6 @@ pub fn judge(a: &SocketArgs, c: &mut Collector, facts: Facts) -> Result<Judged, 
     })
 }
 
-/// The restart judgements of the listeners remembered on the port that are gone now.
-fn remembered(a: &SocketArgs, snap: &Snapshot) -> Option<CheckOutcome> {
-    let checked: Vec<Checked> = snap
-        .risks
-        .iter()
-        .filter(|r| r.gone && r.endpoint.protocol == a.protocol && r.endpoint.port == a.port())
-        .map(|r| Checked {
-            candidate: rebind::restart_candidate(
-                &r.listener,
-                r.listener.flags.reuseaddr == Tri::True,
-            ),
-            listener: Some(r.listener.clone()),
-            judgement: r.restart.clone(),
-        })
-        .collect();
-    if checked.is_empty() {
-        return None;
-    }
-    Some(CheckOutcome {
-        protocol: a.protocol,
-        port: a.port(),
-        restart: true,
-        verdict: Verdict::worst(checked.iter().map(|c| c.judgement.verdict)),
-        checked,
-    })
-}
-
 /// Every process holding each blocker that has a file: a full scan of the fd
 /// tables, since a forked worker holds its parent's sockets too; the snapshot's owner
 /// where the scan saw none.
@@ -168,15 +134,17 @@ fn holders_by_inode(
         .map(|f| f.socket.inode)
         .filter(|&i| i != 0)
         .collect();
-    let pids = holders::holders(&src.procfs, &inodes);
+    // A one-shot scan to the end (no time slice): every holder, not the first.
+    let found =
+        holders::HolderScanner::new(&src.procfs, None).holders(&inodes, &|uid| uid.to_string());
     let mut resolver = OwnerResolver::with_rootfs(&src.procfs, &src.rootfs);
     let mut out = HashMap::new();
     for inode in inodes {
-        let mut owners: Vec<Owner> = pids
+        let mut owners: Vec<Owner> = found
             .get(&inode)
             .into_iter()
-            .flatten()
-            .filter_map(|&pid| resolver.owner(pid))
+            .flat_map(|h| h.list.iter())
+            .filter_map(|h| resolver.owner(h.pid))
             .collect();
         if owners.is_empty() {
             owners.extend(snap.owners.get(&inode).cloned());
@@ -383,12 +351,18 @@ pub fn wait_then_clear(a: &WaitArgs) -> i32 {
             if a.socket.json {
                 println!("{}", commands::check_json(&j.outcome, &j.snap));
             } else {
-                print!("{}", commands::check_text(&j.outcome, &j.snap));
+                print!(
+                    "{}",
+                    commands::check_text(&j.outcome, &j.snap, a.socket.all)
+                );
             }
             return commands::EXIT_CLEAR;
         }
         if last != Some(j.verdict()) {
-            eprint!("{}", commands::check_text(&j.outcome, &j.snap));
+            eprint!(
+                "{}",
+                commands::check_text(&j.outcome, &j.snap, a.socket.all)
+            );
             last = Some(j.verdict());
         }
         let elapsed = start.elapsed();

@@ -50,6 +50,7 @@ impl Collector {
                     first_seen: Some(g.first_seen),
                     gone_at: g.gone_at,
                     last_seen: g.last_seen,
+                    main_holder: self.main_holder(g.listener.inode),
                     ..state::Entry::from_socket(&g.listener, r.owner.as_ref(), UNIX_EPOCH)
                 })
             })
@@ -64,6 +65,9 @@ impl Collector {
             let Some(socket) = e.to_socket() else {
                 continue;
             };
+            if let (Some(main), None) = (e.main_holder, e.gone_at) {
+                self.remember_main(e.inode, main);
+            }
             let owner = e.process.as_ref().map(|p| Owner {
                 pid: 0,
                 process: p.clone(),

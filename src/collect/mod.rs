@@ -29,6 +29,7 @@ use crate::state;
 
 mod fold;
 mod generations;
+mod holders;
 mod walk;
 
 use generations::{Confirmed, Remembered};
@@ -111,6 +112,8 @@ pub struct Collector {
     early_poll: bool,
     /// When the last poll read the table (Unix seconds).
     previous_poll: Option<f64>,
+    /// The main holder first named for each live listening socket (by inode).
+    mains: HashMap<u64, crate::rebind::holders::MainId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +199,7 @@ impl Collector {
             unexplained_total: 0,
             early_poll: false,
             previous_poll: None,
+            mains: HashMap::new(),
         })
     }
 
@@ -311,6 +315,7 @@ impl Collector {
         }
         // 5. Listeners (live), then remember them.
         let listeners = live_listeners(&port_sockets, &owner_of);
+        let holdings = self.holdings(&listeners);
         self.update_generations(&listeners, &port_sockets, fresh.at, walked, &confirmed);
         // 6. Leftovers get the flags memory may decide for them (rebind::memory).
         let known_listeners: Vec<Socket> = self
@@ -320,7 +325,7 @@ impl Collector {
             .collect();
         let by_port = self.inherit_leftovers(port_sockets, view.table_taken_at);
         // 7. Rebind risk per endpoint; the watched services.
-        let risks = self.risks(&listeners, &by_port);
+        let risks = self.risks(&listeners, &by_port, &holdings);
         let port_sockets = sorted_by_port(by_port);
         let watched = conflict::evaluate(
             services,
@@ -343,6 +348,7 @@ impl Collector {
             memory_unexplained_total: self.unexplained_total,
             ports: wanted,
             owners: owner_of,
+            holdings,
             watched,
             ephemeral_top: view.ephemeral_top,
             table_taken_at: view.table_taken_at,
@@ -467,7 +473,15 @@ impl Collector {
         &self,
         listeners: &[Listener],
         by_port: &FxHashMap<(Protocol, u16), Vec<Socket>>,
+        holdings: &HashMap<u64, crate::model::Holding>,
     ) -> Vec<EndpointRisk> {
+        // A live listening socket stays open after the restart while a holder
+        // outside what the restart stops has it (`rebind::holders`).
+        let stays = |s: &Socket| {
+            holdings
+                .get(&s.inode)
+                .map_or(crate::model::Tri::Unknown, rebind::holders::stays)
+        };
         let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
         let empty = Vec::new();
         self.memory
@@ -475,12 +489,18 @@ impl Collector {
             .filter_map(|(ep, r)| {
                 let listener = &r.newest()?.listener;
                 let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
-                let restart = rebind::judge_restart(listener, on_port);
+                let restart = rebind::holders::judge_restart_held(listener, on_port, &stays);
+                let gone = !live.contains(ep);
                 Some(EndpointRisk {
                     endpoint: *ep,
                     listener: listener.clone(),
                     owner: r.owner.clone(),
-                    gone: !live.contains(ep),
+                    gone,
+                    holding: if gone {
+                        crate::model::Holding::default()
+                    } else {
+                        holdings.get(&listener.inode).cloned().unwrap_or_default()
+                    },
                     without_reuseaddr: restart.without_reuseaddr,
                     with_reuseaddr: restart.with_reuseaddr,
                     restart: restart.own_flags,

@@ -175,8 +175,12 @@ fn blocker_lines(out: &mut String, f: &Value) {
             "false" => "off",
             _ => "unknown",
         };
+        let held = b["held_by"]
+            .as_str()
+            .map(|h| format!(" held by {h}"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "    {} {} -> {} owner {} SO_REUSEADDR {reuse}{timer}\n",
+            "    {} {} -> {} owner {}{held} SO_REUSEADDR {reuse}{timer}\n",
             str_of(b, "state"),
             str_of(b, "local"),
             str_of(b, "remote"),

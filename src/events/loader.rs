@@ -330,23 +330,44 @@ impl Reader {
             .map(|(_, s)| s.as_ref());
         let process = self.process_name(e);
         let Some(errno) = e.errno else {
-            // A successful bind on a port of interest: only the prediction is scored.
+            // A successful bind on a port of interest: only the prediction is scored,
+            // against the port's sockets as a dump right after it shows them.
             if let Some(snap) = snapshot {
-                self.score(e, protocol, snap, &process, &ns.name);
+                let at = SystemTime::now();
+                let after = if self.may_capture() {
+                    self.capture(&ns, protocol, e.port).ok()
+                } else {
+                    None
+                };
+                self.score(e, protocol, snap, &process, &ns.name, at, after.as_deref());
             }
             return;
         };
+        let at = SystemTime::now();
         let mut sockets = Vec::new();
+        let mut captured = false;
         if errno == Errno::Eaddrinuse && e.call != Call::Connect && self.may_capture() {
             match self.capture(&ns, protocol, e.port) {
-                Ok(s) => sockets = s,
+                Ok(s) => {
+                    sockets = s;
+                    captured = true;
+                }
                 Err(err) => {
                     tracing::debug!(netns = %ns.name, port = e.port, error = %err, "cannot capture the sockets of a failed bind")
                 }
             }
         }
         log::enrich(&mut sockets, snapshot);
-        let Some(failure) = log::explain(&Observed {
+        // Scored first: on a port the agent kept no sockets of, the score's judgement
+        // (against the sockets that existed at the last walk) is the prediction.
+        let scored = match (e.call, snapshot) {
+            (Call::Bind, Some(snap)) => {
+                let after = captured.then_some(sockets.as_slice());
+                self.score(e, protocol, snap, &process, &ns.name, at, after)
+            }
+            _ => None,
+        };
+        let Some(mut failure) = log::explain(&Observed {
             event: e,
             protocol,
             at: SystemTime::now(),
@@ -357,16 +378,12 @@ impl Reader {
         }) else {
             return;
         };
+        failure.verdict_before = failure.verdict_before.or(scored);
         tracing::warn!(netns = %ns.name, "{}", log::log_line(&failure));
         self.events.with_log(|l| {
             l.count(label.as_deref(), e.call, protocol, e.port, errno, &process);
             l.push(failure);
         });
-        if e.call == Call::Bind {
-            if let Some(snap) = snapshot {
-                self.score(e, protocol, snap, &process, &ns.name);
-            }
-        }
     }
 
     /// A failed unix bind: what was at the path (or name) a moment later, logged,
@@ -432,14 +449,23 @@ impl Reader {
 
     /// Scores a bind against the verdict held before it; a miss is logged with
     /// everything needed to report it.
-    fn score(&self, e: &Event, protocol: Protocol, snap: &Snapshot, process: &str, netns: &str) {
-        let Some(j) = log::judgement_before(e, protocol, snap) else {
-            return;
-        };
-        let only_bound = log::blockers_only_bound(&j);
-        let Some(outcome) = log::score(Some(j.verdict), e.errno, protocol, only_bound) else {
-            return;
-        };
+    /// `after`: the port's sockets dumped right after the call, when taken
+    /// (`events::score` says what hit, miss and undecided mean).
+    #[allow(clippy::too_many_arguments)]
+    fn score(
+        &self,
+        e: &Event,
+        protocol: Protocol,
+        snap: &Snapshot,
+        process: &str,
+        netns: &str,
+        at: SystemTime,
+        after: Option<&[Socket]>,
+    ) -> Option<crate::model::Verdict> {
+        let super::score::Scored {
+            outcome,
+            judgement: j,
+        } = super::score::score_bind(e, protocol, snap, at, after)?;
         self.events.with_log(|l| l.predicted(outcome));
         if outcome == Outcome::Miss {
             tracing::warn!(
@@ -448,6 +474,7 @@ impl Reader {
                 log::miss_report(e, protocol, process, snap, &j)
             );
         }
+        Some(j.verdict)
     }
 
     fn may_capture(&mut self) -> bool {

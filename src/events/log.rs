@@ -35,6 +35,9 @@ pub struct Blocker {
     pub remote: String,
     /// The process holding it (or, for a socket without a file, the listener it came from).
     pub owner: Option<String>,
+    /// Every process holding a blocking listener, as the agent's last poll saw them
+    /// (`nginx[20367] root +2 workers`); `None` where the poll kept no holders.
+    pub held_by: Option<String>,
     pub flags: FlagsOut,
     /// Seconds until it goes away on its own (TIME_WAIT, orphans).
     pub timer_seconds: Option<f64>,
@@ -312,6 +315,11 @@ pub fn explain(o: &Observed<'_>) -> Option<Failure> {
                 local: s.local.to_string(),
                 remote: s.remote.to_string(),
                 owner: owner_of(s, o.snapshot).map(|o| o.process.clone()),
+                held_by: o
+                    .snapshot
+                    .filter(|_| s.inode != 0)
+                    .and_then(|snap| snap.holdings.get(&s.inode))
+                    .and_then(crate::model::Holding::summary),
                 flags: FlagsOut {
                     reuseaddr: s.flags.reuseaddr,
                     reuseport: s.flags.reuseport,

@@ -16,6 +16,7 @@ pub mod client;
 pub mod decode;
 pub mod loader;
 pub mod log;
+pub mod score;
 pub mod unix;
 
 use std::sync::atomic::{AtomicBool, Ordering};

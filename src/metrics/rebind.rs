@@ -54,7 +54,7 @@ fn render_undecided(w: &mut Writer, s: &Snapshot, label_sets: &LabelSets) {
     w.family(
         "bindwatch_rebind_undecided",
         "gauge",
-        "1 when whether a restart would fail depends on a socket flag nobody could read (see bindwatch check).",
+        "1 when whether a restart would fail depends on a socket flag nobody could read, or on whether the listening socket's other holders outlive the restart (see bindwatch check).",
     );
     for (r, (addr, port)) in s.risks.iter().zip(label_sets) {
         for (reuse, j) in [("false", &r.without_reuseaddr), ("true", &r.with_reuseaddr)] {

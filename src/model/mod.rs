@@ -8,12 +8,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::Serialize;
 
 mod events;
+mod holders;
 mod host;
 mod unix;
 mod verdict;
 mod watch;
 
 pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
+pub use holders::{Holder, Holders, Holding, Survival};
 pub use host::{Capabilities, Denied, PortAllocation};
 pub use unix::{
     UnixName, UnixService, UnixServiceStatus, UnixSocket, UnixState, UnixType, UnixView, VfsId,
@@ -380,6 +382,9 @@ pub struct EndpointRisk {
     pub owner: Option<Owner>,
     /// True when no process listens there any more.
     pub gone: bool,
+    /// Who holds the listener and what a restart leaves of them (empty and
+    /// `Closed` for a listener that is gone).
+    pub holding: Holding,
     /// A restart with a new socket without SO_REUSEADDR.
     pub without_reuseaddr: Judgement,
     /// The same with SO_REUSEADDR.
@@ -412,6 +417,9 @@ pub struct Snapshot {
     pub ports: std::collections::BTreeSet<(Protocol, u16)>,
     /// Owners of the sockets that were attributed, by inode (pids stay out of metrics).
     pub owners: std::collections::HashMap<u64, Owner>,
+    /// Every holder of each live listening socket and what a restart leaves of
+    /// them, by inode.
+    pub holdings: std::collections::HashMap<u64, Holding>,
     /// Status of each watched service (`--config.file`).
     pub watched: Vec<ServiceStatus>,
     /// The fullest ephemeral-port buckets, fullest first.
@@ -443,6 +451,7 @@ impl Snapshot {
             memory_unexplained_total: 0,
             ports: std::collections::BTreeSet::new(),
             owners: std::collections::HashMap::new(),
+            holdings: std::collections::HashMap::new(),
             watched: Vec::new(),
             ephemeral_top: Vec::new(),
             bindv6only: false,

@@ -1,59 +1,511 @@
-//! Every process that holds a socket open. The owner scan ([`super::owners`]) stops at
-//! the first fd it finds for an inode, which is all a metric needs; telling an operator
-//! what to stop needs them all (a forked worker keeps its parent's sockets).
+//! Every process that has a listening socket open: pid, parent, process group and
+//! session, start time, user and systemd unit.
+//!
+//! [`super::owners`] finds *one* fd per socket and stops as soon as every wanted
+//! socket has one. A restart's outcome needs *all* of them, so this scanner reads
+//! every fd link of every process for the listening sockets' inodes. That costs
+//! about 2 ms per 1,000 fds, so holders found by a complete scan are kept and
+//! re-checked each call with one `readlink` and one `stat` read per holder; a
+//! socket is scanned for again when it is new, when one of its holders went away
+//! or changed (the moment a master dies is when its workers matter), and at the
+//! latest after [`HOLDERS_TTL`] (a process handed the fd over a unix socket is
+//! found then). In the agent a scan may take several polls ([`HolderScanner::slice`]);
+//! until it ends, a socket's holders are the ones still confirmed, marked
+//! incomplete.
+//!
+//! Without CAP_SYS_PTRACE the kernel refuses other users' fd tables, and the
+//! holders are incomplete (a restart is then "cannot tell" where they decide).
+//! With it, a table still refused belongs to a process hidden on purpose (a
+//! hardened init, an LSM rule): it is taken to hold none of the sockets, since
+//! nothing about it can be read; the owner capability metric reports refusals.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::owners::socket_inode;
+use crate::model::{Holder, Holders};
 
-/// The pids (sorted) whose fd tables hold each of `inodes`. Processes that exit or
-/// hide their fds (no privilege, another pid namespace) are skipped; an inode nobody
-/// was seen holding is absent.
-pub fn holders(procfs: &Path, inodes: &HashSet<u64>) -> BTreeMap<u64, BTreeSet<u32>> {
-    let mut out: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-    if inodes.is_empty() {
-        return out;
-    }
-    let Ok(procs) = std::fs::read_dir(procfs) else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let inode = std::fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| socket_inode(&l));
-            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
-                out.entry(inode).or_default().insert(pid);
+/// How long the holders found by a complete scan are trusted without a new scan
+/// (each one is still re-checked at every call).
+pub const HOLDERS_TTL: Duration = Duration::from_secs(300);
+
+/// One fd of one process that refers to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FdAt {
+    pid: u32,
+    fd: i32,
+    start: u64,
+}
+
+/// What a complete scan found for one inode.
+#[derive(Debug, Clone)]
+struct Known {
+    fds: Vec<FdAt>,
+    at: Instant,
+    /// No fd table was refused.
+    complete: bool,
+    /// The round it was last asked for in.
+    used: u64,
+}
+
+/// A scan in progress (resumed at the next call when it ran out of time).
+#[derive(Debug)]
+struct Scan {
+    /// Pids not read yet (popped from the end).
+    pids: Vec<u32>,
+    /// A process whose fds were read in part: (pid, links read).
+    current: Option<(u32, usize)>,
+    targets: HashSet<u64>,
+    found: HashMap<u64, Vec<FdAt>>,
+    refused: bool,
+}
+
+/// `/proc/PID/stat`: (comm, ppid, pgid, sid, starttime). The comm may hold spaces
+/// and parentheses, so fields are counted after the last ')'.
+pub fn parse_stat(stat: &str) -> Option<(String, u32, u32, u32, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut f = stat.get(close + 1..)?.split_ascii_whitespace();
+    // state ppid pgrp session ... starttime is the 20th after the comm.
+    let _state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    let sid = f.next()?.parse().ok()?;
+    let start = f.nth(15)?.parse().ok()?;
+    Some((comm, ppid, pgid, sid, start))
+}
+
+/// The effective uid of a `/proc/PID/status` text.
+pub fn parse_euid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_ascii_whitespace().nth(2)?.parse().ok()
+}
+
+/// The systemd unit of a `/proc/PID/cgroup` text and its cgroup path (up to and
+/// including the unit's directory): the deepest `.service`, else `.scope`.
+pub fn unit_cgroup(text: &str) -> Option<(String, String)> {
+    let mut scope = None;
+    for path in super::owners::cgroup_paths(text) {
+        let comps: Vec<&str> = path.split('/').collect();
+        for i in (0..comps.len()).rev() {
+            let c = comps[i];
+            let whole = || comps[..=i].join("/");
+            if c.ends_with(".service") {
+                return Some((c.to_string(), whole()));
+            }
+            if c.ends_with(".scope") && scope.is_none() {
+                scope = Some((c.to_string(), whole()));
             }
         }
     }
-    out
+    scope
+}
+
+fn socket_inode(link: &Path) -> Option<u64> {
+    let s = link.to_str()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn proc_file(dir: &Path, name: &str) -> Option<String> {
+    crate::fsread::read_to_string(
+        &dir.join(name),
+        crate::fsread::Symlinks::Follow,
+        crate::fsread::PROC_FILE_MAX,
+    )
+    .ok()
+}
+
+/// Finds and re-checks the holders of listening sockets; keeps what complete scans
+/// found between calls.
+pub struct HolderScanner {
+    procfs: PathBuf,
+    known: HashMap<u64, Known>,
+    scan: Option<Scan>,
+    /// Time one call may spend scanning; `None` scans to the end (one-shot commands).
+    pub slice: Option<Duration>,
+    /// This process: its own duplicates (flag probes) are not holders.
+    own_pid: u32,
+    /// Whether a refused fd table leaves the holders unknown: without
+    /// CAP_SYS_PTRACE most tables are refused; with it, a table that is still
+    /// refused belongs to a process hidden on purpose (a hardened init, an LSM
+    /// rule), which is taken to hold none of the sockets (see the module docs).
+    refusal_unknown: bool,
+    /// Pids the last complete scan (or sweep) covered: a process not among them is
+    /// new, and if its parent holds a socket it may have inherited it.
+    seen: HashSet<u32>,
+    /// One round is one poll of every namespace (the owner resolver's rounds).
+    round: u64,
+}
+
+/// Whether this process has CAP_SYS_PTRACE in its effective set.
+fn can_ptrace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            let hex = t
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 19) != 0)
+}
+
+impl HolderScanner {
+    pub fn new(procfs: &Path, slice: Option<Duration>) -> Self {
+        HolderScanner {
+            procfs: procfs.to_path_buf(),
+            known: HashMap::new(),
+            scan: None,
+            slice,
+            own_pid: std::process::id(),
+            refusal_unknown: !can_ptrace(),
+            seen: HashSet::new(),
+            round: 0,
+        }
+    }
+
+    /// Starts a new round: forgets the sockets no call of the last round asked for
+    /// (namespaces share one scanner, each asks for its own sockets).
+    pub fn next_round(&mut self) {
+        let last = self.round;
+        self.known.retain(|_, k| k.used >= last);
+        self.round += 1;
+    }
+
+    fn start_of(&self, pid: u32) -> Option<u64> {
+        let t = proc_file(&self.procfs.join(pid.to_string()), "stat")?;
+        parse_stat(&t).map(|p| p.4)
+    }
+
+    fn still_holds(&self, f: &FdAt, inode: u64) -> bool {
+        let link = self
+            .procfs
+            .join(f.pid.to_string())
+            .join("fd")
+            .join(f.fd.to_string());
+        fs::read_link(link).ok().as_deref().and_then(socket_inode) == Some(inode)
+            && self.start_of(f.pid) == Some(f.start)
+    }
+
+    /// The holders of each inode in `inodes`, with `user` naming uids.
+    pub fn holders(
+        &mut self,
+        inodes: &HashSet<u64>,
+        user: &dyn Fn(u32) -> String,
+    ) -> HashMap<u64, Holders> {
+        let mut fds: HashMap<u64, (Vec<FdAt>, bool)> = HashMap::new();
+        let mut rescan: HashSet<u64> = HashSet::new();
+        for &inode in inodes.iter().filter(|i| **i != 0) {
+            match self.known.get(&inode) {
+                Some(k) => {
+                    let valid: Vec<FdAt> = k
+                        .fds
+                        .iter()
+                        .filter(|f| self.still_holds(f, inode))
+                        .copied()
+                        .collect();
+                    let fresh = valid.len() == k.fds.len() && k.at.elapsed() < HOLDERS_TTL;
+                    if !fresh {
+                        rescan.insert(inode);
+                    }
+                    fds.insert(inode, (valid, fresh && k.complete));
+                }
+                None => {
+                    rescan.insert(inode);
+                    fds.insert(inode, (Vec::new(), false));
+                }
+            }
+        }
+        let round = self.round;
+        for i in inodes {
+            if let Some(k) = self.known.get_mut(i) {
+                k.used = round;
+            }
+        }
+        if !rescan.is_empty() || self.scan.is_some() {
+            if let Some(done) = self.scan_for(&rescan) {
+                let now = Instant::now();
+                // Every target of the scan is known now, also those another
+                // namespace asked for.
+                for (inode, found) in done.found {
+                    self.known.insert(
+                        inode,
+                        Known {
+                            fds: found.clone(),
+                            at: now,
+                            complete: !done.refused,
+                            used: round,
+                        },
+                    );
+                    if inodes.contains(&inode) {
+                        fds.insert(inode, (found, !done.refused));
+                    }
+                }
+            }
+        }
+        if rescan.is_empty() && self.scan.is_none() {
+            self.sweep_new_children(&mut fds);
+        }
+        let mut by_pid: HashMap<u32, Option<Holder>> = HashMap::new();
+        fds.into_iter()
+            .map(|(inode, (list, complete))| {
+                let mut holders: Vec<Holder> = Vec::new();
+                for f in list {
+                    if let Some(h) = by_pid
+                        .entry(f.pid)
+                        .or_insert_with(|| self.holder(f.pid, user))
+                        .as_ref()
+                    {
+                        if h.start_time == f.start && !holders.iter().any(|x| x.pid == h.pid) {
+                            holders.push(h.clone());
+                        }
+                    }
+                }
+                (
+                    inode,
+                    Holders {
+                        list: holders,
+                        complete,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Between full scans, a fork is the usual way a new holder appears (a forking
+    /// server's child, a new worker): each process started since the last look
+    /// whose parent holds (or descends from a holder of) a socket gets its fds read.
+    fn sweep_new_children(&mut self, fds: &mut HashMap<u64, (Vec<FdAt>, bool)>) {
+        if self.seen.is_empty() {
+            return;
+        }
+        let Ok(dir) = fs::read_dir(&self.procfs) else {
+            return;
+        };
+        let now: HashSet<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect();
+        let mut new: Vec<u32> = now.difference(&self.seen).copied().collect();
+        new.sort_unstable();
+        let mut parents: HashSet<u32> = fds
+            .values()
+            .flat_map(|(l, _)| l.iter().map(|f| f.pid))
+            .collect();
+        for pid in new {
+            if pid == self.own_pid {
+                continue;
+            }
+            let dir = self.procfs.join(pid.to_string());
+            let Some((_, ppid, _, _, start)) = proc_file(&dir, "stat").and_then(|t| parse_stat(&t))
+            else {
+                continue;
+            };
+            if !parents.contains(&ppid) {
+                continue;
+            }
+            parents.insert(pid);
+            let Ok(entries) = fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Some(inode) = fs::read_link(e.path())
+                    .ok()
+                    .as_deref()
+                    .and_then(socket_inode)
+                else {
+                    continue;
+                };
+                let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if let Some((list, _)) = fds.get_mut(&inode) {
+                    let f = FdAt { pid, fd, start };
+                    if !list.contains(&f) {
+                        list.push(f);
+                        if let Some(k) = self.known.get_mut(&inode) {
+                            k.fds.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        self.seen = now;
+    }
+
+    /// Runs (or resumes) a scan for `wanted` (a new target restarts it); the
+    /// finished scan when it reached its end.
+    fn scan_for(&mut self, wanted: &HashSet<u64>) -> Option<Scan> {
+        let restart = match &self.scan {
+            None => true,
+            Some(s) => !wanted.is_subset(&s.targets),
+        };
+        if restart {
+            let mut targets: HashSet<u64> = wanted.clone();
+            // A scan restarted for a new socket keeps looking for the old ones
+            // (another namespace's), so that alternating callers still finish one.
+            if let Some(s) = &self.scan {
+                targets.extend(s.targets.iter().copied());
+            }
+            let mut pids: Vec<u32> = fs::read_dir(&self.procfs)
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect();
+            pids.sort_unstable();
+            self.seen = pids.iter().copied().collect();
+            self.scan = Some(Scan {
+                pids,
+                current: None,
+                found: targets.iter().map(|i| (*i, Vec::new())).collect(),
+                targets,
+                refused: false,
+            });
+        }
+        let deadline = self.slice.and_then(|d| Instant::now().checked_add(d));
+        let procfs = self.procfs.clone();
+        let own = self.own_pid;
+        let mut scan = self.scan.take()?;
+        loop {
+            let (pid, skip) = match scan.current.take() {
+                Some(c) => c,
+                None => match scan.pids.pop() {
+                    Some(p) => (p, 0),
+                    None => return Some(scan),
+                },
+            };
+            if pid == own {
+                continue;
+            }
+            let dir = procfs.join(pid.to_string());
+            let entries = match fs::read_dir(dir.join("fd")) {
+                Ok(d) => d,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
+                        scan.refused = true;
+                    }
+                    continue;
+                }
+            };
+            let mut start: Option<Option<u64>> = None;
+            let mut read = 0usize;
+            let mut out_of_time = false;
+            for e in entries.flatten().skip(skip) {
+                read += 1;
+                let link = match fs::read_link(e.path()) {
+                    Ok(l) => l,
+                    Err(err) => {
+                        if err.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
+                            scan.refused = true;
+                        }
+                        continue;
+                    }
+                };
+                if let Some(inode) = socket_inode(&link).filter(|i| scan.targets.contains(i)) {
+                    let fd = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
+                    let st = *start.get_or_insert_with(|| {
+                        proc_file(&dir, "stat").and_then(|t| parse_stat(&t).map(|p| p.4))
+                    });
+                    if let (Some(fd), Some(st)) = (fd, st) {
+                        scan.found
+                            .entry(inode)
+                            .or_default()
+                            .push(FdAt { pid, fd, start: st });
+                    }
+                }
+                if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    out_of_time = true;
+                    break;
+                }
+            }
+            if out_of_time {
+                scan.current = Some((pid, skip + read));
+            }
+            if out_of_time || deadline.is_some_and(|d| Instant::now() >= d) {
+                self.scan = Some(scan);
+                return None;
+            }
+        }
+    }
+
+    /// What `/proc/PID` says of a holder; `None` when it exited meanwhile.
+    fn holder(&self, pid: u32, user: &dyn Fn(u32) -> String) -> Option<Holder> {
+        let dir = self.procfs.join(pid.to_string());
+        let (process, ppid, pgid, sid, start_time) = parse_stat(&proc_file(&dir, "stat")?)?;
+        let uid = parse_euid(&proc_file(&dir, "status")?)?;
+        let (unit, unit_cgroup) = match proc_file(&dir, "cgroup").and_then(|t| unit_cgroup(&t)) {
+            Some((u, p)) => (Some(u), Some(p)),
+            None => (None, None),
+        };
+        Some(Holder {
+            pid,
+            ppid,
+            pgid,
+            sid,
+            process,
+            uid,
+            user: user(uid),
+            start_time,
+            unit,
+            unit_cgroup,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
-    fn finds_this_process_holding_a_socket() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let link = format!("/proc/self/fd/{}", l.as_raw_fd());
-        let inode = std::fs::metadata(&link).unwrap().ino();
-        let found = holders(Path::new("/proc"), &HashSet::from([inode, 1]));
+    fn stat_fields_after_an_odd_comm() {
+        let stat = "2036 (ngi) nx (w)) S 1 2035 2035 0 -1 4194624 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(
-            found.get(&inode),
-            Some(&BTreeSet::from([std::process::id()]))
+            parse_stat(stat),
+            Some(("ngi) nx (w)".to_string(), 1, 2035, 2035, 98765))
         );
-        assert!(!found.contains_key(&1), "{found:?}");
-        assert!(holders(Path::new("/nonexistent"), &HashSet::from([inode])).is_empty());
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("1 (x) S a b c"), None);
+    }
+
+    #[test]
+    fn euid_is_the_second_uid() {
+        assert_eq!(parse_euid("Name:\tx\nUid:\t1000\t33\t33\t33\n"), Some(33));
+        assert_eq!(parse_euid("Uid:\n"), None);
+    }
+
+    #[test]
+    fn unit_and_its_cgroup() {
+        let cases: [(&str, Option<(&str, &str)>); 5] = [
+            (
+                "0::/system.slice/nginx.service\n",
+                Some(("nginx.service", "/system.slice/nginx.service")),
+            ),
+            (
+                "0::/bw.slice/web.service/workers\n",
+                Some(("web.service", "/bw.slice/web.service")),
+            ),
+            (
+                "0::/user.slice/user-0.slice/session-1.scope\n",
+                Some((
+                    "session-1.scope",
+                    "/user.slice/user-0.slice/session-1.scope",
+                )),
+            ),
+            ("0::/\n", None),
+            ("garbage", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                unit_cgroup(text),
+                want.map(|(a, b)| (a.to_string(), b.to_string())),
+                "{text}"
+            );
+        }
     }
 }

@@ -64,6 +64,8 @@ pub struct OwnerResolver {
     /// Time one call may spend scanning; `None` scans to the end (one-shot commands).
     pub scan_slice: Option<Duration>,
     users: HashMap<u32, String>,
+    /// Every holder of each listening socket (a restart's outcome needs them all).
+    holder_scan: super::holders::HolderScanner,
     pub caps: Capabilities,
     pub stats: ResolveStats,
 }
@@ -231,6 +233,7 @@ impl OwnerResolver {
             scan_state: None,
             scan_slice: Some(SCAN_SLICE),
             users,
+            holder_scan: super::holders::HolderScanner::new(procfs, Some(SCAN_SLICE)),
             caps: Capabilities::default(),
             stats: ResolveStats::default(),
         }
@@ -253,6 +256,7 @@ impl OwnerResolver {
         self.not_found.retain(|_, r| *r >= last);
         self.owners.retain(|_, (_, _, r)| *r >= last);
         self.flags.retain(|_, (_, _, r)| *r >= last);
+        self.holder_scan.next_round();
         self.round += 1;
     }
 
@@ -418,6 +422,19 @@ impl OwnerResolver {
             self.caps.owners = false;
             self.caps.owners_denied = st.denied;
         }
+    }
+
+    /// Every process holding each of `inodes` (listening sockets); `slice` bounds
+    /// the time a scan may take per call (`None`: to its end).
+    pub fn holders(
+        &mut self,
+        inodes: &HashSet<u64>,
+        slice: Option<Duration>,
+    ) -> HashMap<u64, crate::model::Holders> {
+        let users = &self.users;
+        let name = |uid: u32| users.get(&uid).cloned().unwrap_or_else(|| uid.to_string());
+        self.holder_scan.slice = slice;
+        self.holder_scan.holders(inodes, &name)
     }
 
     pub fn user_name(&self, uid: u32) -> String {

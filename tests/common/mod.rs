@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemons;
 pub mod dashboard;
 pub mod e2e;
 pub mod oracle;

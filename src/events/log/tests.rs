@@ -95,6 +95,7 @@ fn empty_snapshot() -> Snapshot {
         ports_dropped_total: 0,
         ports: Default::default(),
         owners: Default::default(),
+        holdings: Default::default(),
         watched: Vec::new(),
         ephemeral_top: Vec::new(),
         bindv6only: false,
@@ -150,6 +151,7 @@ fn time_waits_of_a_listener_without_reuseaddr_explain_the_failure() {
             unit: None,
         }),
         gone: true,
+        holding: Default::default(),
         without_reuseaddr: restart.without_reuseaddr,
         with_reuseaddr: restart.with_reuseaddr,
         restart: restart.own_flags,
@@ -288,4 +290,55 @@ fn rfc3339_dates() {
             want
         );
     }
+}
+
+#[test]
+fn a_blocking_listener_names_every_holder() {
+    let listener = Socket {
+        inode: 777,
+        ..Socket::test(State::Listen, "0.0.0.0:8080", "0.0.0.0:0")
+    };
+    let holder = |pid: u32, ppid: u32| crate::model::Holder {
+        pid,
+        ppid,
+        pgid: 100,
+        sid: 100,
+        process: "nginx".into(),
+        uid: 0,
+        user: "root".into(),
+        start_time: u64::from(pid),
+        unit: None,
+        unit_cgroup: None,
+    };
+    let mut snap = empty_snapshot();
+    snap.holdings.insert(
+        777,
+        crate::model::Holding {
+            holders: vec![holder(100, 1), holder(101, 100), holder(102, 100)],
+            main: Some(holder(100, 1)),
+            complete: true,
+            survival: Default::default(),
+        },
+    );
+    let e = event(Call::Bind, Some(Errno::Eaddrinuse), "0.0.0.0", 8080, true);
+    let observe = |snapshot| {
+        explain(&Observed {
+            event: &e,
+            protocol: Protocol::Tcp,
+            at: SystemTime::now(),
+            netns: "host".into(),
+            process: "nginx".into(),
+            sockets: std::slice::from_ref(&listener),
+            snapshot,
+        })
+        .unwrap()
+    };
+    let f = observe(Some(&snap));
+    assert_eq!(f.blockers.len(), 1, "{f:?}");
+    assert_eq!(
+        f.blockers[0].held_by.as_deref(),
+        Some("nginx[100] root +2 workers")
+    );
+    // Without a poll that kept holders there is nothing to name.
+    assert_eq!(observe(None).blockers[0].held_by, None);
 }
