@@ -3,8 +3,6 @@
 
 use crate::popgen::Plan;
 
-// ------------------------------------------------------------------ sizes
-
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
     pub name: &'static str,
