@@ -15,7 +15,7 @@
 #     systemd-socket-activate (socket activation, tests/web_serve.rs) come from apt.
 #   - lintian, man-db, dpkg-dev and binutils: tests/package.rs builds the Debian package
 #     with scripts/build-deb.sh and judges it; podman and runc build and run the image of
-#     scripts/build-image.sh.
+#     scripts/build-image.sh (tests/container_image.rs).
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -58,7 +58,7 @@ declare -A PKG_FOR=(
     [clang]=clang
     [llvm-strip]=llvm
     [bpftool]=bpftool
-    # tests/package.rs: the image (podman builds it; runc runs it where crun cannot)
+    # tests/container_image.rs: the image (podman builds it; runc runs it where crun cannot)
     [podman]=podman
     [runc]=runc
     # real daemons restarted for real (restart and unix-socket tests)

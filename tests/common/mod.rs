@@ -571,3 +571,4 @@ impl Drop for Logged {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+pub mod package;

@@ -27,9 +27,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{
-    http_get, metric_sum, min_median_max, ms, proc_cpu, wait_http, Census, Guard, RawDiag, TwKeeper,
-};
+use crate::host::{proc_cpu, Guard};
+use crate::http::{http_get, metric_sum, wait_http};
+use crate::measure::{median, min_median_max, ms};
+use crate::rawdiag::{Census, RawDiag};
+use crate::tw::{TwKeeper, TW_LIFE};
 
 /// Ports of the two agents (clear of the serve rows' and the population's).
 const CURRENT_PORT: u16 = 10_035;
@@ -327,7 +329,7 @@ pub fn phase(tw: &mut TwKeeper, baseline: &Path, runs: usize) -> Outcome {
         // TIME_WAITs live 60 s: made for both windows of the round when both fit in
         // their life (the two windows then see the same sockets), else for each one.
         let both = 2 * single + Duration::from_secs(5);
-        if both < super::TW_LIFE {
+        if both < TW_LIFE {
             tw.ensure(&mut raw, both);
         }
         for (slot, a) in order {
@@ -410,8 +412,8 @@ pub fn report(results: &[(String, Outcome)]) {
             spread(rs, |(c, b)| r3(c.poller, b.poller)),
             spread(rs, |(c, b)| r3(c.self_cpu, b.self_cpu)),
             rs.len(),
-            ms(super::median(rs.iter().map(|x| x.0.wall).collect())),
-            ms(super::median(rs.iter().map(|x| x.1.wall).collect())),
+            ms(median(rs.iter().map(|x| x.0.wall).collect())),
+            ms(median(rs.iter().map(|x| x.1.wall).collect())),
         );
     }
 }
