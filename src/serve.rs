@@ -30,6 +30,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let passed = systemd_listeners(&a)?;
     let web = web_config(&a)?;
     let config = services_config(&a)?;
+    if !a.source.state_file.as_os_str().is_empty() {
+        crate::state::target::check_at_start(&a.source.state_file, &a.source.procfs)
+            .map_err(anyhow::Error::msg)?;
+    }
     let addrs = listen_addresses(&a)?;
     let target = poll_target(&a)?;
     tracing::info!(

@@ -245,6 +245,7 @@ fn rendered() -> metrics::Exposition {
         config_reload_ok: Some(true),
         poll_cpu_seconds_total: 1.25,
         cpu_budget: 0.01,
+        state_file_stopped: Some(false),
         ..Extras::default()
     };
     metrics::render_all(&[(None, &snap)], &SelfMetrics::new(), &extras)
