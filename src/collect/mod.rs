@@ -310,7 +310,7 @@ impl Collector {
             .collect();
         let by_port = self.inherit_leftovers(port_sockets, view.table_taken_at);
         // 7. Rebind risk per endpoint; the watched services.
-        let risks = self.risks(&listeners, &by_port);
+        let risks = self.risks(&listeners, &by_port, &wanted);
         let port_sockets = sorted_by_port(by_port);
         let watched = conflict::evaluate(
             services,
@@ -374,9 +374,24 @@ impl Collector {
             tracing::warn!(
                 dropped,
                 max = self.opts.ports_max,
-                "more ports of interest than --ports.max; the highest are left out"
+                "more ports of interest than --ports.max; the highest are left out (watched ones last)"
             );
-            wanted = wanted.into_iter().take(self.opts.ports_max).collect();
+            // Watched and asked-for ports first: their status is judged from these sockets.
+            let mut kept: BTreeSet<(Protocol, u16)> = services
+                .iter()
+                .map(|s| (s.protocol, s.port))
+                .chain(extra_ports.iter().copied())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .take(self.opts.ports_max)
+                .collect();
+            for p in wanted {
+                if kept.len() >= self.opts.ports_max {
+                    break;
+                }
+                kept.insert(p);
+            }
+            wanted = kept;
         }
         wanted
     }
@@ -450,21 +465,43 @@ impl Collector {
         })
     }
 
-    /// Step 7: the rebind risk of each remembered endpoint, judged with the newest
-    /// listener's own flags against every socket on its port.
+    /// Step 7: the rebind risk of each remembered endpoint on a port of interest,
+    /// judged with the newest listener's own flags against every socket on its port.
+    /// A remembered endpoint past `--ports.max` (not in `wanted`) has no risk: its
+    /// sockets were not read, and the cap counted it. A TCP port the last table walk
+    /// did not cover (it became of interest since) had only its listeners read: a
+    /// "clear" there is undecided (more sockets can only block more).
     fn risks(
         &self,
         listeners: &[Listener],
         by_port: &FxHashMap<(Protocol, u16), Vec<Socket>>,
+        wanted: &BTreeSet<(Protocol, u16)>,
     ) -> Vec<EndpointRisk> {
         let live: HashSet<Endpoint> = listeners.iter().map(|l| endpoint(&l.socket)).collect();
         let empty = Vec::new();
         self.memory
             .iter()
+            .filter(|(ep, _)| wanted.contains(&(ep.protocol, ep.port)))
             .filter_map(|(ep, r)| {
                 let listener = &r.newest()?.listener;
                 let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
-                let restart = rebind::judge_restart(listener, on_port);
+                let mut restart = rebind::judge_restart(listener, on_port);
+                let unread = ep.protocol == Protocol::Tcp
+                    && self
+                        .table_view
+                        .as_ref()
+                        .is_none_or(|v| !v.covered.contains(ep.port));
+                if unread {
+                    for j in [
+                        &mut restart.without_reuseaddr,
+                        &mut restart.with_reuseaddr,
+                        &mut restart.own_flags,
+                    ] {
+                        if j.verdict == rebind::Verdict::Clear {
+                            j.verdict = rebind::Verdict::Unknown;
+                        }
+                    }
+                }
                 Some(EndpointRisk {
                     endpoint: *ep,
                     listener: listener.clone(),
