@@ -2,6 +2,9 @@
 //! systemd `.socket` unit passes, as sd_listen_fds(3) describes: `LISTEN_PID` names
 //! the process they are meant for, `LISTEN_FDS` how many there are, starting at fd 3.
 //! The variables are removed once read, so nothing bindwatch starts inherits them.
+//!
+//! Also the other half of systemd's protocol, sd_notify(3) ([`notify`]): `READY=1` on
+//! `$NOTIFY_SOCKET` once the agent serves its first poll (`Type=notify`).
 
 use std::ops::Range;
 use std::os::fd::{FromRawFd, RawFd};
@@ -113,6 +116,29 @@ pub fn take_listeners() -> Result<Vec<std::net::TcpListener>, ActivationError> {
         out.push(sock.into());
     }
     Ok(out)
+}
+
+/// Sends `state` (e.g. `READY=1`) to the service manager's `$NOTIFY_SOCKET`, a path
+/// or, starting with `@`, an abstract socket name. `Ok(false)` when it is not set.
+///
+/// # Errors
+/// When the datagram cannot be sent.
+pub fn notify(state: &str) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

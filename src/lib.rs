@@ -39,7 +39,10 @@
 //!   `metrics::{snapshot, rebind, events}`).
 //! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
-//! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
+//! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`), and
+//!   `READY=1` to `$NOTIFY_SOCKET` (sd_notify).
+//! - [`signals`]: SIGHUP, SIGTERM and SIGINT caught from the first instruction of
+//!   `serve`, queued during start-up and applied once the agent runs.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain
 //!   (connections; `server::io`: write timeout, body; `server::routes`: the routes).
 //! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.
@@ -75,6 +78,7 @@ pub mod publish;
 pub mod rebind;
 pub mod serve;
 pub mod server;
+pub mod signals;
 pub mod source;
 pub mod state;
 pub mod tally;

@@ -84,11 +84,14 @@ fn exit_code(l: &mut Logged) -> Option<Option<i32>> {
     }
 }
 
+/// Puts one kind of file at a path.
+type Maker = Box<dyn Fn(&std::path::Path)>;
+
 #[test]
 fn a_state_file_path_holding_no_regular_file_is_refused_at_start() {
     in_netns(|| {
         let dir = Scratch::new("state-target-start");
-        let cases: Vec<(&str, &str, Box<dyn Fn(&std::path::Path)>)> = vec![
+        let cases: Vec<(&str, &str, Maker)> = vec![
             (
                 "null",
                 "character device",
