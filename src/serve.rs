@@ -346,6 +346,8 @@ fn start_tracer(
         procfs: a.source.procfs.clone(),
         run_netns: a.run_netns.clone(),
         all_netns: a.netns == NetnsMode::All,
+        // Whatever the poll interval, never more than a line a second per port and call.
+        log_interval: a.poll_interval.max(Duration::from_secs(1)),
     };
     match crate::events::loader::start(opts, latest, events) {
         Ok(t) => {

@@ -5,7 +5,8 @@
 //!
 //! Each flood runs in its own network namespace, bounded in calls and time. The BPF
 //! tracer sees the whole host, so its lost counter may include the odd event of
-//! another namespace during the flood: the sums are checked within that slack.
+//! another namespace during the flood: the sums are checked within that slack, and the
+//! floods of this file run one at a time.
 
 mod common;
 
@@ -50,6 +51,13 @@ fn flood(addr: SocketAddr, threads: usize, per_thread: usize, limit: Duration) -
     handles.into_iter().map(|h| h.join().expect("flood")).sum()
 }
 
+/// The floods of this file, one at a time (each agent's tracer sees the other's).
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_flood() -> std::sync::MutexGuard<'static, ()> {
+    ONE_FLOOD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn counted(m: &Metrics, port: &str) -> f64 {
     m.matching("bindwatch_bind_failures_total", &[("port", port)])
         .iter()
@@ -66,6 +74,7 @@ fn lost(m: &Metrics) -> f64 {
 
 #[test]
 fn every_failure_of_a_flood_is_counted_or_counted_as_lost() {
+    let _one = one_flood();
     in_netns(|| {
         let srv = Server::start(19284, &["--poll.interval", "200ms"]);
         let m = srv.metrics();
@@ -131,6 +140,7 @@ fn line_count(line: &str) -> u64 {
 
 #[test]
 fn failure_log_lines_are_bounded_per_port_and_interval_and_keep_the_count() {
+    let _one = one_flood();
     in_netns(|| {
         let dir = common::Scratch::new("bind-flood-log");
         let port = 19285;

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::Ebpf;
 
 use super::decode::{self, Call, Errno, Event};
 use super::log::{self, Observed, Outcome};
+use super::ratelimit::{self, LogLimiter};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
@@ -79,6 +80,8 @@ pub struct TracerOptions {
     pub run_netns: PathBuf,
     /// `--netns all`: report every namespace with its name; else only bindwatch's own.
     pub all_netns: bool,
+    /// At most one log line per port and call in this time (the poll interval).
+    pub log_interval: Duration,
 }
 
 /// A running tracer; dropping the handle detaches nothing, [`Tracer::stop`] does.
@@ -158,12 +161,21 @@ pub fn start(
         name: "ports",
         source,
     })?;
+    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+        bpf.take_map("lost").ok_or(LoadError::NoMap("lost"))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "lost",
+        source,
+    })?;
     let own_netns = netns::own_inode(&opts.procfs);
+    let opts_interval = opts.log_interval;
     let stop = Arc::new(AtomicBool::new(false));
     let mut reader = Reader {
         _bpf: bpf,
         ring,
         ports,
+        lost,
         synced: BTreeSet::new(),
         opts,
         latest,
@@ -173,6 +185,7 @@ pub fn start(
         namespaces: HashMap::new(),
         discovered: None,
         captures: (Instant::now(), 0),
+        limiter: LogLimiter::new(opts_interval),
     };
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
@@ -191,6 +204,8 @@ struct Reader {
     _bpf: Ebpf,
     ring: RingBuf<MapData>,
     ports: BpfHashMap<MapData, u16, u8>,
+    /// Ring-buffer reserve failures, per CPU.
+    lost: PerCpuArray<MapData, u64>,
     /// What the `ports` map holds now.
     synced: BTreeSet<u16>,
     opts: TracerOptions,
@@ -204,6 +219,8 @@ struct Reader {
     discovered: Option<Instant>,
     /// Start of the current second and the captures made in it.
     captures: (Instant, u32),
+    /// Failure and miss lines: at most one per port and call per interval.
+    limiter: LogLimiter,
 }
 
 impl Reader {
@@ -243,6 +260,20 @@ impl Reader {
                     Err(err) => tracing::debug!(error = %err, "skipping a bind tracer record"),
                 }
             }
+            self.read_lost();
+            for (netns, line) in self.limiter.flush(Instant::now()) {
+                tracing::warn!(netns, "{line}");
+            }
+        }
+    }
+
+    /// The program's count of events lost to a full ring buffer, summed over CPUs.
+    fn read_lost(&self) {
+        match self.lost.get(&0, 0) {
+            Ok(per_cpu) => self
+                .events
+                .set_lost(per_cpu.iter().fold(0u64, |a, n| a.saturating_add(*n))),
+            Err(e) => tracing::debug!(error = %e, "cannot read the bind tracer's lost counter"),
         }
     }
 
@@ -347,7 +378,23 @@ impl Reader {
         }) else {
             return;
         };
-        tracing::warn!(netns = %ns.name, "{}", log::log_line(&failure));
+        let key = (ns.name.clone(), e.call.as_str(), protocol, e.port);
+        let line = self.limiter.event(
+            &key,
+            Instant::now(),
+            || {
+                format!(
+                    "{}\n{} by {process}[{}]",
+                    std::net::SocketAddr::new(e.address, e.port),
+                    errno.name(),
+                    e.tgid
+                )
+            },
+            || log::log_line(&failure),
+        );
+        if let Some(line) = line {
+            tracing::warn!(netns = %ns.name, "{line}");
+        }
         self.events.with_log(|l| {
             l.count(label.as_deref(), e.call, protocol, e.port, errno, &process);
             l.push(failure);
@@ -361,7 +408,14 @@ impl Reader {
 
     /// Scores a bind against the verdict held before it; a miss is logged with
     /// everything needed to report it.
-    fn score(&self, e: &Event, protocol: Protocol, snap: &Snapshot, process: &str, netns: &str) {
+    fn score(
+        &mut self,
+        e: &Event,
+        protocol: Protocol,
+        snap: &Snapshot,
+        process: &str,
+        netns: &str,
+    ) {
         let Some(j) = log::judgement_before(e, protocol, snap) else {
             return;
         };
@@ -371,11 +425,24 @@ impl Reader {
         };
         self.events.with_log(|l| l.predicted(outcome));
         if outcome == Outcome::Miss {
-            tracing::warn!(
-                netns,
-                "{}",
-                log::miss_report(e, protocol, process, snap, &j)
+            let key = (netns.to_string(), ratelimit::MISS, protocol, e.port);
+            let line = self.limiter.event(
+                &key,
+                Instant::now(),
+                || {
+                    format!(
+                        "{} {}\nthe kernel answered {}, bindwatch had predicted {}",
+                        e.call.as_str(),
+                        std::net::SocketAddr::new(e.address, e.port),
+                        e.errno.map_or("success", Errno::name),
+                        j.verdict.as_str()
+                    )
+                },
+                || log::miss_report(e, protocol, process, snap, &j),
             );
+            if let Some(line) = line {
+                tracing::warn!(netns, "{line}");
+            }
         }
     }
 
