@@ -112,3 +112,60 @@ fn a_remembered_port_past_the_cap_gets_no_series_not_a_wrong_zero() {
         assert!(ports.len() <= 3, "ports exported: {ports:?}");
     });
 }
+
+/// A listener on port 0 cannot exist: from a crafted procfs it is dropped and counted
+/// with the malformed lines, never exported.
+#[test]
+fn a_listener_on_port_0_is_dropped_and_counted_as_malformed() {
+    in_netns(|| {
+        let dir = common::Scratch::new("port-zero");
+        let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let line = |sl: u32, port: u16, inode: u32| {
+            format!(
+                "{sl:4}: 0100007F:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+            )
+        };
+        let tcp = format!("{head}{}{}", line(0, 0, 910_001), line(1, 8080, 910_002));
+        dir.write("proc/net/tcp", &tcp);
+        for f in ["tcp6", "udp", "udp6"] {
+            dir.write(&format!("proc/net/{f}"), head);
+        }
+        let procfs = dir.str("proc");
+        let srv = Server::start(
+            19289,
+            &[
+                "--source",
+                "procfs",
+                "--path.procfs",
+                &procfs,
+                "--poll.interval",
+                "100ms",
+                "--no-bind-events",
+            ],
+        );
+        let m = srv.metrics_until(Duration::from_secs(10), |m| {
+            m.get("bindwatch_procfs_malformed_lines_total", &[])
+                .unwrap_or(0.0)
+                >= 1.0
+        });
+        assert!(
+            m.get("bindwatch_procfs_malformed_lines_total", &[])
+                .unwrap_or(0.0)
+                >= 1.0,
+            "the port-0 listener is counted as malformed: {}",
+            m.text
+        );
+        assert_eq!(
+            m.matching("bindwatch_listener_info", &[("port", "8080")])
+                .len(),
+            1,
+            "the good line is used: {}",
+            m.text
+        );
+        assert!(
+            port_series(&m, "0").is_empty(),
+            "no series for port 0: {:?}",
+            port_series(&m, "0")
+        );
+    });
+}

@@ -339,15 +339,35 @@ impl Collector {
         })
     }
 
-    /// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table.
+    /// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table. A
+    /// listener on port 0 cannot exist (listen() and a UDP bind pick a port): from
+    /// any source it is malformed, dropped and counted with the malformed lines.
     fn read_listeners(&mut self) -> Result<FreshListeners, CollectError> {
+        let mut zero = 0u64;
         let mut tcp = Vec::new();
-        self.table
-            .dump(Protocol::Tcp, listen_mask(), &mut |s| tcp.push(s.clone()))?;
+        self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
+            if s.local.port() == 0 {
+                zero += 1;
+            } else {
+                tcp.push(s.clone());
+            }
+        })?;
         let at = state::unix(SystemTime::now());
         let mut udp = Vec::new();
-        self.table
-            .dump(Protocol::Udp, ALL_STATES, &mut |s| udp.push(s.clone()))?;
+        self.table.dump(Protocol::Udp, ALL_STATES, &mut |s| {
+            if s.local.port() == 0 && s.is_listener() {
+                zero += 1;
+            } else {
+                udp.push(s.clone());
+            }
+        })?;
+        if zero > 0 {
+            self.table.bad_lines += zero;
+            tracing::debug!(
+                listeners = zero,
+                "skipped listeners on port 0 (malformed socket table records)"
+            );
+        }
         Ok(FreshListeners { tcp, udp, at })
     }
 

@@ -48,6 +48,11 @@ const CAPTURES_PER_SECOND: u32 = 50;
 pub enum LoadError {
     #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
     Tracefs(std::io::Error),
+    #[error("tracefs at {path} is mounted but not readable: {source}")]
+    TracefsUnreadable {
+        path: &'static str,
+        source: std::io::Error,
+    },
     #[error("loading bpf/bindevents.bpf.o: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the object has no program {0}")]
@@ -103,9 +108,20 @@ impl Tracer {
 /// aya finds tracefs at /sys/kernel/tracing or /sys/kernel/debug/tracing; where
 /// neither is mounted (a minimal host), mount it: attaching needs the tracepoint ids.
 fn ensure_tracefs() -> Result<(), LoadError> {
-    let mounted = |p: &str| Path::new(p).join("events").is_dir();
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
-        return Ok(());
+    let mut unreadable = None;
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        match std::fs::metadata(Path::new(p).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            // Mounted (or behind a directory) this process may not read: mounting
+            // again would not help, and "not mounted" would send the reader astray.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                unreadable.get_or_insert((p, e));
+            }
+            _ => {}
+        }
+    }
+    if let Some((path, source)) = unreadable {
+        return Err(LoadError::TracefsUnreadable { path, source });
     }
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (src, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
