@@ -316,7 +316,7 @@ fn render_own(w: &mut Writer, extras: &Extras) {
     w.family(
         "bindwatch_http_connections_refused_total",
         "counter",
-        "HTTP connections closed at once because --web.max-connections were open.",
+        "HTTP connections closed because --web.max-connections were open: refused at once, or idle ones without a request in progress closed to make room for a new one.",
     );
     w.sample(
         "bindwatch_http_connections_refused_total",
