@@ -34,7 +34,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let passed = systemd_listeners(&a)?;
     let web = web_config(&a)?;
     let config = services_config(&a)?;
-    if !a.source.state_file.as_os_str().is_empty() {
+    // Under --netns all there is no state file (it describes one namespace).
+    if !a.source.state_file.as_os_str().is_empty() && a.netns == NetnsMode::Host {
         crate::state::target::check_at_start(&a.source.state_file, &a.source.procfs)
             .map_err(anyhow::Error::msg)?;
     }
@@ -212,9 +213,10 @@ fn bind_listeners(
 }
 
 /// Where the poller writes the listener memory for `check`/`wait`/`ports`; none with
-/// `--state.file=` or when this process's namespace cannot be named.
+/// `--state.file=`, `--netns all` (nothing writes it then), or when this process's
+/// namespace cannot be named.
 fn state_sink(a: &ServeArgs) -> Option<poller::StateSink> {
-    if a.source.state_file.as_os_str().is_empty() {
+    if a.source.state_file.as_os_str().is_empty() || a.netns == NetnsMode::All {
         return None;
     }
     crate::netns::own_inode(&a.source.procfs).map(|ns| {

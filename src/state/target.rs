@@ -89,8 +89,9 @@ pub fn check_at_start(path: &Path, procfs: &Path) -> Result<(), String> {
     }
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("--state.file {p}: {e}")),
+        // Missing, or not even looked at (a directory this user may not search): the
+        // writes will say what fails, and the agent serves without the file.
+        Err(_) => return Ok(()),
     };
     replaceable(meta.mode(), meta.uid(), euid()).map_err(|what| {
         format!(
