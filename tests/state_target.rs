@@ -121,6 +121,12 @@ fn a_state_file_path_holding_no_regular_file_is_refused_at_start() {
                     std::os::unix::fs::symlink("/dev/null", p).expect("symlink");
                 }),
             ),
+            // A mistyped path: a regular file that is no state file (say /etc/hostname).
+            (
+                "hostname",
+                "regular file",
+                Box::new(|p| std::fs::write(p, "myhost\n").expect("write")),
+            ),
         ];
         for (i, (name, what, make)) in cases.iter().enumerate() {
             let path = dir.path(name);
@@ -138,11 +144,19 @@ fn a_state_file_path_holding_no_regular_file_is_refused_at_start() {
                 "--state.file on a {what}: exit 2 at start, got {code:?} (None: still running), log: {log}; the path now holds a {}",
                 kind(&path)
             );
+            let named = if *what == "regular file" {
+                "not a bindwatch state file"
+            } else {
+                what
+            };
             assert!(
-                log.contains(&dir.str(name)) && log.contains(what),
+                log.contains(&dir.str(name)) && log.contains(named),
                 "the error names the path and what is there: {log}"
             );
             assert_eq!(&kind(&path), what, "the {what} is left as it was");
+            if *what == "regular file" {
+                assert_eq!(std::fs::read_to_string(&path).unwrap(), "myhost\n");
+            }
         }
     });
 }

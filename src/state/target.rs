@@ -14,8 +14,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::WriterStatus;
 use super::{dir_policy, load_file, process_start_time, unix, writer_status, StateFile};
+use super::{WriterStatus, MAX_BYTES};
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -99,12 +99,38 @@ pub fn check_at_start(path: &Path, procfs: &Path) -> Result<(), String> {
              regular file it may own or a missing path (the write replaces what is at the path)"
         )
     })?;
+    if let Some(what) = not_a_state_file(path) {
+        return Err(format!(
+            "--state.file {p}: {what} is there; bindwatch replaces only its own state file (or an empty file)"
+        ));
+    }
     if let Some(pid) = other_live_writer(path, procfs) {
         return Err(format!(
             "--state.file {p}: another bindwatch (pid {pid}) is writing it; give each agent its own state file"
         ));
     }
     Ok(())
+}
+
+/// What the regular file at `path` is when it is neither empty nor a bindwatch state
+/// file (a JSON object with `netns` and `listeners`), so that a mistyped path
+/// (`/etc/hostname`) is never replaced. `None` when it may be replaced or is gone.
+fn not_a_state_file(path: &Path) -> Option<String> {
+    let bytes = match crate::fsread::read(path, crate::fsread::Symlinks::Refuse, MAX_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => return Some(format!("a file bindwatch cannot read back ({e})")),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let ours = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .is_some_and(|o| {
+            o.get("netns").is_some_and(serde_json::Value::is_u64) && o.contains_key("listeners")
+        });
+    (!ours).then(|| "a regular file that is not a bindwatch state file".to_string())
 }
 
 /// The pid of another live process whose heartbeat is in the file at `path`.
@@ -199,6 +225,11 @@ pub fn save_checked(
             if guard.last.is_some()
                 && guard.last != Some((st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec))
             {
+                if let Some(what) = not_a_state_file(path) {
+                    return Err(SaveError::Refused(format!(
+                        "{what} is at {p} now; bindwatch never replaces it"
+                    )));
+                }
                 if let Some(pid) = other_live_writer(path, procfs) {
                     return Err(SaveError::Refused(format!(
                         "another bindwatch (pid {pid}) is writing {p}"
@@ -301,6 +332,42 @@ mod tests {
                 "mode {mode:o} owner {owner}"
             );
         }
+    }
+
+    #[test]
+    fn only_state_files_and_empty_files_are_replaced() {
+        let d = scratch("content");
+        let path = d.join("f");
+        let proc = Path::new("/proc");
+        for (text, ok) in [
+            ("", true),
+            (" \n", true),
+            (r#"{"netns":1,"listeners":[]}"#, true),
+            ("localhost\n", false),
+            (r#"{"listeners":[]}"#, false),
+            ("[1,2]", false),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let r = check_at_start(&path, proc);
+            assert_eq!(r.is_ok(), ok, "{text:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("not a bindwatch state file"), "{e}");
+                assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+            }
+        }
+        // Swapped in between two writes: left alone, the writes stop.
+        let mut guard = Guard::default();
+        std::fs::remove_file(&path).unwrap();
+        save_checked(&path, &empty(), proc, &mut guard).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "precious\n").unwrap();
+        let e = save_checked(&path, &empty(), proc, &mut guard).unwrap_err();
+        assert!(
+            matches!(&e, SaveError::Refused(t) if t.contains("not a bindwatch state file")),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious\n");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     fn scratch(tag: &str) -> std::path::PathBuf {
