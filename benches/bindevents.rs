@@ -75,6 +75,7 @@ fn main() {
         run_netns: "/run/netns".into(),
         rootfs: "/".into(),
         all_netns: false,
+        log_interval: std::time::Duration::from_secs(5),
     };
     // Warm up caches, the allocator and the listener's accept queue.
     bind_loop(47000);

@@ -127,6 +127,25 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* Events the ring buffer had no room for (reserve failures), one counter per CPU:
+ * user space sums them into bindwatch_bind_events_lost_total, so a flood is counted,
+ * never silently undercounted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	/* Atomic: a preempted program on this CPU may be adding too. */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 static __always_inline int stash_sockaddr(__u8 kind, __u64 fd, const void *uaddr, __u64 len)
 {
 	struct pending p = {};
@@ -248,8 +267,10 @@ static __always_inline int finish_unix(struct sys_exit_ctx *ctx, struct pending 
 	if (ctx->ret != -EADDRINUSE)
 		return 0;
 	struct unix_event *ue = bpf_ringbuf_reserve(&events, sizeof(*ue), 0);
-	if (!ue)
+	if (!ue) {
+		count_lost();
 		return 0;
+	}
 	__builtin_memset(ue, 0, sizeof(*ue));
 	ue->e.pid = (__u32)id;
 	ue->e.tgid = (__u32)(id >> 32);
@@ -291,8 +312,10 @@ static __always_inline int finish(struct sys_exit_ctx *ctx, __u8 kind)
 	}
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		count_lost();
 		return 0;
+	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->pid = (__u32)id;
 	e->tgid = (__u32)(id >> 32);

@@ -8,6 +8,9 @@
 //! belong to someone else), trusts any `LISTEN_FDS` count, says nothing when the pid
 //! does not match, does not check that a socket is listening, and leaves
 //! `LISTEN_FDNAMES` behind: each of these is a check here with an error naming the flag.
+//!
+//! Also the other half of systemd's protocol, sd_notify(3) ([`notify`]): `READY=1` on
+//! `$NOTIFY_SOCKET` once the agent serves its first poll (`Type=notify`).
 
 use std::ops::Range;
 use std::os::fd::{FromRawFd, RawFd};
@@ -119,6 +122,29 @@ pub fn take_listeners() -> Result<Vec<std::net::TcpListener>, ActivationError> {
         out.push(sock.into());
     }
     Ok(out)
+}
+
+/// Sends `state` (e.g. `READY=1`) to the service manager's `$NOTIFY_SOCKET`, a path
+/// or, starting with `@`, an abstract socket name. `Ok(false)` when it is not set.
+///
+/// # Errors
+/// When the datagram cannot be sent.
+pub fn notify(state: &str) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ pub struct ServeArgs {
     #[arg(long = "web.disable-exporter-metrics")]
     pub disable_exporter_metrics: bool,
     /// Path under which metrics are served.
-    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
     /// Exporter-toolkit web config: TLS, basic auth, headers (see docs/security.md).
     /// Certificates and users are re-read when their files change.
@@ -402,6 +402,30 @@ fn parse_http_path(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Paths the server answers itself: a telemetry path there would hide one of them.
+pub const RESERVED_PATHS: [&str; 4] = ["/", "/healthz", "/failures", "/-/reload"];
+
+/// `--web.telemetry-path`: an HTTP path that is none of the server's own routes, and
+/// one a request can match (no query, fragment, space or control character).
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    let p = parse_http_path(s)?;
+    if RESERVED_PATHS.contains(&p.as_str()) {
+        return Err(format!(
+            "{s:?} is one of bindwatch's own paths ({}); choose another, e.g. /metrics",
+            RESERVED_PATHS.join(", ")
+        ));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}, which no request path can match"
+        ));
+    }
+    Ok(p)
+}
+
 fn parse_fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -561,6 +585,32 @@ pub fn parse_listen_address(s: &str) -> Result<Vec<SocketAddr>, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn telemetry_path_is_none_of_the_own_routes() {
+        for ok in ["/metrics", "/x/metrics", "/healthz/x", "/-/metrics"] {
+            assert_eq!(parse_telemetry_path(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "/",
+            "/healthz",
+            "/failures",
+            "/-/reload",
+            "metrics",
+            "/m?x=1",
+            "/m#a",
+            "/m x",
+        ] {
+            assert!(parse_telemetry_path(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = Cli::try_parse_from(["bindwatch", "serve", "--web.telemetry-path", "/-/reload"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--web.telemetry-path") && e.contains("own paths"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn clap_definition_is_consistent() {

@@ -35,7 +35,9 @@
 //! - [`fsread`]: reading files bindwatch did not write: regular files only (checked
 //!   on the opened fd, opened non-blocking), size caps, errors naming the file.
 //! - [`state`]: the state file sharing the agent's listener memory with `check`,
-//!   with the writer's heartbeat (pid, start time, poll interval).
+//!   with the writer's heartbeat (pid, start time, poll interval); [`state::target`]:
+//!   the write replaces only a regular file bindwatch may own, checked before each
+//!   rename.
 //! - [`fasthash`]: what the per-socket hot loop of a walk touches: the hasher, the
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot` (the
@@ -43,9 +45,13 @@
 //!   `metrics::{snapshot, rebind, events}`).
 //! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
-//! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`).
+//! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`), and
+//!   `READY=1` to `$NOTIFY_SOCKET` (sd_notify).
+//! - [`signals`]: SIGHUP, SIGTERM and SIGINT caught from the first instruction of
+//!   `serve`, queued during start-up and applied once the agent runs.
 //! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain
-//!   (connections; `server::io`: write timeout, body; `server::routes`: the routes).
+//!   (connections; `server::reserve`: idle connections give way to new ones at the
+//!   cap; `server::io`: write timeout, body; `server::routes`: the routes).
 //! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.
 //! - [`web`]: `--web.config.file` (exporter-toolkit format): TLS, basic auth, headers;
 //!   cipher-suite names in the private `web::suites`, shared by validation and TLS.
@@ -91,6 +97,7 @@ pub mod rebind;
 pub mod report;
 pub mod serve;
 pub mod server;
+pub mod signals;
 pub mod source;
 pub mod state;
 pub mod tally;

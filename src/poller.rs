@@ -18,46 +18,9 @@ use crate::metrics::{self, Extras, SelfMetrics};
 use crate::model::{Snapshot, SourceKind};
 use crate::netns::NetnsCollectors;
 pub use crate::publish::{Control, Latest, Published, ReloadReply};
-use crate::state;
 
-/// Where the listener memory is shared (see [`crate::state`]). Written every
-/// poll: the heartbeat in it tells readers the agent is alive.
-pub struct StateSink {
-    pub path: PathBuf,
-    pub netns: u64,
-    writer: state::Writer,
-    failed: bool,
-}
-
-impl StateSink {
-    /// `procfs` gives this process's start time; `interval` is the poll interval.
-    pub fn new(path: PathBuf, netns: u64, procfs: &std::path::Path, interval: Duration) -> Self {
-        StateSink {
-            path,
-            netns,
-            writer: state::this_writer(procfs, interval, std::time::SystemTime::now()),
-            failed: false,
-        }
-    }
-
-    fn write(&mut self, entries: Vec<state::Entry>) {
-        self.writer.heartbeat = state::unix(std::time::SystemTime::now());
-        let file = state::StateFile {
-            netns: self.netns,
-            writer: Some(self.writer.clone()),
-            listeners: entries,
-        };
-        match state::save(&self.path, &file) {
-            Ok(()) => self.failed = false,
-            Err(e) => {
-                if !self.failed {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the state file; `bindwatch check` will not know listeners that are gone");
-                }
-                self.failed = true;
-            }
-        }
-    }
-}
+mod sink;
+pub use sink::StateSink;
 
 /// The watched-services file and its last good contents.
 pub struct ConfigSource {
@@ -517,6 +480,7 @@ fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
             .load(std::sync::atomic::Ordering::Relaxed),
         web_config_reload_ok: latest.http.web_config_ok(),
         bind_events: st.events.as_ref().map(|e| e.counters()),
+        state_file_stopped: st.state_sink.as_ref().map(StateSink::stopped),
     }
 }
 

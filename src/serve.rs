@@ -25,13 +25,26 @@ use crate::web::WebState;
 /// A bad `--config.file` or `--web.config.file`, a listen address that cannot be
 /// parsed or bound, a socket source that cannot be opened; each names its flag.
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    // First: a SIGHUP or SIGTERM during start-up must not kill the agent.
+    if let Err(e) = crate::signals::install() {
+        tracing::error!(error = %e, "cannot install the signal handlers; SIGHUP and SIGTERM keep their default action");
+    }
     raise_nofile_limit();
     // Before any other thread exists: this also clears LISTEN_PID/LISTEN_FDS.
     let passed = systemd_listeners(&a)?;
     let web = web_config(&a)?;
     let config = services_config(&a)?;
+    // Under --netns all there is no state file (it describes one namespace).
+    if !a.source.state_file.as_os_str().is_empty() && a.netns == NetnsMode::Host {
+        crate::state::target::check_at_start(&a.source.state_file, &a.source.procfs)
+            .map_err(anyhow::Error::msg)?;
+    }
     let addrs = listen_addresses(&a)?;
     let target = poll_target(&a)?;
+    if let Some(sig) = crate::signals::terminating() {
+        tracing::info!("{sig} received during start-up, exiting");
+        return Ok(());
+    }
     tracing::info!(
         version = crate::metrics::VERSION,
         source = match &target {
@@ -69,12 +82,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             !a.disable_exporter_metrics,
             Some(events.clone()),
         );
-        spawn_sighup(handle.control.clone());
+        let shutdown = spawn_signals(handle.control.clone());
         let state = app_state(&a, latest, web, &handle, events);
         for address in local {
             tracing::info!(%address, path = %a.telemetry_path, "serving metrics");
         }
-        server::run(listeners, state, shutdown_signal()).await;
+        if let Err(e) = crate::activation::notify("READY=1") {
+            tracing::warn!(error = %e, "cannot tell the service manager the agent is ready (NOTIFY_SOCKET)");
+        }
+        server::run(listeners, state, shutdown).await;
         stop(handle, tracer).await;
         Ok(())
     })
@@ -197,9 +213,10 @@ fn bind_listeners(
 }
 
 /// Where the poller writes the listener memory for `check`/`wait`/`ports`; none with
-/// `--state.file=` or when this process's namespace cannot be named.
+/// `--state.file=`, `--netns all` (nothing writes it then), or when this process's
+/// namespace cannot be named.
 fn state_sink(a: &ServeArgs) -> Option<poller::StateSink> {
-    if a.source.state_file.as_os_str().is_empty() {
+    if a.source.state_file.as_os_str().is_empty() || a.netns == NetnsMode::All {
         return None;
     }
     crate::netns::own_inode(&a.source.procfs).map(|ns| {
@@ -332,6 +349,8 @@ fn start_tracer(
         run_netns: a.run_netns.clone(),
         rootfs: a.source.rootfs.clone(),
         all_netns: a.netns == NetnsMode::All,
+        // Whatever the poll interval, never more than a line a second per port and call.
+        log_interval: a.poll_interval.max(Duration::from_secs(1)),
     };
     match crate::events::loader::start(opts, latest, events) {
         Ok(t) => {
@@ -350,53 +369,34 @@ fn start_tracer(
     }
 }
 
-/// SIGHUP re-reads `--config.file`, like `POST /-/reload`.
-fn spawn_sighup(control: std::sync::mpsc::Sender<poller::Control>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
+/// Applies the caught signals: SIGHUP re-reads `--config.file` (like `POST /-/reload`;
+/// those queued during start-up once), SIGTERM and SIGINT resolve the returned future,
+/// which drains the server (also when they came during start-up).
+fn spawn_signals(
+    control: std::sync::mpsc::Sender<poller::Control>,
+) -> impl std::future::Future<Output = ()> {
+    use crate::signals::{Dispatch, Request};
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut dispatch = Dispatch::take();
+    tokio::spawn(async move {
+        loop {
+            match dispatch.next().await {
+                Request::Reload => {
                     tracing::info!("SIGHUP received, reloading the config");
-                    if control.send(poller::Control::Reload(None)).is_err() {
-                        return;
-                    }
+                    // A gone poller is shutting down: the stop still comes.
+                    let _ = control.send(poller::Control::Reload(None));
                 }
-            });
+                Request::Stop(sig) => {
+                    tracing::info!("{sig} received, shutting down");
+                    let _ = tx.send(());
+                    return;
+                }
+            }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; use POST /-/reload (--web.enable-lifecycle)")
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
-/// not when the future is first polled: a SIGTERM that arrives as the server starts
-/// (before its accept loop looks at the future) still shuts down gracefully.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
+    });
     async move {
-        let mut term = match term {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                std::future::pending::<()>().await;
-                return;
-            }
-        };
-        let int_recv = async {
-            match int {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-            () = int_recv => tracing::info!("SIGINT received, shutting down"),
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

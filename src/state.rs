@@ -297,34 +297,29 @@ pub const MAX_BYTES: u64 = crate::fsread::STATE_MAX;
 /// `O_EXCL|O_NOFOLLOW` (a planted file or symlink makes the create fail, it is never
 /// followed or truncated), mode 0644 whatever the umask, is fsynced before the rename,
 /// and the directory is fsynced after it. A directory that other users can write to
-/// without the sticky bit is refused (they could swap the file under a reader).
+/// without the sticky bit is refused (they could swap the file under a reader). The
+/// rename replaces only a regular file bindwatch may own, or nothing ([`target`]).
 ///
 /// # Errors
-/// When the directory is refused or cannot be created, or the file cannot be written.
+/// When the directory is refused or cannot be created, the path holds something else
+/// than such a file, or the file cannot be written.
 pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    target::save_checked(
+        path,
+        state,
+        Path::new("/proc"),
+        &mut target::Guard::default(),
+    )
+    .map_err(|e| match e {
+        target::SaveError::Io(e) => e,
+        target::SaveError::Refused(why) => io::Error::new(io::ErrorKind::AlreadyExists, why),
+    })
+}
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    dir_policy(meta.mode(), meta.uid(), me).map_err(|why| {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("refusing the directory {}: {why}", dir.display()),
-        )
-    })?;
-    // Compact, and sized up front: the agent writes this every poll, and the
-    // children cookies (up to hundreds of thousands) made a pretty-printed file
-    // cost more user time than the rest of the poll's bookkeeping.
+/// The file's bytes: compact, and sized up front (the agent writes this every poll,
+/// and the children cookies, up to hundreds of thousands, made a pretty-printed file
+/// cost more user time than the rest of the poll's bookkeeping).
+fn encode(state: &StateFile) -> io::Result<Vec<u8>> {
     let hint = 512
         + state
             .listeners
@@ -333,38 +328,7 @@ pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
             .sum::<usize>();
     let mut body = Vec::with_capacity(hint);
     serde_json::to_writer(&mut body, state).map_err(io::Error::other)?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let mut attempt = 0;
-    let (tmp, mut file) = loop {
-        let tmp = dir.join(format!(".{name}.tmp.{:016x}", random_u64()?));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
-            Ok(f) => break (tmp, f),
-            // Someone guessed a 64-bit random name: try another, a few times.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    };
-    let written = (|| {
-        // The umask may have cleared bits: readers (check, run by anyone) need 0644.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // The rename is durable only once the directory is.
-    std::fs::File::open(dir)?.sync_all()
+    Ok(body)
 }
 
 /// 64 random bits from the kernel (getrandom(2)).
@@ -541,6 +505,8 @@ pub fn parse(text: &[u8]) -> Result<(StateFile, Option<(usize, String)>), String
     }
     Ok((state, first.map(|f| (skipped, f))))
 }
+
+pub mod target;
 
 #[cfg(test)]
 mod tests;

@@ -474,6 +474,22 @@ fn cpu_budget_keeps_listeners_fresh_and_says_how_old_the_table_is() {
             table, table0,
             "the table was not walked again within the budget"
         );
+        // Its port's other sockets were not read: a restart is undecided, never "clear".
+        for reuse in ["false", "true"] {
+            let labels = [
+                ("protocol", "tcp"),
+                ("address", "127.0.0.1"),
+                ("port", "18150"),
+                ("reuseaddr", reuse),
+            ];
+            assert_eq!(
+                m.get("bindwatch_rebind_undecided", &labels),
+                Some(1.0),
+                "undecided on a port the walk did not read: {}",
+                m.text
+            );
+            assert_eq!(m.get("bindwatch_rebind_blocked", &labels), None);
+        }
         assert!(
             m.get("bindwatch_poll_cpu_seconds_total", &[])
                 .unwrap_or(0.0)

@@ -769,6 +769,9 @@ fn systemd_unit_has_the_contracted_settings() {
         ),
         ("EnvironmentFile", "-/etc/default/bindwatch"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        // READY=1 once the first poll is served (sd_notify)
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
         // the default --state.file is /run/bindwatch/state.json
         ("RuntimeDirectory", "bindwatch"),
         ("DynamicUser", "yes"),

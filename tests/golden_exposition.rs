@@ -278,6 +278,11 @@ fn rendered() -> metrics::Exposition {
         config_reload_ok: Some(true),
         poll_cpu_seconds_total: 1.25,
         cpu_budget: 0.01,
+        state_file_stopped: Some(false),
+        bind_events: Some(Some(bindwatch::model::Counters {
+            lost: 12,
+            ..Default::default()
+        })),
         ..Extras::default()
     };
     metrics::render_all(&[(None, &snap)], &SelfMetrics::new(), &extras)

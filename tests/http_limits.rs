@@ -56,6 +56,22 @@ fn stalled_reader(addr: SocketAddr) -> Socket {
     s
 }
 
+/// Whether the server has started answering on `s` (bytes wait to be read).
+fn answered(s: &Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: a valid fd and a one-byte buffer; MSG_PEEK leaves the byte in place.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
 /// A client that never reads its 2 MB answer is cut off after `--web.write-timeout`
 /// (the whole body would otherwise wait for it forever, and with it the snapshot).
 #[test]
@@ -120,26 +136,49 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     });
 }
 
-/// Connections beyond `--web.max-connections` are refused at once with a 503 naming the
+/// Connections beyond `--web.max-connections` while every slot serves a request (here:
+/// clients that never read a large answer) are refused at once with a 503 naming the
 /// flag, and counted in `bindwatch_http_connections_refused_total`.
 #[test]
 fn connections_beyond_the_cap_are_refused_and_counted() {
     in_netns(|| {
-        let agent = Agent::start(18802, &["--web.max-connections", "4"]);
-        // Serving (first poll done, accepting) before the cap is filled.
+        // Loopback autotunes send buffers to 4 MB, which would take the whole body.
+        run_ok("sysctl", &["-qw", "net.ipv4.tcp_wmem=4096 16384 65536"]);
+        let dir = Scratch::new("lim-cap");
+        let procfs = big_procfs(&dir, 3000);
+        let agent = Agent::start(
+            18802,
+            &[
+                "--web.max-connections",
+                "2",
+                "--path.procfs",
+                &procfs,
+                "--source",
+                "procfs",
+                "--ports.max",
+                "5000",
+            ],
+        );
+        // Serving a large body (first poll done, accepting) before the cap is filled.
         assert!(eventually(Duration::from_secs(20), || {
-            matches!(http_get(agent.addr, "/healthz", &[]), Ok((200, _, _)))
+            http_get(agent.addr, "/metrics", &[])
+                .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_500_000)
         }));
-        let idle: Vec<TcpStream> = (0..4)
+        // One at a time, each being answered before the next: a connection whose
+        // request the agent has not read yet may give way to a newer one.
+        let busy: Vec<Socket> = (0..2)
             .map(|_| {
-                let mut s = TcpStream::connect(agent.addr).expect("connect");
-                // The start of a request that never ends (until the header timeout).
-                let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+                let s = stalled_reader(agent.addr);
+                assert!(
+                    eventually(Duration::from_secs(10), || answered(&s)),
+                    "the stalled reader is being answered"
+                );
                 s
             })
             .collect();
-        // Until the agent has accepted the idle ones, a probe may still get in (and,
-        // with `Connection: close`, leave again): count the refusals actually seen.
+        // Until the agent has noticed the connections of earlier scrapes are gone, a
+        // probe may still get in (and, with `Connection: close`, leave again): count
+        // the refusals actually seen.
         let probe = || {
             let mut s = TcpStream::connect(agent.addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -166,8 +205,8 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        drop(idle);
-        // Our own scrapes below may be refused too while the server notices the idle
+        drop(busy);
+        // Our own scrapes below may be refused too while the server notices the busy
         // ones are gone: at least the refusals seen are counted.
         let mut last = None;
         let counted = eventually(Duration::from_secs(10), || {
@@ -182,6 +221,72 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
             counted,
             "bindwatch_http_connections_refused_total: {last:?}"
         );
+    });
+}
+
+/// The scrape reserve: one client holding more idle and slow-header connections than
+/// `--web.max-connections` (and stalled TLS handshakes alike) cannot make scrapes
+/// answer 503: the connection waiting longest without a request gives way to a new
+/// one, and is counted.
+#[test]
+fn idle_and_slow_header_connections_do_not_lock_scrapes_out() {
+    in_netns(|| {
+        let agent = Agent::start(18803, &["--web.max-connections", "8"]);
+        assert!(eventually(Duration::from_secs(20), || {
+            matches!(http_get(agent.addr, "/healthz", &[]), Ok((200, _, _)))
+        }));
+        // 40 connections held open: idle ones, and ones that started a request line.
+        let held: Vec<TcpStream> = (0..40)
+            .map(|i| {
+                let mut s = TcpStream::connect(agent.addr).expect("connect");
+                if i % 2 == 0 {
+                    let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+                }
+                s
+            })
+            .collect();
+        // The burst settles within moments (its connections take the slots of older
+        // ones or are refused), long before the held ones time out.
+        let t0 = Instant::now();
+        let mut last = None;
+        let settled = eventually(Duration::from_secs(3), || {
+            last = http_get(agent.addr, "/healthz", &[]).ok().map(|r| r.0);
+            last == Some(200)
+        });
+        assert!(
+            settled,
+            "scrapes answered 503 while 40 idle connections are held: last {last:?}"
+        );
+        // Held, not flooding: every scrape gets in.
+        for i in 0..20 {
+            let (code, _, body) = http_get(agent.addr, "/metrics", &[]).expect("scrape");
+            assert_eq!(
+                code,
+                200,
+                "scrape {i} while 40 idle connections are held: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // Each connection over the cap closed an idle one or was refused: all counted
+        // (the metric is rendered at the next poll).
+        let mut closed = None;
+        let counted = eventually(Duration::from_secs(10), || {
+            let Ok((200, _, body)) = http_get(agent.addr, "/metrics", &[]) else {
+                return false;
+            };
+            closed = Metrics::parse(&String::from_utf8_lossy(&body))
+                .get("bindwatch_http_connections_refused_total", &[]);
+            closed.is_some_and(|v| v >= 32.0)
+        });
+        assert!(
+            counted,
+            "the connections over the cap are counted: {closed:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(50),
+            "all within the held connections' header timeout"
+        );
+        drop(held);
     });
 }
 

@@ -325,7 +325,7 @@ impl Collector {
             .collect();
         let by_port = self.inherit_leftovers(port_sockets, view.table_taken_at);
         // 7. Rebind risk per endpoint; the watched services.
-        let risks = self.risks(&listeners, &by_port, &holdings);
+        let risks = self.risks(&listeners, &by_port, &holdings, &wanted);
         let port_sockets = sorted_by_port(by_port);
         let watched = conflict::evaluate(
             services,
@@ -356,15 +356,35 @@ impl Collector {
         })
     }
 
-    /// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table.
+    /// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table. A
+    /// listener on port 0 cannot exist (listen() and a UDP bind pick a port): from
+    /// any source it is malformed, dropped and counted with the malformed lines.
     fn read_listeners(&mut self) -> Result<FreshListeners, CollectError> {
+        let mut zero = 0u64;
         let mut tcp = Vec::new();
-        self.table
-            .dump(Protocol::Tcp, listen_mask(), &mut |s| tcp.push(s.clone()))?;
+        self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
+            if s.local.port() == 0 {
+                zero += 1;
+            } else {
+                tcp.push(s.clone());
+            }
+        })?;
         let at = state::unix(SystemTime::now());
         let mut udp = Vec::new();
-        self.table
-            .dump(Protocol::Udp, ALL_STATES, &mut |s| udp.push(s.clone()))?;
+        self.table.dump(Protocol::Udp, ALL_STATES, &mut |s| {
+            if s.local.port() == 0 && s.is_listener() {
+                zero += 1;
+            } else {
+                udp.push(s.clone());
+            }
+        })?;
+        if zero > 0 {
+            self.table.bad_lines += zero;
+            tracing::debug!(
+                listeners = zero,
+                "skipped listeners on port 0 (malformed socket table records)"
+            );
+        }
         Ok(FreshListeners { tcp, udp, at })
     }
 
@@ -391,9 +411,24 @@ impl Collector {
             tracing::warn!(
                 dropped,
                 max = self.opts.ports_max,
-                "more ports of interest than --ports.max; the highest are left out"
+                "more ports of interest than --ports.max; the highest are left out (watched ones last)"
             );
-            wanted = wanted.into_iter().take(self.opts.ports_max).collect();
+            // Watched and asked-for ports first: their status is judged from these sockets.
+            let mut kept: BTreeSet<(Protocol, u16)> = services
+                .iter()
+                .map(|s| (s.protocol, s.port))
+                .chain(extra_ports.iter().copied())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .take(self.opts.ports_max)
+                .collect();
+            for p in wanted {
+                if kept.len() >= self.opts.ports_max {
+                    break;
+                }
+                kept.insert(p);
+            }
+            wanted = kept;
         }
         wanted
     }
@@ -467,13 +502,18 @@ impl Collector {
         })
     }
 
-    /// Step 7: the rebind risk of each remembered endpoint, judged with the newest
-    /// listener's own flags against every socket on its port.
+    /// Step 7: the rebind risk of each remembered endpoint on a port of interest,
+    /// judged with the newest listener's own flags against every socket on its port.
+    /// A remembered endpoint past `--ports.max` (not in `wanted`) has no risk: its
+    /// sockets were not read, and the cap counted it. A TCP port the last table walk
+    /// did not cover (it became of interest since) had only its listeners read: a
+    /// "clear" there is undecided (more sockets can only block more).
     fn risks(
         &self,
         listeners: &[Listener],
         by_port: &FxHashMap<(Protocol, u16), Vec<Socket>>,
         holdings: &HashMap<u64, crate::model::Holding>,
+        wanted: &BTreeSet<(Protocol, u16)>,
     ) -> Vec<EndpointRisk> {
         // A live listening socket stays open after the restart while a holder
         // outside what the restart stops has it (`rebind::holders`).
@@ -486,10 +526,27 @@ impl Collector {
         let empty = Vec::new();
         self.memory
             .iter()
+            .filter(|(ep, _)| wanted.contains(&(ep.protocol, ep.port)))
             .filter_map(|(ep, r)| {
                 let listener = &r.newest()?.listener;
                 let on_port = by_port.get(&(ep.protocol, ep.port)).unwrap_or(&empty);
-                let restart = rebind::holders::judge_restart_held(listener, on_port, &stays);
+                let mut restart = rebind::holders::judge_restart_held(listener, on_port, &stays);
+                let unread = ep.protocol == Protocol::Tcp
+                    && self
+                        .table_view
+                        .as_ref()
+                        .is_none_or(|v| !v.covered.contains(ep.port));
+                if unread {
+                    for j in [
+                        &mut restart.without_reuseaddr,
+                        &mut restart.with_reuseaddr,
+                        &mut restart.own_flags,
+                    ] {
+                        if j.verdict == rebind::Verdict::Clear {
+                            j.verdict = rebind::Verdict::Unknown;
+                        }
+                    }
+                }
                 let gone = !live.contains(ep);
                 Some(EndpointRisk {
                     endpoint: *ep,

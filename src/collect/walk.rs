@@ -23,6 +23,9 @@ pub(super) struct TableView {
     pub(super) port_sockets: Vec<Socket>,
     pub(super) ephemeral_top: Vec<(crate::conflict::Bucket, u32)>,
     pub(super) taken_at: SystemTime,
+    /// The TCP ports whose sockets this walk kept: a port that became of interest
+    /// since was not read, and its verdicts must not say "clear".
+    pub(super) covered: PortSet,
 }
 
 impl Collector {
@@ -94,6 +97,7 @@ impl Collector {
             port_sockets,
             ephemeral_top: tally.top(self.opts.ephemeral_top_k),
             taken_at: SystemTime::now(),
+            covered: wanted_set,
         })
     }
 }
@@ -150,7 +154,7 @@ impl Walk<'_> {
 }
 
 /// Ports as a 65,536-bit set: one bit test per socket in the hot loop.
-struct PortSet(Vec<u64>);
+pub(super) struct PortSet(Vec<u64>);
 
 impl PortSet {
     fn from_iter(ports: impl Iterator<Item = u16>) -> Self {
@@ -162,7 +166,7 @@ impl PortSet {
     }
 
     #[inline]
-    fn contains(&self, p: u16) -> bool {
+    pub(super) fn contains(&self, p: u16) -> bool {
         self.0[usize::from(p) / 64] & (1 << (p % 64)) != 0
     }
 }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::Ebpf;
 
 use super::decode::{self, Call, Errno, Event};
 use super::log::{self, Observed, Outcome};
+use super::ratelimit::{self, LogLimiter};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
@@ -47,6 +48,11 @@ const CAPTURES_PER_SECOND: u32 = 50;
 pub enum LoadError {
     #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
     Tracefs(std::io::Error),
+    #[error("tracefs at {path} is mounted but not readable: {source}")]
+    TracefsUnreadable {
+        path: &'static str,
+        source: std::io::Error,
+    },
     #[error("loading bpf/bindevents.bpf.o: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the object has no program {0}")]
@@ -82,6 +88,8 @@ pub struct TracerOptions {
     pub rootfs: PathBuf,
     /// `--netns all`: report every namespace with its name; else only bindwatch's own.
     pub all_netns: bool,
+    /// At most one log line per port and call in this time (the poll interval).
+    pub log_interval: Duration,
 }
 
 /// A running tracer; dropping the handle detaches nothing, [`Tracer::stop`] does.
@@ -103,9 +111,20 @@ impl Tracer {
 /// aya finds tracefs at /sys/kernel/tracing or /sys/kernel/debug/tracing; where
 /// neither is mounted (a minimal host), mount it: attaching needs the tracepoint ids.
 fn ensure_tracefs() -> Result<(), LoadError> {
-    let mounted = |p: &str| Path::new(p).join("events").is_dir();
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
-        return Ok(());
+    let mut unreadable = None;
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        match std::fs::metadata(Path::new(p).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            // Mounted (or behind a directory) this process may not read: mounting
+            // again would not help, and "not mounted" would send the reader astray.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                unreadable.get_or_insert((p, e));
+            }
+            _ => {}
+        }
+    }
+    if let Some((path, source)) = unreadable {
+        return Err(LoadError::TracefsUnreadable { path, source });
     }
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (src, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
@@ -161,12 +180,21 @@ pub fn start(
         name: "ports",
         source,
     })?;
+    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+        bpf.take_map("lost").ok_or(LoadError::NoMap("lost"))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "lost",
+        source,
+    })?;
     let own_netns = netns::own_inode(&opts.procfs);
+    let opts_interval = opts.log_interval;
     let stop = Arc::new(AtomicBool::new(false));
     let mut reader = Reader {
         _bpf: bpf,
         ring,
         ports,
+        lost,
         synced: BTreeSet::new(),
         opts,
         latest,
@@ -176,6 +204,7 @@ pub fn start(
         namespaces: HashMap::new(),
         discovered: None,
         captures: (Instant::now(), 0),
+        limiter: LogLimiter::new(opts_interval),
     };
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
@@ -194,6 +223,8 @@ struct Reader {
     _bpf: Ebpf,
     ring: RingBuf<MapData>,
     ports: BpfHashMap<MapData, u16, u8>,
+    /// Ring-buffer reserve failures, per CPU.
+    lost: PerCpuArray<MapData, u64>,
     /// What the `ports` map holds now.
     synced: BTreeSet<u16>,
     opts: TracerOptions,
@@ -207,6 +238,8 @@ struct Reader {
     discovered: Option<Instant>,
     /// Start of the current second and the captures made in it.
     captures: (Instant, u32),
+    /// Failure and miss lines: at most one per port and call per interval.
+    limiter: LogLimiter,
 }
 
 impl Reader {
@@ -253,6 +286,20 @@ impl Reader {
                     Err(err) => tracing::debug!(error = %err, "skipping a bind tracer record"),
                 }
             }
+            self.read_lost();
+            for (netns, line) in self.limiter.flush(Instant::now()) {
+                tracing::warn!(netns, "{line}");
+            }
+        }
+    }
+
+    /// The program's count of events lost to a full ring buffer, summed over CPUs.
+    fn read_lost(&self) {
+        match self.lost.get(&0, 0) {
+            Ok(per_cpu) => self
+                .events
+                .set_lost(per_cpu.iter().fold(0u64, |a, n| a.saturating_add(*n))),
+            Err(e) => tracing::debug!(error = %e, "cannot read the bind tracer's lost counter"),
         }
     }
 
@@ -379,7 +426,23 @@ impl Reader {
             return;
         };
         failure.verdict_before = failure.verdict_before.or(scored);
-        tracing::warn!(netns = %ns.name, "{}", log::log_line(&failure));
+        let key = (ns.name.clone(), e.call.as_str(), protocol, e.port);
+        let line = self.limiter.event(
+            &key,
+            Instant::now(),
+            || {
+                format!(
+                    "{}\n{} by {process}[{}]",
+                    std::net::SocketAddr::new(e.address, e.port),
+                    errno.name(),
+                    e.tgid
+                )
+            },
+            || log::log_line(&failure),
+        );
+        if let Some(line) = line {
+            tracing::warn!(netns = %ns.name, "{line}");
+        }
         self.events.with_log(|l| {
             l.count(label.as_deref(), e.call, protocol, e.port, errno, &process);
             l.push(failure);
@@ -453,7 +516,7 @@ impl Reader {
     /// (`events::score` says what hit, miss and undecided mean).
     #[allow(clippy::too_many_arguments)]
     fn score(
-        &self,
+        &mut self,
         e: &Event,
         protocol: Protocol,
         snap: &Snapshot,
@@ -468,11 +531,24 @@ impl Reader {
         } = super::score::score_bind(e, protocol, snap, at, after)?;
         self.events.with_log(|l| l.predicted(outcome));
         if outcome == Outcome::Miss {
-            tracing::warn!(
-                netns,
-                "{}",
-                log::miss_report(e, protocol, process, snap, &j)
+            let key = (netns.to_string(), ratelimit::MISS, protocol, e.port);
+            let line = self.limiter.event(
+                &key,
+                Instant::now(),
+                || {
+                    format!(
+                        "{} {}\nthe kernel answered {}, bindwatch had predicted {}",
+                        e.call.as_str(),
+                        std::net::SocketAddr::new(e.address, e.port),
+                        e.errno.map_or("success", Errno::name),
+                        j.verdict.as_str()
+                    )
+                },
+                || log::miss_report(e, protocol, process, snap, &j),
             );
+            if let Some(line) = line {
+                tracing::warn!(netns, "{line}");
+            }
         }
         Some(j.verdict)
     }

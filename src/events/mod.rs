@@ -7,6 +7,8 @@
 //! - [`loader`] (I/O): loads `bpf/bindevents.bpf.o`, attaches it to the syscall
 //!   tracepoints, reads the ring buffer, captures the port's sockets after each
 //!   failure and keeps the ports-of-interest map in step with the poller.
+//! - [`ratelimit`] (pure): at most one log line per port, call and interval, with
+//!   the count since the last one.
 //! - [`client`]: `bindwatch failures`: the local agent's `GET /failures`, as text.
 //!
 //! [`Events`] is what the loader, the poller (metrics) and the HTTP server
@@ -16,10 +18,11 @@ pub mod client;
 pub mod decode;
 pub mod loader;
 pub mod log;
+pub mod ratelimit;
 pub mod score;
 pub mod unix;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use self::log::{Counters, FailureLog};
@@ -32,6 +35,8 @@ pub struct Events {
     ports_max: usize,
     /// True once the programs are attached; the failure metrics exist only then.
     active: AtomicBool,
+    /// The BPF program's ring-buffer reserve failures, as last read.
+    lost: AtomicU64,
 }
 
 impl Events {
@@ -41,11 +46,17 @@ impl Events {
             unix: Mutex::new(unix::UnixLog::default()),
             ports_max,
             active: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
         }
     }
 
     pub fn set_active(&self, on: bool) {
         self.active.store(on, Ordering::Relaxed);
+    }
+
+    /// Records the BPF program's count of events lost to a full ring buffer.
+    pub fn set_lost(&self, n: u64) {
+        self.lost.fetch_max(n, Ordering::Relaxed);
     }
 
     /// Whether failures are being observed (`bindwatch_capability{capability="bind_events"}`).
@@ -84,6 +95,7 @@ impl Events {
             })
             .collect();
         c.dropped += u.dropped;
+        c.lost = self.lost.load(Ordering::Relaxed);
         Some(c)
     }
 

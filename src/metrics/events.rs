@@ -98,4 +98,10 @@ pub(super) fn render_events(w: &mut Writer, ev: Option<&crate::model::Counters>)
         &[],
         c.dropped as f64,
     );
+    w.family(
+        "bindwatch_bind_events_lost_total",
+        "counter",
+        "Events the BPF tracer dropped in the kernel because its ring buffer was full (failures and binds of any namespace): the failure counters miss at most this many.",
+    );
+    w.sample("bindwatch_bind_events_lost_total", &[], c.lost as f64);
 }

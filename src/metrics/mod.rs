@@ -171,6 +171,8 @@ pub struct Extras {
     /// The failure tracer: `None` when none runs here, `Some(None)` when it could not
     /// attach (capability 0, failure metrics absent), else its counters.
     pub bind_events: Option<Option<crate::model::Counters>>,
+    /// Whether the agent stopped writing `--state.file`; `None` without one.
+    pub state_file_stopped: Option<bool>,
 }
 
 /// What the HTTP server counts, for the poller to render (it renders every poll; the
@@ -304,10 +306,18 @@ fn render_own(w: &mut Writer, extras: &Extras) {
         );
         w.sample("bindwatch_web_config_last_reload_successful", &[], b(ok));
     }
+    if let Some(stopped) = extras.state_file_stopped {
+        w.family(
+            "bindwatch_state_file_stopped",
+            "gauge",
+            "1 when the agent stopped writing --state.file: something else than its own regular file appeared at the path, or another live agent writes it.",
+        );
+        w.sample("bindwatch_state_file_stopped", &[], b(stopped));
+    }
     w.family(
         "bindwatch_http_connections_refused_total",
         "counter",
-        "HTTP connections closed at once because --web.max-connections were open.",
+        "HTTP connections closed because --web.max-connections were open: refused at once, or idle ones without a request in progress closed to make room for a new one.",
     );
     w.sample(
         "bindwatch_http_connections_refused_total",

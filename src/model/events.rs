@@ -79,4 +79,7 @@ pub struct Counters {
     pub predictions: [u64; 3],
     /// Failures not counted because their series would pass the cap.
     pub dropped: u64,
+    /// Events the BPF program could not put into its full ring buffer (any
+    /// namespace, any kind), summed over CPUs.
+    pub lost: u64,
 }

@@ -122,6 +122,8 @@ pub struct Body {
     inner: Full<Bytes>,
     rest: Bytes,
     _slot: Option<OwnedSemaphorePermit>,
+    /// Marks the connection idle again (may be closed for a new one) once dropped.
+    _busy: Option<super::reserve::IdleOnDrop>,
 }
 
 impl Body {
@@ -131,7 +133,13 @@ impl Body {
             inner,
             rest: Bytes::new(),
             _slot: slot,
+            _busy: None,
         }
+    }
+
+    /// Keeps the connection busy until this body is dropped (its last byte taken).
+    pub(super) fn hold(&mut self, busy: super::reserve::IdleOnDrop) {
+        self._busy = Some(busy);
     }
 }
 

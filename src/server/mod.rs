@@ -27,6 +27,7 @@ use crate::publish::Latest;
 use crate::web::WebState;
 
 mod io;
+mod reserve;
 mod routes;
 
 pub use io::{Body, WriteTimeout};
@@ -46,6 +47,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `--web.max-connections`.
 pub const MAX_CONNECTIONS: usize = 256;
+/// A TLS handshake may take at most this long (or half the header timeout, if that
+/// is shorter): stalled handshakes give their slot back well before a slow header would.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a new connection waits for the slot of an idle one closed for it.
+const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// The TLS handshake timeout for a header timeout.
+pub fn handshake_timeout(read_header_timeout: Duration) -> Duration {
+    HANDSHAKE_TIMEOUT.min(read_header_timeout / 2)
+}
 
 /// Limits on what one client can hold.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +191,7 @@ pub async fn run(
         .then(|| Arc::new(Semaphore::new(state.limits.max_requests)));
     let open = (state.limits.max_connections > 0)
         .then(|| Arc::new(Semaphore::new(state.limits.max_connections)));
+    let waiting = Arc::new(reserve::Waiting::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -202,24 +214,20 @@ pub async fn run(
                     tracing::debug!(error = %e, %peer, "setting TCP_NODELAY failed");
                 }
                 // Each open connection holds kernel buffers and, while it writes, a
-                // snapshot's bytes: their number is capped, the excess refused at once.
+                // snapshot's bytes: their number is capped. At the cap, the connection
+                // waiting longest without a request in progress is closed for the new
+                // one (the scrape reserve); with every slot serving, it is refused.
                 let slot = match &open {
                     None => None,
                     Some(sem) => match sem.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
                         Err(_) => {
-                            refuse(stream, &state);
+                            hand_over(stream, peer, sem, &waiting, &state, &in_flight, &graceful);
                             continue;
                         }
                     },
                 };
-                let state = state.clone();
-                let in_flight = in_flight.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    serve_connection(stream, peer, state, in_flight, watcher).await;
-                    drop(slot);
-                });
+                spawn_connection(stream, peer, slot, &waiting, &state, &in_flight, &graceful);
             }
             () = &mut shutdown => break,
         }
@@ -231,6 +239,100 @@ pub async fn run(
     }
 }
 
+/// Serves one connection on its own task; it is closed early when it is the idle one
+/// chosen to make room for a new connection.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    waiting: &Arc<reserve::Waiting>,
+    state: &Arc<AppState>,
+    in_flight: &Option<Arc<Semaphore>>,
+    graceful: &GracefulShutdown,
+) {
+    let state = state.clone();
+    let in_flight = in_flight.clone();
+    let watcher = graceful.watcher();
+    let ticket = waiting.enter();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = serve_connection(stream, peer, state, in_flight, watcher, ticket.clone()) => {}
+            () = ticket.closed() => {
+                tracing::debug!(%peer, "closed a connection without a request in progress to make room (--web.max-connections)");
+            }
+        }
+        drop(slot);
+    });
+}
+
+/// A connection at the cap: closes the connection waiting longest without a request
+/// in progress (again as others start waiting, within [`HANDOVER_WAIT`]) and serves
+/// this one in the first slot that frees; refuses it when every slot keeps serving a
+/// request, or when as many new connections already wait for a slot as there are slots.
+fn hand_over(
+    stream: TcpStream,
+    peer: SocketAddr,
+    open: &Arc<Semaphore>,
+    waiting: &Arc<reserve::Waiting>,
+    state: &Arc<AppState>,
+    in_flight: &Option<Arc<Semaphore>>,
+    graceful: &GracefulShutdown,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    if waiting.handing_over.fetch_add(1, SeqCst) >= state.limits.max_connections {
+        waiting.handing_over.fetch_sub(1, SeqCst);
+        refuse(stream, state);
+        return;
+    }
+    let (open, waiting, state, in_flight) = (
+        open.clone(),
+        waiting.clone(),
+        state.clone(),
+        in_flight.clone(),
+    );
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        let slot = loop {
+            if waiting.close_oldest() {
+                count_closed(&state);
+            }
+            let step = tokio::time::timeout(HANDOVER_STEP, open.clone().acquire_owned()).await;
+            match step {
+                Ok(Ok(p)) => break Some(p),
+                Ok(Err(_)) => break None,
+                Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                Err(_) => {}
+            }
+        };
+        waiting.handing_over.fetch_sub(1, SeqCst);
+        let Some(slot) = slot else {
+            refuse(stream, &state);
+            return;
+        };
+        let ticket = waiting.enter();
+        tokio::select! {
+            () = serve_connection(stream, peer, state, in_flight, watcher, ticket.clone()) => {}
+            () = ticket.closed() => {}
+        }
+        drop(slot);
+    });
+}
+
+/// How long a new connection at the cap waits for a slot before it closes the next
+/// waiting connection (the one it closed may still be letting go of its slot).
+const HANDOVER_STEP: Duration = Duration::from_millis(25);
+
+/// Counts a connection closed to make room (with the refused ones: both are what
+/// `--web.max-connections` cost a client).
+fn count_closed(state: &AppState) {
+    state
+        .latest
+        .http
+        .connections_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The answer to a connection beyond `--web.max-connections` (plain HTTP only: on a TLS
 /// port the connection is just closed).
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 50\r\n\r\ntoo many open connections (--web.max-connections)\n";
@@ -238,13 +340,19 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConten
 /// Refuses a connection over the cap: counted, answered if that can be done without
 /// waiting, closed.
 fn refuse(stream: TcpStream, state: &AppState) {
-    state
-        .latest
-        .http
-        .connections_refused
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    count_closed(state);
     if !state.web.as_ref().is_some_and(|w| w.tls_enabled()) {
         let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+    }
+    // Take what the client sent already: closing with unread input sends a reset,
+    // which can destroy the answer before the client reads it.
+    let mut sink = [0u8; 4096];
+    let mut taken = 0;
+    while taken < MAX_HEADER_BYTES {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => taken += n,
+            _ => break,
+        }
     }
     tracing::debug!("connection refused: --web.max-connections reached");
 }
@@ -258,6 +366,7 @@ async fn serve_connection(
     state: Arc<AppState>,
     in_flight: Option<Arc<Semaphore>>,
     watcher: Watcher,
+    ticket: Arc<reserve::Ticket>,
 ) {
     let timeout = state.limits.read_header_timeout;
     let stream = WriteTimeout::new(stream, state.limits.write_timeout);
@@ -275,35 +384,46 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let state = state.clone();
         let in_flight = in_flight.clone();
-        async move { Ok::<_, Infallible>(serve_request(&state, in_flight, req).await) }
+        // Busy from the complete headers to the last byte of the answer.
+        ticket.busy();
+        let busy = ticket.idle_on_drop();
+        async move {
+            let mut r = serve_request(&state, in_flight, req).await;
+            r.body_mut().hold(busy);
+            Ok::<_, Infallible>(r)
+        }
     });
-    let result = match tls {
-        None => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                .await
-        }
-        Some(cfg) => {
-            let stream = match tokio::time::timeout(timeout, handshake(stream, cfg)).await {
-                Ok(Ok(Some(s))) => s,
-                Ok(Ok(None)) => {
-                    tracing::debug!(%peer, "plain HTTP request on the TLS port refused");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                .await
-        }
-    };
+    let result =
+        match tls {
+            None => {
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                    .await
+            }
+            Some(cfg) => {
+                let stream =
+                    match tokio::time::timeout(handshake_timeout(timeout), handshake(stream, cfg))
+                        .await
+                    {
+                        Ok(Ok(Some(s))) => s,
+                        Ok(Ok(None)) => {
+                            tracing::debug!(%peer, "plain HTTP request on the TLS port refused");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                    .await
+            }
+        };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
