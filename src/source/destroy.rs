@@ -177,23 +177,7 @@ impl Destroyer {
         }
         self.seq = self.seq.wrapping_add(1);
         let msg = encode_destroy(self.seq, s);
-        // SAFETY: sockaddr_nl zeroed is the kernel's address (pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msg and sa outlive the call; the lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(DestroyError::Send(io::Error::last_os_error()));
-        }
+        netlink::send_to_kernel(&self.fd, &msg).map_err(DestroyError::Send)?;
         // An error answer echoes the request (88 bytes) after its code.
         let mut buf = [0u8; 256];
         loop {

@@ -418,6 +418,31 @@ fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
 ///
 /// # Errors
 /// When the kernel refuses the socket (no sock_diag, seccomp, netns limits).
+/// Sends one request to the kernel (netlink port 0) on `fd`.
+///
+/// # Errors
+/// The errno of `sendto`.
+pub(crate) fn send_to_kernel(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: sockaddr_nl zeroed is the kernel's address (pid 0).
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: msg and sa outlive the call; lengths are theirs.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn open_socket() -> Result<OwnedFd, NetlinkError> {
     // The kernel adds attributes we never read (INET_DIAG_MARK, MD5 and ULP
     // info) to every socket's message when the requesting socket was opened with
@@ -530,26 +555,7 @@ impl NetlinkDiag {
         what: &'static str,
         decode: &mut D,
     ) -> Result<(), NetlinkError> {
-        // SAFETY: sockaddr_nl zeroed is the kernel's address (pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msg and sa outlive the call; lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(NetlinkError::Send {
-                what,
-                source: io::Error::last_os_error(),
-            });
-        }
+        send_to_kernel(&self.fd, msg).map_err(|source| NetlinkError::Send { what, source })?;
         loop {
             // SAFETY: buf is a valid writable buffer of its length.
             let n = unsafe {
