@@ -84,15 +84,11 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], P))
 }
 
-/// Runs the agent in a PID namespace of its own with its own /proc: it discovers only
-/// its own namespace and the named ones under `--path.run-netns`.
-const PRIVATE_PIDS: &[&str] = &[
-    "unshare",
-    "--pid",
-    "--fork",
-    "--mount-proc",
-    "--kill-child=SIGKILL",
-];
+/// A listener without SO_REUSEADDR on [`P`], in the network namespace at `$1`, held by
+/// a python process that leads its own session (a daemon), so that a restart of it
+/// is judged from its holders.
+const HOLDER: &str = "import socket, sys, time\n\
+s = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen(8)\ntime.sleep(300)\n";
 
 #[test]
 fn namespaces_are_reported_and_judged_separately() {
@@ -103,11 +99,29 @@ fn judged_separately() {
     let dir = Scratch::new("netns-run");
     let a = NamedNetns::new(&dir.0, "bw-a");
     let b = NamedNetns::new(&dir.0, "bw-b");
-    // Namespace A: a live listener without SO_REUSEADDR and no leftovers: a restart is clear.
-    let listener_a = a.run(|| tcp_listener(addr(), false, false, None).expect("listener in A"));
     let run_netns = dir.str("");
+    // The agent runs in a PID namespace of its own with its own /proc: it discovers only
+    // its own network namespace and the named ones under `--path.run-netns`. Namespace
+    // A's listener (no SO_REUSEADDR, no leftovers: a restart is clear) is held by a
+    // daemon started in that PID namespace, where the agent can see who holds it.
+    let script = format!(
+        "nsenter --net={} setsid python3 -c \"$HOLDER\" {P} & exec \"$0\" \"$@\"",
+        a.path()
+    );
+    let wrapper = [
+        "env",
+        &format!("HOLDER={HOLDER}"),
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child=SIGKILL",
+        "sh",
+        "-c",
+        &script,
+    ];
     let srv = Server::start_wrapped(
-        PRIVATE_PIDS,
+        &wrapper,
         18490,
         &[
             "--netns",
@@ -121,6 +135,13 @@ fn judged_separately() {
         ],
     );
     let (na, nb) = (a.name(), b.name());
+    srv.metrics_until(Duration::from_secs(20), |m| {
+        !m.matching(
+            "bindwatch_listener_info",
+            &[("netns", &na), ("port", "18400")],
+        )
+        .is_empty()
+    });
     // Namespace B: a listener without SO_REUSEADDR, seen by bindwatch, then closed after
     // leaving 3 TIME_WAITs: a restart there is blocked.
     let listener_b = b.run(|| tcp_listener(addr(), false, false, None).expect("listener in B"));
@@ -277,5 +298,4 @@ fn judged_separately() {
     let (code, _, err) = bindwatch(&["check", &p, "--netns", &not_ns]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--netns") && err.contains(&not_ns), "{err}");
-    drop(listener_a);
 }

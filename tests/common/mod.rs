@@ -494,7 +494,7 @@ impl Drop for Scratch {
 }
 
 /// A fake procfs (`--path.procfs`, `--source procfs`) in `dir` with `n` TCP listeners on
-/// 127.0.0.1, ports 20000.., so that /metrics is large (about 680 bytes per listener
+/// 127.0.0.1, ports 20000.., so that /metrics is large (about 490 bytes per listener
 /// with `--ports.max` above `n`). Loopback autotunes send buffers up to 4 MB: callers
 /// cap them (`net.ipv4.tcp_wmem`) to make such a body more than the kernel takes.
 pub fn big_procfs(dir: &Scratch, n: u16) -> String {
