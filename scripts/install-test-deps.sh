@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the deploy/ tests (tests/deploy.rs) need on a fresh Debian 12 that only
+# Install everything the deploy/ tests (tests/deploy*.rs) need on a fresh Debian 12 that only
 # has Rust. Idempotent: installs only what is missing. Run as root, non-interactively.
 #
 #   bash scripts/install-test-deps.sh
@@ -7,7 +7,7 @@
 # Afterwards:
 #   - promtool, systemd-analyze, ss, curl, ... are on the normal PATH (apt);
 #   - kubernetes-validate lives in a venv at $BINDWATCH_VENV (default
-#     $HOME/.cache/bindwatch-venv); tests/deploy.rs looks in $BINDWATCH_VENV/bin itself, so
+#     $HOME/.cache/bindwatch-venv); tests/common/deploy.rs looks in $BINDWATCH_VENV/bin itself, so
 #     nothing has to be sourced. The venv's python also has PyYAML (a dependency of
 #     kubernetes-validate), which the tests use to compare YAML documents parsed, and
 #     prometheus_client, whose OpenMetrics parser tests/web_exposition.rs feeds /metrics to;
@@ -20,7 +20,7 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 VENV="${BINDWATCH_VENV:-$HOME/.cache/bindwatch-venv}"
-# Pinned so that the Kubernetes versions it knows stay the ones tests/deploy.rs asks for.
+# Pinned so that the Kubernetes versions it knows stay the ones tests/common/deploy.rs asks for.
 K8S_VALIDATE_VERSION="${K8S_VALIDATE_VERSION:-1.34.1}"
 # The third-party OpenMetrics parser tests/web_exposition.rs feeds bindwatch's exposition to.
 PROM_CLIENT_VERSION="${PROM_CLIENT_VERSION:-0.21.1}"

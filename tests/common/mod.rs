@@ -9,6 +9,7 @@
 
 pub mod daemons;
 pub mod dashboard;
+pub mod deploy;
 pub mod e2e;
 pub mod oracle;
 pub mod oracle_situations;
