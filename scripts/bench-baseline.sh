@@ -10,7 +10,8 @@
 # then runs the poll bench (`cargo bench --bench poll`) at 100k and 1M with
 # --baseline-bin. Root
 # (the bench makes network namespaces). Environment: SIZES (default 100k,1m), RUNS
-# (default 5), BUILD_TIMEOUT and BENCH_TIMEOUT in seconds (default 1800 and 3600).
+# (default 5), BUILD_TIMEOUT and BENCH_TIMEOUT in seconds (default 1800 and 3600),
+# BASELINE_SOURCE (netlink, the default, or bpf: the source both agents poll with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

@@ -3,7 +3,7 @@
 //! builds the older one).
 //!
 //! Two agents, `serve --source netlink --poll.cpu-budget 0 --poll.interval 1s`
-//! (flags both eras accept; budget 0 walks the whole table every poll; the current
+//! (`BASELINE_SOURCE=bpf`: `--source bpf`; flags both eras accept; budget 0 walks the whole table every poll; the current
 //! one also `--no-bind-events`, a tracer the baseline does not have), run in the
 //! population's namespace for the whole phase. They are measured in turn, never at
 //! once: while one is measured the other is stopped (SIGSTOP), so neither competes
@@ -102,7 +102,14 @@ fn thread_state(pid: u32, tid: u32) -> char {
         .unwrap_or('?')
 }
 
+/// The socket source both agents poll with: `BASELINE_SOURCE` (`netlink`, the default,
+/// or `bpf`).
+fn source() -> String {
+    std::env::var("BASELINE_SOURCE").unwrap_or_else(|_| "netlink".to_string())
+}
+
 fn start(label: &'static str, bin: &Path, port: u16, extra: &[&str]) -> Agent {
+    let source = source();
     let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
@@ -113,7 +120,7 @@ fn start(label: &'static str, bin: &Path, port: u16, extra: &[&str]) -> Agent {
         "--poll.cpu-budget",
         "0",
         "--source",
-        "netlink",
+        &source,
         "--log.level",
         "warn",
         // Never the host's /run/bindwatch/state.json.
@@ -372,9 +379,10 @@ pub fn report(results: &[(String, Outcome)]) {
         first.baseline.display()
     );
     println!(
-        "`serve --source netlink --poll.cpu-budget 0 --poll.interval {INTERVAL}` for both (current also \
+        "`serve --source {} --poll.cpu-budget 0 --poll.interval {INTERVAL}` for both (current also \
          `--no-bind-events`), measured in turn (the other stopped), order alternating per round; CPU per poll over whole polls, \
-         no scrape inside a window. Ratio = current / baseline.\n"
+         no scrape inside a window. Ratio = current / baseline.\n",
+        source()
     );
     println!(
         "| table | round | census | current ms process / poller / own counter (polls) | \
