@@ -4,8 +4,8 @@
 //!
 //! Two agents, `serve --source netlink --poll.cpu-budget 0 --poll.interval 1s`
 //! (`BASELINE_SOURCE=bpf`: `--source bpf`; flags both eras accept; budget 0 walks the
-//! whole table every poll; the current one also `--no-bind-events`, a tracer the baseline does not have), run in the
-//! population's namespace for the whole phase. They are measured in turn, never at
+//! whole table every poll; the current one also `--no-bind-events`, a tracer the
+//! baseline does not have), run in the population's namespace for the whole phase. They are measured in turn, never at
 //! once: while one is measured the other is stopped (SIGSTOP), so neither competes
 //! with the other for the two CPUs, the memory bus or the kernel's hash-bucket locks
 //! during its window. The order alternates per round (current first, then baseline
