@@ -384,7 +384,7 @@ fn poll_and_publish(target: &mut Target, selfm: &SelfMetrics, latest: &Latest, s
     };
     st.budget.charge(cpu, walk_cpu);
     st.poll_cpu_total += cpu;
-    let extras = extras(st, latest, bad_lines);
+    let extras = extras(st, bad_lines);
     publish(st, selfm, latest, &extras);
 }
 
@@ -462,8 +462,8 @@ fn poll_all_netns(
 }
 
 /// What a scrape shows beside the snapshots: the last success, CPU and its budget,
-/// reload results, the server's and the tracer's counters.
-fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
+/// the config's reload result, the tracer's counters (the server adds its own).
+fn extras(st: &LoopState, bad_lines: u64) -> Extras {
     Extras {
         last_success_unix: st
             .last
@@ -474,11 +474,6 @@ fn extras(st: &LoopState, latest: &Latest, bad_lines: u64) -> Extras {
         netns_poll_seconds: st.netns_poll_seconds.clone(),
         poll_cpu_seconds_total: st.poll_cpu_total,
         cpu_budget: st.budget.fraction,
-        http_connections_refused_total: latest
-            .http
-            .connections_refused
-            .load(std::sync::atomic::Ordering::Relaxed),
-        web_config_reload_ok: latest.http.web_config_ok(),
         bind_events: st.events.as_ref().map(|e| e.counters()),
         state_file_stopped: st.state_sink.as_ref().map(StateSink::stopped),
     }

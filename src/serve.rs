@@ -65,9 +65,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let listeners = bind_listeners(passed, &addrs)?;
         let local = listeners.local_addrs();
         let latest = Arc::new(poller::Latest::new());
-        if web.is_some() {
-            latest.http.set_web_config_ok(true);
-        }
         let events = Arc::new(crate::events::Events::new(a.ports_max as usize));
         // Attached before the first poll, so the first published scrape already says
         // whether failures are observed.
@@ -237,6 +234,7 @@ fn app_state(
     events: Arc<crate::events::Events>,
 ) -> Arc<server::AppState> {
     Arc::new(server::AppState {
+        http: crate::metrics::HttpMetrics::new(web.is_some()),
         latest,
         reloader: a
             .enable_lifecycle
