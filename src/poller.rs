@@ -479,9 +479,14 @@ fn extras(st: &LoopState, bad_lines: u64) -> Extras {
     }
 }
 
-/// Renders the last snapshots once (both formats; the server makes gzip and the
-/// landing page when first asked for) and publishes them.
+/// Hands the last snapshots to the failure tracer (its ports map follows at once),
+/// then renders them once (both formats; the server makes gzip and the landing page
+/// when first asked for) and publishes them: once a poll is published, the tracer
+/// already judges against it.
 fn publish(st: &LoopState, selfm: &SelfMetrics, latest: &Latest, extras: &Extras) {
+    if let Some(events) = &st.events {
+        events.inputs().set(&st.last);
+    }
     let snaps: Vec<(Option<&str>, &Snapshot)> = st
         .last
         .iter()

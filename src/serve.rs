@@ -68,7 +68,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let events = Arc::new(crate::events::Events::new(a.ports_max as usize));
         // Attached before the first poll, so the first published scrape already says
         // whether failures are observed.
-        let tracer = start_tracer(&a, latest.clone(), events.clone());
+        let tracer = start_tracer(&a, events.clone());
         let handle = poller::spawn(
             target,
             a.poll_interval,
@@ -335,7 +335,6 @@ impl Drop for QuickShutdown {
 /// failure metrics are absent and one line says why.
 fn start_tracer(
     a: &ServeArgs,
-    latest: Arc<poller::Latest>,
     events: Arc<crate::events::Events>,
 ) -> Option<crate::events::loader::Tracer> {
     if a.no_bind_events {
@@ -350,7 +349,7 @@ fn start_tracer(
         // Whatever the poll interval, never more than a line a second per port and call.
         log_interval: a.poll_interval.max(Duration::from_secs(1)),
     };
-    match crate::events::loader::start(opts, latest, events) {
+    match crate::events::loader::start(opts, events) {
         Ok(t) => {
             tracing::info!(
                 "bind failure tracer attached (syscall tracepoints bind, listen, connect)"
