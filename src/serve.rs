@@ -69,16 +69,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         // Attached before the first poll, so the first published scrape already says
         // whether failures are observed.
         let tracer = start_tracer(&a, events.clone());
-        let handle = poller::spawn(
+        let handle = poller::spawn(poller::Setup {
             target,
-            a.poll_interval,
-            latest.clone(),
+            interval: a.poll_interval,
+            latest: latest.clone(),
             config,
-            state_sink(&a),
-            poller::CpuBudget::new(a.cpu_budget),
-            !a.disable_exporter_metrics,
-            Some(events.clone()),
-        );
+            state_sink: state_sink(&a),
+            budget: poller::CpuBudget::new(a.cpu_budget),
+            exporter_metrics: !a.disable_exporter_metrics,
+            events: Some(events.clone()),
+        });
         let shutdown = spawn_signals(handle.control.clone());
         let state = app_state(&a, latest, web, &handle, events);
         for address in local {
