@@ -63,7 +63,7 @@ impl Published {
     /// renders at scrape time, ending the exposition), as two pieces sent one after
     /// the other. Gzipped, it is one gzip stream: the poll's part is compressed by
     /// the first request that asks for it after a poll (concurrent first requests
-    /// compress it once), each scrape compresses only its small tail.
+    /// compress it once); each scrape only appends its small tail, stored.
     pub fn body(&self, format: metrics::Format, gzip: bool, tail: &[u8]) -> [Bytes; 2] {
         let (plain, head) = match format {
             metrics::Format::Text => (&self.body, &self.gzip),

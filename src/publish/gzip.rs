@@ -1,11 +1,12 @@
-//! One gzip stream made of two parts compressed at different times: the poll's
+//! One gzip stream made of two parts encoded at different times: the poll's
 //! exposition, compressed once per poll and shared by every scrape, and the few
 //! lines each scrape appends. The head is a gzip header and deflate blocks ended by
-//! a sync flush (byte-aligned, no final block); a scrape adds its tail's deflate
-//! blocks (the last one final) and the trailer (CRC-32 and size of both parts). A
-//! deflate stream may continue with blocks from a fresh compressor: their
-//! back-references stay within the tail. The result is a single gzip member, so
-//! clients that read only one member (many do) get everything.
+//! a sync flush (byte-aligned, no final block); a scrape adds its tail as stored
+//! deflate blocks (the last one final) and the trailer (CRC-32 and size of both
+//! parts). Stored, because a tail of a few hundred bytes gains little from
+//! compression and a compressor's state costs more to set up than it saves: a
+//! scrape only copies its lines and updates a CRC. The result is a single gzip
+//! member, so clients that read only one member (many do) get everything.
 
 use std::io::Write as _;
 
@@ -15,6 +16,19 @@ use flate2::{Compression, Crc};
 
 /// The gzip header: deflate, no name or time, fastest compression, unknown OS.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+/// The most bytes one stored deflate block holds (its length is 16 bits).
+const STORED_MAX: usize = 0xffff;
+
+/// One stored deflate block (RFC 1951, 3.2.4), starting on a byte boundary: the
+/// header bits BFINAL and BTYPE=00 padded to a byte, LEN, NLEN, the bytes.
+fn stored_block(out: &mut Vec<u8>, piece: &[u8], last: bool) {
+    let len = u16::try_from(piece.len()).unwrap_or(u16::MAX);
+    out.push(u8::from(last));
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(&piece[..usize::from(len)]);
+}
 
 /// The compressed poll's part, open for a tail.
 #[derive(Debug)]
@@ -42,11 +56,18 @@ impl Head {
         Head { bytes, crc }
     }
 
-    /// What follows [`Head::bytes`]: `tail` compressed, a final block, the trailer.
+    /// What follows [`Head::bytes`]: `tail` in stored blocks (the last one final),
+    /// then the trailer.
     pub(super) fn finish(&self, tail: &[u8]) -> Bytes {
-        let mut enc = DeflateEncoder::new(Vec::with_capacity(tail.len() + 16), Compression::fast());
-        let _ = enc.write_all(tail);
-        let mut out = enc.finish().unwrap_or_default();
+        let blocks = tail.len() / STORED_MAX + 1;
+        let mut out = Vec::with_capacity(tail.len() + 5 * blocks + 8);
+        let mut pieces = tail.chunks(STORED_MAX).peekable();
+        if pieces.peek().is_none() {
+            stored_block(&mut out, &[], true);
+        }
+        while let Some(piece) = pieces.next() {
+            stored_block(&mut out, piece, pieces.peek().is_none());
+        }
         let mut tail_crc = Crc::new();
         tail_crc.update(tail);
         // The CRC of head then tail, without touching the shared head.
@@ -75,11 +96,10 @@ mod tests {
 
     #[test]
     fn head_and_tail_make_one_gzip_member() {
-        // Repetitive input, so the tail could refer back into the head if it were
-        // (wrongly) compressed as a continuation.
         let plain: Vec<u8> = "bindwatch_sockets{state=\"listen\"} 12\n"
             .repeat(3000)
             .into_bytes();
+        let long: Vec<u8> = (0..70_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for (plain, tail) in [
             (
                 &plain[..],
@@ -87,6 +107,9 @@ mod tests {
             ),
             (&[][..], &b"x 1\n"[..]),
             (&plain[..], &[][..]),
+            // Longer than one stored block, and exactly one.
+            (&plain[..], &long[..]),
+            (&plain[..], &long[..STORED_MAX]),
         ] {
             let head = Head::new(plain);
             let end = head.finish(tail);
