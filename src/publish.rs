@@ -16,7 +16,7 @@ mod gzip;
 /// one format only, by one Prometheus, or not at all; compressing both every poll
 /// cost as much as rendering them). A scrape never touches the kernel: at most it
 /// compresses an exposition the size of the series count, once per poll. Each
-/// scrape appends the server's own families to these bytes ([`Published::body`]).
+/// scrape appends the server's own families to these bytes ([`Published::served`]).
 #[derive(Debug)]
 pub struct Published {
     /// The poll's families in the text format.
@@ -64,7 +64,7 @@ impl Published {
     /// the other. Gzipped, it is one gzip stream: the poll's part is compressed by
     /// the first request that asks for it after a poll (concurrent first requests
     /// compress it once); each scrape only appends its small tail, stored.
-    pub fn body(&self, format: metrics::Format, gzip: bool, tail: &[u8]) -> [Bytes; 2] {
+    pub fn served(&self, format: metrics::Format, gzip: bool, tail: &[u8]) -> [Bytes; 2] {
         let (plain, head) = match format {
             metrics::Format::Text => (&self.body, &self.gzip),
             metrics::Format::OpenMetrics => (&self.openmetrics, &self.openmetrics_gzip),
@@ -154,17 +154,17 @@ mod tests {
             (metrics::Format::OpenMetrics, &om, "c 3\n# EOF\n"),
         ] {
             let whole = [&plain[..], tail.as_bytes()].concat();
-            let [a, b] = p.body(format, false, tail.as_bytes());
+            let [a, b] = p.served(format, false, tail.as_bytes());
             assert_eq!(&a, plain, "{format:?}: the poll's bytes, not a copy");
             assert_eq!(a.as_ptr(), plain.as_ptr(), "{format:?}");
             assert_eq!([&a[..], &b[..]].concat(), whole, "{format:?} plain");
-            let [head, end] = p.body(format, true, tail.as_bytes());
+            let [head, end] = p.served(format, true, tail.as_bytes());
             let gz = [&head[..], &end[..]].concat();
             // One gzip member: a reader that stops after the first one sees it all.
             assert_eq!(gunzip(&gz), whole, "{format:?} gzipped");
             assert!(gz.len() < whole.len(), "{format:?}: compressed");
             // The same head, not a second compression; a new tail each time.
-            let [again, end2] = p.body(format, true, b"d 4\n");
+            let [again, end2] = p.served(format, true, b"d 4\n");
             assert_eq!(again.as_ptr(), head.as_ptr(), "{format:?}");
             let gz2 = [&again[..], &end2[..]].concat();
             assert_eq!(gunzip(&gz2), [&plain[..], b"d 4\n"].concat(), "{format:?}");

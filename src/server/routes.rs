@@ -196,7 +196,7 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Payload> {
         tracing::trace!(format = format.as_str(), gzip = gz, "scrape");
         // The poll's bytes, then the server's own families, gathered now.
         let tail = state.http.tail(format);
-        let mut r = Response::new(Payload::new(p.body(format, gz, tail.as_bytes())));
+        let mut r = Response::new(Payload::new(p.served(format, gz, tail.as_bytes())));
         let h = r.headers_mut();
         h.insert(
             CONTENT_TYPE,
