@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use bindwatch::events::loader::{self, TracerOptions};
 use bindwatch::events::Events;
-use bindwatch::poller::Latest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 const ITERS: usize = 20_000;
@@ -85,7 +84,7 @@ fn main() {
         b0.push(bind_loop(47000));
         c0.push(connect_loop(&l));
         let events = Arc::new(Events::new(1000));
-        let tracer = match loader::start(opts.clone(), Arc::new(Latest::new()), events) {
+        let tracer = match loader::start(opts.clone(), events) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("cannot attach the tracer: {e}");

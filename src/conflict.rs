@@ -241,7 +241,9 @@ mod tests {
         let client = sock(State::Established, "10.0.0.1:8080", "10.0.0.2:443", 3);
         let tw = sock(State::TimeWait, "10.0.0.1:8080", "10.0.0.9:5555", 0);
         let listener_unknown = sock(State::Listen, "0.0.0.0:8080", "0.0.0.0:0", 99);
-        let cases: Vec<(&str, Vec<Socket>, Vec<Socket>, bool, Status)> = vec![
+        // (case, sockets, remembered listeners, the service reuses, status)
+        type Case = (&'static str, Vec<Socket>, Vec<Socket>, bool, Status);
+        let cases: Vec<Case> = vec![
             (
                 "expected owner",
                 vec![listener_nginx.clone()],

@@ -8,9 +8,8 @@
 
 use std::fmt::Write as _;
 
-use crate::events::log::Failure;
 use crate::metrics::{unix_seconds, REVISION, VERSION};
-use crate::model::{Snapshot, Verdict};
+use crate::model::{Failure, Snapshot, Verdict};
 
 /// HTML-escapes text for element content and quoted attribute values.
 pub fn escape(s: &str) -> String {

@@ -27,9 +27,11 @@
 //!   (`collect::fold`) and the memory of listener generations
 //!   (`collect::generations`: tracking only; the rule is `rebind::memory`).
 //! - [`events`]: real bind/listen/connect failures from a BPF tracer: blockers,
-//!   prediction scores, the failure log behind `GET /failures`.
+//!   prediction scores, the failure log behind `GET /failures`; `events::inputs`:
+//!   what the poller hands the tracer before it publishes (never a publication).
 //! - [`netns`]: network namespace discovery, names, `setns`, one collector each.
-//! - [`poller`]: the polling loop; renders each snapshot once and publishes it.
+//! - [`poller`]: the polling loop; renders each snapshot once and publishes it
+//!   (one file per job: `poll`, `budget`, `early`, `reload`, `render`, `sink`).
 //! - [`publish`]: what the poller publishes and a scrape serves, and the requests the
 //!   server may send the poller (reload, stop): the server never imports the poller.
 //! - [`fsread`]: reading files bindwatch did not write: regular files only (checked
@@ -42,14 +44,16 @@
 //!   tally's flat counter table, a prefetch.
 //! - [`metrics`]: every metric name and help text; renders a `Snapshot` (the
 //!   exposition writer in `metrics::writer`, the families per group in
-//!   `metrics::{snapshot, rebind, events}`).
+//!   `metrics::{snapshot, rebind, events}`; the HTTP server's own instruments in
+//!   `metrics::http`).
 //! - [`landing`]: the landing page `/`: links and the live listener table (pure).
 //! - [`logging`]: `--log.format` logfmt and JSON log lines.
 //! - [`activation`]: listening sockets passed by systemd (`--web.systemd-socket`), and
 //!   `READY=1` to `$NOTIFY_SOCKET` (sd_notify).
 //! - [`signals`]: SIGHUP, SIGTERM and SIGINT caught from the first instruction of
 //!   `serve`, queued during start-up and applied once the agent runs.
-//! - [`server`]: hyper HTTP server: /metrics, /healthz, /, limits, graceful drain
+//! - [`server`]: hyper HTTP server: /metrics (the published poll, then its own
+//!   counters), /healthz, /, limits, graceful drain
 //!   (connections; `server::reserve`: idle connections give way to new ones at the
 //!   cap; `server::io`: write timeout, body; `server::routes`: the routes).
 //! - [`lifecycle`]: `POST /-/reload` (`--web.enable-lifecycle`): coalesced, spaced reloads.

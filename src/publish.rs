@@ -9,17 +9,22 @@ use bytes::Bytes;
 
 use crate::metrics;
 
+mod gzip;
+
 /// What a scrape serves: the text format and OpenMetrics, rendered by the poll,
 /// each gzipped by the first request that asks for it (most polls are scraped in
 /// one format only, by one Prometheus, or not at all; compressing both every poll
 /// cost as much as rendering them). A scrape never touches the kernel: at most it
-/// compresses an exposition the size of the series count, once per poll.
+/// compresses an exposition the size of the series count, once per poll. Each
+/// scrape appends the server's own families to these bytes ([`Published::served`]).
 #[derive(Debug)]
 pub struct Published {
+    /// The poll's families in the text format.
     pub body: Bytes,
+    /// The poll's families in OpenMetrics, without `# EOF` (the server's tail ends it).
     pub openmetrics: Bytes,
-    gzip: OnceLock<Bytes>,
-    openmetrics_gzip: OnceLock<Bytes>,
+    gzip: OnceLock<gzip::Head>,
+    openmetrics_gzip: OnceLock<gzip::Head>,
     /// The live tables of the landing page, made by the first `GET /` after the
     /// poll (see [`Published::landing`]).
     landing: OnceLock<Arc<str>>,
@@ -54,38 +59,29 @@ impl Published {
         self.landing.get_or_init(|| Arc::from(render(self))).clone()
     }
 
-    /// The bytes of `format`, gzipped or not; concurrent first requests for a
-    /// gzipped format compress it once.
-    pub fn bytes(&self, format: metrics::Format, gzip: bool) -> Bytes {
-        match (format, gzip) {
-            (metrics::Format::Text, false) => self.body.clone(),
-            (metrics::Format::Text, true) => self.gzip.get_or_init(|| compress(&self.body)).clone(),
-            (metrics::Format::OpenMetrics, false) => self.openmetrics.clone(),
-            (metrics::Format::OpenMetrics, true) => self
-                .openmetrics_gzip
-                .get_or_init(|| compress(&self.openmetrics))
-                .clone(),
+    /// The response body in `format`: the poll's bytes, then `tail` (what the server
+    /// renders at scrape time, ending the exposition), as two pieces sent one after
+    /// the other. Gzipped, it is one gzip stream: the poll's part is compressed by
+    /// the first request that asks for it after a poll (concurrent first requests
+    /// compress it once); each scrape only appends its small tail, stored.
+    pub fn served(&self, format: metrics::Format, gzip: bool, tail: &[u8]) -> [Bytes; 2] {
+        let (plain, head) = match format {
+            metrics::Format::Text => (&self.body, &self.gzip),
+            metrics::Format::OpenMetrics => (&self.openmetrics, &self.openmetrics_gzip),
+        };
+        if gzip {
+            let head = head.get_or_init(|| gzip::Head::new(plain));
+            [head.bytes.clone(), head.finish(tail)]
+        } else {
+            [plain.clone(), Bytes::copy_from_slice(tail)]
         }
     }
-}
-
-fn compress(body: &[u8]) -> Bytes {
-    use std::io::Write as _;
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(body);
-    Bytes::from(enc.finish().unwrap_or_default())
 }
 
 /// The latest [`Published`], swapped whole by the poller.
 pub struct Latest {
     // A std Mutex: it is held only to clone an Arc, never across an await.
     inner: Mutex<Arc<Published>>,
-    /// Counted by the HTTP server, rendered by the poller.
-    pub http: metrics::HttpStats,
 }
 
 impl Latest {
@@ -97,7 +93,6 @@ impl Latest {
                 None,
                 Vec::new(),
             ))),
-            http: metrics::HttpStats::default(),
         }
     }
 
@@ -152,18 +147,27 @@ mod tests {
     #[test]
     fn each_format_is_compressed_on_first_request_and_kept() {
         let text = Bytes::from("# TYPE a gauge\na 1\n".repeat(50));
-        let om = Bytes::from("# TYPE b gauge\nb 2\n# EOF\n".repeat(50));
+        let om = Bytes::from("# TYPE b gauge\nb 2\n".repeat(50));
         let p = Published::new(text.clone(), om.clone(), None, Vec::new());
-        for (format, plain) in [
-            (metrics::Format::Text, &text),
-            (metrics::Format::OpenMetrics, &om),
+        for (format, plain, tail) in [
+            (metrics::Format::Text, &text, "c 3\n"),
+            (metrics::Format::OpenMetrics, &om, "c 3\n# EOF\n"),
         ] {
-            assert_eq!(&p.bytes(format, false), plain, "{format:?} plain");
-            let first = p.bytes(format, true);
-            assert_eq!(gunzip(&first), plain.to_vec(), "{format:?} gzipped");
-            assert!(first.len() < plain.len(), "{format:?}: compressed");
-            // The same bytes, not a second compression.
-            assert_eq!(p.bytes(format, true).as_ptr(), first.as_ptr(), "{format:?}");
+            let whole = [&plain[..], tail.as_bytes()].concat();
+            let [a, b] = p.served(format, false, tail.as_bytes());
+            assert_eq!(&a, plain, "{format:?}: the poll's bytes, not a copy");
+            assert_eq!(a.as_ptr(), plain.as_ptr(), "{format:?}");
+            assert_eq!([&a[..], &b[..]].concat(), whole, "{format:?} plain");
+            let [head, end] = p.served(format, true, tail.as_bytes());
+            let gz = [&head[..], &end[..]].concat();
+            // One gzip member: a reader that stops after the first one sees it all.
+            assert_eq!(gunzip(&gz), whole, "{format:?} gzipped");
+            assert!(gz.len() < whole.len(), "{format:?}: compressed");
+            // The same head, not a second compression; a new tail each time.
+            let [again, end2] = p.served(format, true, b"d 4\n");
+            assert_eq!(again.as_ptr(), head.as_ptr(), "{format:?}");
+            let gz2 = [&again[..], &end2[..]].concat();
+            assert_eq!(gunzip(&gz2), [&plain[..], b"d 4\n"].concat(), "{format:?}");
         }
     }
 

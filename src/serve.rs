@@ -65,23 +65,20 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let listeners = bind_listeners(passed, &addrs)?;
         let local = listeners.local_addrs();
         let latest = Arc::new(poller::Latest::new());
-        if web.is_some() {
-            latest.http.set_web_config_ok(true);
-        }
         let events = Arc::new(crate::events::Events::new(a.ports_max as usize));
         // Attached before the first poll, so the first published scrape already says
         // whether failures are observed.
-        let tracer = start_tracer(&a, latest.clone(), events.clone());
-        let handle = poller::spawn(
+        let tracer = start_tracer(&a, events.clone());
+        let handle = poller::spawn(poller::Setup {
             target,
-            a.poll_interval,
-            latest.clone(),
+            interval: a.poll_interval,
+            latest: latest.clone(),
             config,
-            state_sink(&a),
-            poller::CpuBudget::new(a.cpu_budget),
-            !a.disable_exporter_metrics,
-            Some(events.clone()),
-        );
+            state_sink: state_sink(&a),
+            budget: poller::CpuBudget::new(a.cpu_budget),
+            exporter_metrics: !a.disable_exporter_metrics,
+            events: Some(events.clone()),
+        });
         let shutdown = spawn_signals(handle.control.clone());
         let state = app_state(&a, latest, web, &handle, events);
         for address in local {
@@ -237,6 +234,7 @@ fn app_state(
     events: Arc<crate::events::Events>,
 ) -> Arc<server::AppState> {
     Arc::new(server::AppState {
+        http: crate::metrics::HttpMetrics::new(web.is_some()),
         latest,
         reloader: a
             .enable_lifecycle
@@ -337,7 +335,6 @@ impl Drop for QuickShutdown {
 /// failure metrics are absent and one line says why.
 fn start_tracer(
     a: &ServeArgs,
-    latest: Arc<poller::Latest>,
     events: Arc<crate::events::Events>,
 ) -> Option<crate::events::loader::Tracer> {
     if a.no_bind_events {
@@ -352,7 +349,7 @@ fn start_tracer(
         // Whatever the poll interval, never more than a line a second per port and call.
         log_interval: a.poll_interval.max(Duration::from_secs(1)),
     };
-    match crate::events::loader::start(opts, latest, events) {
+    match crate::events::loader::start(opts, events) {
         Ok(t) => {
             tracing::info!(
                 "bind failure tracer attached (syscall tracepoints bind, listen, connect)"

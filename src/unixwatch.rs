@@ -151,7 +151,17 @@ mod tests {
     fn status_table() {
         let socket = PathFacts::Socket { vfs: FILE };
         let nginx: BTreeMap<u64, Owner> = [(1, owner(10, "nginx"))].into();
-        let rows: Vec<(&str, PathFacts, Vec<UnixSocket>, bool, Option<&str>, Status)> = vec![
+        // (case, what is at the path, unix sockets, every namespace read, expected
+        // owner, status)
+        type Row = (
+            &'static str,
+            PathFacts,
+            Vec<UnixSocket>,
+            bool,
+            Option<&'static str>,
+            Status,
+        );
+        let rows: Vec<Row> = vec![
             (
                 "nothing there",
                 PathFacts::Absent,

@@ -362,6 +362,10 @@ fn successful_bind_on_a_port_judged_clear_is_a_hit() {
             ("port", "7473"),
             ("reuseaddr", "true"),
         ];
+        // The tracer reports successful binds only on ports of interest. A published
+        // poll with per-port series of 7473 has it among its ports of interest, and the
+        // poller syncs the tracer's ports map before it publishes: once this is seen,
+        // the tracer reports a bind on 7473.
         let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_rebind_blocked", &clear) == Some(0.0)
                 && m.get(
@@ -383,9 +387,6 @@ fn successful_bind_on_a_port_judged_clear_is_a_hit() {
             m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]),
             Some(0.0)
         );
-        // The tracer reports successful binds only on ports of interest, a map it syncs
-        // from the published snapshot about every second: give it time to learn 7473.
-        std::thread::sleep(Duration::from_millis(2500));
         let s = tcp_socket(addr, true, false, None).expect("the kernel lets it bind");
         let m = srv.metrics_until(Duration::from_secs(30), |m| {
             m.get("bindwatch_bind_predictions_total", &[("outcome", "hit")]) >= Some(1.0)

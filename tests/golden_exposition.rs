@@ -1,4 +1,5 @@
-//! Golden exposition: a hand-built `Snapshot` rendered in both formats and compared
+//! Golden exposition: a hand-built `Snapshot` rendered in both formats, followed by
+//! the HTTP server's own families as a scrape serves them, and compared
 //! with the checked-in files under `tests/golden/` (node_exporter's `e2e-output.txt`
 //! habit), and the text one passed through `promtool check metrics`. No root needed.
 //!
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bindwatch::metrics::{self, Extras, SelfMetrics};
+use bindwatch::metrics::{self, Extras, Format, HttpMetrics, SelfMetrics};
 use bindwatch::model::{
     Family, Listener, Owner, Protocol, ServiceStatus, Snapshot, Socket, SocketFlags, SourceKind,
     State, Status, Tri, UnixServiceStatus, UnixState, UnixType, UnixView,
@@ -285,7 +286,13 @@ fn rendered() -> metrics::Exposition {
         })),
         ..Extras::default()
     };
-    metrics::render_all(&[(None, &snap)], &SelfMetrics::new(), &extras)
+    let poll = metrics::render_all(&[(None, &snap)], &SelfMetrics::new(), &extras);
+    // What a scrape appends: the server's families, then OpenMetrics' `# EOF`.
+    let http = HttpMetrics::new(false);
+    metrics::Exposition {
+        text: poll.text + &http.tail(Format::Text),
+        openmetrics: poll.openmetrics + &http.tail(Format::OpenMetrics),
+    }
 }
 
 #[test]

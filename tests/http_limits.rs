@@ -72,7 +72,7 @@ fn answered(s: &Socket) -> bool {
     n > 0
 }
 
-/// A client that never reads its answer of over 1 MB is cut off after `--web.write-timeout`
+/// A client that never reads its answer (over 1 MB) is cut off after `--web.write-timeout`
 /// (the whole body would otherwise wait for it forever, and with it the snapshot).
 #[test]
 fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
@@ -95,6 +95,8 @@ fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
             ],
         );
         let full = eventually(Duration::from_secs(20), || {
+            // Far more than the send buffer (64 KB at most here) and a client's
+            // receive buffer hold.
             http_get(agent.addr, "/metrics", &[])
                 .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_000_000)
         });
@@ -161,6 +163,8 @@ fn connections_beyond_the_cap_are_refused_and_counted() {
         );
         // Serving a large body (first poll done, accepting) before the cap is filled.
         assert!(eventually(Duration::from_secs(20), || {
+            // Far more than the send buffer (64 KB at most here) and a client's
+            // receive buffer hold.
             http_get(agent.addr, "/metrics", &[])
                 .is_ok_and(|(c, _, b)| c == 200 && b.len() > 1_000_000)
         }));

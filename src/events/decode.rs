@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-pub use crate::model::Errno;
 use crate::model::Protocol;
+pub use crate::model::{Call, Errno};
 
 /// Size of one record (`sizeof(struct event)`).
 pub const EVENT_SIZE: usize = 72;
@@ -24,25 +24,6 @@ const F_REUSEADDR: u8 = 1;
 const F_REUSEPORT: u8 = 2;
 const F_V6ONLY: u8 = 4;
 const F_SOCKET_READ: u8 = 8;
-
-/// The system call an event comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Call {
-    Bind,
-    Listen,
-    Connect,
-}
-
-impl Call {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Call::Bind => "bind",
-            Call::Listen => "listen",
-            Call::Connect => "connect",
-        }
-    }
-}
 
 /// The calling socket's own options, read in the kernel during the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

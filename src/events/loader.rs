@@ -1,10 +1,11 @@
 //! Loading and running the failure tracer (`bpf/bindevents.bpf.c`): attach to the
 //! syscall tracepoints, read the ring buffer on a thread of its own, capture the
 //! port's sockets after each failure (a port-filtered sock_diag dump), judge them
-//! with the engine against the last snapshot, and keep the `ports` map (successful
-//! binds worth reporting) in step with the poller's ports of interest.
+//! with the engine against the poller's last snapshots, and hand the `ports` map
+//! (successful binds worth reporting) to [`super::inputs::Inputs`], which the
+//! poller keeps in step with its ports of interest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +18,12 @@ use aya::programs::TracePoint;
 use aya::Ebpf;
 
 use super::decode::{self, Call, Errno, Event};
+use super::inputs::PortFilter;
 use super::log::{self, Observed, Outcome};
 use super::ratelimit::{self, LogLimiter};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
-use crate::publish::Latest;
 use crate::source::netlink::{NetlinkDiag, Request, ALL_STATES};
 
 /// The compiled program (built by scripts/build-bpf.sh, committed).
@@ -38,8 +39,6 @@ const PROGRAMS: [(&str, &str); 6] = [
     ("exit_connect", "sys_exit_connect"),
 ];
 
-/// Entries of the BPF `ports` map (`max_entries` in the program).
-const PORTS_MAP_MAX: usize = 4096;
 /// Port dumps after failures per second; a crash loop beyond it is still counted,
 /// its blockers are not captured again.
 const CAPTURES_PER_SECOND: u32 = 50;
@@ -96,6 +95,7 @@ pub struct TracerOptions {
 pub struct Tracer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    events: Arc<Events>,
 }
 
 impl Tracer {
@@ -105,6 +105,20 @@ impl Tracer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.events.inputs().detach();
+    }
+}
+
+/// The program's `ports` map, kept by the poller through [`super::inputs::Inputs`].
+struct PortsMap(BpfHashMap<MapData, u16, u8>);
+
+impl PortFilter for PortsMap {
+    fn insert(&mut self, port: u16) -> Result<(), String> {
+        self.0.insert(port, 1, 0).map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, port: u16) {
+        let _ = self.0.remove(&port);
     }
 }
 
@@ -150,11 +164,7 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 /// # Errors
 /// Whatever keeps the tracer from running (no BPF privilege, no BTF, no tracefs):
 /// the caller logs it once and exports `bindwatch_capability{capability="bind_events"} 0`.
-pub fn start(
-    opts: TracerOptions,
-    latest: Arc<Latest>,
-    events: Arc<Events>,
-) -> Result<Tracer, LoadError> {
+pub fn start(opts: TracerOptions, events: Arc<Events>) -> Result<Tracer, LoadError> {
     ensure_tracefs()?;
     let mut bpf = Ebpf::load(OBJECT)?;
     for (name, tp) in PROGRAMS {
@@ -193,11 +203,8 @@ pub fn start(
     let mut reader = Reader {
         _bpf: bpf,
         ring,
-        ports,
         lost,
-        synced: BTreeSet::new(),
         opts,
-        latest,
         events: events.clone(),
         own_netns,
         diag: None,
@@ -211,10 +218,12 @@ pub fn start(
         .name("bindwatch-events".into())
         .spawn(move || reader.run(&stop2))
         .map_err(LoadError::Thread)?;
+    events.inputs().attach(Box::new(PortsMap(ports)));
     events.set_active(true);
     Ok(Tracer {
         stop,
         thread: Some(thread),
+        events,
     })
 }
 
@@ -222,13 +231,9 @@ struct Reader {
     /// Owns the loaded programs: dropping it detaches them.
     _bpf: Ebpf,
     ring: RingBuf<MapData>,
-    ports: BpfHashMap<MapData, u16, u8>,
     /// Ring-buffer reserve failures, per CPU.
     lost: PerCpuArray<MapData, u64>,
-    /// What the `ports` map holds now.
-    synced: BTreeSet<u16>,
     opts: TracerOptions,
-    latest: Arc<Latest>,
     events: Arc<Events>,
     own_netns: Option<u64>,
     /// sock_diag socket of bindwatch's own namespace, opened on first use.
@@ -244,12 +249,7 @@ struct Reader {
 
 impl Reader {
     fn run(&mut self, stop: &AtomicBool) {
-        let mut last_sync: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
-            if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                self.sync_ports();
-                last_sync = Some(Instant::now());
-            }
             let mut pfd = libc::pollfd {
                 fd: self.ring.as_raw_fd(),
                 events: libc::POLLIN,
@@ -303,26 +303,6 @@ impl Reader {
         }
     }
 
-    /// Makes the `ports` map hold the ports of interest of every snapshot.
-    fn sync_ports(&mut self) {
-        let published = self.latest.get();
-        let wanted: BTreeSet<u16> = published
-            .snapshots
-            .iter()
-            .flat_map(|(_, s)| s.ports.iter().map(|(_, p)| *p))
-            .take(PORTS_MAP_MAX)
-            .collect();
-        for gone in self.synced.difference(&wanted) {
-            let _ = self.ports.remove(gone);
-        }
-        for new in wanted.difference(&self.synced) {
-            if let Err(e) = self.ports.insert(new, 1, 0) {
-                tracing::debug!(port = new, error = %e, "cannot add a port to the bind tracer");
-            }
-        }
-        self.synced = wanted;
-    }
-
     /// The namespace of an event: `None` when it is not one bindwatch watches.
     fn namespace(&mut self, inode: u64) -> Option<Netns> {
         if !self.opts.all_netns {
@@ -368,11 +348,11 @@ impl Reader {
         let Some(ns) = self.namespace(u64::from(e.netns)) else {
             return;
         };
-        let published = self.latest.get();
+        let polled = self.events.inputs().snapshots();
         let label = self.opts.all_netns.then(|| ns.name.clone());
-        let snapshot: Option<&Snapshot> = published
-            .snapshots
+        let snapshot: Option<&Snapshot> = polled
             .iter()
+            .flat_map(|s| s.iter())
             .find(|(n, _)| *n == label)
             .map(|(_, s)| s.as_ref());
         let process = self.process_name(e);

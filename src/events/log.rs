@@ -7,10 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use super::decode::{Call, CallFlags, Errno, Event};
-pub use crate::model::{BindKey, ConnectKey, Counters, Outcome};
+pub use crate::model::{BindKey, Blocker, ConnectKey, Counters, Failure, FlagsOut, Outcome};
 use crate::model::{Owner, Protocol, Snapshot, Socket, Tri};
 use crate::rebind::{self, Candidate, Judgement, Verdict};
 
@@ -18,59 +16,6 @@ use crate::rebind::{self, Candidate, Judgement, Verdict};
 pub const LOG_CAPACITY: usize = 256;
 /// Blockers listed per failure (the count says how many there were).
 pub const BLOCKERS_MAX: usize = 64;
-
-/// The socket options of a blocker or of the failing socket, as label-like strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct FlagsOut {
-    pub reuseaddr: Tri,
-    pub reuseport: Tri,
-    pub v6only: Tri,
-}
-
-/// One socket that blocked the failing call, as captured right after it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Blocker {
-    pub state: &'static str,
-    pub local: String,
-    pub remote: String,
-    /// The process holding it (or, for a socket without a file, the listener it came from).
-    pub owner: Option<String>,
-    /// Every process holding a blocking listener, as the agent's last poll saw them
-    /// (`nginx[20367] root +2 workers`); `None` where the poll kept no holders.
-    pub held_by: Option<String>,
-    pub flags: FlagsOut,
-    /// Seconds until it goes away on its own (TIME_WAIT, orphans).
-    pub timer_seconds: Option<f64>,
-    pub why: &'static str,
-}
-
-/// One failed call, with what blocked it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Failure {
-    /// RFC 3339, UTC.
-    pub time: String,
-    #[serde(skip)]
-    pub at: SystemTime,
-    pub netns: String,
-    pub call: Call,
-    pub protocol: Protocol,
-    pub address: String,
-    pub port: u16,
-    pub errno: Errno,
-    pub pid: u32,
-    pub process: String,
-    pub uid: u32,
-    /// The caller's socket options at the time of the call; `None` when unreadable.
-    pub flags: Option<FlagsOut>,
-    /// What the agent predicted just before for a socket with these options:
-    /// `clear`, `blocked`, `unknown`; `None` on a port it was not watching.
-    pub verdict_before: Option<Verdict>,
-    /// Certain blockers found a moment after the failure (at most [`BLOCKERS_MAX`]).
-    pub blockers: Vec<Blocker>,
-    pub blockers_total: u64,
-    /// Seconds until every blocker has gone on its own; `None` when one never will.
-    pub clear_seconds: Option<f64>,
-}
 
 fn flags_out(f: &CallFlags) -> FlagsOut {
     FlagsOut {

@@ -6,16 +6,19 @@
 //!   and the counters behind `bindwatch_bind_failures_total` and friends.
 //! - [`loader`] (I/O): loads `bpf/bindevents.bpf.o`, attaches it to the syscall
 //!   tracepoints, reads the ring buffer, captures the port's sockets after each
-//!   failure and keeps the ports-of-interest map in step with the poller.
+//!   failure.
+//! - [`inputs`]: what the poller hands the tracer after each poll, before it
+//!   publishes (the snapshots to judge against; the ports-of-interest map follows).
 //! - [`ratelimit`] (pure): at most one log line per port, call and interval, with
 //!   the count since the last one.
 //! - [`client`]: `bindwatch failures`: the local agent's `GET /failures`, as text.
 //!
-//! [`Events`] is what the loader, the poller (metrics) and the HTTP server
-//! (`GET /failures`) share.
+//! [`Events`] is what the loader, the poller (metrics, [`inputs::Inputs`]) and the
+//! HTTP server (`GET /failures`) share.
 
 pub mod client;
 pub mod decode;
+pub mod inputs;
 pub mod loader;
 pub mod log;
 pub mod ratelimit;
@@ -37,6 +40,8 @@ pub struct Events {
     active: AtomicBool,
     /// The BPF program's ring-buffer reserve failures, as last read.
     lost: AtomicU64,
+    /// The poller's last snapshots and ports of interest, for the tracer.
+    inputs: inputs::Inputs,
 }
 
 impl Events {
@@ -47,7 +52,13 @@ impl Events {
             ports_max,
             active: AtomicBool::new(false),
             lost: AtomicU64::new(0),
+            inputs: inputs::Inputs::default(),
         }
+    }
+
+    /// What the poller hands the tracer (set after each poll, before publishing).
+    pub fn inputs(&self) -> &inputs::Inputs {
+        &self.inputs
     }
 
     pub fn set_active(&self, on: bool) {

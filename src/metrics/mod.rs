@@ -9,6 +9,7 @@
 
 //!
 //! - this file: bindwatch's own instruments, the poller's extras, the entry points;
+//! - `http`: the HTTP server's own instruments, rendered by the server at scrape time;
 //! - `writer`: the exposition formats (headers, escaping, values, histograms);
 //! - `snapshot`, `rebind`, `events`: the families of a snapshot, of its rebind
 //!   verdicts and of the failure tracer.
@@ -20,12 +21,18 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use crate::model::{Snapshot, SourceKind};
 
 mod events;
+mod http;
 mod rebind;
 mod snapshot;
 mod unix;
 mod writer;
 
+pub use http::HttpMetrics;
 use writer::Writer;
+
+/// The line that ends an OpenMetrics exposition. The poll's exposition is published
+/// without it: the server's own families follow at scrape time, then this line.
+pub const OPENMETRICS_EOF: &str = "# EOF\n";
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("BINDWATCH_REVISION") {
@@ -136,7 +143,8 @@ impl Format {
     }
 }
 
-/// One rendering of everything, in both formats.
+/// One rendering of a poll, in both formats. Neither holds the server's own families
+/// nor OpenMetrics' closing `# EOF`: a scrape appends them ([`HttpMetrics::tail`]).
 #[derive(Debug, Clone, Default)]
 pub struct Exposition {
     pub text: String,
@@ -164,38 +172,11 @@ pub struct Extras {
     pub poll_cpu_seconds_total: f64,
     /// `--poll.cpu-budget`.
     pub cpu_budget: f64,
-    /// Connections refused by `--web.max-connections` since start.
-    pub http_connections_refused_total: u64,
-    /// Whether the last (re)load of `--web.config.file` worked; `None` without a file.
-    pub web_config_reload_ok: Option<bool>,
     /// The failure tracer: `None` when none runs here, `Some(None)` when it could not
     /// attach (capability 0, failure metrics absent), else its counters.
     pub bind_events: Option<Option<crate::model::Counters>>,
     /// Whether the agent stopped writing `--state.file`; `None` without one.
     pub state_file_stopped: Option<bool>,
-}
-
-/// What the HTTP server counts, for the poller to render (it renders every poll; the
-/// server only bumps atomics).
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    pub connections_refused: std::sync::atomic::AtomicU64,
-    /// 0: no `--web.config.file`; 1: its last (re)load failed; 2: it worked.
-    web_config: std::sync::atomic::AtomicU8,
-}
-
-impl HttpStats {
-    pub fn set_web_config_ok(&self, ok: bool) {
-        self.web_config
-            .store(if ok { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn web_config_ok(&self) -> Option<bool> {
-        match self.web_config.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            v => Some(v == 2),
-        }
-    }
 }
 
 /// Renders the snapshots (one per watched network namespace; the name is `None`
@@ -207,8 +188,9 @@ pub fn render(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: 
     out
 }
 
-/// Renders everything once in both formats (what the poller publishes): the sample
-/// lines are built once, OpenMetrics only adds its own headers and `# EOF`.
+/// Renders a poll once in both formats (what the poller publishes): the sample lines
+/// are built once, OpenMetrics only adds its own headers. Without `# EOF`, which the
+/// server writes after its own families.
 pub fn render_all(
     snaps: &[(Option<&str>, &Snapshot)],
     selfm: &SelfMetrics,
@@ -218,7 +200,7 @@ pub fn render_all(
     let mut text = String::with_capacity(16 * 1024);
     w.finish(Format::Text, &mut text);
     let mut openmetrics = String::with_capacity(text.len() + 1024);
-    w.finish(Format::OpenMetrics, &mut openmetrics);
+    w.families(Format::OpenMetrics, &mut openmetrics);
     Exposition { text, openmetrics }
 }
 
@@ -241,8 +223,8 @@ fn collect(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: &Ex
     w
 }
 
-/// Build info, the last poll, CPU and its budget, malformed lines, reload results
-/// and refused connections.
+/// Build info, the last poll, CPU and its budget, malformed lines, the config's
+/// reload result and the state file.
 fn render_own(w: &mut Writer, extras: &Extras) {
     w.family(
         "bindwatch_build_info",
@@ -298,14 +280,6 @@ fn render_own(w: &mut Writer, extras: &Extras) {
         );
         w.sample("bindwatch_config_last_reload_successful", &[], b(ok));
     }
-    if let Some(ok) = extras.web_config_reload_ok {
-        w.family(
-            "bindwatch_web_config_last_reload_successful",
-            "gauge",
-            "1 when the last load of --web.config.file (or of a file it names) succeeded; 0 while an older web config stays active after a failed reload.",
-        );
-        w.sample("bindwatch_web_config_last_reload_successful", &[], b(ok));
-    }
     if let Some(stopped) = extras.state_file_stopped {
         w.family(
             "bindwatch_state_file_stopped",
@@ -314,16 +288,6 @@ fn render_own(w: &mut Writer, extras: &Extras) {
         );
         w.sample("bindwatch_state_file_stopped", &[], b(stopped));
     }
-    w.family(
-        "bindwatch_http_connections_refused_total",
-        "counter",
-        "HTTP connections closed because --web.max-connections were open: refused at once, or idle ones without a request in progress closed to make room for a new one.",
-    );
-    w.sample(
-        "bindwatch_http_connections_refused_total",
-        &[],
-        extras.http_connections_refused_total as f64,
-    );
 }
 
 /// `bindwatch_netns_poll_duration_seconds`, with `--netns all`.

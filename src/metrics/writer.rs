@@ -236,14 +236,21 @@ impl Writer {
         f.body_om = Some(om);
     }
 
-    pub(super) fn finish(&self, format: Format, out: &mut String) {
+    /// Every family in `format`, without OpenMetrics' closing `# EOF`: more families
+    /// may follow (the server's own, appended at scrape time).
+    pub(super) fn families(&self, format: Format, out: &mut String) {
         for name in &self.order {
             if let Some(f) = self.families.get(name) {
                 f.write(format, out);
             }
         }
+    }
+
+    /// Every family in `format`, then (OpenMetrics) `# EOF`: a whole exposition.
+    pub(super) fn finish(&self, format: Format, out: &mut String) {
+        self.families(format, out);
         if format == Format::OpenMetrics {
-            out.push_str("# EOF\n");
+            out.push_str(super::OPENMETRICS_EOF);
         }
     }
 }

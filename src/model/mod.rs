@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::Serialize;
 
 mod events;
+mod failure;
 mod holders;
 mod host;
 mod unix;
@@ -15,6 +16,7 @@ mod verdict;
 mod watch;
 
 pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
+pub use failure::{Blocker, Call, Failure, FlagsOut};
 pub use holders::{Holder, Holders, Holding, Survival};
 pub use host::{Capabilities, Denied, PortAllocation};
 pub use unix::{

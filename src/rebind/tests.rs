@@ -95,9 +95,21 @@ fn restart_with_the_listeners_own_flags() {
     }
 }
 
-/// (old state, old local, old reuseaddr, old v6only, new addr, new reuseaddr, new v6only, verdict)
-    #[rustfmt::skip]
-    const TABLE: &[(State, &str, Tri, Tri, &str, bool, bool, Verdict)] = &[
+/// One row: (old state, old local, old reuseaddr, old v6only, new addr, new reuseaddr,
+/// new v6only, verdict).
+type Row = (
+    State,
+    &'static str,
+    Tri,
+    Tri,
+    &'static str,
+    bool,
+    bool,
+    Verdict,
+);
+
+#[rustfmt::skip]
+    const TABLE: &[Row] = &[
         // Listeners: SO_REUSEADDR never helps.
         (Listen, "0.0.0.0:80", T, F, "0.0.0.0", true, false, Verdict::Blocked),
         (Listen, "0.0.0.0:80", T, F, "127.0.0.1", true, false, Verdict::Blocked),

@@ -1,6 +1,6 @@
 //! What a connection's bytes pass through: [`WriteTimeout`] closes a connection
 //! whose writes make no progress, [`Body`] holds a request's `--web.max-requests`
-//! slot until hyper has taken the last byte.
+//! slot until hyper has taken the last byte of the route's [`Payload`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -113,13 +112,44 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     }
 }
 
+/// What a route answers with: a body in one or more buffers, sent one after the
+/// other without being copied together (a scrape: the poll's published exposition,
+/// then the server's own families).
+#[derive(Debug, Default)]
+pub struct Payload(Vec<Bytes>);
+
+impl Payload {
+    pub fn new(pieces: impl IntoIterator<Item = Bytes>) -> Self {
+        Payload(pieces.into_iter().collect())
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Payload(vec![b])
+    }
+}
+
+impl From<String> for Payload {
+    fn from(s: String) -> Self {
+        Payload::from(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for Payload {
+    fn from(s: &'static str) -> Self {
+        Payload::from(Bytes::from_static(s.as_bytes()))
+    }
+}
+
 /// A response body that holds its `--web.max-requests` slot until hyper has taken the
 /// last byte. It hands the bytes out in [`BODY_CHUNK`] pieces (slices of the same
-/// buffer, no copy): hyper takes a piece only when its write buffer has room, so a
+/// buffers, no copy): hyper takes a piece only when its write buffer has room, so a
 /// client that does not read keeps its slot until the write timeout, instead of hyper
 /// queueing the whole body at once and the slot going free at once.
 pub struct Body {
-    inner: Full<Bytes>,
+    /// The buffers not yet started, in order.
+    pieces: std::vec::IntoIter<Bytes>,
     rest: Bytes,
     _slot: Option<OwnedSemaphorePermit>,
     /// Marks the connection idle again (may be closed for a new one) once dropped.
@@ -127,10 +157,10 @@ pub struct Body {
 }
 
 impl Body {
-    /// `inner`, holding `slot` (if any) until its last byte is taken.
-    pub(super) fn new(inner: Full<Bytes>, slot: Option<OwnedSemaphorePermit>) -> Self {
+    /// `payload`, holding `slot` (if any) until its last byte is taken.
+    pub(super) fn new(payload: Payload, slot: Option<OwnedSemaphorePermit>) -> Self {
         Body {
-            inner,
+            pieces: payload.0.into_iter(),
             rest: Bytes::new(),
             _slot: slot,
             _busy: None,
@@ -152,16 +182,13 @@ impl hyper::body::Body for Body {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
-        if this.rest.is_empty() {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                    Ok(d) => this.rest = d,
-                    Err(f) => return Poll::Ready(Some(Ok(f))),
-                },
-                other => return other,
+        while this.rest.is_empty() {
+            match this.pieces.next() {
+                Some(p) => this.rest = p,
+                None => return Poll::Ready(None),
             }
         }
         let n = this.rest.len().min(BODY_CHUNK);
@@ -169,17 +196,16 @@ impl hyper::body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        self.rest.is_empty() && self.pieces.as_slice().iter().all(Bytes::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let rest = self.rest.len() as u64;
-        let mut h = SizeHint::new();
-        h.set_lower(inner.lower().saturating_add(rest));
-        if let Some(u) = inner.upper() {
-            h.set_upper(u.saturating_add(rest));
-        }
-        h
+        let left = self
+            .pieces
+            .as_slice()
+            .iter()
+            .map(|p| p.len() as u64)
+            .sum::<u64>();
+        SizeHint::with_exact(left.saturating_add(self.rest.len() as u64))
     }
 }

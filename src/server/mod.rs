@@ -30,7 +30,7 @@ mod io;
 mod reserve;
 mod routes;
 
-pub use io::{Body, WriteTimeout};
+pub use io::{Body, Payload, WriteTimeout};
 use routes::serve_request;
 pub use routes::{handle, route};
 
@@ -98,6 +98,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The failure tracer's log (`GET /failures`); `None` when none was started.
     pub events: Option<Arc<crate::events::Events>>,
+    /// The server's own counters, rendered after the poll's exposition by each scrape.
+    pub http: crate::metrics::HttpMetrics,
 }
 
 /// Binds the listen address. For `:PORT` this is a dual-stack `[::]` socket, or
@@ -326,11 +328,7 @@ const HANDOVER_STEP: Duration = Duration::from_millis(25);
 /// Counts a connection closed to make room (with the refused ones: both are what
 /// `--web.max-connections` cost a client).
 fn count_closed(state: &AppState) {
-    state
-        .latest
-        .http
-        .connections_refused
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.http.connection_refused();
 }
 
 /// The answer to a connection beyond `--web.max-connections` (plain HTTP only: on a TLS

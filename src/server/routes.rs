@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
@@ -18,7 +16,7 @@ use crate::lifecycle::Outcome;
 use crate::publish::Published;
 use crate::web::auth::Verdict;
 
-use super::{AppState, Body};
+use super::{AppState, Body, Payload};
 
 /// One request through the limits and the web config, then [`route`].
 pub(super) async fn serve_request(
@@ -28,7 +26,7 @@ pub(super) async fn serve_request(
 ) -> Response<Body> {
     let active = state.web.as_ref().map(|w| {
         let a = w.current();
-        state.latest.http.set_web_config_ok(w.last_reload_ok());
+        state.http.set_web_config_ok(w.last_reload_ok());
         a
     });
     let mut slot = None;
@@ -88,8 +86,8 @@ pub(super) async fn serve_request(
     Response::from_parts(parts, Body::new(inner, slot))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<Payload> {
+    let mut r = Response::new(Payload::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -114,7 +112,7 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 
 /// Routes one request: the reload endpoint talks to the poller, everything else is
 /// served from the published state.
-pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Payload> {
     if req.uri().path() == "/-/reload" {
         if req.method() != Method::POST && req.method() != Method::PUT {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload\n");
@@ -131,9 +129,9 @@ pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<By
         return match reloader.reload().await {
             Outcome::Reloaded => text(StatusCode::OK, "config reloaded\n"),
             Outcome::Failed(e) => {
-                let mut r = Response::new(Full::new(Bytes::from(format!(
+                let mut r = Response::new(Payload::from(format!(
                     "config reload failed, the previous config stays active:\n{e}\n"
-                ))));
+                )));
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                 r
             }
@@ -174,7 +172,7 @@ fn landing_tables(p: &Published, events: Option<&crate::events::Events>) -> Stri
 }
 
 /// Routes one read-only request. Pure over the published state: never touches the kernel.
-pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Payload> {
     let path = req.uri().path();
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == state.telemetry_path {
@@ -196,7 +194,9 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
                 .filter_map(|v| v.to_str().ok()),
         );
         tracing::trace!(format = format.as_str(), gzip = gz, "scrape");
-        let mut r = Response::new(Full::new(p.bytes(format, gz)));
+        // The poll's bytes, then the server's own families, gathered now.
+        let tail = state.http.tail(format);
+        let mut r = Response::new(Payload::new(p.served(format, gz, tail.as_bytes())));
         let h = r.headers_mut();
         h.insert(
             CONTENT_TYPE,
@@ -228,7 +228,7 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
             let p = state.latest.get();
             let tables = p.landing(|p| landing_tables(p, state.events.as_deref()));
             let page = crate::landing::page(&state.telemetry_path, &tables);
-            let mut r = Response::new(Full::new(Bytes::from(page)));
+            let mut r = Response::new(Payload::from(page));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -240,7 +240,7 @@ pub fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>>
                 Some(ev) => ev.failures_json(),
                 None => serde_json::json!({"active": false, "failures": []}),
             };
-            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+            let mut r = Response::new(Payload::from(body.to_string()));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r

@@ -96,7 +96,9 @@ mod tests {
 
     #[test]
     fn port_range_table() {
-        let cases: [(&str, Result<(u16, u16), &str>); 6] = [
+        // (file text, the range or a word of the error)
+        type Case = (&'static str, Result<(u16, u16), &'static str>);
+        let cases: [Case; 6] = [
             ("32768\t60999\n", Ok((32768, 60999))),
             ("1024 65535", Ok((1024, 65535))),
             ("", Err("empty")),

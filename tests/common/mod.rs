@@ -207,12 +207,11 @@ impl Drop for Server {
     }
 }
 
-/// A minimal HTTP/1.1 GET: (status, headers lowercased, body).
-pub fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// An HTTP answer: (status, headers lowercased, body).
+pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 GET.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
     http_request(addr, "GET", path, headers)
 }
 
@@ -229,7 +228,7 @@ pub fn http_request(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");

@@ -31,7 +31,8 @@ fn port_filter_request_carries_the_bytecode() {
     assert_eq!(u16::from_ne_bytes([attr[10], attr[11]]), 7443);
 }
 
-/// Builds an nlmsghdr + inet_diag_msg as Linux 6.18 sends it for a TCP socket.
+/// Builds an nlmsghdr + inet_diag_msg as Linux 6.18 sends it for a TCP socket, one
+/// of a dump (`NLM_F_MULTI`; [`with_flags`] sets others).
 fn diag_msg(
     family: u8,
     state: u8,
@@ -40,7 +41,6 @@ fn diag_msg(
     expires: u32,
     timer: u8,
     attrs: &[u8],
-    flags: u16,
 ) -> Vec<u8> {
     let mut body = vec![family, state, timer, 0];
     body.extend_from_slice(&sport.to_be_bytes()); // idiag_sport
@@ -60,10 +60,16 @@ fn diag_msg(
     let mut m = Vec::new();
     m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_MULTI.to_ne_bytes());
     m.extend_from_slice(&[0u8; 8]);
     m.extend_from_slice(&body);
     m
+}
+
+/// `msg` (one nlmsghdr) with `flags` instead of its own.
+fn with_flags(mut msg: Vec<u8>, flags: u16) -> Vec<u8> {
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+    msg
 }
 
 fn done(status: i32) -> Vec<u8> {
@@ -84,12 +90,12 @@ fn collect(buf: &[u8]) -> (Result<Batch, NetlinkError>, Vec<Socket>) {
 
 #[test]
 fn decodes_v4_time_wait_and_v6_listener_with_v6only() {
-    let mut buf = diag_msg(2, 6, 8080, &[127, 0, 0, 1], 59_000, 3, &[], NLM_F_MULTI);
+    let mut buf = diag_msg(2, 6, 8080, &[127, 0, 0, 1], 59_000, 3, &[]);
     // INET_DIAG_SKV6ONLY attribute: len 5, type 11, value 1, 3 bytes padding.
     let attr = [5, 0, 11, 0, 1, 0, 0, 0];
     let mut v6 = [0u8; 16];
     v6[15] = 1;
-    buf.extend(diag_msg(10, 10, 9090, &v6, 0, 0, &attr, NLM_F_MULTI));
+    buf.extend(diag_msg(10, 10, 9090, &v6, 0, 0, &attr));
     buf.extend(done(0));
     let (r, socks) = collect(&buf);
     assert_eq!(r.unwrap(), Batch::Done);
@@ -109,7 +115,7 @@ fn decodes_v4_time_wait_and_v6_listener_with_v6only() {
 
 #[test]
 fn batch_without_done_asks_for_more() {
-    let buf = diag_msg(2, 1, 1, &[10, 0, 0, 1], 0, 0, &[], NLM_F_MULTI);
+    let buf = diag_msg(2, 1, 1, &[10, 0, 0, 1], 0, 0, &[]);
     assert_eq!(collect(&buf).0.unwrap(), Batch::More);
 }
 
@@ -130,14 +136,8 @@ fn error_and_interrupt_and_truncation_are_errors() {
         matches!(collect(&err).0, Err(NetlinkError::Kernel { errno, .. }) if errno == libc::EINVAL)
     );
 
-    let intr = diag_msg(
-        2,
-        1,
-        1,
-        &[10, 0, 0, 1],
-        0,
-        0,
-        &[],
+    let intr = with_flags(
+        diag_msg(2, 1, 1, &[10, 0, 0, 1], 0, 0, &[]),
         NLM_F_MULTI | NLM_F_DUMP_INTR,
     );
     assert!(matches!(
@@ -145,7 +145,7 @@ fn error_and_interrupt_and_truncation_are_errors() {
         Err(NetlinkError::Interrupted { .. })
     ));
 
-    let full = diag_msg(2, 1, 1, &[10, 0, 0, 1], 0, 0, &[], NLM_F_MULTI);
+    let full = diag_msg(2, 1, 1, &[10, 0, 0, 1], 0, 0, &[]);
     for cut in [17, 40, full.len() - 1] {
         assert!(
             matches!(collect(&full[..cut]).0, Err(NetlinkError::Malformed { .. })),
@@ -157,7 +157,7 @@ fn error_and_interrupt_and_truncation_are_errors() {
 #[test]
 fn bad_attribute_length_is_malformed_not_a_panic() {
     let attr = [200, 0, 11, 0, 1, 0, 0, 0];
-    let buf = diag_msg(10, 10, 1, &[0; 16], 0, 0, &attr, NLM_F_MULTI);
+    let buf = diag_msg(10, 10, 1, &[0; 16], 0, 0, &attr);
     assert!(matches!(
         collect(&buf).0,
         Err(NetlinkError::Malformed { .. })
@@ -166,8 +166,8 @@ fn bad_attribute_length_is_malformed_not_a_panic() {
 
 #[test]
 fn unknown_family_and_state_are_skipped() {
-    let mut buf = diag_msg(99, 1, 1, &[0; 4], 0, 0, &[], NLM_F_MULTI);
-    buf.extend(diag_msg(2, 77, 1, &[0; 4], 0, 0, &[], NLM_F_MULTI));
+    let mut buf = diag_msg(99, 1, 1, &[0; 4], 0, 0, &[]);
+    buf.extend(diag_msg(2, 77, 1, &[0; 4], 0, 0, &[]));
     buf.extend(done(0));
     let (r, socks) = collect(&buf);
     assert_eq!(r.unwrap(), Batch::Done);
