@@ -57,6 +57,10 @@ unsafe impl aya::Pod for Narrow {}
 /// per read; a larger buffer lets it hand over several of those when it can.
 const CHUNK: usize = 256 * 1024;
 
+/// The UDP walk's buffer: one read(2) returns at most the kernel's seq_file buffer
+/// (8 pages), so a larger one would only sit idle.
+const UDP_CHUNK: usize = 32 * 1024;
+
 /// A listeners-only walk kept for the rest of the table this long at most.
 const PENDING_MAX_AGE: Duration = Duration::from_secs(2);
 
@@ -240,11 +244,14 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
     })
 }
 
-/// A TCP walk stopped after the listeners: the iterator walks the listening hash
-/// first, so the rest of the table can follow in the next dump of this poll.
-struct Pending {
+/// A TCP walk stopped after the listeners (see [`SockIter::listeners`]): the iterator
+/// walks the listening hash first, so the rest of the table follows from here in the
+/// same poll. Its undecoded bytes are `buf[start..end]` of the TCP buffer, which no other
+/// dump touches (UDP dumps read into a buffer of their own), and the value that holds a
+/// `Parked` (`source::Listened`) borrows the source exclusively, so nothing else can
+/// walk TCP before it resumes or drops it.
+pub(super) struct Parked {
     file: File,
-    /// Undecoded bytes already read: `buf[start..end]`.
     start: usize,
     end: usize,
     at: Instant,
@@ -253,9 +260,11 @@ struct Pending {
 /// The loaded iterator programs of one network namespace's source.
 pub struct SockIter {
     ebpf: Ebpf,
+    /// The TCP walk's read buffer.
     buf: Vec<u8>,
-    pending: Option<Pending>,
-    /// Whether listeners always came first so far (see [`Pending`]); when a walk shows
+    /// The UDP walk's: a poll reads the UDP table while a TCP walk is parked.
+    udp_buf: Vec<u8>,
+    /// Whether listeners always came first so far (see [`Parked`]); when a walk shows
     /// otherwise, listener dumps walk the whole table.
     listeners_first: bool,
     /// The program's `narrowing` map is set (see [`SockIter::narrow`]); every new TCP
@@ -264,6 +273,12 @@ pub struct SockIter {
     narrowed: bool,
     /// The kernel's HZ was known at load, so records carry timers.
     timers: bool,
+}
+
+/// Where a walk starts: a fresh iterator, or the rest of a parked TCP walk.
+enum Start {
+    Fresh,
+    Parked(Parked),
 }
 
 impl SockIter {
@@ -322,7 +337,7 @@ impl SockIter {
         let mut it = SockIter {
             ebpf,
             buf: vec![0; CHUNK],
-            pending: None,
+            udp_buf: vec![0; UDP_CHUNK],
             listeners_first: true,
             narrowed: false,
             timers,
@@ -354,8 +369,8 @@ impl SockIter {
         arr.set(0, *n, 0).map_err(|e| err(&e))
     }
 
-    /// Narrows the rest of the current TCP walk (the one a listeners-only dump left
-    /// pending): from the next socket the kernel visits, only listeners and sockets whose
+    /// Narrows the rest of the current TCP walk (a fresh one, or the one
+    /// [`SockIter::listeners`] parked): from the next socket the kernel visits, only listeners and sockets whose
     /// local port has its bit in `wanted` (a 65,536-bit set, 1,024 words) get a full
     /// record; every other socket comes back with its family, state and local port, and
     /// its addresses and remote port when the local port is in `ephemeral` (inclusive).
@@ -420,31 +435,9 @@ impl SockIter {
         link.into_file().map_err(|e| load(&e))
     }
 
-    /// The TCP walk a listeners-only dump left pending, when `states` asks for the rest
-    /// of it and it is fresh; else a new iterator. With whether the walk is past the
-    /// listeners already.
-    fn resume_or_start(
-        &mut self,
-        protocol: Protocol,
-        states: u32,
-    ) -> Result<(File, usize, usize, bool), BpfError> {
-        let listen = 1u32 << State::Listen as u32;
-        // A UDP dump in between leaves a TCP walk's place alone.
-        if protocol == Protocol::Tcp {
-            if let Some(p) = self.pending.take() {
-                if states & listen == 0 && p.at.elapsed() < PENDING_MAX_AGE {
-                    return Ok((p.file, p.start, p.end, true));
-                }
-            }
-        }
-        Ok((self.iterator(protocol)?, 0, 0, false))
-    }
-
-    /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`.
-    ///
-    /// A TCP dump of listeners only stops once the walk has left the listening hash
-    /// and keeps its place; a following dump without listeners (the rest of the same
-    /// poll) continues from there, so one poll walks the table once.
+    /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`,
+    /// from a fresh iterator. A TCP dump of listeners only stops once the walk has left
+    /// the listening hash (while listeners come first).
     ///
     /// # Errors
     /// When the iterator cannot be created or read.
@@ -472,28 +465,87 @@ impl SockIter {
         sink: &mut F,
     ) -> Result<(), BpfError> {
         let listen = 1u32 << State::Listen as u32;
-        let listeners_only = protocol == Protocol::Tcp && states == listen;
-        let (mut file, mut start, mut end, mut seen_other) =
-            self.resume_or_start(protocol, states)?;
+        let stop_early = protocol == Protocol::Tcp && states == listen;
+        // A walk stopped after the listeners is simply closed here.
+        self.walk(protocol, states, Start::Fresh, narrow, stop_early, sink)
+            .map(drop)
+    }
+
+    /// The first half of one TCP walk: its listeners. The walk stops once it has left
+    /// the listening hash and is handed back parked, for [`SockIter::rest`] to finish,
+    /// so one poll walks the table once; `None` when it read to the end (listeners did
+    /// not come first, or nothing followed them).
+    ///
+    /// # Errors
+    /// As [`SockIter::dump`].
+    pub(super) fn listeners<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        sink: &mut F,
+    ) -> Result<Option<Parked>, BpfError> {
+        let listen = 1u32 << State::Listen as u32;
+        self.walk(Protocol::Tcp, listen, Start::Fresh, None, true, sink)
+    }
+
+    /// The second half of the TCP walk [`SockIter::listeners`] parked: every socket but
+    /// the listeners, narrowed from here on when `narrow` is given (records already read
+    /// are whole, which is never less). A fresh walk when nothing is parked or it is
+    /// older than [`PENDING_MAX_AGE`].
+    ///
+    /// # Errors
+    /// As [`SockIter::dump`].
+    pub(super) fn rest<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        parked: Option<Parked>,
+        narrow: Option<(&[u64], (u16, u16))>,
+        sink: &mut F,
+    ) -> Result<(), BpfError> {
+        let states = !(1u32 << State::Listen as u32);
+        let from = match parked {
+            Some(p) if p.at.elapsed() < PENDING_MAX_AGE => Start::Parked(p),
+            _ => Start::Fresh,
+        };
+        self.walk(Protocol::Tcp, states, from, narrow, false, sink)
+            .map(drop)
+    }
+
+    /// One walk: decodes whole records in place and streams those whose state is in
+    /// `states`; with `stop_early` (TCP listeners only, while they come first), stops at
+    /// the first other record and returns the walk parked there.
+    fn walk<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        from: Start,
+        narrow: Option<(&[u64], (u16, u16))>,
+        stop_early: bool,
+        sink: &mut F,
+    ) -> Result<Option<Parked>, BpfError> {
+        let (mut file, mut start, mut end, mut seen_other) = match from {
+            Start::Parked(p) => (p.file, p.start, p.end, true),
+            Start::Fresh => (self.iterator(protocol)?, 0, 0, false),
+        };
         if let (Protocol::Tcp, Some((wanted, ephemeral))) = (protocol, narrow) {
             // After the iterator exists (a new one resets any narrowing).
             self.narrow(wanted, ephemeral)?;
         }
-        let stop_early = listeners_only && self.listeners_first;
+        let stop_early = stop_early && self.listeners_first;
+        let buf = match protocol {
+            Protocol::Tcp => &mut self.buf,
+            Protocol::Udp => &mut self.udp_buf,
+        };
         loop {
             // Decode whole records in place.
             while end - start >= RECORD_LEN {
                 let mut rec = [0u8; RECORD_LEN];
-                rec.copy_from_slice(&self.buf[start..start + RECORD_LEN]);
+                rec.copy_from_slice(&buf[start..start + RECORD_LEN]);
                 let is_listen = rec[1] == State::Listen as u8;
                 if stop_early && !is_listen {
-                    self.pending = Some(Pending {
+                    return Ok(Some(Parked {
                         file,
                         start,
                         end,
                         at: Instant::now(),
-                    });
-                    return Ok(());
+                    }));
                 }
                 if !is_listen {
                     seen_other = true;
@@ -513,13 +565,13 @@ impl SockIter {
                 }
             }
             // Keep a partial record (never seen: the kernel writes whole records).
-            self.buf.copy_within(start..end, 0);
+            buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
-            let n = read_retrying(&mut file, &mut self.buf[end..], protocol)?;
+            let n = read_retrying(&mut file, &mut buf[end..], protocol)?;
             if n == 0 {
                 return if end == 0 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(BpfError::Truncated {
                         protocol,
