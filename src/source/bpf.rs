@@ -18,40 +18,17 @@ use std::time::{Duration, Instant};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
 
+use super::records::{
+    self, Narrow, SockRec, REC_FLAGS_KNOWN, REC_LITE, REC_REUSEADDR, REC_REUSEPORT, REC_TIMER,
+    REC_V6ONLY,
+};
 use crate::model::{Protocol, Socket, SocketFlags, State, Tri};
 
 /// The compiled `bpf/sockiter.bpf.c` (tests/bpf_objects.rs checks it is built from it).
 pub static SOCKITER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sockiter.bpf.o");
 
 /// Size of `struct sockrec`.
-pub const RECORD_LEN: usize = 72;
-const REC_REUSEADDR: u8 = 1 << 0;
-const REC_REUSEPORT: u8 = 1 << 1;
-const REC_V6ONLY: u8 = 1 << 2;
-const REC_FLAGS_KNOWN: u8 = 1 << 3;
-const REC_TIMER: u8 = 1 << 4;
-/// A narrowed walk's record of a socket on a port of no interest (see [`Narrow`]).
-const REC_LITE: u8 = 1 << 5;
-
-/// `struct narrow` of `bpf/sockiter.bpf.c`: which TCP sockets get a full record.
-///
-/// A walk narrowed this way reads, of a socket on a port of no interest, only what the
-/// state counts and the ephemeral tally need (family, state, local port, and the two
-/// addresses and remote port where the local port is ephemeral): no inode, cookie,
-/// timer or flags, each of which is another cache line of a socket the kernel's walk
-/// otherwise never touches.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Narrow {
-    narrow: u32,
-    eph_lo: u16,
-    eph_hi: u16,
-    wanted: [u64; 1024],
-}
-
-// SAFETY: plain integers in a repr(C) struct without padding (4 + 2 + 2 + 8 * 1024
-// bytes, 8-aligned), so every byte pattern is a valid value.
-unsafe impl aya::Pod for Narrow {}
+pub const RECORD_LEN: usize = std::mem::size_of::<SockRec>();
 
 /// One read(2) of the iterator. The kernel fills at most its seq_file buffer (8 pages)
 /// per read; a larger buffer lets it hand over several of those when it can.
@@ -176,41 +153,20 @@ pub fn probe() -> Result<(), BpfError> {
 }
 
 /// Decodes one `struct sockrec`; `None` for a family or state this crate does not know.
-pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket> {
-    let u16_at = |o: usize| u16::from_ne_bytes([r[o], r[o + 1]]);
-    let u32_at = |o: usize| u32::from_ne_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
-    let family = r[0] as i32;
-    let state = State::from_kernel(r[1])?;
-    let f = r[2];
-    let lport = u16_at(4);
-    let rport = u16_at(6);
-    let ifindex = u32_at(8);
-    let uid = u32_at(12);
-    let mut ino = [0u8; 8];
-    ino.copy_from_slice(&r[16..24]);
-    let inode = u64::from_ne_bytes(ino);
-    let expires = u32_at(24);
-    let mut ck = [0u8; 8];
-    ck.copy_from_slice(&r[64..72]);
-    let cookie = u64::from_ne_bytes(ck);
-    let addr = |o: usize| -> Option<IpAddr> {
+#[inline]
+pub fn decode_record(r: &SockRec, protocol: Protocol) -> Option<Socket> {
+    let family = i32::from(r.family);
+    let state = State::from_kernel(r.state)?;
+    let f = r.flags;
+    let addr = |a: &[u8; 16]| -> Option<IpAddr> {
         match family {
-            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
-                r[o],
-                r[o + 1],
-                r[o + 2],
-                r[o + 3],
-            ))),
-            libc::AF_INET6 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&r[o..o + 16]);
-                Some(IpAddr::V6(Ipv6Addr::from(a)))
-            }
+            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
             _ => None,
         }
     };
-    let local = addr(32)?;
-    let remote = addr(48)?;
+    let local = addr(&r.laddr)?;
+    let remote = addr(&r.raddr)?;
     // A lite record's flags are unknown (REC_FLAGS_KNOWN unset), its inode 0.
     let known = f & REC_FLAGS_KNOWN != 0 && f & REC_LITE == 0;
     let bit = |b: u8| {
@@ -223,12 +179,12 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
     Some(Socket {
         protocol,
         state,
-        local: SocketAddr::new(local, lport),
-        remote: SocketAddr::new(remote, rport),
-        uid,
-        inode,
-        ifindex: Some(ifindex),
-        expires_ms: (f & REC_TIMER != 0).then_some(u64::from(expires)),
+        local: SocketAddr::new(local, r.lport),
+        remote: SocketAddr::new(remote, r.rport),
+        uid: r.uid,
+        inode: r.inode,
+        ifindex: Some(r.ifindex),
+        expires_ms: (f & REC_TIMER != 0).then_some(u64::from(r.expires_ms)),
         // As sock_diag: IPV6_V6ONLY is a property of IPv6 sockets only.
         v6only: if family == libc::AF_INET6 {
             bit(REC_V6ONLY)
@@ -240,7 +196,7 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
             reuseport: bit(REC_REUSEPORT),
         },
         count: 1,
-        cookie,
+        cookie: r.cookie,
     })
 }
 
@@ -535,10 +491,8 @@ impl SockIter {
         };
         loop {
             // Decode whole records in place.
-            while end - start >= RECORD_LEN {
-                let mut rec = [0u8; RECORD_LEN];
-                rec.copy_from_slice(&buf[start..start + RECORD_LEN]);
-                let is_listen = rec[1] == State::Listen as u8;
+            while let Some(rec) = records::read::<SockRec>(&buf[start..end]) {
+                let is_listen = rec.state == State::Listen as u8;
                 if stop_early && !is_listen {
                     return Ok(Some(Parked {
                         file,
@@ -557,7 +511,7 @@ impl SockIter {
                     self.listeners_first = false;
                 }
                 start += RECORD_LEN;
-                if states & (1u32 << (rec[1] as u32 & 31)) == 0 {
+                if states & (1u32 << (u32::from(rec.state) & 31)) == 0 {
                     continue;
                 }
                 if let Some(s) = decode_record(&rec, protocol) {
@@ -604,19 +558,20 @@ fn read_retrying(file: &mut File, buf: &mut [u8], protocol: Protocol) -> Result<
 mod tests {
     use super::*;
 
-    fn rec(family: u8, state: u8, flags: u8) -> [u8; RECORD_LEN] {
-        let mut r = [0u8; RECORD_LEN];
-        r[0] = family;
-        r[1] = state;
-        r[2] = flags;
-        r[4..6].copy_from_slice(&5000u16.to_ne_bytes());
-        r[6..8].copy_from_slice(&40000u16.to_ne_bytes());
-        r[8..12].copy_from_slice(&3u32.to_ne_bytes());
-        r[12..16].copy_from_slice(&1000u32.to_ne_bytes());
-        r[16..24].copy_from_slice(&4242u64.to_ne_bytes());
-        r[24..28].copy_from_slice(&59_000u32.to_ne_bytes());
-        r[64..72].copy_from_slice(&77u64.to_ne_bytes());
-        r
+    fn rec(family: u8, state: u8, flags: u8) -> SockRec {
+        SockRec {
+            family,
+            state,
+            flags,
+            lport: 5000,
+            rport: 40000,
+            ifindex: 3,
+            uid: 1000,
+            inode: 4242,
+            expires_ms: 59_000,
+            cookie: 77,
+            ..SockRec::default()
+        }
     }
 
     #[test]
@@ -626,8 +581,8 @@ mod tests {
             6,
             REC_FLAGS_KNOWN | REC_REUSEADDR | REC_TIMER | REC_V6ONLY,
         );
-        r[32..36].copy_from_slice(&[127, 0, 0, 1]);
-        r[48..52].copy_from_slice(&[127, 0, 0, 2]);
+        r.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.raddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let s = decode_record(&r, Protocol::Tcp).expect("decodes");
         assert_eq!(s.state, State::TimeWait);
         assert_eq!(s.local, "127.0.0.1:5000".parse().unwrap());
@@ -644,7 +599,7 @@ mod tests {
     #[test]
     fn decodes_v6_and_unknown_flags_of_request_sockets() {
         let mut r = rec(10, 10, REC_FLAGS_KNOWN | REC_V6ONLY | REC_REUSEPORT);
-        r[32..48].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        r.laddr = Ipv6Addr::LOCALHOST.octets();
         let s = decode_record(&r, Protocol::Tcp).expect("decodes");
         assert_eq!(s.local, "[::1]:5000".parse().unwrap());
         assert_eq!(s.v6only, Tri::True);

@@ -9,6 +9,7 @@ pub mod hz;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
+pub mod records;
 mod session;
 pub mod sysctl;
 pub mod unix;
