@@ -6,8 +6,7 @@
 //! sock_diag, the record carries SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY for every
 //! socket, also TIME_WAIT and orphans that have no file for pidfd_getfd to reach.
 //!
-//! The loader helpers ([`probe`], [`kernel_btf`], [`raise_memlock`],
-//! [`error_chain`]) are shared with the other BPF users of the crate.
+//! Loading is [`bpfload::load`], shared with the bind tracer.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -16,7 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::programs::Iter;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::Ebpf;
+
+use super::bpfload::{self, Loaded};
 
 use super::records::{
     self, Narrow, SockRec, REC_FLAGS_KNOWN, REC_LITE, REC_REUSEADDR, REC_REUSEPORT, REC_TIMER,
@@ -41,12 +42,18 @@ const UDP_CHUNK: usize = 32 * 1024;
 /// A listeners-only walk kept for the rest of the table this long at most.
 const PENDING_MAX_AGE: Duration = Duration::from_secs(2);
 
+/// What this object is called in errors.
+const OBJECT_NAME: &str = "the BPF socket iterator";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
-    Btf(String),
-    #[error("loading the BPF socket iterator ({what}): {reason}")]
-    Load { what: String, reason: String },
+    /// A step of loading a BPF object (see [`bpfload::load`]).
+    #[error("loading {object} ({step}): {reason}")]
+    Load {
+        object: &'static str,
+        step: String,
+        reason: String,
+    },
     #[error("reading the {protocol} socket iterator: {source}")]
     Read {
         protocol: Protocol,
@@ -55,101 +62,6 @@ pub enum BpfError {
     },
     #[error("the {protocol} socket iterator ended inside a record ({left} bytes left over)")]
     Truncated { protocol: Protocol, left: usize },
-}
-
-/// An error and its sources, one line: aya's errors keep the errno and the verifier
-/// log in their source chain.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    // A verifier log can be long; the first lines say enough in one log line.
-    if s.len() > 2000 {
-        let mut end = 2000;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str(" ...");
-    }
-    s
-}
-
-/// The running kernel's BTF, which CO-RE relocations and the iterator attach need.
-///
-/// # Errors
-/// When `/sys/kernel/btf/vmlinux` is missing (a kernel without CONFIG_DEBUG_INFO_BTF)
-/// or unreadable.
-pub fn kernel_btf() -> Result<Btf, BpfError> {
-    Btf::from_sys_fs().map_err(|e| BpfError::Btf(error_chain(&e)))
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (64 KiB by default in many
-/// setups); later ones to the memory cgroup. Raising the soft limit to the hard one is
-/// harmless either way; failure only matters on those old kernels, whose load error
-/// then says so.
-pub fn raise_memlock() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
-        }
-    }
-}
-
-/// Whether this process may use bpf(2) at all: creates and closes a one-entry array
-/// map. Denied by seccomp, by a missing CAP_BPF (or CAP_SYS_ADMIN), or by a kernel
-/// without the syscall, the errno says which; aya's own errors can hide it (a denied
-/// global-data probe surfaces as a relocation error).
-///
-/// # Errors
-/// The syscall's error, with what was tried.
-pub fn probe() -> Result<(), BpfError> {
-    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries,
-    // then zeros (the kernel checks the unused tail is zero).
-    let mut attr = [0u32; 32];
-    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
-    attr[1] = 4;
-    attr[2] = 4;
-    attr[3] = 1;
-    // SAFETY: bpf(BPF_MAP_CREATE = 0) reads `size` bytes of attr, which is that long.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as u32,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                " (seccomp, or CAP_BPF and CAP_PERFMON not granted)"
-            }
-            Some(libc::ENOSYS) => " (kernel without bpf(2))",
-            _ => "",
-        };
-        return Err(BpfError::Load {
-            what: "bpf(BPF_MAP_CREATE) probe".to_string(),
-            reason: format!("{e}{hint}"),
-        });
-    }
-    // SAFETY: a fresh fd this function owns.
-    unsafe { libc::close(fd as i32) };
-    Ok(())
 }
 
 /// Decodes one `struct sockrec`; `None` for a family or state this crate does not know.
@@ -244,9 +156,6 @@ impl SockIter {
     /// # Errors
     /// Every reason the programs cannot load or run.
     pub fn open(procfs: &Path, rootfs: &Path) -> Result<Self, BpfError> {
-        raise_memlock();
-        probe()?;
-        let btf = kernel_btf()?;
         let hz = super::hz::kernel_hz(procfs, rootfs);
         if hz.is_none() {
             static NO_HZ_LOGGED: std::sync::Once = std::sync::Once::new();
@@ -261,35 +170,14 @@ impl SockIter {
             });
         }
         let timers = hz.is_some();
-        let hz = hz.unwrap_or(0);
-        let load = |what: &str, e: &dyn std::error::Error| BpfError::Load {
-            what: what.to_string(),
-            reason: error_chain(e),
-        };
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("hz", &hz, true)
-            .load(SOCKITER_OBJECT)
-            .map_err(|e| load("object", &e))?;
+        let Loaded { mut ebpf, btf } =
+            bpfload::load(SOCKITER_OBJECT, OBJECT_NAME, &[("hz", hz.unwrap_or(0))])?;
         for (name, kind) in [("sockiter_tcp", "tcp"), ("sockiter_udp", "udp")] {
-            let prog: &mut Iter = ebpf
-                .program_mut(name)
-                .ok_or_else(|| BpfError::Load {
-                    what: name.to_string(),
-                    reason: "not in the embedded object".to_string(),
-                })?
-                .try_into()
-                .map_err(|e| load(name, &e))?;
-            prog.load(kind, &btf).map_err(|e| load(name, &e))?;
+            bpfload::program::<Iter>(&mut ebpf, OBJECT_NAME, name)?
+                .load(kind, &btf)
+                .map_err(|e| bpfload::failed(OBJECT_NAME, format!("program {name}"), &e))?;
         }
-        drop(btf);
-        // The parsed kernel BTF (some 35 MB of small allocations) is gone now; hand the
-        // freed pages back so an agent's RSS does not keep them.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        bpfload::release_btf(btf);
         let mut it = SockIter {
             ebpf,
             buf: vec![0; CHUNK],
@@ -309,15 +197,15 @@ impl SockIter {
     }
 
     fn set_narrow(&mut self, n: &Narrow) -> Result<(), BpfError> {
-        let err = |e: &dyn std::error::Error| BpfError::Load {
-            what: "setting the narrowing map".to_string(),
-            reason: error_chain(e),
+        let err = |e: &dyn std::error::Error| {
+            bpfload::failed(OBJECT_NAME, "setting the narrowing map", e)
         };
         let map = self
             .ebpf
             .map_mut("narrowing")
             .ok_or_else(|| BpfError::Load {
-                what: "the narrowing map".to_string(),
+                object: OBJECT_NAME,
+                step: "the narrowing map".to_string(),
                 reason: "not in the embedded object".to_string(),
             })?;
         let mut arr: aya::maps::Array<_, Narrow> =
@@ -373,19 +261,10 @@ impl SockIter {
             Protocol::Tcp => "sockiter_tcp",
             Protocol::Udp => "sockiter_udp",
         };
-        let load = |e: &dyn std::error::Error| BpfError::Load {
-            what: format!("attaching {name}"),
-            reason: error_chain(e),
+        let load = |e: &dyn std::error::Error| {
+            bpfload::failed(OBJECT_NAME, format!("attaching {name}"), e)
         };
-        let prog: &mut Iter = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| BpfError::Load {
-                what: name.to_string(),
-                reason: "not loaded".to_string(),
-            })?
-            .try_into()
-            .map_err(|e| load(&e))?;
+        let prog = bpfload::program::<Iter>(&mut self.ebpf, OBJECT_NAME, name)?;
         let id = prog.attach().map_err(|e| load(&e))?;
         let link = prog.take_link(id).map_err(|e| load(&e))?;
         link.into_file().map_err(|e| load(&e))

@@ -3,6 +3,7 @@
 //! allocation.
 
 pub mod bpf;
+pub mod bpfload;
 pub mod destroy;
 pub mod holders;
 pub mod hz;
