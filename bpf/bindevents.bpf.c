@@ -17,6 +17,7 @@
  * says) read at sys_enter_bind into a per-thread map; a bind that fails with
  * EADDRINUSE is reported as a `struct unix_event` (the event plus the path). */
 #include "bindevents_types.h"
+#include "records.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
@@ -26,16 +27,6 @@
 #define EACCES 13
 #define EADDRINUSE 98
 #define EADDRNOTAVAIL 99
-
-#define KIND_BIND 1
-#define KIND_LISTEN 2
-#define KIND_CONNECT 3
-
-/* Bits of event.flags. */
-#define F_REUSEADDR 1
-#define F_REUSEPORT 2
-#define F_V6ONLY 4
-#define F_SOCKET_READ 8 /* the socket was found through the fd table */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -63,26 +54,6 @@ struct pending {
 	__u8 addr[16];
 };
 
-/* Layout shared with src/events/decode.rs (72 bytes, no implicit padding). */
-struct event {
-	__u32 pid;
-	__u32 tgid;
-	__u32 uid;
-	__u32 netns;
-	__s32 ret;
-	__u32 ifindex;
-	__u16 port;
-	__u16 protocol;
-	__u16 socktype;
-	__u8 kind;
-	__u8 family;
-	__u8 flags;
-	__u8 reserved[3];
-	__u8 addr[16];
-	char comm[16];
-	__u32 reserved2;
-};
-
 /* Calls in flight, by thread. LRU: a thread killed inside bind() never reaches
  * sys_exit, and its entry must not fill the map for good. */
 struct {
@@ -102,25 +73,12 @@ struct {
 
 /* AF_UNIX binds: the sun_path a thread in bind() asked for (its `pending` entry
  * says AF_UNIX). A failed bind leaves no name on the socket to read back later. */
-#define SUN_PATH_MAX 108
-struct unix_path {
-	__u32 len; /* bytes of sun_path given (addrlen minus the family) */
-	char path[SUN_PATH_MAX];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u64);
 	__type(value, struct unix_path);
 } unix_paths SEC(".maps");
-
-/* A failed AF_UNIX bind: the common event (family AF_UNIX, no address or port)
- * followed by the path. Layout shared with src/events/unix.rs (184 bytes). */
-struct unix_event {
-	struct event e;
-	struct unix_path u;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -6,9 +6,10 @@
  * never does: SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY, also for sockets without a
  * file (TIME_WAIT copies them from the closed socket in inet_twsk_alloc()).
  *
- * The layout of struct sockrec is decoded by src/source/bpf.rs: change both together.
+ * The records it shares with user space are in records.h.
  */
 #include "sockiter.h"
+#include "records.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
@@ -29,53 +30,8 @@
 #define ICSK_TIME_LOSS_PROBE 5
 #define ICSK_TIME_REO_TIMEOUT 6
 
-#define REC_REUSEADDR (1 << 0)
-#define REC_REUSEPORT (1 << 1)
-#define REC_V6ONLY (1 << 2)
-/* The three flag bits above are the socket's own (not a request socket's). */
-#define REC_FLAGS_KNOWN (1 << 3)
-/* expires_ms holds a running timer. */
-#define REC_TIMER (1 << 4)
-/* A narrowed walk's record of a socket on a port of no interest: family, state and
- * local port only, plus the remote end where the local port is ephemeral (the
- * ephemeral tally's key). Nothing else is read, so the walk touches no more of such
- * a socket than the kernel's own walk already did. */
-#define REC_LITE (1 << 5)
-
-struct sockrec {
-	__u8 family;
-	__u8 state;
-	__u8 flags;
-	__u8 pad0;
-	__u16 lport;
-	__u16 rport;
-	__u32 ifindex;
-	__u32 uid;
-	__u64 inode;
-	__u32 expires_ms;
-	__u32 pad1;
-	__be32 laddr[4];
-	__be32 raddr[4];
-	/* The socket cookie, as sock_diag reports it (generated on first use, so
-	 * both agree); a TIME_WAIT keeps its connection's. */
-	__u64 cookie;
-};
-
-_Static_assert(sizeof(struct sockrec) == 72, "struct sockrec is 72 bytes");
-
 /* Set by the loader from the kernel's CONFIG_HZ; 0 when unknown (no timers then). */
 const volatile __u32 hz = 0;
-
-/* Which TCP sockets get a full record, set by the reader before it walks on past the
- * listeners (src/source/bpf.rs, struct Narrow; change both together). With `narrow`
- * 0 every socket gets one; otherwise listeners and sockets whose local port has its
- * bit in `wanted` do, and every other socket a REC_LITE record. */
-struct narrow {
-	__u32 narrow;
-	__u16 eph_lo;
-	__u16 eph_hi;
-	__u64 wanted[1024];
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

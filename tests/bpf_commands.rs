@@ -103,6 +103,18 @@ fn bpf_denied_by_seccomp_falls_back_to_netlink() {
             .collect();
         assert_eq!(lines.len(), 1, "one log line: {log}");
         assert!(lines[0].contains("Operation not permitted"), "{log}");
+        // The bind tracer loads the same way: its line names it, the step and the errno.
+        let tracer: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("bind failure events unavailable"))
+            .collect();
+        assert_eq!(tracer.len(), 1, "one tracer line: {log}");
+        assert!(
+            tracer[0].contains("the bind tracer")
+                && tracer[0].contains("bpf(BPF_MAP_CREATE) probe")
+                && tracer[0].contains("Operation not permitted"),
+            "{log}"
+        );
 
         // Forced, the same filter is a clear error (exit 2) with the reason, for the
         // agent and for the one-shot commands.

@@ -437,17 +437,13 @@ fn a_narrowed_walk_is_whole_on_wanted_ports_and_leaves_the_next_walk_whole() {
         )
         .expect("bpf source");
         // As the collector does: listeners first, then the rest of the same walk.
-        let listen = bindwatch::source::listen_mask();
         let mut got = Vec::new();
-        t.dump(Protocol::Tcp, listen, &mut |s| got.push(s.clone()))
+        let rest = t
+            .session()
+            .listeners(&mut |s| got.push(s.clone()))
             .expect("listeners");
-        t.dump_narrowed(
-            Protocol::Tcp,
-            ALL_STATES & !listen,
-            Some((&bits, range)),
-            &mut |s| got.push(s.clone()),
-        )
-        .expect("narrowed walk");
+        rest.table(Some((&bits, range)), &mut |s| got.push(s.clone()))
+            .expect("narrowed walk");
 
         // Every TCP socket once, in the same state and family, on the same local port.
         let shape = |s: &BwSocket| (s.local.port(), s.family(), s.state);
@@ -544,5 +540,40 @@ fn a_bpf_poll_counts_and_keeps_what_a_netlink_poll_does() {
                 .sum::<u32>()
         };
         assert_eq!(on(7011), 400, "the 400 server sockets, folded or not");
+    });
+}
+
+/// A poll reads the UDP table between the TCP listeners and the rest of the TCP walk:
+/// that read must not disturb the TCP records already read past the listeners. With
+/// more UDP sockets than TCP listeners, a shared read buffer would hand UDP records to
+/// the TCP walk as TCP sockets and lose as many TCP ones.
+#[test]
+fn a_udp_read_between_the_listeners_and_the_walk_leaves_the_walk_whole() {
+    use bindwatch::collect::{CollectOptions, Collector};
+    in_netns(|| {
+        let mut udp = Vec::new();
+        for i in 0..300u16 {
+            udp.push(UdpSocket::bind(("127.0.0.1", 7100 + i)).expect("udp bind"));
+        }
+        let _conns = connections(7020, 300);
+        let poll = |source: SourceChoice| {
+            let mut opts = CollectOptions::new(std::path::Path::new("/proc"));
+            opts.source = source;
+            opts.owners = false;
+            let mut c = Collector::new(opts).expect("collector");
+            c.poll(&[], &[]).expect("poll")
+        };
+        let b = poll(SourceChoice::Bpf);
+        let n = poll(SourceChoice::Netlink);
+        assert_eq!(b.counts, n.counts, "state counts");
+        let on = |port: u16| {
+            b.port_sockets
+                .iter()
+                .filter(|s| s.local.port() == port && s.state == State::Established)
+                .map(|s| s.count)
+                .sum::<u32>()
+        };
+        assert_eq!(on(7020), 300, "the 300 server sockets");
+        drop(udp);
     });
 }

@@ -24,7 +24,7 @@ use crate::rebind;
 use crate::source::netlink::ALL_STATES;
 use crate::source::owners::{Capabilities, OwnerResolver};
 use crate::source::sysctl::{self, PortAllocation};
-use crate::source::{listen_mask, SocketTable, SourceChoice, SourceError};
+use crate::source::{listen_mask, Listened, Session, SocketTable, SourceChoice, SourceError};
 use crate::state;
 
 mod fold;
@@ -299,12 +299,39 @@ impl Collector {
             }
         };
         let bindv6only = sysctl::read_bindv6only(&self.opts.procfs).unwrap_or(false);
-        // 1. Listeners: a cheap in-kernel filtered dump, and the (small) UDP table.
-        let fresh = self.read_listeners()?;
+        // 1. Listeners: a cheap in-kernel filtered dump, and the (small) UDP table. The
+        //    session keeps the TCP walk's place for step 3.
+        let (fresh, rest) = read_listeners(self.table.session())?;
         // 2. Ports of interest: listening, remembered, watched; capped.
-        let wanted = self.ports_of_interest(&fresh, services, extra_ports);
-        // 3. The TCP table (everything but listeners, which step 1 read fresh).
-        let walked = self.refresh_table_view(walk_table, &wanted, &fresh, &allocation)?;
+        let (wanted, dropped) = ports_of_interest(
+            &self.memory,
+            self.opts.ports_max,
+            &fresh,
+            services,
+            extra_ports,
+        );
+        self.ports_dropped_total += dropped;
+        // 3. The TCP table (everything but listeners, which step 1 read fresh): walked
+        //    when `walk_table` is set (or never was), else the last walk is kept, so a
+        //    CPU budget can space out the expensive view while listeners stay fresh.
+        let walked = walk_table || self.table_view.is_none();
+        if walked {
+            let cpu = thread_cpu_seconds();
+            // Sized like the last walk's: growing it by doubling copied megabytes.
+            let cookies_hint = self.table_view.as_ref().map_or(0, |v| v.cookies.len());
+            let view = walk::walk_table(
+                rest,
+                &self.opts,
+                cookies_hint,
+                &wanted,
+                &fresh.tcp,
+                &allocation,
+            )?;
+            self.table_view = Some(view);
+            self.last_walk_cpu = Some((thread_cpu_seconds() - cpu).max(0.0));
+        } else {
+            drop(rest);
+        }
         let confirmed = self.listening_now()?;
         let view = self.port_view(&fresh, &wanted)?;
         let mut port_sockets = view.port_sockets;
@@ -354,102 +381,6 @@ impl Collector {
             table_taken_at: view.table_taken_at,
             unix: Default::default(),
         })
-    }
-
-    /// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table. A
-    /// listener on port 0 cannot exist (listen() and a UDP bind pick a port): from
-    /// any source it is malformed, dropped and counted with the malformed lines.
-    fn read_listeners(&mut self) -> Result<FreshListeners, CollectError> {
-        let mut zero = 0u64;
-        let mut tcp = Vec::new();
-        self.table.dump(Protocol::Tcp, listen_mask(), &mut |s| {
-            if s.local.port() == 0 {
-                zero += 1;
-            } else {
-                tcp.push(s.clone());
-            }
-        })?;
-        let at = state::unix(SystemTime::now());
-        let mut udp = Vec::new();
-        self.table.dump(Protocol::Udp, ALL_STATES, &mut |s| {
-            if s.local.port() == 0 && s.is_listener() {
-                zero += 1;
-            } else {
-                udp.push(s.clone());
-            }
-        })?;
-        if zero > 0 {
-            self.table.bad_lines += zero;
-            tracing::debug!(
-                listeners = zero,
-                "skipped listeners on port 0 (malformed socket table records)"
-            );
-        }
-        Ok(FreshListeners { tcp, udp, at })
-    }
-
-    /// Step 2: the ports of interest (listening, remembered, watched), capped at
-    /// `--ports.max`; the highest are left out and counted.
-    fn ports_of_interest(
-        &mut self,
-        fresh: &FreshListeners,
-        services: &[Service],
-        extra_ports: &[(Protocol, u16)],
-    ) -> BTreeSet<(Protocol, u16)> {
-        let mut wanted: BTreeSet<(Protocol, u16)> = fresh
-            .tcp
-            .iter()
-            .chain(fresh.udp.iter().filter(|s| s.is_listener()))
-            .map(|s| (s.protocol, s.local.port()))
-            .collect();
-        wanted.extend(self.memory.keys().map(|e| (e.protocol, e.port)));
-        wanted.extend(extra_ports.iter().copied());
-        wanted.extend(services.iter().map(|s| (s.protocol, s.port)));
-        if wanted.len() > self.opts.ports_max {
-            let dropped = wanted.len() - self.opts.ports_max;
-            self.ports_dropped_total += dropped as u64;
-            tracing::warn!(
-                dropped,
-                max = self.opts.ports_max,
-                "more ports of interest than --ports.max; the highest are left out (watched ones last)"
-            );
-            // Watched and asked-for ports first: their status is judged from these sockets.
-            let mut kept: BTreeSet<(Protocol, u16)> = services
-                .iter()
-                .map(|s| (s.protocol, s.port))
-                .chain(extra_ports.iter().copied())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .take(self.opts.ports_max)
-                .collect();
-            for p in wanted {
-                if kept.len() >= self.opts.ports_max {
-                    break;
-                }
-                kept.insert(p);
-            }
-            wanted = kept;
-        }
-        wanted
-    }
-
-    /// Step 3: walks the whole TCP table when `walk_table` is set (or when it never
-    /// has), else keeps the last walk, so a CPU budget can space out the expensive
-    /// view while listeners stay fresh. Returns whether it walked.
-    fn refresh_table_view(
-        &mut self,
-        walk_table: bool,
-        wanted: &BTreeSet<(Protocol, u16)>,
-        fresh: &FreshListeners,
-        allocation: &PortAllocation,
-    ) -> Result<bool, CollectError> {
-        let walked = walk_table || self.table_view.is_none();
-        if walked {
-            let cpu = thread_cpu_seconds();
-            self.table_view = Some(self.walk_table(wanted, &fresh.tcp, allocation)?);
-            self.last_walk_cpu = Some((thread_cpu_seconds() - cpu).max(0.0));
-        }
-        Ok(walked)
     }
 
     /// A second look at the listeners: one seen before and after the walk was
@@ -643,6 +574,83 @@ impl Collector {
             }
         }
     }
+}
+
+/// Step 1: the TCP listeners (an in-kernel filtered dump) and the UDP table. A
+/// listener on port 0 cannot exist (listen() and a UDP bind pick a port): from any
+/// source it is malformed, dropped and counted with the malformed lines.
+fn read_listeners(session: Session<'_>) -> Result<(FreshListeners, Listened<'_>), CollectError> {
+    let mut zero = 0u64;
+    let mut tcp = Vec::new();
+    let mut rest = session.listeners(&mut |s| {
+        if s.local.port() == 0 {
+            zero += 1;
+        } else {
+            tcp.push(s.clone());
+        }
+    })?;
+    let at = state::unix(SystemTime::now());
+    let mut udp = Vec::new();
+    rest.udp(ALL_STATES, &mut |s| {
+        if s.local.port() == 0 && s.is_listener() {
+            zero += 1;
+        } else {
+            udp.push(s.clone());
+        }
+    })?;
+    if zero > 0 {
+        rest.count_malformed(zero);
+        tracing::debug!(
+            listeners = zero,
+            "skipped listeners on port 0 (malformed socket table records)"
+        );
+    }
+    Ok((FreshListeners { tcp, udp, at }, rest))
+}
+
+/// Step 2: the ports of interest (listening, remembered, watched), capped at
+/// `ports_max`; the highest are left out and counted (the second value).
+fn ports_of_interest(
+    memory: &BTreeMap<Endpoint, Remembered>,
+    ports_max: usize,
+    fresh: &FreshListeners,
+    services: &[Service],
+    extra_ports: &[(Protocol, u16)],
+) -> (BTreeSet<(Protocol, u16)>, u64) {
+    let mut wanted: BTreeSet<(Protocol, u16)> = fresh
+        .tcp
+        .iter()
+        .chain(fresh.udp.iter().filter(|s| s.is_listener()))
+        .map(|s| (s.protocol, s.local.port()))
+        .collect();
+    wanted.extend(memory.keys().map(|e| (e.protocol, e.port)));
+    wanted.extend(extra_ports.iter().copied());
+    wanted.extend(services.iter().map(|s| (s.protocol, s.port)));
+    if wanted.len() <= ports_max {
+        return (wanted, 0);
+    }
+    let dropped = wanted.len() - ports_max;
+    tracing::warn!(
+        dropped,
+        max = ports_max,
+        "more ports of interest than --ports.max; the highest are left out (watched ones last)"
+    );
+    // Watched and asked-for ports first: their status is judged from these sockets.
+    let mut kept: BTreeSet<(Protocol, u16)> = services
+        .iter()
+        .map(|s| (s.protocol, s.port))
+        .chain(extra_ports.iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(ports_max)
+        .collect();
+    for p in wanted {
+        if kept.len() >= ports_max {
+            break;
+        }
+        kept.insert(p);
+    }
+    (kept, dropped as u64)
 }
 
 /// `net.ipv4.tcp_fin_timeout` in seconds (the kernel's default, 60, if unreadable):

@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use super::fold::Folder;
-use super::{CollectError, Collector};
+use super::{CollectError, CollectOptions};
 use crate::model::{Family, Protocol, Socket, State, StateCounts};
-use crate::source::listen_mask;
-use crate::source::netlink::ALL_STATES;
 use crate::source::sysctl::PortAllocation;
+use crate::source::Listened;
 use crate::tally::EphemeralTally;
 
 /// What one walk of the whole TCP table yields.
@@ -28,78 +27,74 @@ pub(super) struct TableView {
     pub(super) covered: PortSet,
 }
 
-impl Collector {
-    /// One walk of the whole TCP table (listeners excepted): counts, the sockets on
-    /// ports of interest, and the ephemeral-bucket tally. Per socket this must stay
-    /// a few array and bitmap look-ups: at a million sockets every nanosecond here
-    /// is a millisecond of poll.
-    pub(super) fn walk_table(
-        &mut self,
-        wanted: &BTreeSet<(Protocol, u16)>,
-        tcp_listeners: &[Socket],
-        allocation: &PortAllocation,
-    ) -> Result<TableView, CollectError> {
-        let wanted_set = PortSet::from_iter(
-            wanted
-                .iter()
-                .filter(|(p, _)| *p == Protocol::Tcp)
-                .map(|(_, n)| *n),
-        );
-        // Sized like the last walk's: growing it by doubling copied megabytes.
-        let cookies_hint = self.table_view.as_ref().map_or(0, |v| v.cookies.len());
-        let mut walk = Walk {
-            cookies: Vec::with_capacity(cookies_hint),
-            listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
-            wanted: &wanted_set,
-            allocation,
-            counts: FastCounts::default(),
-            port_sockets: Vec::new(),
-            folder: Folder::new(self.opts.fold, self.opts.probe_max),
-            tally: EphemeralTally::new(self.opts.ephemeral_counters),
-        };
-        // Each socket is taken AHEAD messages after it was decoded and its slot
-        // and counter prefetched, so their loads overlap instead of stalling.
-        const AHEAD: usize = 8;
-        let mut ring: [Option<Socket>; AHEAD] = Default::default();
-        let mut head = 0;
-        let states = ALL_STATES & !listen_mask();
-        // Only the ports of interest need whole sockets; elsewhere the counts and the
-        // tally's key do (the bpf source then reads less of each socket).
-        let narrow = (wanted_set.0.as_slice(), allocation.range);
-        self.table
-            .dump_narrowed(Protocol::Tcp, states, Some(narrow), &mut |s| {
-                if s.state == State::Listen {
-                    return;
-                }
-                walk.prefetch(s);
-                if let Some(old) = ring[head].replace(s.clone()) {
-                    walk.take(&old);
-                }
-                head = (head + 1) % AHEAD;
-            })?;
-        for i in 0..AHEAD {
-            if let Some(s) = ring[(head + i) % AHEAD].take() {
-                walk.take(&s);
-            }
+/// One walk of the whole TCP table (listeners excepted), the rest of the walk whose
+/// listeners `rest` read: counts, the sockets on ports of interest, and the
+/// ephemeral-bucket tally. Per socket this must stay a few array and bitmap look-ups:
+/// at a million sockets every nanosecond here is a millisecond of poll.
+pub(super) fn walk_table(
+    rest: Listened<'_>,
+    opts: &CollectOptions,
+    cookies_hint: usize,
+    wanted: &BTreeSet<(Protocol, u16)>,
+    tcp_listeners: &[Socket],
+    allocation: &PortAllocation,
+) -> Result<TableView, CollectError> {
+    let wanted_set = PortSet::from_iter(
+        wanted
+            .iter()
+            .filter(|(p, _)| *p == Protocol::Tcp)
+            .map(|(_, n)| *n),
+    );
+    let mut walk = Walk {
+        cookies: Vec::with_capacity(cookies_hint),
+        listener_ports: PortSet::from_iter(tcp_listeners.iter().map(|s| s.local.port())),
+        wanted: &wanted_set,
+        allocation,
+        counts: FastCounts::default(),
+        port_sockets: Vec::new(),
+        folder: Folder::new(opts.fold, opts.probe_max),
+        tally: EphemeralTally::new(opts.ephemeral_counters),
+    };
+    // Each socket is taken AHEAD messages after it was decoded and its slot
+    // and counter prefetched, so their loads overlap instead of stalling.
+    const AHEAD: usize = 8;
+    let mut ring: [Option<Socket>; AHEAD] = Default::default();
+    let mut head = 0;
+    // Only the ports of interest need whole sockets; elsewhere the counts and the
+    // tally's key do (the bpf source then reads less of each socket).
+    let narrow = (wanted_set.0.as_slice(), allocation.range);
+    rest.table(Some(narrow), &mut |s| {
+        if s.state == State::Listen {
+            return;
         }
-        let Walk {
-            counts,
-            cookies,
-            mut port_sockets,
-            mut folder,
-            tally,
-            ..
-        } = walk;
-        folder.finish(&mut port_sockets);
-        Ok(TableView {
-            cookies,
-            counts,
-            port_sockets,
-            ephemeral_top: tally.top(self.opts.ephemeral_top_k),
-            taken_at: SystemTime::now(),
-            covered: wanted_set,
-        })
+        walk.prefetch(s);
+        if let Some(old) = ring[head].replace(s.clone()) {
+            walk.take(&old);
+        }
+        head = (head + 1) % AHEAD;
+    })?;
+    for i in 0..AHEAD {
+        if let Some(s) = ring[(head + i) % AHEAD].take() {
+            walk.take(&s);
+        }
     }
+    let Walk {
+        counts,
+        cookies,
+        mut port_sockets,
+        mut folder,
+        tally,
+        ..
+    } = walk;
+    folder.finish(&mut port_sockets);
+    Ok(TableView {
+        cookies,
+        counts,
+        port_sockets,
+        ephemeral_top: tally.top(opts.ephemeral_top_k),
+        taken_at: SystemTime::now(),
+        covered: wanted_set,
+    })
 }
 
 /// Socket cookies a walk keeps at most (8 MB): beyond, fewer leftovers can be

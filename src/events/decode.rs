@@ -1,5 +1,6 @@
 //! Decoding the ring-buffer records of `bpf/bindevents.bpf.c`. Pure: bytes in,
-//! [`Event`] out; the layout is the C `struct event` (native byte order, 72 bytes).
+//! [`Event`] out; the layout is the C `struct event` (native byte order, 72 bytes),
+//! [`EventRec`] here.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -7,9 +8,13 @@ use serde::Serialize;
 
 use crate::model::Protocol;
 pub use crate::model::{Call, Errno};
+use crate::source::records::{
+    self, EventRec, F_REUSEADDR, F_REUSEPORT, F_SOCKET_READ, F_V6ONLY, KIND_BIND, KIND_CONNECT,
+    KIND_LISTEN,
+};
 
 /// Size of one record (`sizeof(struct event)`).
-pub const EVENT_SIZE: usize = 72;
+pub const EVENT_SIZE: usize = std::mem::size_of::<EventRec>();
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -19,11 +24,6 @@ const IPPROTO_UDP: u16 = 17;
 const IPPROTO_MPTCP: u16 = 262;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
-
-const F_REUSEADDR: u8 = 1;
-const F_REUSEPORT: u8 = 2;
-const F_V6ONLY: u8 = 4;
-const F_SOCKET_READ: u8 = 8;
 
 /// The calling socket's own options, read in the kernel during the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,14 +72,6 @@ pub enum DecodeError {
     Ret(i32),
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
 /// Decodes one ring-buffer record.
 ///
 /// # Errors
@@ -88,33 +80,26 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
     if b.len() != EVENT_SIZE {
         return Err(DecodeError::Size(b.len()));
     }
-    let ret = u32_at(b, 16) as i32;
-    let ifindex = u32_at(b, 20);
-    let port = u16_at(b, 24);
-    let proto = u16_at(b, 26);
-    let socktype = u16_at(b, 28);
-    let call = match b[30] {
-        1 => Call::Bind,
-        2 => Call::Listen,
-        3 => Call::Connect,
+    let r: EventRec = records::read(b).ok_or(DecodeError::Size(b.len()))?;
+    let call = match r.kind {
+        KIND_BIND => Call::Bind,
+        KIND_LISTEN => Call::Listen,
+        KIND_CONNECT => Call::Connect,
         k => return Err(DecodeError::Kind(k)),
     };
-    let address = match b[31] {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(b[36], b[37], b[38], b[39])),
-        AF_INET6 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&b[36..52]);
-            IpAddr::V6(Ipv6Addr::from(a))
-        }
+    let a = &r.addr;
+    let address = match r.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(*a)),
         f => return Err(DecodeError::Family(f)),
     };
-    let errno = match ret {
+    let errno = match r.ret {
         0 => None,
-        r => Some(Errno::from_ret(r).ok_or(DecodeError::Ret(r))?),
+        ret => Some(Errno::from_ret(ret).ok_or(DecodeError::Ret(ret))?),
     };
-    let fl = b[32];
+    let fl = r.flags;
     let read = fl & F_SOCKET_READ != 0;
-    let protocol = match (read, proto, socktype) {
+    let protocol = match (read, r.protocol, r.socktype) {
         (true, IPPROTO_TCP | IPPROTO_MPTCP, SOCK_STREAM) => Some(Protocol::Tcp),
         (true, IPPROTO_UDP, SOCK_DGRAM) => Some(Protocol::Udp),
         _ => None,
@@ -123,23 +108,27 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
         reuseaddr: fl & F_REUSEADDR != 0,
         reuseport: fl & F_REUSEPORT != 0,
         v6only: address.is_ipv6() && fl & F_V6ONLY != 0,
-        ifindex,
+        ifindex: r.ifindex,
     });
-    let comm = &b[52..68];
-    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
     Ok(Event {
         call,
-        pid: u32_at(b, 0),
-        tgid: u32_at(b, 4),
-        uid: u32_at(b, 8),
-        netns: u32_at(b, 12),
+        pid: r.pid,
+        tgid: r.tgid,
+        uid: r.uid,
+        netns: r.netns,
         errno,
         protocol,
         address,
-        port,
+        port: r.port,
         flags,
-        comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+        comm: comm_str(&r.comm),
     })
+}
+
+/// A kernel `comm`: up to the first NUL, lossily UTF-8.
+pub(super) fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 #[cfg(test)]
@@ -160,22 +149,24 @@ mod tests {
         addr: &[u8],
         comm: &[u8],
     ) -> Vec<u8> {
-        let mut b = vec![0u8; EVENT_SIZE];
-        b[0..4].copy_from_slice(&pid.to_ne_bytes());
-        b[4..8].copy_from_slice(&(pid + 1).to_ne_bytes());
-        b[8..12].copy_from_slice(&1000u32.to_ne_bytes());
-        b[12..16].copy_from_slice(&4026531840u32.to_ne_bytes());
-        b[16..20].copy_from_slice(&ret.to_ne_bytes());
-        b[20..24].copy_from_slice(&3u32.to_ne_bytes());
-        b[24..26].copy_from_slice(&port.to_ne_bytes());
-        b[26..28].copy_from_slice(&proto.to_ne_bytes());
-        b[28..30].copy_from_slice(&socktype.to_ne_bytes());
-        b[30] = kind;
-        b[31] = family;
-        b[32] = flags;
-        b[36..36 + addr.len()].copy_from_slice(addr);
-        b[52..52 + comm.len()].copy_from_slice(comm);
-        b
+        let mut r = EventRec {
+            pid,
+            tgid: pid + 1,
+            uid: 1000,
+            netns: 4026531840,
+            ret,
+            ifindex: 3,
+            port,
+            protocol: proto,
+            socktype,
+            kind,
+            family,
+            flags,
+            ..EventRec::default()
+        };
+        r.addr[..addr.len()].copy_from_slice(addr);
+        r.comm[..comm.len()].copy_from_slice(comm);
+        records::to_bytes(&r)
     }
 
     // One case per record kind, read top to bottom: split up, the cases would only be

@@ -24,10 +24,14 @@ use super::ratelimit::{self, LogLimiter};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
+use crate::source::bpf::BpfError;
+use crate::source::bpfload::{self, Loaded};
 use crate::source::netlink::{NetlinkDiag, Request, ALL_STATES};
 
 /// The compiled program (built by scripts/build-bpf.sh, committed).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bindevents.bpf.o");
+/// What the object is called in errors.
+const OBJECT_NAME: &str = "the bind tracer (bpf/bindevents.bpf.o)";
 
 /// (program, tracepoint) pairs, all under the `syscalls` category.
 const PROGRAMS: [(&str, &str); 6] = [
@@ -52,15 +56,8 @@ pub enum LoadError {
         path: &'static str,
         source: std::io::Error,
     },
-    #[error("loading bpf/bindevents.bpf.o: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("the object has no program {0}")]
-    NoProgram(&'static str),
-    #[error("loading program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    #[error(transparent)]
+    Load(#[from] BpfError),
     #[error("attaching to tracepoint syscalls/{name}: {source}")]
     Attach {
         name: &'static str,
@@ -166,16 +163,16 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 /// the caller logs it once and exports `bindwatch_capability{capability="bind_events"} 0`.
 pub fn start(opts: TracerOptions, events: Arc<Events>) -> Result<Tracer, LoadError> {
     ensure_tracefs()?;
-    let mut bpf = Ebpf::load(OBJECT)?;
+    let Loaded { ebpf: mut bpf, btf } = bpfload::load(OBJECT, OBJECT_NAME, &[])?;
+    for (name, _) in PROGRAMS {
+        bpfload::program::<TracePoint>(&mut bpf, OBJECT_NAME, name)?
+            .load()
+            .map_err(|e| bpfload::failed(OBJECT_NAME, format!("program {name}"), &e))?;
+    }
+    bpfload::release_btf(btf);
     for (name, tp) in PROGRAMS {
-        let prog: &mut TracePoint = bpf
-            .program_mut(name)
-            .ok_or(LoadError::NoProgram(name))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.attach("syscalls", tp)
+        bpfload::program::<TracePoint>(&mut bpf, OBJECT_NAME, name)?
+            .attach("syscalls", tp)
             .map_err(|source| LoadError::Attach { name: tp, source })?;
     }
     let ring = RingBuf::try_from(bpf.take_map("events").ok_or(LoadError::NoMap("events"))?)

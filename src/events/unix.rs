@@ -10,13 +10,14 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::decode::{Errno, EVENT_SIZE};
+use super::decode::{comm_str, Errno};
 use crate::model::{UnixName, UnixType};
+use crate::source::records::{self, UnixEventRec, F_SOCKET_READ, KIND_BIND, SUN_PATH_MAX};
 use crate::unixbind::{BindOutcome, PathState, UnixTarget};
 use crate::unixprobe::{ProbeError, UnixPathReport};
 
 /// Size of a `struct unix_event` record: the event, the path's length, `sun_path`.
-pub const UNIX_EVENT_SIZE: usize = EVENT_SIZE + 4 + 108;
+pub const UNIX_EVENT_SIZE: usize = std::mem::size_of::<UnixEventRec>();
 const AF_UNIX: u8 = 1;
 /// Failed unix binds kept for `GET /failures`.
 pub const UNIX_LOG_CAPACITY: usize = 256;
@@ -55,40 +56,37 @@ pub fn decode(b: &[u8]) -> Result<UnixEvent, String> {
             b.len()
         ));
     }
-    let u32_at = |off: usize| u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
-    if b[31] != AF_UNIX || b[30] != 1 {
+    let UnixEventRec { e, u } = records::read(b).ok_or("unix bind event too short")?;
+    if e.family != AF_UNIX || e.kind != KIND_BIND {
         return Err(format!(
             "unix bind event with family {} and call kind {}",
-            b[31], b[30]
+            e.family, e.kind
         ));
     }
-    let ret = u32_at(16) as i32;
-    let errno = match Errno::from_ret(ret) {
+    let errno = match Errno::from_ret(e.ret) {
         Some(Errno::Eaddrinuse) => Errno::Eaddrinuse,
-        _ => return Err(format!("unix bind event with return value {ret}")),
+        _ => return Err(format!("unix bind event with return value {}", e.ret)),
     };
-    let len = u32_at(EVENT_SIZE) as usize;
-    if len == 0 || len > 108 {
+    let len = u.len as usize;
+    if len == 0 || len > SUN_PATH_MAX {
         return Err(format!("unix bind event with a path of {len} bytes"));
     }
-    let path = &b[EVENT_SIZE + 4..EVENT_SIZE + 4 + len];
-    let name = UnixName::from_sun_path(path).ok_or("unix bind event with an empty path")?;
-    let read = b[32] & 8 != 0;
-    let comm = &b[52..68];
-    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+    let name =
+        UnixName::from_sun_path(&u.path[..len]).ok_or("unix bind event with an empty path")?;
+    let read = e.flags & F_SOCKET_READ != 0;
     Ok(UnixEvent {
-        pid: u32_at(0),
-        tgid: u32_at(4),
-        uid: u32_at(8),
-        netns: u32_at(12),
+        pid: e.pid,
+        tgid: e.tgid,
+        uid: e.uid,
+        netns: e.netns,
         errno,
         kind: if read {
-            UnixType::from_kernel(u16::from_ne_bytes([b[28], b[29]]) as u8)
+            UnixType::from_kernel(e.socktype as u8)
         } else {
             None
         },
         name,
-        comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+        comm: comm_str(&e.comm),
     })
 }
 
@@ -241,20 +239,25 @@ mod tests {
     use super::*;
 
     fn record(ret: i32, family: u8, path: &[u8], len: u32) -> Vec<u8> {
-        let mut b = vec![0u8; UNIX_EVENT_SIZE];
-        b[0..4].copy_from_slice(&7u32.to_ne_bytes());
-        b[4..8].copy_from_slice(&6u32.to_ne_bytes());
-        b[8..12].copy_from_slice(&33u32.to_ne_bytes());
-        b[12..16].copy_from_slice(&4026531840u32.to_ne_bytes());
-        b[16..20].copy_from_slice(&ret.to_ne_bytes());
-        b[28..30].copy_from_slice(&1u16.to_ne_bytes());
-        b[30] = 1;
-        b[31] = family;
-        b[32] = 8;
-        b[52..57].copy_from_slice(b"nginx");
-        b[72..76].copy_from_slice(&len.to_ne_bytes());
-        b[76..76 + path.len()].copy_from_slice(path);
-        b
+        let mut e = crate::source::records::EventRec {
+            pid: 7,
+            tgid: 6,
+            uid: 33,
+            netns: 4026531840,
+            ret,
+            socktype: 1,
+            kind: 1,
+            family,
+            flags: 8,
+            ..Default::default()
+        };
+        e.comm[..5].copy_from_slice(b"nginx");
+        let mut u = crate::source::records::UnixPath {
+            len,
+            path: [0; 108],
+        };
+        u.path[..path.len()].copy_from_slice(path);
+        records::to_bytes(&UnixEventRec { e, u })
     }
 
     #[test]

@@ -6,8 +6,7 @@
 //! sock_diag, the record carries SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY for every
 //! socket, also TIME_WAIT and orphans that have no file for pidfd_getfd to reach.
 //!
-//! The loader helpers ([`probe`], [`kernel_btf`], [`raise_memlock`],
-//! [`error_chain`]) are shared with the other BPF users of the crate.
+//! Loading is [`bpfload::load`], shared with the bind tracer.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -16,56 +15,45 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::programs::Iter;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::Ebpf;
 
+use super::bpfload::{self, Loaded};
+
+use super::records::{
+    self, Narrow, SockRec, REC_FLAGS_KNOWN, REC_LITE, REC_REUSEADDR, REC_REUSEPORT, REC_TIMER,
+    REC_V6ONLY,
+};
 use crate::model::{Protocol, Socket, SocketFlags, State, Tri};
 
 /// The compiled `bpf/sockiter.bpf.c` (tests/bpf_objects.rs checks it is built from it).
 pub static SOCKITER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sockiter.bpf.o");
 
 /// Size of `struct sockrec`.
-pub const RECORD_LEN: usize = 72;
-const REC_REUSEADDR: u8 = 1 << 0;
-const REC_REUSEPORT: u8 = 1 << 1;
-const REC_V6ONLY: u8 = 1 << 2;
-const REC_FLAGS_KNOWN: u8 = 1 << 3;
-const REC_TIMER: u8 = 1 << 4;
-/// A narrowed walk's record of a socket on a port of no interest (see [`Narrow`]).
-const REC_LITE: u8 = 1 << 5;
-
-/// `struct narrow` of `bpf/sockiter.bpf.c`: which TCP sockets get a full record.
-///
-/// A walk narrowed this way reads, of a socket on a port of no interest, only what the
-/// state counts and the ephemeral tally need (family, state, local port, and the two
-/// addresses and remote port where the local port is ephemeral): no inode, cookie,
-/// timer or flags, each of which is another cache line of a socket the kernel's walk
-/// otherwise never touches.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Narrow {
-    narrow: u32,
-    eph_lo: u16,
-    eph_hi: u16,
-    wanted: [u64; 1024],
-}
-
-// SAFETY: plain integers in a repr(C) struct without padding (4 + 2 + 2 + 8 * 1024
-// bytes, 8-aligned), so every byte pattern is a valid value.
-unsafe impl aya::Pod for Narrow {}
+pub const RECORD_LEN: usize = std::mem::size_of::<SockRec>();
 
 /// One read(2) of the iterator. The kernel fills at most its seq_file buffer (8 pages)
 /// per read; a larger buffer lets it hand over several of those when it can.
 const CHUNK: usize = 256 * 1024;
 
+/// The UDP walk's buffer: one read(2) returns at most the kernel's seq_file buffer
+/// (8 pages), so a larger one would only sit idle.
+const UDP_CHUNK: usize = 32 * 1024;
+
 /// A listeners-only walk kept for the rest of the table this long at most.
 const PENDING_MAX_AGE: Duration = Duration::from_secs(2);
 
+/// What this object is called in errors.
+const OBJECT_NAME: &str = "the BPF socket iterator";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
-    Btf(String),
-    #[error("loading the BPF socket iterator ({what}): {reason}")]
-    Load { what: String, reason: String },
+    /// A step of loading a BPF object (see [`bpfload::load`]).
+    #[error("loading {object} ({step}): {reason}")]
+    Load {
+        object: &'static str,
+        step: String,
+        reason: String,
+    },
     #[error("reading the {protocol} socket iterator: {source}")]
     Read {
         protocol: Protocol,
@@ -76,137 +64,21 @@ pub enum BpfError {
     Truncated { protocol: Protocol, left: usize },
 }
 
-/// An error and its sources, one line: aya's errors keep the errno and the verifier
-/// log in their source chain.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    // A verifier log can be long; the first lines say enough in one log line.
-    if s.len() > 2000 {
-        let mut end = 2000;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str(" ...");
-    }
-    s
-}
-
-/// The running kernel's BTF, which CO-RE relocations and the iterator attach need.
-///
-/// # Errors
-/// When `/sys/kernel/btf/vmlinux` is missing (a kernel without CONFIG_DEBUG_INFO_BTF)
-/// or unreadable.
-pub fn kernel_btf() -> Result<Btf, BpfError> {
-    Btf::from_sys_fs().map_err(|e| BpfError::Btf(error_chain(&e)))
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (64 KiB by default in many
-/// setups); later ones to the memory cgroup. Raising the soft limit to the hard one is
-/// harmless either way; failure only matters on those old kernels, whose load error
-/// then says so.
-pub fn raise_memlock() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
-        }
-    }
-}
-
-/// Whether this process may use bpf(2) at all: creates and closes a one-entry array
-/// map. Denied by seccomp, by a missing CAP_BPF (or CAP_SYS_ADMIN), or by a kernel
-/// without the syscall, the errno says which; aya's own errors can hide it (a denied
-/// global-data probe surfaces as a relocation error).
-///
-/// # Errors
-/// The syscall's error, with what was tried.
-pub fn probe() -> Result<(), BpfError> {
-    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries,
-    // then zeros (the kernel checks the unused tail is zero).
-    let mut attr = [0u32; 32];
-    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
-    attr[1] = 4;
-    attr[2] = 4;
-    attr[3] = 1;
-    // SAFETY: bpf(BPF_MAP_CREATE = 0) reads `size` bytes of attr, which is that long.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as u32,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                " (seccomp, or CAP_BPF and CAP_PERFMON not granted)"
-            }
-            Some(libc::ENOSYS) => " (kernel without bpf(2))",
-            _ => "",
-        };
-        return Err(BpfError::Load {
-            what: "bpf(BPF_MAP_CREATE) probe".to_string(),
-            reason: format!("{e}{hint}"),
-        });
-    }
-    // SAFETY: a fresh fd this function owns.
-    unsafe { libc::close(fd as i32) };
-    Ok(())
-}
-
 /// Decodes one `struct sockrec`; `None` for a family or state this crate does not know.
-pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket> {
-    let u16_at = |o: usize| u16::from_ne_bytes([r[o], r[o + 1]]);
-    let u32_at = |o: usize| u32::from_ne_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
-    let family = r[0] as i32;
-    let state = State::from_kernel(r[1])?;
-    let f = r[2];
-    let lport = u16_at(4);
-    let rport = u16_at(6);
-    let ifindex = u32_at(8);
-    let uid = u32_at(12);
-    let mut ino = [0u8; 8];
-    ino.copy_from_slice(&r[16..24]);
-    let inode = u64::from_ne_bytes(ino);
-    let expires = u32_at(24);
-    let mut ck = [0u8; 8];
-    ck.copy_from_slice(&r[64..72]);
-    let cookie = u64::from_ne_bytes(ck);
-    let addr = |o: usize| -> Option<IpAddr> {
+#[inline]
+pub fn decode_record(r: &SockRec, protocol: Protocol) -> Option<Socket> {
+    let family = i32::from(r.family);
+    let state = State::from_kernel(r.state)?;
+    let f = r.flags;
+    let addr = |a: &[u8; 16]| -> Option<IpAddr> {
         match family {
-            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
-                r[o],
-                r[o + 1],
-                r[o + 2],
-                r[o + 3],
-            ))),
-            libc::AF_INET6 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&r[o..o + 16]);
-                Some(IpAddr::V6(Ipv6Addr::from(a)))
-            }
+            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
             _ => None,
         }
     };
-    let local = addr(32)?;
-    let remote = addr(48)?;
+    let local = addr(&r.laddr)?;
+    let remote = addr(&r.raddr)?;
     // A lite record's flags are unknown (REC_FLAGS_KNOWN unset), its inode 0.
     let known = f & REC_FLAGS_KNOWN != 0 && f & REC_LITE == 0;
     let bit = |b: u8| {
@@ -219,12 +91,12 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
     Some(Socket {
         protocol,
         state,
-        local: SocketAddr::new(local, lport),
-        remote: SocketAddr::new(remote, rport),
-        uid,
-        inode,
-        ifindex: Some(ifindex),
-        expires_ms: (f & REC_TIMER != 0).then_some(u64::from(expires)),
+        local: SocketAddr::new(local, r.lport),
+        remote: SocketAddr::new(remote, r.rport),
+        uid: r.uid,
+        inode: r.inode,
+        ifindex: Some(r.ifindex),
+        expires_ms: (f & REC_TIMER != 0).then_some(u64::from(r.expires_ms)),
         // As sock_diag: IPV6_V6ONLY is a property of IPv6 sockets only.
         v6only: if family == libc::AF_INET6 {
             bit(REC_V6ONLY)
@@ -236,15 +108,18 @@ pub fn decode_record(r: &[u8; RECORD_LEN], protocol: Protocol) -> Option<Socket>
             reuseport: bit(REC_REUSEPORT),
         },
         count: 1,
-        cookie,
+        cookie: r.cookie,
     })
 }
 
-/// A TCP walk stopped after the listeners: the iterator walks the listening hash
-/// first, so the rest of the table can follow in the next dump of this poll.
-struct Pending {
+/// A TCP walk stopped after the listeners (see [`SockIter::listeners`]): the iterator
+/// walks the listening hash first, so the rest of the table follows from here in the
+/// same poll. Its undecoded bytes are `buf[start..end]` of the TCP buffer, which no other
+/// dump touches (UDP dumps read into a buffer of their own), and the value that holds a
+/// `Parked` (`source::Listened`) borrows the source exclusively, so nothing else can
+/// walk TCP before it resumes or drops it.
+pub(super) struct Parked {
     file: File,
-    /// Undecoded bytes already read: `buf[start..end]`.
     start: usize,
     end: usize,
     at: Instant,
@@ -253,9 +128,11 @@ struct Pending {
 /// The loaded iterator programs of one network namespace's source.
 pub struct SockIter {
     ebpf: Ebpf,
+    /// The TCP walk's read buffer.
     buf: Vec<u8>,
-    pending: Option<Pending>,
-    /// Whether listeners always came first so far (see [`Pending`]); when a walk shows
+    /// The UDP walk's: a poll reads the UDP table while a TCP walk is parked.
+    udp_buf: Vec<u8>,
+    /// Whether listeners always came first so far (see [`Parked`]); when a walk shows
     /// otherwise, listener dumps walk the whole table.
     listeners_first: bool,
     /// The program's `narrowing` map is set (see [`SockIter::narrow`]); every new TCP
@@ -266,6 +143,12 @@ pub struct SockIter {
     timers: bool,
 }
 
+/// Where a walk starts: a fresh iterator, or the rest of a parked TCP walk.
+enum Start {
+    Fresh,
+    Parked(Parked),
+}
+
 impl SockIter {
     /// Loads both programs and walks the UDP table once, so anything that stops the
     /// source (seccomp, capabilities, BTF, verifier) shows here, not at the first poll.
@@ -273,9 +156,6 @@ impl SockIter {
     /// # Errors
     /// Every reason the programs cannot load or run.
     pub fn open(procfs: &Path, rootfs: &Path) -> Result<Self, BpfError> {
-        raise_memlock();
-        probe()?;
-        let btf = kernel_btf()?;
         let hz = super::hz::kernel_hz(procfs, rootfs);
         if hz.is_none() {
             static NO_HZ_LOGGED: std::sync::Once = std::sync::Once::new();
@@ -290,39 +170,18 @@ impl SockIter {
             });
         }
         let timers = hz.is_some();
-        let hz = hz.unwrap_or(0);
-        let load = |what: &str, e: &dyn std::error::Error| BpfError::Load {
-            what: what.to_string(),
-            reason: error_chain(e),
-        };
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("hz", &hz, true)
-            .load(SOCKITER_OBJECT)
-            .map_err(|e| load("object", &e))?;
+        let Loaded { mut ebpf, btf } =
+            bpfload::load(SOCKITER_OBJECT, OBJECT_NAME, &[("hz", hz.unwrap_or(0))])?;
         for (name, kind) in [("sockiter_tcp", "tcp"), ("sockiter_udp", "udp")] {
-            let prog: &mut Iter = ebpf
-                .program_mut(name)
-                .ok_or_else(|| BpfError::Load {
-                    what: name.to_string(),
-                    reason: "not in the embedded object".to_string(),
-                })?
-                .try_into()
-                .map_err(|e| load(name, &e))?;
-            prog.load(kind, &btf).map_err(|e| load(name, &e))?;
+            bpfload::program::<Iter>(&mut ebpf, OBJECT_NAME, name)?
+                .load(kind, &btf)
+                .map_err(|e| bpfload::failed(OBJECT_NAME, format!("program {name}"), &e))?;
         }
-        drop(btf);
-        // The parsed kernel BTF (some 35 MB of small allocations) is gone now; hand the
-        // freed pages back so an agent's RSS does not keep them.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        bpfload::release_btf(btf);
         let mut it = SockIter {
             ebpf,
             buf: vec![0; CHUNK],
-            pending: None,
+            udp_buf: vec![0; UDP_CHUNK],
             listeners_first: true,
             narrowed: false,
             timers,
@@ -338,15 +197,15 @@ impl SockIter {
     }
 
     fn set_narrow(&mut self, n: &Narrow) -> Result<(), BpfError> {
-        let err = |e: &dyn std::error::Error| BpfError::Load {
-            what: "setting the narrowing map".to_string(),
-            reason: error_chain(e),
+        let err = |e: &dyn std::error::Error| {
+            bpfload::failed(OBJECT_NAME, "setting the narrowing map", e)
         };
         let map = self
             .ebpf
             .map_mut("narrowing")
             .ok_or_else(|| BpfError::Load {
-                what: "the narrowing map".to_string(),
+                object: OBJECT_NAME,
+                step: "the narrowing map".to_string(),
                 reason: "not in the embedded object".to_string(),
             })?;
         let mut arr: aya::maps::Array<_, Narrow> =
@@ -354,8 +213,8 @@ impl SockIter {
         arr.set(0, *n, 0).map_err(|e| err(&e))
     }
 
-    /// Narrows the rest of the current TCP walk (the one a listeners-only dump left
-    /// pending): from the next socket the kernel visits, only listeners and sockets whose
+    /// Narrows the rest of the current TCP walk (a fresh one, or the one
+    /// [`SockIter::listeners`] parked): from the next socket the kernel visits, only listeners and sockets whose
     /// local port has its bit in `wanted` (a 65,536-bit set, 1,024 words) get a full
     /// record; every other socket comes back with its family, state and local port, and
     /// its addresses and remote port when the local port is in `ephemeral` (inclusive).
@@ -402,49 +261,18 @@ impl SockIter {
             Protocol::Tcp => "sockiter_tcp",
             Protocol::Udp => "sockiter_udp",
         };
-        let load = |e: &dyn std::error::Error| BpfError::Load {
-            what: format!("attaching {name}"),
-            reason: error_chain(e),
+        let load = |e: &dyn std::error::Error| {
+            bpfload::failed(OBJECT_NAME, format!("attaching {name}"), e)
         };
-        let prog: &mut Iter = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| BpfError::Load {
-                what: name.to_string(),
-                reason: "not loaded".to_string(),
-            })?
-            .try_into()
-            .map_err(|e| load(&e))?;
+        let prog = bpfload::program::<Iter>(&mut self.ebpf, OBJECT_NAME, name)?;
         let id = prog.attach().map_err(|e| load(&e))?;
         let link = prog.take_link(id).map_err(|e| load(&e))?;
         link.into_file().map_err(|e| load(&e))
     }
 
-    /// The TCP walk a listeners-only dump left pending, when `states` asks for the rest
-    /// of it and it is fresh; else a new iterator. With whether the walk is past the
-    /// listeners already.
-    fn resume_or_start(
-        &mut self,
-        protocol: Protocol,
-        states: u32,
-    ) -> Result<(File, usize, usize, bool), BpfError> {
-        let listen = 1u32 << State::Listen as u32;
-        // A UDP dump in between leaves a TCP walk's place alone.
-        if protocol == Protocol::Tcp {
-            if let Some(p) = self.pending.take() {
-                if states & listen == 0 && p.at.elapsed() < PENDING_MAX_AGE {
-                    return Ok((p.file, p.start, p.end, true));
-                }
-            }
-        }
-        Ok((self.iterator(protocol)?, 0, 0, false))
-    }
-
-    /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`.
-    ///
-    /// A TCP dump of listeners only stops once the walk has left the listening hash
-    /// and keeps its place; a following dump without listeners (the rest of the same
-    /// poll) continues from there, so one poll walks the table once.
+    /// Streams every socket of `protocol` whose state bit (`1 << state`) is in `states`,
+    /// from a fresh iterator. A TCP dump of listeners only stops once the walk has left
+    /// the listening hash (while listeners come first).
     ///
     /// # Errors
     /// When the iterator cannot be created or read.
@@ -472,28 +300,85 @@ impl SockIter {
         sink: &mut F,
     ) -> Result<(), BpfError> {
         let listen = 1u32 << State::Listen as u32;
-        let listeners_only = protocol == Protocol::Tcp && states == listen;
-        let (mut file, mut start, mut end, mut seen_other) =
-            self.resume_or_start(protocol, states)?;
+        let stop_early = protocol == Protocol::Tcp && states == listen;
+        // A walk stopped after the listeners is simply closed here.
+        self.walk(protocol, states, Start::Fresh, narrow, stop_early, sink)
+            .map(drop)
+    }
+
+    /// The first half of one TCP walk: its listeners. The walk stops once it has left
+    /// the listening hash and is handed back parked, for [`SockIter::rest`] to finish,
+    /// so one poll walks the table once; `None` when it read to the end (listeners did
+    /// not come first, or nothing followed them).
+    ///
+    /// # Errors
+    /// As [`SockIter::dump`].
+    pub(super) fn listeners<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        sink: &mut F,
+    ) -> Result<Option<Parked>, BpfError> {
+        let listen = 1u32 << State::Listen as u32;
+        self.walk(Protocol::Tcp, listen, Start::Fresh, None, true, sink)
+    }
+
+    /// The second half of the TCP walk [`SockIter::listeners`] parked: every socket but
+    /// the listeners, narrowed from here on when `narrow` is given (records already read
+    /// are whole, which is never less). A fresh walk when nothing is parked or it is
+    /// older than [`PENDING_MAX_AGE`].
+    ///
+    /// # Errors
+    /// As [`SockIter::dump`].
+    pub(super) fn rest<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        parked: Option<Parked>,
+        narrow: Option<(&[u64], (u16, u16))>,
+        sink: &mut F,
+    ) -> Result<(), BpfError> {
+        let states = !(1u32 << State::Listen as u32);
+        let from = match parked {
+            Some(p) if p.at.elapsed() < PENDING_MAX_AGE => Start::Parked(p),
+            _ => Start::Fresh,
+        };
+        self.walk(Protocol::Tcp, states, from, narrow, false, sink)
+            .map(drop)
+    }
+
+    /// One walk: decodes whole records in place and streams those whose state is in
+    /// `states`; with `stop_early` (TCP listeners only, while they come first), stops at
+    /// the first other record and returns the walk parked there.
+    fn walk<F: FnMut(&Socket) + ?Sized>(
+        &mut self,
+        protocol: Protocol,
+        states: u32,
+        from: Start,
+        narrow: Option<(&[u64], (u16, u16))>,
+        stop_early: bool,
+        sink: &mut F,
+    ) -> Result<Option<Parked>, BpfError> {
+        let (mut file, mut start, mut end, mut seen_other) = match from {
+            Start::Parked(p) => (p.file, p.start, p.end, true),
+            Start::Fresh => (self.iterator(protocol)?, 0, 0, false),
+        };
         if let (Protocol::Tcp, Some((wanted, ephemeral))) = (protocol, narrow) {
             // After the iterator exists (a new one resets any narrowing).
             self.narrow(wanted, ephemeral)?;
         }
-        let stop_early = listeners_only && self.listeners_first;
+        let stop_early = stop_early && self.listeners_first;
+        let buf = match protocol {
+            Protocol::Tcp => &mut self.buf,
+            Protocol::Udp => &mut self.udp_buf,
+        };
         loop {
             // Decode whole records in place.
-            while end - start >= RECORD_LEN {
-                let mut rec = [0u8; RECORD_LEN];
-                rec.copy_from_slice(&self.buf[start..start + RECORD_LEN]);
-                let is_listen = rec[1] == State::Listen as u8;
+            while let Some(rec) = records::read::<SockRec>(&buf[start..end]) {
+                let is_listen = rec.state == State::Listen as u8;
                 if stop_early && !is_listen {
-                    self.pending = Some(Pending {
+                    return Ok(Some(Parked {
                         file,
                         start,
                         end,
                         at: Instant::now(),
-                    });
-                    return Ok(());
+                    }));
                 }
                 if !is_listen {
                     seen_other = true;
@@ -505,7 +390,7 @@ impl SockIter {
                     self.listeners_first = false;
                 }
                 start += RECORD_LEN;
-                if states & (1u32 << (rec[1] as u32 & 31)) == 0 {
+                if states & (1u32 << (u32::from(rec.state) & 31)) == 0 {
                     continue;
                 }
                 if let Some(s) = decode_record(&rec, protocol) {
@@ -513,13 +398,13 @@ impl SockIter {
                 }
             }
             // Keep a partial record (never seen: the kernel writes whole records).
-            self.buf.copy_within(start..end, 0);
+            buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
-            let n = read_retrying(&mut file, &mut self.buf[end..], protocol)?;
+            let n = read_retrying(&mut file, &mut buf[end..], protocol)?;
             if n == 0 {
                 return if end == 0 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(BpfError::Truncated {
                         protocol,
@@ -552,19 +437,20 @@ fn read_retrying(file: &mut File, buf: &mut [u8], protocol: Protocol) -> Result<
 mod tests {
     use super::*;
 
-    fn rec(family: u8, state: u8, flags: u8) -> [u8; RECORD_LEN] {
-        let mut r = [0u8; RECORD_LEN];
-        r[0] = family;
-        r[1] = state;
-        r[2] = flags;
-        r[4..6].copy_from_slice(&5000u16.to_ne_bytes());
-        r[6..8].copy_from_slice(&40000u16.to_ne_bytes());
-        r[8..12].copy_from_slice(&3u32.to_ne_bytes());
-        r[12..16].copy_from_slice(&1000u32.to_ne_bytes());
-        r[16..24].copy_from_slice(&4242u64.to_ne_bytes());
-        r[24..28].copy_from_slice(&59_000u32.to_ne_bytes());
-        r[64..72].copy_from_slice(&77u64.to_ne_bytes());
-        r
+    fn rec(family: u8, state: u8, flags: u8) -> SockRec {
+        SockRec {
+            family,
+            state,
+            flags,
+            lport: 5000,
+            rport: 40000,
+            ifindex: 3,
+            uid: 1000,
+            inode: 4242,
+            expires_ms: 59_000,
+            cookie: 77,
+            ..SockRec::default()
+        }
     }
 
     #[test]
@@ -574,8 +460,8 @@ mod tests {
             6,
             REC_FLAGS_KNOWN | REC_REUSEADDR | REC_TIMER | REC_V6ONLY,
         );
-        r[32..36].copy_from_slice(&[127, 0, 0, 1]);
-        r[48..52].copy_from_slice(&[127, 0, 0, 2]);
+        r.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.raddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let s = decode_record(&r, Protocol::Tcp).expect("decodes");
         assert_eq!(s.state, State::TimeWait);
         assert_eq!(s.local, "127.0.0.1:5000".parse().unwrap());
@@ -592,7 +478,7 @@ mod tests {
     #[test]
     fn decodes_v6_and_unknown_flags_of_request_sockets() {
         let mut r = rec(10, 10, REC_FLAGS_KNOWN | REC_V6ONLY | REC_REUSEPORT);
-        r[32..48].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        r.laddr = Ipv6Addr::LOCALHOST.octets();
         let s = decode_record(&r, Protocol::Tcp).expect("decodes");
         assert_eq!(s.local, "[::1]:5000".parse().unwrap());
         assert_eq!(s.v6only, Tri::True);

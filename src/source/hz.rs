@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::fsread::{self, Symlinks};
 
@@ -101,25 +101,30 @@ pub fn hz_between(a: (u64, u64), b: (u64, u64)) -> Option<u32> {
 }
 
 /// Measures HZ from `timer_list` (root-only, about 100 lines per CPU): samples taken
-/// just after two jiffy increments some 250 ms apart, so the count of ticks between
+/// just after two jiffy increments some 500 ms apart, so the count of ticks between
 /// them is exact and the time as precise as one read.
 fn measured_hz(timer_list: &Path) -> Option<u32> {
     // The clocks are in the first CPU's block; the rest of a large machine's file is
-    // not read.
+    // not read. A read that took long (the reader was preempted between printing the
+    // clock and the counter) could pair a stale clock with a fresh counter: such a
+    // sample is dropped, so each one is as precise as a quick read.
     let read = || -> Option<(u64, u64)> {
+        let started = Instant::now();
         let (f, _) = fsread::open(timer_list, Symlinks::Follow).ok()?;
         let mut buf = Vec::new();
         f.take(64 << 10).read_to_end(&mut buf).ok()?;
-        timer_list_clocks(&String::from_utf8_lossy(&buf))
+        let clocks = timer_list_clocks(&String::from_utf8_lossy(&buf))?;
+        Some(clocks).filter(|_| started.elapsed() < Duration::from_millis(2))
     };
-    // The first sample after the jiffies counter moves; bounded by reads, not time,
-    // so a counter that never moves gives up.
+    // The first quick sample after the jiffies counter moves; bounded by reads, not
+    // time, so a counter that never moves (or a machine too busy for a quick read)
+    // gives up.
     let edge = || -> Option<(u64, u64)> {
-        let first = read()?;
-        (0..2000).find_map(|_| read().filter(|s| s.1 != first.1))
+        let first = (0..200).find_map(|_| read())?;
+        (0..4000).find_map(|_| read().filter(|s| s.1 != first.1))
     };
     let a = edge()?;
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(500));
     let b = edge()?;
     hz_between(a, b)
 }

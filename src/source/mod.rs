@@ -3,12 +3,15 @@
 //! allocation.
 
 pub mod bpf;
+pub mod bpfload;
 pub mod destroy;
 pub mod holders;
 pub mod hz;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
+pub mod records;
+mod session;
 pub mod sysctl;
 pub mod unix;
 
@@ -18,6 +21,7 @@ use crate::model::{Protocol, Socket, SourceKind, State};
 use bpf::{BpfError, SockIter};
 use netlink::{NetlinkDiag, NetlinkError, Request};
 use procnet::ProcNetError;
+pub use session::{Listened, Session};
 
 /// `--source`: which kernel interface to read sockets from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,10 +58,26 @@ impl SourceError {
     }
 }
 
+/// Which kernel interface a [`SocketTable`] reads, with what it needs beside it.
+enum Reader {
+    /// The BPF socket iterator; bound-only TCP sockets, which are in the bind hash
+    /// only, from sock_diag where it opened.
+    Bpf {
+        iter: SockIter,
+        bound_only: Option<NetlinkDiag>,
+    },
+    Netlink(NetlinkDiag),
+    /// `/proc/net` (always there).
+    Procfs,
+}
+
 /// The socket table reader behind `--source`.
+///
+/// [`SocketTable::dump`] reads one protocol's table with a fresh walk. A poll reads
+/// the TCP listeners and then the rest of the TCP table through a [`Session`], which
+/// walks the table once and orders the two in its types.
 pub struct SocketTable {
-    bpf: Option<SockIter>,
-    netlink: Option<NetlinkDiag>,
+    reader: Reader,
     procfs: PathBuf,
     choice: SourceChoice,
     /// Malformed /proc/net lines seen (each is skipped, never fatal).
@@ -78,96 +98,105 @@ impl SocketTable {
         host_procfs: &Path,
         rootfs: &Path,
     ) -> Result<Self, SourceError> {
-        let mut t = SocketTable {
-            bpf: None,
-            netlink: None,
-            procfs: procfs.to_path_buf(),
-            choice,
-            bad_lines: 0,
-            logged: std::collections::HashSet::new(),
+        let reader = match choice {
+            SourceChoice::Procfs => Reader::Procfs,
+            SourceChoice::Netlink => Reader::Netlink(NetlinkDiag::open()?),
+            SourceChoice::Bpf => Reader::Bpf {
+                iter: SockIter::open(host_procfs, rootfs)?,
+                bound_only: bound_only_diag(),
+            },
+            SourceChoice::Auto => match SockIter::open(host_procfs, rootfs) {
+                Ok(iter) => Reader::Bpf {
+                    iter,
+                    bound_only: bound_only_diag(),
+                },
+                Err(e) => {
+                    log_bpf_fallback(&e);
+                    match NetlinkDiag::open() {
+                        Ok(n) => Reader::Netlink(n),
+                        Err(e) => {
+                            log_procfs_fallback(&e, procfs);
+                            Reader::Procfs
+                        }
+                    }
+                }
+            },
         };
-        match choice {
-            SourceChoice::Procfs => {}
-            SourceChoice::Netlink => t.netlink = Some(NetlinkDiag::open()?),
-            SourceChoice::Bpf => {
-                t.bpf = Some(SockIter::open(host_procfs, rootfs)?);
-                // Bound-only TCP sockets are not in the iterator's hashes.
-                match NetlinkDiag::open() {
-                    Ok(n) => t.netlink = Some(n),
-                    Err(e) => log_once(&BOUND_ONLY_LOGGED, || {
-                        tracing::warn!(
-                            error = %e,
-                            "netlink sock_diag unavailable: bound-only (BOUND_INACTIVE) TCP \
-                             sockets are not visible beside the bpf source"
-                        )
-                    }),
-                }
-            }
-            SourceChoice::Auto => {
-                match SockIter::open(host_procfs, rootfs) {
-                    Ok(b) => t.bpf = Some(b),
-                    Err(e) => log_bpf_fallback(&e),
-                }
-                match NetlinkDiag::open() {
-                    Ok(n) => t.netlink = Some(n),
-                    Err(e) if t.bpf.is_none() => t.fall_back(&e),
-                    Err(e) => log_once(&BOUND_ONLY_LOGGED, || {
-                        tracing::warn!(
-                            error = %e,
-                            "netlink sock_diag unavailable: bound-only (BOUND_INACTIVE) TCP \
-                             sockets are not visible beside the bpf source"
-                        )
-                    }),
-                }
-            }
-        }
-        if t.bpf.is_some() {
+        if matches!(reader, Reader::Bpf { .. }) {
             log_once(&BPF_LOGGED, || {
                 tracing::info!(
                     "socket source: bpf (socket iterator; flags of every socket, also without a file)"
                 )
             });
         }
-        Ok(t)
+        Ok(SocketTable {
+            reader,
+            procfs: procfs.to_path_buf(),
+            choice,
+            bad_lines: 0,
+            logged: std::collections::HashSet::new(),
+        })
     }
 
     /// Whether TIME_WAIT and orphan timers are known: always from sock_diag and
     /// /proc/net (the kernel converts them), from the bpf source only when it knew
     /// the kernel's HZ.
     pub fn timers_known(&self) -> bool {
-        self.bpf.as_ref().is_none_or(SockIter::timers_known)
-    }
-
-    pub fn kind(&self) -> SourceKind {
-        if self.bpf.is_some() {
-            SourceKind::Bpf
-        } else if self.netlink.is_some() {
-            SourceKind::Netlink
-        } else {
-            SourceKind::Procfs
+        match &self.reader {
+            Reader::Bpf { iter, .. } => iter.timers_known(),
+            Reader::Netlink(_) | Reader::Procfs => true,
         }
     }
 
+    pub fn kind(&self) -> SourceKind {
+        match self.reader {
+            Reader::Bpf { .. } => SourceKind::Bpf,
+            Reader::Netlink(_) => SourceKind::Netlink,
+            Reader::Procfs => SourceKind::Procfs,
+        }
+    }
+
+    /// `--source auto`: netlink that stopped working gives way to /proc/net.
     fn fall_back(&mut self, why: &NetlinkError) {
-        let reason = why.to_string();
-        tracing::warn!(
-            error = %reason,
-            "netlink sock_diag unavailable, falling back to {}/net (bound-only sockets, \
-             bound devices and IPV6_V6ONLY are not visible there)",
-            self.procfs.display()
-        );
-        self.netlink = None;
+        log_procfs_fallback(why, &self.procfs);
+        self.reader = Reader::Procfs;
     }
 
     /// `--source auto`: a bpf source that stopped working mid-run gives way to netlink.
     fn bpf_failed(&mut self, why: &BpfError) {
         log_bpf_fallback(why);
-        self.bpf = None;
-        if self.netlink.is_none() {
-            match NetlinkDiag::open() {
-                Ok(n) => self.netlink = Some(n),
-                Err(e) => self.fall_back(&e),
+        let reader = std::mem::replace(&mut self.reader, Reader::Procfs);
+        let netlink = match reader {
+            Reader::Bpf {
+                bound_only: Some(n),
+                ..
+            } => Ok(n),
+            _ => NetlinkDiag::open(),
+        };
+        match netlink {
+            Ok(n) => self.reader = Reader::Netlink(n),
+            Err(e) => self.fall_back(&e),
+        }
+    }
+
+    /// Runs `step` on the bpf source, if that is the reader: `None` when it is not.
+    /// With `--source auto` a failure switches to netlink, and the caller hears that
+    /// the dump is incomplete (part of it may have reached its sink already).
+    fn with_bpf<T>(
+        &mut self,
+        step: impl FnOnce(&mut SockIter) -> Result<T, BpfError>,
+    ) -> Result<Option<T>, SourceError> {
+        let Reader::Bpf { iter, .. } = &mut self.reader else {
+            return Ok(None);
+        };
+        match step(iter) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if self.choice == SourceChoice::Auto => {
+                self.bpf_failed(&e);
+                // The caller retries the whole poll (SourceError::is_interrupted).
+                Err(SourceError::SourceChanged(e.to_string()))
             }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -182,39 +211,29 @@ impl SocketTable {
         states: u32,
         sink: &mut F,
     ) -> Result<(), SourceError> {
-        self.dump_narrowed(protocol, states, None, sink)
+        if self
+            .with_bpf(|b| b.dump(protocol, states, &mut *sink))?
+            .is_some()
+        {
+            return self.dump_bound_only(protocol, states, sink);
+        }
+        self.dump_kernel_view(protocol, states, sink)
     }
 
-    /// [`SocketTable::dump`] for a caller that needs the full socket only on the ports
-    /// in `narrow`'s bitmap (65,536 bits in 1,024 words) and, elsewhere, only the state
-    /// counts and the ephemeral tally's key (addresses and remote port where the local
-    /// port is in `narrow`'s inclusive range): the bpf source then reads no more of
-    /// those sockets (see [`bpf::SockIter::dump_narrowed`]); the other sources, which
-    /// have every field anyway, stream full sockets. Sockets outside the ports come with
-    /// unknown flags and inode 0.
-    ///
-    /// # Errors
-    /// As [`SocketTable::dump`].
-    pub fn dump_narrowed<F: FnMut(&Socket) + ?Sized>(
+    /// The listeners-first walk of one poll: see [`Session`].
+    pub fn session(&mut self) -> Session<'_> {
+        Session { table: self }
+    }
+
+    /// A dump from netlink or, failing that, /proc/net (the bpf source is not the
+    /// reader): both have every field of every socket, so nothing is narrowed.
+    fn dump_kernel_view<F: FnMut(&Socket) + ?Sized>(
         &mut self,
         protocol: Protocol,
         states: u32,
-        narrow: Option<(&[u64], (u16, u16))>,
         sink: &mut F,
     ) -> Result<(), SourceError> {
-        if let Some(b) = self.bpf.as_mut() {
-            match b.dump_narrowed(protocol, states, narrow, sink) {
-                Ok(()) => return self.dump_bound_only(protocol, states, sink),
-                Err(e) if self.choice == SourceChoice::Auto => {
-                    self.bpf_failed(&e);
-                    // Part of the table may have reached `sink` already: the caller
-                    // retries the whole poll (SourceError::is_interrupted).
-                    return Err(SourceError::SourceChanged(e.to_string()));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if let Some(nl) = self.netlink.as_mut() {
+        if let Reader::Netlink(nl) = &mut self.reader {
             match dump_netlink(nl, protocol, states, sink) {
                 Ok(()) => return Ok(()),
                 Err(e) if self.choice == SourceChoice::Auto && e.is_unavailable() => {
@@ -248,9 +267,7 @@ impl SocketTable {
         self.bad_lines += bad;
         Ok(())
     }
-}
 
-impl SocketTable {
     /// Beside the bpf source: bound-but-not-listening TCP sockets, which are in the bind
     /// hash only (the iterator walks the listening and established hashes). They always
     /// have a file, so their flags come from pidfd as with netlink.
@@ -264,7 +281,10 @@ impl SocketTable {
         if protocol != Protocol::Tcp || states & bound == 0 {
             return Ok(());
         }
-        let Some(nl) = self.netlink.as_mut() else {
+        let Reader::Bpf { bound_only, .. } = &mut self.reader else {
+            return Ok(());
+        };
+        let Some(nl) = bound_only.as_mut() else {
             return Ok(());
         };
         let r = nl.dump(
@@ -285,12 +305,39 @@ impl SocketTable {
                          not visible beside the bpf source"
                     )
                 });
-                self.netlink = None;
+                *bound_only = None;
                 Ok(())
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// sock_diag beside the bpf source, for bound-only TCP sockets; `None`, logged once,
+/// where it cannot open.
+fn bound_only_diag() -> Option<NetlinkDiag> {
+    match NetlinkDiag::open() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            log_once(&BOUND_ONLY_LOGGED, || {
+                tracing::warn!(
+                    error = %e,
+                    "netlink sock_diag unavailable: bound-only (BOUND_INACTIVE) TCP \
+                     sockets are not visible beside the bpf source"
+                )
+            });
+            None
+        }
+    }
+}
+
+fn log_procfs_fallback(why: &NetlinkError, procfs: &Path) {
+    tracing::warn!(
+        error = %why,
+        "netlink sock_diag unavailable, falling back to {}/net (bound-only sockets, \
+         bound devices and IPV6_V6ONLY are not visible there)",
+        procfs.display()
+    );
 }
 
 static BPF_LOGGED: std::sync::Once = std::sync::Once::new();
