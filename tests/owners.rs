@@ -128,7 +128,22 @@ fn ports_and_metrics_name_owner_user_and_flags() {
             })
             .collect();
         let srv = Server::start(18380, &["--poll.interval", "300ms", "--state.file", ""]);
-        let m = srv.metrics();
+        // The agent's owner scan is time-sliced: on a busy machine the first polls may
+        // publish listeners before their owners. Wait until every listener has one.
+        let m = srv.metrics_until(Duration::from_secs(20), |m| {
+            let got = m.matching("bindwatch_listener_info", &[]);
+            cases.iter().all(|&(_, proto, addr, port, ..)| {
+                let port = format!("port=\"{port}\"");
+                let proto = format!("protocol=\"{proto}\"");
+                let addr = format!("address=\"{addr}\"");
+                got.iter().any(|(l, _)| {
+                    l.contains(&port)
+                        && l.contains(&proto)
+                        && l.contains(&addr)
+                        && !l.contains("process=\"unknown\"")
+                })
+            })
+        });
         let (code, out, err) = bindwatch(&["ports", "--json", "--state.file", ""]);
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
