@@ -36,6 +36,8 @@
 //!   server may send the poller (reload, stop): the server never imports the poller.
 //! - [`fsread`]: reading files bindwatch did not write: regular files only (checked
 //!   on the opened fd, opened non-blocking), size caps, errors naming the file.
+//! - [`procstat`]: the fields of a `/proc/PID/stat` line bindwatch reads (pure; never
+//!   panics on a truncated or crafted line).
 //! - [`state`]: the state file sharing the agent's listener memory with `check`,
 //!   with the writer's heartbeat (pid, start time, poll interval); [`state::target`]:
 //!   the write replaces only a regular file bindwatch may own, checked before each
@@ -96,6 +98,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod poller;
+pub mod procstat;
 pub mod publish;
 pub mod rebind;
 pub mod report;

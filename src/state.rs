@@ -141,15 +141,7 @@ pub fn writer_status(w: Option<&Writer>, now: f64, start_time_now: Option<u64>) 
 /// no such process or the line is malformed.
 pub fn process_start_time(procfs: &Path, pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(procfs.join(pid.to_string()).join("stat")).ok()?;
-    parse_start_time(&text)
-}
-
-/// Field 22 of a `/proc/PID/stat` line. The comm (field 2) may hold spaces and
-/// parentheses, so fields are counted after the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')': field 3 (state) is the first, so field 22 is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procstat::parse(&text).map(|p| p.start_time)
 }
 
 /// This process as a state file's writer.

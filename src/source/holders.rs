@@ -62,22 +62,6 @@ struct Scan {
     refused: bool,
 }
 
-/// `/proc/PID/stat`: (comm, ppid, pgid, sid, starttime). The comm may hold spaces
-/// and parentheses, so fields are counted after the last ')'.
-pub fn parse_stat(stat: &str) -> Option<(String, u32, u32, u32, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    let mut f = stat.get(close + 1..)?.split_ascii_whitespace();
-    // state ppid pgrp session ... starttime is the 20th after the comm.
-    let _state = f.next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgid = f.next()?.parse().ok()?;
-    let sid = f.next()?.parse().ok()?;
-    let start = f.nth(15)?.parse().ok()?;
-    Some((comm, ppid, pgid, sid, start))
-}
-
 /// The effective uid of a `/proc/PID/status` text.
 pub fn parse_euid(status: &str) -> Option<u32> {
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
@@ -179,7 +163,7 @@ impl HolderScanner {
 
     fn start_of(&self, pid: u32) -> Option<u64> {
         let t = proc_file(&self.procfs.join(pid.to_string()), "stat")?;
-        parse_stat(&t).map(|p| p.4)
+        crate::procstat::parse(&t).map(|p| p.start_time)
     }
 
     fn still_holds(&self, f: &FdAt, inode: u64) -> bool {
@@ -302,7 +286,11 @@ impl HolderScanner {
                 continue;
             }
             let dir = self.procfs.join(pid.to_string());
-            let Some((_, ppid, _, _, start)) = proc_file(&dir, "stat").and_then(|t| parse_stat(&t))
+            let Some(crate::procstat::ProcStat {
+                ppid,
+                start_time: start,
+                ..
+            }) = proc_file(&dir, "stat").and_then(|t| crate::procstat::parse(&t))
             else {
                 continue;
             };
@@ -409,7 +397,8 @@ impl HolderScanner {
                 if let Some(inode) = socket_inode(&link).filter(|i| scan.targets.contains(i)) {
                     let fd = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
                     let st = *start.get_or_insert_with(|| {
-                        proc_file(&dir, "stat").and_then(|t| parse_stat(&t).map(|p| p.4))
+                        proc_file(&dir, "stat")
+                            .and_then(|t| crate::procstat::parse(&t).map(|p| p.start_time))
                     });
                     if let (Some(fd), Some(st)) = (fd, st) {
                         scan.found
@@ -436,7 +425,13 @@ impl HolderScanner {
     /// What `/proc/PID` says of a holder; `None` when it exited meanwhile.
     fn holder(&self, pid: u32, user: &dyn Fn(u32) -> String) -> Option<Holder> {
         let dir = self.procfs.join(pid.to_string());
-        let (process, ppid, pgid, sid, start_time) = parse_stat(&proc_file(&dir, "stat")?)?;
+        let crate::procstat::ProcStat {
+            comm: process,
+            ppid,
+            pgid,
+            sid,
+            start_time,
+        } = crate::procstat::parse(&proc_file(&dir, "stat")?)?;
         let uid = parse_euid(&proc_file(&dir, "status")?)?;
         let (unit, unit_cgroup) = match proc_file(&dir, "cgroup").and_then(|t| unit_cgroup(&t)) {
             Some((u, p)) => (Some(u), Some(p)),
@@ -460,18 +455,6 @@ impl HolderScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_after_an_odd_comm() {
-        let stat = "2036 (ngi) nx (w)) S 1 2035 2035 0 -1 4194624 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(
-            parse_stat(stat),
-            Some(("ngi) nx (w)".to_string(), 1, 2035, 2035, 98765))
-        );
-        assert_eq!(parse_stat("12 (x) S 1 2"), None);
-        assert_eq!(parse_stat(""), None);
-        assert_eq!(parse_stat("1 (x) S a b c"), None);
-    }
 
     #[test]
     fn euid_is_the_second_uid() {

@@ -166,13 +166,6 @@ pub const SCAN_SLICE: Duration = Duration::from_millis(150);
 /// How long flags read from a live socket are trusted.
 pub const FLAGS_TTL: Duration = Duration::from_secs(60);
 
-/// Field 22 (`starttime`) of a `/proc/PID/stat` text; the comm before it may
-/// contain spaces and parentheses, so fields are counted after the last ')'.
-pub fn start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
-
 /// `name:x:uid:...` lines of /etc/passwd.
 pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
     text.lines()
@@ -450,7 +443,9 @@ impl OwnerResolver {
         let dir = self.procfs.join(pid.to_string());
         // Through fsread: in a fake procfs (--path.procfs) these could be FIFOs, and
         // the procfs crate below reads `status` with a plain open.
-        let start = proc_file(&dir, "stat").and_then(|t| start_time(&t))?;
+        let start = proc_file(&dir, "stat")
+            .and_then(|t| crate::procstat::parse(&t))?
+            .start_time;
         crate::fsread::open(&dir.join("status"), crate::fsread::Symlinks::Follow).ok()?;
         let round = self.round;
         if let Some((t, o, r)) = self.owners.get_mut(&pid) {

@@ -60,14 +60,6 @@ fn a_sliced_scan_resumes_inside_a_big_process() {
 }
 
 #[test]
-fn stat_start_time() {
-    let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345678 300 18446744073709551615";
-    assert_eq!(start_time(stat), Some(987654));
-    assert_eq!(start_time("garbage"), None);
-    assert_eq!(start_time("1 (x) S 1"), None);
-}
-
-#[test]
 fn passwd_lines() {
     let m = parse_passwd(
         "root:x:0:0:root:/root:/bin/bash\nbad line\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n",
