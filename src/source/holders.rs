@@ -166,14 +166,17 @@ impl HolderScanner {
         crate::procstat::parse(&t).map(|p| p.start_time)
     }
 
-    fn still_holds(&self, f: &FdAt, inode: u64) -> bool {
+    /// Whether `f` still holds `inode` and its process is the one seen then. `starts`
+    /// keeps each pid's start time for one call: a daemon holds many listeners, and its
+    /// `stat` need not be read once per socket.
+    fn still_holds(&self, f: &FdAt, inode: u64, starts: &mut HashMap<u32, Option<u64>>) -> bool {
         let link = self
             .procfs
             .join(f.pid.to_string())
             .join("fd")
             .join(f.fd.to_string());
         fs::read_link(link).ok().as_deref().and_then(socket_inode) == Some(inode)
-            && self.start_of(f.pid) == Some(f.start)
+            && *starts.entry(f.pid).or_insert_with(|| self.start_of(f.pid)) == Some(f.start)
     }
 
     /// The holders of each inode in `inodes`, with `user` naming uids.
@@ -184,13 +187,14 @@ impl HolderScanner {
     ) -> HashMap<u64, Holders> {
         let mut fds: HashMap<u64, (Vec<FdAt>, bool)> = HashMap::new();
         let mut rescan: HashSet<u64> = HashSet::new();
+        let mut starts: HashMap<u32, Option<u64>> = HashMap::new();
         for &inode in inodes.iter().filter(|i| **i != 0) {
             match self.known.get(&inode) {
                 Some(k) => {
                     let valid: Vec<FdAt> = k
                         .fds
                         .iter()
-                        .filter(|f| self.still_holds(f, inode))
+                        .filter(|f| self.still_holds(f, inode, &mut starts))
                         .copied()
                         .collect();
                     let fresh = valid.len() == k.fds.len() && k.at.elapsed() < HOLDERS_TTL;
