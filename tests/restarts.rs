@@ -45,6 +45,46 @@ fn blocked(m: &Metrics, port: u16) -> Vec<f64> {
         .collect()
 }
 
+/// A forking python server on `port` with one child serving a connected client.
+struct Serving {
+    server: std::process::Child,
+    parent: i32,
+    child: i32,
+    client: TcpStream,
+}
+
+/// Starts `script` (a forking server) on `port`, connects a client and waits until
+/// exactly one child serves it; parent and child are in `pids`.
+fn serving_a_client(script: &str, port: u16, pids: &mut Pids) -> Serving {
+    let server = daemons::python(script, &[&port.to_string()]);
+    let parent = server.id() as i32;
+    pids.add(parent);
+    await_that(
+        "the server to listen",
+        15,
+        || daemons::accepts(port),
+        String::new,
+    );
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("client");
+    client.write_all(b"x").expect("send");
+    // The accept of the probe in `accepts` forks a child that exits at once;
+    // wait for the one serving our client to be the only one.
+    await_that(
+        "one child serving the client",
+        15,
+        || daemons::children(parent).len() == 1,
+        || format!("{:?}", daemons::children(parent)),
+    );
+    let child = daemons::children(parent)[0];
+    pids.add(child);
+    Serving {
+        server,
+        parent,
+        child,
+        client,
+    }
+}
+
 /// nginx, master_process on with 2 workers; `kill -9` of the master only. The
 /// workers keep the listening socket: the restart fails, bindwatch says so and
 /// names them, and so does the agent's metric.
@@ -145,27 +185,12 @@ fn forking_server_parent_killed_child_keeps_the_socket() {
         let state = dir.str("state.json");
         let bw = Server::start(19202, &["--poll.interval", "200ms", "--state.file", &state]);
         let mut pids = Pids::default();
-        let mut server = daemons::python(daemons::FORKING_SERVER, &[&PORT.to_string()]);
-        let parent = server.id() as i32;
-        pids.add(parent);
-        await_that(
-            "the server to listen",
-            15,
-            || daemons::accepts(PORT),
-            String::new,
-        );
-        let mut client = TcpStream::connect(("127.0.0.1", PORT)).expect("client");
-        client.write_all(b"x").expect("send");
-        // The accept of the probe in `accepts` forks a child that exits at once;
-        // wait for the one serving our client to be the only one.
-        await_that(
-            "one child serving the client",
-            15,
-            || daemons::children(parent).len() == 1,
-            || format!("{:?}", daemons::children(parent)),
-        );
-        let child = daemons::children(parent)[0];
-        pids.add(child);
+        let Serving {
+            mut server,
+            parent,
+            child,
+            client,
+        } = serving_a_client(daemons::FORKING_SERVER, PORT, &mut pids);
         // The agent finds the child (forked after it first looked at the socket)
         // among the holders: its landing page counts one more holder.
         let held = format!("python3[{parent}] +1");
@@ -441,25 +466,12 @@ fn a_live_forking_server_outside_a_unit_cannot_be_told() {
             "socketserver.ForkingTCPServer.allow_reuse_address = True\nsrv = socketserver.ForkingTCPServer(",
         );
         let mut pids = Pids::default();
-        let mut server = daemons::python(&script, &[&PORT.to_string()]);
-        let parent = server.id() as i32;
-        pids.add(parent);
-        await_that(
-            "the server to listen",
-            15,
-            || daemons::accepts(PORT),
-            String::new,
-        );
-        let mut client = TcpStream::connect(("127.0.0.1", PORT)).expect("client");
-        client.write_all(b"x").expect("send");
-        await_that(
-            "one child serving the client",
-            15,
-            || daemons::children(parent).len() == 1,
-            || format!("{:?}", daemons::children(parent)),
-        );
-        let child = daemons::children(parent)[0];
-        pids.add(child);
+        let Serving {
+            mut server,
+            child,
+            client,
+            ..
+        } = serving_a_client(&script, PORT, &mut pids);
 
         let (code, out, err) = check_restart(PORT, "");
         server.kill().expect("stop the parent");
