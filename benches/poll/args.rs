@@ -111,6 +111,9 @@ pub struct Args {
     pub baseline_bin: Option<std::path::PathBuf>,
     /// The table-read phase (`--no-table` skips it).
     pub table: bool,
+    /// The whole agents (bpf, netlink; the baseline build's too with `--baseline-bin`)
+    /// against the one-walk dump.
+    pub agents: bool,
 }
 
 pub fn parse_args() -> Args {
@@ -124,6 +127,7 @@ pub fn parse_args() -> Args {
         profile: None,
         baseline_bin: None,
         table: true,
+        agents: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -141,6 +145,7 @@ pub fn parse_args() -> Args {
             "--no-serve" => a.serve = false,
             "--no-owners" => a.owners = false,
             "--no-table" => a.table = false,
+            "--agents" => a.agents = true,
             "--baseline-bin" => {
                 let p = std::path::PathBuf::from(it.next().expect("--baseline-bin PATH"));
                 assert!(p.is_file(), "--baseline-bin {}: no such file", p.display());

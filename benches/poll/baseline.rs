@@ -46,10 +46,10 @@ const QUIET: Duration = Duration::from_millis(50);
 const QUIET_SLACK: Duration = Duration::from_micros(100);
 
 /// One agent, stopped or running; resumed and stopped (SIGTERM) on drop.
-struct Agent {
-    label: &'static str,
-    port: u16,
-    pid: u32,
+pub struct Agent {
+    pub label: &'static str,
+    pub port: u16,
+    pub pid: u32,
     poller_tid: u32,
     _guard: Guard,
 }
@@ -62,7 +62,7 @@ impl Drop for Agent {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child this bench spawned and has not reaped.
     unsafe { libc::kill(pid as i32, sig) };
 }
@@ -108,8 +108,9 @@ fn source() -> String {
     std::env::var("BASELINE_SOURCE").unwrap_or_else(|_| "netlink".to_string())
 }
 
-fn start(label: &'static str, bin: &Path, port: u16, extra: &[&str]) -> Agent {
-    let source = source();
+/// `serve --poll.interval 1s --poll.cpu-budget 0` of `bin` with `extra` (which names the
+/// source and the state file), answering on `port`; stopped and resumed by the caller.
+pub fn start(label: &'static str, bin: &Path, port: u16, extra: &[&str]) -> Agent {
     let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
@@ -119,13 +120,8 @@ fn start(label: &'static str, bin: &Path, port: u16, extra: &[&str]) -> Agent {
         INTERVAL,
         "--poll.cpu-budget",
         "0",
-        "--source",
-        &source,
         "--log.level",
         "warn",
-        // Never the host's /run/bindwatch/state.json.
-        "--state.file",
-        "",
     ])
     .args(extra)
     .stdout(Stdio::null());
@@ -267,7 +263,7 @@ pub struct Window {
 
 /// Resumes `a`, lets one poll pass, measures a window of about
 /// [`POLLS_PER_WINDOW`] polls, stops it again.
-fn window(a: &Agent, census: Census) -> Window {
+pub fn window(a: &Agent, census: Census) -> Window {
     signal(a.pid, libc::SIGCONT);
     // The poll due while it was stopped runs at once; the window starts after it.
     let (p0, wall0, _) = counters(a.port).expect("counters");
@@ -318,8 +314,16 @@ pub fn phase(tw: &mut TwKeeper, baseline: &Path, runs: usize) -> Outcome {
     // The failure tracer (newer than the baseline, not part of a poll) stays off: its
     // reader wakes for every failed bind on the machine, which this bench does not control.
     let current = Path::new(env!("CARGO_BIN_EXE_bindwatch"));
-    let cur = start("current", current, CURRENT_PORT, &["--no-bind-events"]);
-    let base = start("baseline", baseline, BASELINE_PORT, &[]);
+    let source = source();
+    // Never the host's /run/bindwatch/state.json.
+    let common = ["--source", source.as_str(), "--state.file", ""];
+    let cur = start(
+        "current",
+        current,
+        CURRENT_PORT,
+        &[&common[..], &["--no-bind-events"]].concat(),
+    );
+    let base = start("baseline", baseline, BASELINE_PORT, &common);
     signal(cur.pid, libc::SIGSTOP);
     signal(base.pid, libc::SIGSTOP);
     let mut rounds = Vec::new();

@@ -18,13 +18,16 @@
 //! cargo bench --bench poll -- --hold 100k           # build, print pids, wait for Enter
 //! cargo bench --bench poll -- --sizes 100k --no-table --no-serve --no-owners \
 //!     --baseline-bin target/baseline-ec412dd/bindwatch   # poll CPU against an older build
+//! cargo bench --bench poll -- --sizes 100k,1m --runs 5 --no-table --no-serve --no-owners \
+//!     --agents [--baseline-bin PATH]                 # whole agents against the dump
 //! ```
 //!
 //! One module per job: `popgen` builds the populations and `tw` keeps their TIME_WAITs
 //! alive; the phases are `table` (every reader of the socket table), `serve` (the real
-//! agent, and node_exporter), `owners` (owner attribution) and `baseline` (an older
-//! build's poll CPU); `modes` holds `--profile` and `--hold`; `report` prints the
-//! Markdown tables; `args`, `measure`, `rawdiag`, `host` and `http` are what they share.
+//! agent, and node_exporter), `owners` (owner attribution), `baseline` (an older
+//! build's poll CPU) and `agents` (whole agents of both sources against the dump);
+//! `modes` holds `--profile` and `--hold`; `report` prints the Markdown tables;
+//! `args`, `measure`, `rawdiag`, `host` and `http` are what they share.
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -35,6 +38,7 @@ macro_rules! log {
     };
 }
 
+mod agents;
 mod args;
 mod baseline;
 mod host;
@@ -102,6 +106,7 @@ fn main() {
     let mut ne_rows: Vec<(String, Option<NodeExporterRow>)> = Vec::new();
     let mut table_rows: Vec<report::TableReport> = Vec::new();
     let mut baseline_rows: Vec<(String, baseline::Outcome)> = Vec::new();
+    let mut agent_rows: Vec<(String, agents::Outcome)> = Vec::new();
     if args.serve {
         // Baseline: `bindwatch serve` with an empty table.
         fresh_netns();
@@ -169,7 +174,14 @@ fn main() {
                 row.census_max
             );
         }
-        if let Some(bin) = &args.baseline_bin {
+        if args.agents {
+            log!("== {}: whole agents against the dump", size.name);
+            agent_rows.push((
+                size.name.to_string(),
+                agents::phase(&mut tw, runs, args.baseline_bin.as_deref()),
+            ));
+            log!("== {}: agents phase done", size.name);
+        } else if let Some(bin) = &args.baseline_bin {
             log!(
                 "== {}: against the baseline build {}",
                 size.name,
@@ -214,6 +226,7 @@ fn main() {
 
     report::tables(&table_rows);
     baseline::report(&baseline_rows);
+    agents::report(&agent_rows);
     report::serve(&serve_rows);
     report::node_exporter(&ne_rows, &serve_rows);
 
