@@ -96,10 +96,8 @@ static __always_inline void fill_flags(struct sockrec *r, struct sock_common *sk
 	r->flags |= f;
 }
 
-/* sock_i_ino(), read member by member with bpf_probe_read_kernel(): for a socket
- * that has no typed pointer (see full_of()). 0 for a socket without a file (orphans,
- * unaccepted children). */
-static __always_inline __u64 inode_probed(struct sock *sk)
+/* sock_i_ino(): 0 for a socket without a file (orphans, unaccepted children). */
+static __always_inline __u64 inode_of(struct sock *sk)
 {
 	struct socket *so = BPF_CORE_READ(sk, sk_socket);
 	struct socket_alloc *sa = (struct socket_alloc *)so;
@@ -109,49 +107,8 @@ static __always_inline __u64 inode_probed(struct sock *sk)
 	return BPF_CORE_READ(sa, vfs_inode.i_ino);
 }
 
-/* The inode of a socket that has a file, through the file: a typed pointer can only be
- * followed member by member, never out to the struct socket_alloc around a struct
- * socket, and the file's inode is that same inode (sock_alloc_file()). 0 without a
- * file: orphans and sockets the kernel made for itself, which no process holds. */
-static __always_inline __u64 inode_typed(struct sock *sk)
-{
-	struct socket *so = sk->sk_socket;
-	struct file *f;
-	struct inode *ino;
-
-	if (!so)
-		return 0;
-	f = so->file;
-	if (!f)
-		return 0;
-	ino = f->f_inode;
-	if (!ino)
-		return 0;
-	return ino->i_ino;
-}
-
-/* The timer sock_diag reports for a full TCP socket (inet_sk_diag_fill()), from the
- * typed pointer: plain loads. */
-static __always_inline void full_sock_timer(struct sockrec *r, struct tcp_sock *tp)
-{
-	struct inet_connection_sock *icsk = &tp->inet_conn;
-	__u8 pending = icsk->icsk_pending;
-
-	if (pending == ICSK_TIME_RETRANS || pending == ICSK_TIME_PROBE0 ||
-	    pending == ICSK_TIME_LOSS_PROBE || pending == ICSK_TIME_REO_TIMEOUT) {
-		struct inet_connection_sock___old *old = (void *)icsk;
-
-		if (bpf_core_field_exists(old->icsk_timeout))
-			set_timer(r, old->icsk_timeout);
-		else
-			set_timer(r, icsk->icsk_retransmit_timer.expires);
-	} else if (icsk->icsk_inet.sk.sk_timer.entry.pprev) {
-		set_timer(r, icsk->icsk_inet.sk.sk_timer.expires);
-	}
-}
-
-/* The same timer read with bpf_probe_read_kernel() (see full_of()). */
-static __always_inline void full_sock_timer_probed(struct sockrec *r, struct sock *sk)
+/* The timer sock_diag reports for a full TCP socket (inet_sk_diag_fill()). */
+static __always_inline void full_sock_timer(struct sockrec *r, struct sock *sk)
 {
 	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
 	__u8 pending = BPF_CORE_READ(icsk, icsk_pending);
@@ -169,16 +126,6 @@ static __always_inline void full_sock_timer_probed(struct sockrec *r, struct soc
 	}
 }
 
-/* A TIME_WAIT or FIN_WAIT2 socket's substate: from the typed pointer where the kernel
- * hands one out (bpf_skc_to_tcp_timewait_sock() knows IPv6 only when it is built in),
- * else read with bpf_probe_read_kernel(). */
-static __always_inline __u8 tw_substate(struct sock_common *skc, struct tcp_timewait_sock *tw)
-{
-	if (tw)
-		return tw->tw_sk.tw_substate;
-	return BPF_CORE_READ((struct inet_timewait_sock *)skc, tw_substate);
-}
-
 /* The lite record of a narrowed walk; 0 when the socket needs a full one. */
 static __always_inline int lite(struct sockrec *r, struct sock_common *skc, __u8 state)
 {
@@ -193,7 +140,7 @@ static __always_inline int lite(struct sockrec *r, struct sock_common *skc, __u8
 	r->lport = lport;
 	r->flags = REC_LITE;
 	r->state = state == TCP_TIME_WAIT ?
-		tw_substate(skc, bpf_skc_to_tcp_timewait_sock(skc)) :
+		BPF_CORE_READ((struct inet_timewait_sock *)skc, tw_substate) :
 		state == TCP_NEW_SYN_RECV ? TCP_SYN_RECV : state;
 	if (lport >= n->eph_lo && lport <= n->eph_hi)
 		fill_addrs(r, skc);
@@ -218,43 +165,30 @@ int sockiter_tcp(struct bpf_iter__tcp *ctx)
 	if (state == TCP_TIME_WAIT) {
 		/* A struct inet_timewait_sock: sock_diag reports its substate
 		 * (FIN_WAIT2 or TIME_WAIT), and so does this. */
-		struct tcp_timewait_sock *tw = bpf_skc_to_tcp_timewait_sock(skc);
+		struct inet_timewait_sock *tw = (struct inet_timewait_sock *)skc;
 
-		r.state = tw_substate(skc, tw);
+		r.state = BPF_CORE_READ(tw, tw_substate);
 		fill_flags(&r, skc);
-		if (tw)
-			set_timer(&r, tw->tw_sk.tw_timer.expires);
-		else
-			set_timer(&r, BPF_CORE_READ((struct inet_timewait_sock *)skc,
-						    tw_timer.expires));
+		set_timer(&r, BPF_CORE_READ(tw, tw_timer.expires));
 	} else if (state == TCP_NEW_SYN_RECV) {
 		/* A struct request_sock: not a socket of its own yet, and its
 		 * sock_common flags are not the listener's. sock_diag calls it
 		 * SYN_RECV. */
-		struct tcp_request_sock *treq = bpf_skc_to_tcp_request_sock(skc);
+		struct request_sock *req = (struct request_sock *)skc;
 
 		r.state = TCP_SYN_RECV;
-		if (treq)
-			set_timer(&r, treq->req.req.rsk_timer.expires);
-		else
-			set_timer(&r, BPF_CORE_READ((struct request_sock *)skc,
-						    rsk_timer.expires));
+		set_timer(&r, BPF_CORE_READ(req, rsk_timer.expires));
 	} else {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 		struct sock *sk = (struct sock *)skc;
 
 		r.state = state;
 		r.uid = ctx->uid;
-		r.inode = tp ? inode_typed(&tp->inet_conn.icsk_inet.sk) : inode_probed(sk);
+		r.inode = inode_of(sk);
 		fill_flags(&r, skc);
 		/* Timers of connections with a file are not read: nothing uses
 		 * them, and they are most sockets. */
-		if (state != TCP_LISTEN && (state != TCP_ESTABLISHED || !r.inode)) {
-			if (tp)
-				full_sock_timer(&r, tp);
-			else
-				full_sock_timer_probed(&r, sk);
-		}
+		if (state != TCP_LISTEN && (state != TCP_ESTABLISHED || !r.inode))
+			full_sock_timer(&r, sk);
 	}
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
@@ -271,7 +205,7 @@ int sockiter_udp(struct bpf_iter__udp *ctx)
 	fill_common(&r, skc);
 	r.state = skc->skc_state;
 	r.uid = ctx->uid;
-	r.inode = inode_typed(&((struct udp_sock *)skc)->inet.sk);
+	r.inode = inode_of((struct sock *)skc);
 	fill_flags(&r, skc);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;

@@ -64,13 +64,8 @@ struct inode {
 	unsigned long i_ino;
 } CORE;
 
-struct file {
-	struct inode *f_inode;
-} CORE;
-
 struct socket {
 	short type;
-	struct file *file;
 } CORE;
 
 /* A socket's inode lives right after it (SOCK_INODE in include/net/sock.h). */
@@ -85,20 +80,9 @@ struct sock {
 	struct timer_list sk_timer;
 } CORE;
 
-struct inet_sock {
-	struct sock sk;
-} CORE;
-
 struct inet_connection_sock {
-	struct inet_sock icsk_inet;
 	struct timer_list icsk_retransmit_timer;
 	__u8 icsk_pending;
-} CORE;
-
-/* What bpf_skc_to_tcp_sock() returns: a typed pointer whose members the program
- * reads with plain loads, no bpf_probe_read_kernel() call per member. */
-struct tcp_sock {
-	struct inet_connection_sock inet_conn;
 } CORE;
 
 /* Before Linux 6.15 the retransmit/probe deadline had a member of its own. */
@@ -117,18 +101,6 @@ struct request_sock {
 	struct timer_list rsk_timer;
 } CORE;
 
-struct tcp_timewait_sock {
-	struct inet_timewait_sock tw_sk;
-} CORE;
-
-struct inet_request_sock {
-	struct request_sock req;
-} CORE;
-
-struct tcp_request_sock {
-	struct inet_request_sock req;
-} CORE;
-
 struct seq_file;
 
 struct bpf_iter_meta {
@@ -137,9 +109,7 @@ struct bpf_iter_meta {
 	__u64 seq_num;
 } CORE;
 
-struct udp_sock {
-	struct inet_sock inet;
-} CORE;
+struct udp_sock;
 
 struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
