@@ -110,10 +110,11 @@ pub fn phase(tw: &mut TwKeeper, runs: usize, baseline: Option<&Path>) -> Outcome
             }
             rss[i].1 = status_kb(a.pid, "VmRSS:");
             log!(
-                "   round {}: {} agent {:.1} ms process CPU/poll ({} polls in {:.0} s)",
+                "   round {}: {} agent {:.1} ms process CPU/poll, {:.1} in its polls ({} polls in {:.0} s)",
                 r + 1,
                 a.label,
                 ms(w.proc),
+                ms(w.self_cpu),
                 w.polls,
                 w.secs
             );
@@ -185,8 +186,15 @@ pub fn report(results: &[(String, Outcome)]) {
         let rs = &res.rounds;
         for (i, label) in res.labels.iter().enumerate() {
             println!(
-                "- {name}, {label}: agent / dump {}; VmRSS {} kB after the first window, {} kB at the end",
+                "- {name}, {label}: agent / dump {}; outside its polls (process CPU less the \
+                 agent's own `bindwatch_poll_cpu_seconds_total`) {} ms per poll; VmRSS {} kB \
+                 after the first window, {} kB at the end",
                 min_median_max(rs.iter().map(|r| ratio(r.windows[i].proc, r.dump)), 3),
+                min_median_max(
+                    rs.iter()
+                        .map(|r| ms(r.windows[i].proc.saturating_sub(r.windows[i].self_cpu))),
+                    1
+                ),
                 res.rss[i].0,
                 res.rss[i].1,
             );
