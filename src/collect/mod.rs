@@ -98,6 +98,12 @@ impl CollectOptions {
     }
 }
 
+/// The bpf source's bound-only tracking counters, process-wide; `None` where no
+/// collector tracks (see [`CollectOptions::bound_tracking`]).
+pub fn bound_tracking() -> Option<crate::model::BoundTracking> {
+    crate::source::boundtrack::counters()
+}
+
 /// Polls the kernel and builds snapshots.
 pub struct Collector {
     opts: CollectOptions,

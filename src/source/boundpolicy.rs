@@ -280,13 +280,15 @@ mod tests {
             let plan = p.plan(s(63), 4, 0);
             p.settle(plan, s(63), 4, 5, &set(&[2]), &set(&[2]));
             assert_eq!(p.plan(s(64), 5, 0).fallback, Some(Reason::Untracked));
-            // ... until a quiet dump after a settled one agrees with it.
-            let plan = p.plan(s(64), 5, 0);
-            p.settle(plan, s(64), 5, 5, &set(&[2]), &set(&[2]));
-            let plan = p.plan(s(65), 5, 0);
-            assert_eq!(plan.fallback, Some(Reason::Untracked));
-            p.settle(plan, s(65), 5, 5, &set(&[2]), &set(&[2]));
-            assert_eq!(p.plan(s(66), 5, 0).fallback, None);
+            // ... until a quiet dump after a settled one agrees with it: the dump at
+            // 64 follows the raced one (not quiet), the one at 65 is quiet but its
+            // predecessor unsettled, the one at 66 agrees.
+            for at in 64..=66 {
+                let plan = p.plan(s(at), 5, 0);
+                assert_eq!(plan.fallback, Some(Reason::Untracked), "at {at}");
+                p.settle(plan, s(at), 5, 5, &set(&[2]), &set(&[2]));
+            }
+            assert_eq!(p.plan(s(67), 5, 0).fallback, None);
         }
     }
 
