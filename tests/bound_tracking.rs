@@ -424,3 +424,64 @@ fn each_change_of_the_bound_only_set_is_counted_and_a_reused_set_is_the_kernels(
         drop(held);
     });
 }
+
+/// The agent (`serve --source bpf`) in its own namespace: its bound-only count follows
+/// a bind and a close, the fallbacks are counted, and polls with nothing changed reuse
+/// the last dump (the fallback counters stand still while polls go on).
+#[test]
+fn the_agent_counts_fallbacks_and_reuses_its_dump_while_nothing_changes() {
+    common::in_netns(|| {
+        let srv = common::Server::start(9411, &["--source", "bpf", "--poll.interval", "200ms"]);
+        let close = |m: &common::Metrics| {
+            m.get(
+                "bindwatch_sockets",
+                &[("protocol", "tcp"), ("family", "ipv4"), ("state", "close")],
+            )
+        };
+        let fallback = |m: &common::Metrics, reason: &str| {
+            m.get(
+                "bindwatch_bound_tracking_fallbacks_total",
+                &[("reason", reason)],
+            )
+            .unwrap_or(-1.0)
+        };
+        let m = srv.metrics_after_polls(3);
+        assert_eq!(fallback(&m, "start"), 1.0, "{}", m.text);
+        assert_eq!(fallback(&m, "unavailable"), 0.0, "{}", m.text);
+        assert_eq!(close(&m), Some(0.0), "no bound-only socket yet");
+
+        let s = tcp(false);
+        s.bind(&lo(false, 20996).into()).expect("bind");
+        let m = srv.metrics_until(Duration::from_secs(20), |m| close(m) == Some(1.0));
+        assert_eq!(
+            close(&m),
+            Some(1.0),
+            "the bound-only socket counted: {}",
+            m.text
+        );
+        assert!(fallback(&m, "changed") >= 1.0, "{}", m.text);
+
+        // Nothing changes: after the settling dump, polls reuse it.
+        let settled = srv.metrics_after_polls(3);
+        let later = srv.metrics_after_polls(5);
+        assert_eq!(close(&later), Some(1.0));
+        for reason in BoundTracking::REASONS {
+            assert_eq!(
+                fallback(&later, reason),
+                fallback(&settled, reason),
+                "{reason}: polls without a change dumped"
+            );
+        }
+
+        drop(s);
+        let m = srv.metrics_until(Duration::from_secs(20), |m| close(m) == Some(0.0));
+        assert_eq!(
+            close(&m),
+            Some(0.0),
+            "the closed socket is gone: {}",
+            m.text
+        );
+        assert!(fallback(&m, "changed") > fallback(&later, "changed"));
+        drop(srv);
+    });
+}
