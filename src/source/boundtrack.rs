@@ -13,11 +13,11 @@
 //! reconciles with a fresh dump every so often.
 //!
 //! One kernel side serves the whole process ([`shared`]); the count is kept per
-//! network namespace (by cookie), and each table reads its own namespace's. Binds are seen through the
-//! cgroup post-bind hooks at the cgroup v2 root, so every process's. Kernel floors:
-//! tp_btf 5.5, cgroup post-bind hooks 4.17 (with sk_storage from them 5.11),
-//! cgroup setsockopt 5.3, `tcp:tcp_destroy_sock` 5.13, the namespace cookie as a u64
-//! and `SO_NETNS_COOKIE` 5.14 (the kernel the whole side needs: 5.14, with cgroup v2).
+//! network namespace (by cookie), and each table reads its own namespace's. Binds are
+//! seen through the cgroup post-bind hooks at the cgroup v2 root, so every process's.
+//! The newest kernel piece is `SO_NETNS_COOKIE` (Linux 5.14); loading the cgroup
+//! programs takes `CAP_NET_ADMIN`. Where anything fails, every poll dumps, as without
+//! tracking (docs/deploy.md).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -263,6 +263,10 @@ fn key(s: &Socket) -> Key {
     )
 }
 
+/// A sock_diag bound-only dump: streams its sockets to the sink it is given and says
+/// whether it could dump at all.
+pub type Dump<'a, E> = dyn FnMut(&mut dyn FnMut(&Socket)) -> Result<bool, E> + 'a;
+
 /// One table's reuse of its bound-only dump.
 pub struct TableTracking {
     tracker: Option<Arc<Mutex<Tracker>>>,
@@ -336,7 +340,7 @@ impl TableTracking {
     /// The dump's.
     pub fn poll<F: FnMut(&Socket) + ?Sized, E>(
         &mut self,
-        dump: &mut dyn FnMut(&mut dyn FnMut(&Socket)) -> Result<bool, E>,
+        dump: &mut Dump<'_, E>,
         sink: &mut F,
     ) -> Result<(), E> {
         let now = Instant::now();
