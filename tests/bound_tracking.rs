@@ -145,10 +145,11 @@ fn any(v6: bool, port: u16) -> SocketAddr {
 }
 
 /// Kinds of [`churn_step`].
-const KINDS: u64 = 14;
+const KINDS: u64 = 17;
 
-/// One step of churn of kind `pick` (below [`KINDS`]); returns what it did. Sockets are pushed to `live` (kept open
-/// for later steps) or dropped at once; ports from `next_port` are unique here.
+/// One step of churn of kind `pick` (below [`KINDS`]); returns what it did. Sockets
+/// are pushed to `live` (kept open for later steps) or dropped at once; ports from
+/// `next_port` are unique here.
 fn churn_step(
     rng: &mut Lcg,
     pick: u64,
@@ -175,25 +176,29 @@ fn churn_step(
             live.push(s);
             "bind, port 0"
         }
-        2 => {
-            let p = if rng.next(2) == 0 { port() } else { 0 };
+        2 | 3 => {
+            let p = if pick == 2 { port() } else { 0 };
             s.bind(&lo(v6, p).into()).expect("bind");
             s.listen(16).expect("listen");
             s.shutdown(std::net::Shutdown::Both)
                 .expect("shutdown listener");
             live.push(s);
-            "listen, shutdown"
+            if pick == 2 {
+                "listen, shutdown (explicit port: kept)"
+            } else {
+                "listen, shutdown (port 0: released)"
+            }
         }
-        3 => {
+        4 => {
             s.bind(&lo(v6, port()).into()).expect("bind");
             s.listen(16).expect("listen");
             live.push(s);
             "listen"
         }
-        4 | 5 => {
+        5..=7 | 16 => {
             // On the unspecified address the refused connect gives the socket a
             // source address that connect(AF_UNSPEC) takes back.
-            let on_any = rng.next(2) == 0;
+            let on_any = pick == 6 || pick == 16;
             let a = if on_any {
                 any(v6, port())
             } else {
@@ -204,16 +209,22 @@ fn churn_step(
                 .connect(&SockAddr::from(lo(v6, refused_port)))
                 .expect_err("connect to a closed port");
             assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
-            if rng.next(2) == 0 {
-                disconnect(&s);
-                live.push(s);
-                "bind, refused connect, connect(AF_UNSPEC)"
-            } else {
-                live.push(s);
-                "bind, refused connect"
-            }
+            let what = match pick {
+                5 => "bind, refused connect",
+                16 => "bind the unspecified address, refused connect",
+                6 => {
+                    disconnect(&s);
+                    "bind the unspecified address, refused connect, connect(AF_UNSPEC)"
+                }
+                _ => {
+                    disconnect(&s);
+                    "bind, refused connect, connect(AF_UNSPEC)"
+                }
+            };
+            live.push(s);
+            what
         }
-        6 | 7 => {
+        8..=11 => {
             let l = tcp(v6);
             l.bind(&lo(v6, port()).into()).expect("bind listener");
             l.listen(16).expect("listen");
@@ -223,48 +234,47 @@ fn churn_step(
             }
             s.connect(&addr).expect("connect");
             let (child, _) = l.accept().expect("accept");
-            let what = match rng.next(4) {
-                0 => {
+            let keep_listener = rng.next(2) == 0;
+            let what = match pick {
+                8 => {
                     disconnect(&s);
+                    live.push(s);
+                    live.push(child);
                     "connect, the client disconnects (the child is reset)"
                 }
-                1 => {
+                9 => {
                     disconnect(&child);
+                    live.push(s);
+                    live.push(child);
                     "connect, the accepted child disconnects"
                 }
-                2 => {
+                10 => {
                     s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
                     drop(s);
                     live.push(child);
-                    live.push(l);
-                    return "connect, the client resets (linger 0, close)";
+                    "connect, the client resets (linger 0, close)"
                 }
                 _ => {
                     drop(child);
                     drop(s);
-                    if rng.next(2) == 0 {
-                        live.push(l);
-                    }
-                    return "connect, both ends close";
+                    "connect, both ends close"
                 }
             };
-            live.push(child);
-            live.push(s);
-            if rng.next(2) == 0 {
+            if keep_listener {
                 live.push(l);
             }
             what
         }
-        8 => {
+        12 => {
             s.bind(&lo(v6, port()).into()).expect("bind");
             "bind, close"
         }
-        9 => {
+        13 => {
             s.bind(&lo(v6, 0).into()).expect("bind 0");
             s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
             "bind, close with linger 0"
         }
-        10 => {
+        14 => {
             s.bind(&any(v6, port()).into()).expect("bind");
             s.bind_device(Some(b"lo")).expect("SO_BINDTODEVICE");
             live.push(s);
@@ -313,9 +323,9 @@ fn each_change_of_the_bound_only_set_is_counted_and_a_reused_set_is_the_kernels(
         let started = Instant::now();
         let (mut changed_steps, mut quiet_steps) = (0usize, 0usize);
 
-        // One step at a time: every kind, in both families, twice.
+        // One step at a time: every kind, in both families.
         let mut kernel = dump(&mut nl);
-        for step in 0..KINDS * 4 {
+        for step in 0..KINDS * 2 {
             let v6 = (step / KINDS) % 2 == 1;
             let what = churn_step(
                 &mut rng,
@@ -370,8 +380,8 @@ fn each_change_of_the_bound_only_set_is_counted_and_a_reused_set_is_the_kernels(
 
         // Bursts: thousands of sockets.
         let mut made = 0usize;
-        for burst in 0..10 {
-            for _ in 0..300 {
+        for burst in 0..6 {
+            for _ in 0..500 {
                 let (pick, v6) = (rng.next(KINDS), rng.next(2) == 1);
                 churn_step(&mut rng, pick, v6, &mut live, &mut next_port, refused_port);
                 made += 1;
