@@ -13,9 +13,8 @@
  * when it is destroyed. sock:inet_sock_set_state reports every TCP state change;
  * tcp:tcp_destroy_sock every destruction, counted only for sockets marked `visible`
  * here (bound-only when last seen), so the teardown of ordinary connections does not
- * count. A bound device set on a socket (SO_BINDTODEVICE, SO_BINDTOIFINDEX) and
- * tcp_disconnect() on a closed socket (which may reset its address; it reports an
- * error to the socket) count too.
+ * count. A bound device set on a socket (SO_BINDTODEVICE, SO_BINDTOIFINDEX) counts
+ * too.
  *
  * The count is kept per network namespace (by its cookie), so a namespace's tables
  * are not made to dump by another's activity; events of namespaces `changes` has no
@@ -190,19 +189,6 @@ int boundtrack_destroy(__u64 *ctx)
 		return 0;
 	v = bpf_sk_storage_get(&visible, sk, 0, 0);
 	if (v && *v)
-		changed(netns_of(sk));
-	return 0;
-}
-
-/* TP_PROTO(const struct sock *sk): tcp_disconnect() of a socket already in
- * TCP_CLOSE changes no state but may reset its address. */
-SEC("tp_btf/inet_sk_error_report")
-int boundtrack_error(__u64 *ctx)
-{
-	struct sock *sk = (struct sock *)ctx[0];
-
-	if (sk && is_inet_tcp(sk) && sk->__sk_common.skc_state == TCP_CLOSE &&
-	    sk->__sk_common.skc_num)
 		changed(netns_of(sk));
 	return 0;
 }

@@ -376,6 +376,15 @@ fn each_change_of_the_bound_only_set_is_counted_and_a_reused_set_is_the_kernels(
         let (set, reused) = poll(&mut t);
         assert!(reused, "a UDP bind or SO_KEEPALIVE counted as a change");
         assert_eq!(set, dump(&mut nl));
+        // A bound device set on a settled bound-only socket changes what the dump
+        // reports of it, with no bind or state change: counted all the same.
+        bound.bind_device(Some(b"lo")).expect("SO_BINDTODEVICE");
+        let after = dump(&mut nl);
+        assert_ne!(set, after, "the device shows in the dump");
+        let (polled, reused) = poll(&mut t);
+        assert!(!reused, "SO_BINDTODEVICE was not counted");
+        assert_eq!(polled, after);
+        assert_eq!(settle(&mut t), after);
         drop((udp, bound));
 
         // Bursts: thousands of sockets.

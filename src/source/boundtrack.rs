@@ -8,7 +8,7 @@
 //! hash. The programs here count, in the kernel, every event that can change the
 //! bound-only set (a bind with a port, a TCP state change from or back to `TCP_CLOSE`
 //! with the port kept, the destruction of a socket last seen bound-only, a bound
-//! device set, `tcp_disconnect()` of a closed socket); each table reuses its last
+//! device set); each table reuses its last
 //! dump while that count stands still, as [`super::boundpolicy`] decides, and
 //! reconciles with a fresh dump every so often.
 //!
@@ -61,7 +61,6 @@ impl Tracker {
         for (name, tp) in [
             ("boundtrack_state", "inet_sock_set_state"),
             ("boundtrack_destroy", "tcp_destroy_sock"),
-            ("boundtrack_error", "inet_sk_error_report"),
         ] {
             let p = bpfload::program::<BtfTracePoint>(&mut ebpf, OBJECT_NAME, name)?;
             p.load(tp, &btf)
