@@ -169,6 +169,7 @@ fn collect_options(a: &ServeArgs) -> CollectOptions {
     opts.ports_max = a.ports_max as usize;
     opts.remember = a.remember;
     opts.poll_interval = a.poll_interval;
+    opts.bound_tracking = Some(crate::source::boundpolicy::RECONCILE_EVERY);
     // The owner scan is part of the poller's CPU: give it no more per poll than
     // a quarter of what the budget allows per interval (within 5-150 ms).
     if a.cpu_budget > 0.0 {

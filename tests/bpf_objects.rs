@@ -100,7 +100,7 @@ fn committed_objects_match_a_rebuild() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
         .collect();
-    for want in ["bindevents.bpf.c", "sockiter.bpf.c"] {
+    for want in ["bindevents.bpf.c", "boundtrack.bpf.c", "sockiter.bpf.c"] {
         assert!(
             sources.iter().any(|p| p.ends_with(want)),
             "bpf/{want} is among the sources: {sources:?}"

@@ -284,6 +284,12 @@ fn rendered() -> metrics::Exposition {
             lost: 12,
             ..Default::default()
         })),
+        bound_tracking: Some(bindwatch::model::BoundTracking {
+            fallbacks: [1, 40, 0, 2, 0],
+            reconciliations: 3,
+            missed: 1,
+            extra: 0,
+        }),
         ..Extras::default()
     };
     let poll = metrics::render_all(&[(None, &snap)], &SelfMetrics::new(), &extras);

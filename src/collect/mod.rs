@@ -69,6 +69,11 @@ pub struct CollectOptions {
     /// Read /proc/net of the calling thread's namespace (`--netns all` enters
     /// namespaces per thread), not the process's.
     pub thread_netns: bool,
+    /// The agent: with the bpf source, the last dump of the bound-only sockets is
+    /// reused while the kernel counts no change to them, reconciled with a fresh dump
+    /// this often (`source::boundpolicy`). `None` (one-shot commands): a dump every
+    /// poll.
+    pub bound_tracking: Option<Duration>,
 }
 
 impl CollectOptions {
@@ -88,8 +93,15 @@ impl CollectOptions {
             thread_netns: false,
             fold: true,
             scan_slice: Some(crate::source::owners::SCAN_SLICE),
+            bound_tracking: None,
         }
     }
+}
+
+/// The bpf source's bound-only tracking counters, process-wide; `None` where no
+/// collector tracks (see [`CollectOptions::bound_tracking`]).
+pub fn bound_tracking() -> Option<crate::model::BoundTracking> {
+    crate::source::boundtrack::counters()
 }
 
 /// Polls the kernel and builds snapshots.
@@ -186,7 +198,10 @@ impl Collector {
         } else {
             opts.procfs.clone()
         };
-        let table = SocketTable::open(opts.source, &net_root, &opts.procfs, &opts.rootfs)?;
+        let mut table = SocketTable::open(opts.source, &net_root, &opts.procfs, &opts.rootfs)?;
+        if let Some(every) = opts.bound_tracking {
+            table.track_bound_only(every);
+        }
         Ok(Collector {
             opts,
             table,

@@ -12,7 +12,8 @@
 //! - `http`: the HTTP server's own instruments, rendered by the server at scrape time;
 //! - `writer`: the exposition formats (headers, escaping, values, histograms);
 //! - `snapshot`, `rebind`, `events`: the families of a snapshot, of its rebind
-//!   verdicts and of the failure tracer.
+//!   verdicts and of the failure tracer;
+//! - `tracking`: the bpf source's reuse of its bound-only dump.
 
 use std::time::UNIX_EPOCH;
 
@@ -24,6 +25,7 @@ mod events;
 mod http;
 mod rebind;
 mod snapshot;
+mod tracking;
 mod unix;
 mod writer;
 
@@ -177,6 +179,8 @@ pub struct Extras {
     pub bind_events: Option<Option<crate::model::Counters>>,
     /// Whether the agent stopped writing `--state.file`; `None` without one.
     pub state_file_stopped: Option<bool>,
+    /// The bpf source's bound-only tracking; `None` where no table tracks.
+    pub bound_tracking: Option<crate::model::BoundTracking>,
 }
 
 /// Renders the snapshots (one per watched network namespace; the name is `None`
@@ -217,6 +221,9 @@ fn collect(snaps: &[(Option<&str>, &Snapshot)], selfm: &SelfMetrics, extras: &Ex
     w.netns = None;
     if let Some(ev) = &extras.bind_events {
         events::render_events(&mut w, ev.as_ref());
+    }
+    if let Some(t) = &extras.bound_tracking {
+        tracking::render_tracking(&mut w, t);
     }
     render_netns_durations(&mut w, extras);
     w.gathered(&selfm.gather());

@@ -11,6 +11,7 @@ mod events;
 mod failure;
 mod holders;
 mod host;
+mod tracking;
 mod unix;
 mod verdict;
 mod watch;
@@ -19,6 +20,7 @@ pub use events::{BindKey, ConnectKey, Counters, Errno, Outcome};
 pub use failure::{Blocker, Call, Failure, FlagsOut};
 pub use holders::{Holder, Holders, Holding, Survival};
 pub use host::{Capabilities, Denied, PortAllocation};
+pub use tracking::BoundTracking;
 pub use unix::{
     UnixName, UnixService, UnixServiceStatus, UnixSocket, UnixState, UnixType, UnixView, VfsId,
 };

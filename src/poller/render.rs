@@ -23,6 +23,7 @@ pub(super) fn extras(st: &LoopState, bad_lines: u64) -> Extras {
         cpu_budget: st.budget.fraction,
         bind_events: st.events.as_ref().map(|e| e.counters()),
         state_file_stopped: st.state_sink.as_ref().map(StateSink::stopped),
+        bound_tracking: crate::collect::bound_tracking(),
     }
 }
 

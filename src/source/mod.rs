@@ -2,6 +2,8 @@
 //! /proc/net fallback), socket owners and their flags, and the sysctls that shape port
 //! allocation.
 
+pub mod boundpolicy;
+pub mod boundtrack;
 pub mod bpf;
 pub mod bpfload;
 pub mod destroy;
@@ -84,6 +86,9 @@ pub struct SocketTable {
     pub bad_lines: u64,
     /// Bad lines already logged: each is logged once, not at every read.
     logged: std::collections::HashSet<String>,
+    /// Bound-only sockets from the last dump while nothing changed them (see
+    /// [`SocketTable::track_bound_only`]).
+    tracking: Option<boundtrack::TableTracking>,
 }
 
 impl SocketTable {
@@ -135,7 +140,19 @@ impl SocketTable {
             choice,
             bad_lines: 0,
             logged: std::collections::HashSet::new(),
+            tracking: None,
         })
+    }
+
+    /// With the bpf source, reuses the last sock_diag dump of the bound-only TCP
+    /// sockets while the kernel counts no event that could change them
+    /// (`source::boundtrack`), instead of a dump per poll; [`boundpolicy`] decides,
+    /// with a reconciling dump every `reconcile_every`. The agent's tables only:
+    /// reuse needs the history of the polls before.
+    pub fn track_bound_only(&mut self, reconcile_every: std::time::Duration) {
+        if matches!(self.reader, Reader::Bpf { .. }) {
+            self.tracking = Some(boundtrack::TableTracking::open(reconcile_every));
+        }
     }
 
     /// Whether TIME_WAIT and orphan timers are known: always from sock_diag and
@@ -269,8 +286,9 @@ impl SocketTable {
     }
 
     /// Beside the bpf source: bound-but-not-listening TCP sockets, which are in the bind
-    /// hash only (the iterator walks the listening and established hashes). They always
-    /// have a file, so their flags come from pidfd as with netlink.
+    /// hash only (the iterator walks the listening and established hashes), from a
+    /// sock_diag dump, reused while nothing changed them where the table tracks them.
+    /// They always have a file, so their flags come from pidfd as with netlink.
     fn dump_bound_only<F: FnMut(&Socket) + ?Sized>(
         &mut self,
         protocol: Protocol,
@@ -284,32 +302,45 @@ impl SocketTable {
         let Reader::Bpf { bound_only, .. } = &mut self.reader else {
             return Ok(());
         };
-        let Some(nl) = bound_only.as_mut() else {
-            return Ok(());
-        };
-        let r = nl.dump(
-            Request {
-                protocol,
-                family: libc::AF_UNSPEC as u8,
-                states: bound,
-            },
-            sink,
-        );
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_unavailable() => {
-                log_once(&BOUND_ONLY_LOGGED, || {
-                    tracing::warn!(
-                        error = %e,
-                        "netlink sock_diag denied: bound-only (BOUND_INACTIVE) TCP sockets are \
-                         not visible beside the bpf source"
-                    )
-                });
-                *bound_only = None;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        match self.tracking.as_mut() {
+            Some(t) => t.poll(&mut |sink| dump_bound_diag(bound_only, sink), sink),
+            None => dump_bound_diag(bound_only, &mut |s| sink(s)).map(drop),
         }
+    }
+}
+
+/// The bound-only TCP sockets of a sock_diag dump beside the bpf source; `false`
+/// when there is no sock_diag (it could not open, or was denied: logged once, then
+/// not tried again).
+fn dump_bound_diag(
+    bound_only: &mut Option<NetlinkDiag>,
+    sink: &mut dyn FnMut(&Socket),
+) -> Result<bool, SourceError> {
+    let Some(nl) = bound_only.as_mut() else {
+        return Ok(false);
+    };
+    let r = nl.dump(
+        Request {
+            protocol: Protocol::Tcp,
+            family: libc::AF_UNSPEC as u8,
+            states: netlink::state_bit(State::BoundInactive),
+        },
+        sink,
+    );
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_unavailable() => {
+            log_once(&BOUND_ONLY_LOGGED, || {
+                tracing::warn!(
+                    error = %e,
+                    "netlink sock_diag denied: bound-only (BOUND_INACTIVE) TCP sockets are \
+                     not visible beside the bpf source"
+                )
+            });
+            *bound_only = None;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
