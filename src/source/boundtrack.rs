@@ -77,6 +77,10 @@ impl Tracker {
             let p = bpfload::program::<CgroupSock>(&mut ebpf, OBJECT_NAME, name)?;
             p.load()
                 .map_err(|e| failed(format!("program {name}"), &e))?;
+            // A bpf link (aya makes one from Linux 5.7 on, and the counter needs
+            // 5.14), which the kernel always attaches in multi mode
+            // (cgroup_bpf_link_attach()): it runs for every cgroup below, also those
+            // with post-bind programs of their own. Link flags must be 0, so `Single`.
             p.attach(&fd, CgroupAttachMode::Single)
                 .map_err(|e| failed(format!("attaching {name} to {shown}"), &e))?;
         }
@@ -159,14 +163,35 @@ pub fn own_netns_cookie() -> std::io::Result<u64> {
 }
 
 /// The cgroup v2 root, whose hooks see every process's binds.
+///
+/// Inside a cgroup namespace (a container's, by default on cgroup v2) the mount that
+/// mountinfo shows as the root is the namespace's own cgroup: hooks there would miss
+/// every bind outside it, and a missed bind makes a reused dump wrong. The real root
+/// is the only cgroup without a `cgroup.events` file (CFTYPE_NOT_ON_ROOT in
+/// kernel/cgroup/cgroup.c), whatever namespace looks at it.
 fn cgroup_root() -> Result<PathBuf, BpfError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| bpfload::failed(OBJECT_NAME, "reading /proc/self/mountinfo", &e))?;
-    cgroup2_root(&mountinfo).ok_or_else(|| BpfError::Load {
+    let refuse = |reason: String| BpfError::Load {
         object: OBJECT_NAME,
         step: "finding the cgroup v2 root".to_string(),
-        reason: "no cgroup2 mount of the hierarchy's root in /proc/self/mountinfo".to_string(),
-    })
+        reason,
+    };
+    let root = cgroup2_root(&mountinfo).ok_or_else(|| {
+        refuse("no cgroup2 mount of the hierarchy's root in /proc/self/mountinfo".to_string())
+    })?;
+    match std::fs::symlink_metadata(root.join("cgroup.events")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(root),
+        Ok(_) => Err(refuse(format!(
+            "{} is a cgroup namespace's root, not the host's (it has cgroup.events): \
+             binds outside it would go unseen",
+            root.display()
+        ))),
+        Err(e) => Err(refuse(format!(
+            "checking {}/cgroup.events: {e}",
+            root.display()
+        ))),
+    }
 }
 
 /// The first `cgroup2` mount of the hierarchy's root in `mountinfo`
