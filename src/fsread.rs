@@ -173,7 +173,18 @@ pub fn open(path: &Path, links: Symlinks) -> Result<(File, u64), ReadError> {
 /// # Errors
 /// Read errors of `r`.
 pub fn read_capped<R: Read>(r: R, cap: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
+    read_capped_sized(r, cap, 0)
+}
+
+/// What one `read(2)` asks for first when a file's size says nothing (files under
+/// /proc say 0): a `/proc/PID/stat` or `status` arrives whole in one read instead of
+/// five growing ones.
+const FIRST_READ: u64 = 4096;
+
+/// [`read_capped`] of a file `size` bytes long by its `stat`.
+fn read_capped_sized<R: Read>(r: R, cap: u64, size: u64) -> io::Result<Option<Vec<u8>>> {
+    let first = size.max(FIRST_READ).min(cap).saturating_add(1);
+    let mut buf = Vec::with_capacity(usize::try_from(first).unwrap_or(usize::MAX));
     r.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
     if buf.len() as u64 > cap {
         return Ok(None);
@@ -194,7 +205,7 @@ pub fn read(path: &Path, links: Symlinks, cap: u64) -> Result<Vec<u8>, ReadError
     if size > cap {
         return Err(too_big());
     }
-    read_capped(file, cap)
+    read_capped_sized(file, cap, size)
         .map_err(|source| ReadError::Read {
             path: path.to_path_buf(),
             source,
