@@ -17,6 +17,7 @@
 #   DURATION=600  seconds of churn        RATE=2000  connections per second, at most
 #   LIVE=256      open connections, most  PORT=19980 the agent's HTTP port (in the namespace)
 #   INTERVAL=1s   --poll.interval         BINDWATCH=target/release/bindwatch (built if unset)
+#   AGENTS=1      agents walking the table at once (the others serve on PORT+1, PORT+2, ...)
 # Stops only what it started (by pid) and deletes its namespace, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +26,11 @@ DURATION=${DURATION:-600}
 RATE=${RATE:-2000}
 LIVE=${LIVE:-256}
 PORT=${PORT:-19980}
+AGENTS=${AGENTS:-1}
 INTERVAL=${INTERVAL:-1s}
 PATTERN='refcount_t|use-after-free|bpf_iter_tcp|WARNING:|BUG:'
 
-for v in DURATION RATE LIVE PORT; do
+for v in DURATION RATE LIVE PORT AGENTS; do
     if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
         echo "soak: $v must be a positive integer, got '${!v}'" >&2
         exit 2
@@ -52,6 +54,7 @@ PY=$(python3 -c 'import sys; print(sys.executable)')
 NS=bwsoak-$$-$RANDOM
 out=$(mktemp -d /tmp/bwsoak.XXXXXX)
 AGENT=
+EXTRA=()
 CHURN=
 NAP=
 NS_MADE=
@@ -70,6 +73,7 @@ cleanup() {
     [[ -n "$NAP" ]] && kill "$NAP" 2>/dev/null
     [[ -n "$CHURN" ]] && stop_pid "$CHURN"
     [[ -n "$AGENT" ]] && stop_pid "$AGENT"
+    for p in "${EXTRA[@]}"; do stop_pid "$p"; done
     [[ -n "$NS_MADE" ]] && ip netns del "$NS" 2>/dev/null
     echo "soak: logs in $out"
 }
@@ -81,7 +85,8 @@ trap 'echo "soak: interrupted" >&2; exit 130' INT TERM
 # running). The background commands below call nsenter directly: a shell function in
 # the background is a subshell of its own.
 in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
-metrics() { in_ns curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics"; }
+# The metrics of the agent serving on port $1 (the first agent's without it).
+metrics() { in_ns curl -s --max-time 5 "http://127.0.0.1:${1:-$PORT}/metrics"; }
 # TCP sockets of the namespace in the agent's last table walk.
 tcp_sockets() { awk 'index($0, "bindwatch_sockets{") == 1 && /protocol="tcp"/ { s += $NF } END { print s + 0 }'; }
 # The sum of a metric's samples whose line starts with $1 (name and labels, as far as given).
@@ -106,31 +111,38 @@ for i in $(seq 1 7); do
     v6+=("fd00:b1d::$i")
 done
 
-echo "soak: kernel $(uname -r), $(nproc) CPUs, namespace $NS, ${DURATION} s at most ${RATE} connections/s, at most $LIVE open"
+echo "soak: kernel $(uname -r), $(nproc) CPUs, namespace $NS, ${DURATION} s at most ${RATE} connections/s," \
+    "at most $LIVE open, $AGENTS agent(s) polling every $INTERVAL"
 echo "bindwatch-soak $NS: start" >/dev/kmsg
 
-nsenter --net="/run/netns/$NS" "$BINDWATCH" serve --source bpf --poll.interval "$INTERVAL" --poll.cpu-budget 0 \
-    --state.file= --no-bind-events --web.listen-address "127.0.0.1:$PORT" \
-    >"$out/bindwatch.log" 2>&1 &
-AGENT=$!
-up=
-for _ in $(seq 1 60); do
-    kill -0 "$AGENT" 2>/dev/null || break
-    if metrics 2>/dev/null | grep -q '^bindwatch_source_active{source="bpf"} 1'; then
-        up=1
-        break
-    fi
-    sleep 1
+for i in $(seq 0 $((AGENTS - 1))); do
+    nsenter --net="/run/netns/$NS" "$BINDWATCH" serve --source bpf --poll.interval "$INTERVAL" \
+        --poll.cpu-budget 0 --state.file= --no-bind-events \
+        --web.listen-address "127.0.0.1:$((PORT + i))" >"$out/bindwatch-$i.log" 2>&1 &
+    if ((i == 0)); then AGENT=$!; else EXTRA+=("$!"); fi
 done
-if [[ -z "$up" ]]; then
-    echo "soak: the agent did not come up with the bpf source:"
-    tail -20 "$out/bindwatch.log"
-    exit 2
-fi
-if [[ $(cat "/proc/$AGENT/comm" 2>/dev/null) != bindwatch ]]; then
-    echo "soak: pid $AGENT is not the agent (a wrapper forked?): cannot stop it by pid" >&2
-    exit 2
-fi
+all=("$AGENT" "${EXTRA[@]}")
+for i in "${!all[@]}"; do
+    pid=${all[$i]}
+    up=
+    for _ in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        if metrics $((PORT + i)) 2>/dev/null | grep -q '^bindwatch_source_active{source="bpf"} 1'; then
+            up=1
+            break
+        fi
+        sleep 1
+    done
+    if [[ -z "$up" ]]; then
+        echo "soak: agent $i did not come up with the bpf source:"
+        tail -20 "$out/bindwatch-$i.log"
+        exit 2
+    fi
+    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) != bindwatch ]]; then
+        echo "soak: pid $pid is not an agent (a wrapper forked?): cannot stop it by pid" >&2
+        exit 2
+    fi
+done
 polls_before=$( (metrics || true) | metric 'bindwatch_poll_duration_seconds_count{source="bpf"}')
 
 nsenter --net="/run/netns/$NS" "$PY" scripts/soak-churn.py --duration "$DURATION" --rate "$RATE" --live "$LIVE" \
@@ -145,10 +157,10 @@ while kill -0 "$CHURN" 2>/dev/null; do
     NAP=$!
     wait "$NAP" || true
     NAP=
-    if ! kill -0 "$AGENT" 2>/dev/null; then
-        agent_died=1
-        break
-    fi
+    for pid in "${all[@]}"; do
+        kill -0 "$pid" 2>/dev/null || agent_died=1
+    done
+    [[ -n "$agent_died" ]] && break
     body=$(metrics || true)
     n=$(tcp_sockets <<<"$body")
     ((n > peak)) && peak=$n
@@ -168,6 +180,14 @@ CHURN=
 sleep 2
 body=$(metrics || true)
 printf '%s\n' "$body" >"$out/metrics-last.txt"
+extra_polls=
+for i in "${!EXTRA[@]}"; do
+    b=$(metrics $((PORT + i + 1)) || true)
+    extra_polls+=" $(metric 'bindwatch_poll_duration_seconds_count{source="bpf"}' <<<"$b")"
+    extra_polls+="/$(metric 'bindwatch_poll_errors_total' <<<"$b")"
+done
+for p in "${EXTRA[@]}"; do stop_pid "$p"; done
+EXTRA=()
 agent_pid=$AGENT
 stop_pid "$AGENT"
 AGENT=
@@ -188,6 +208,9 @@ echo "agent polls:  $polls_after in all, $polls_before before the churn," \
     "poll errors $(metric 'bindwatch_poll_errors_total' <<<"$body")," \
     "poll time $(awk -v s="$poll_sum" -v n="$polls_after" 'BEGIN { if (n + 0 > 0) printf "%.1f ms", 1000 * s / n; else print "?" }') on average," \
     "agent CPU $(metric 'process_cpu_seconds_total' <<<"$body") s, pid $agent_pid"
+if ((AGENTS > 1)); then
+    echo "other agents: polls/poll errors:$extra_polls; pids ${all[*]:1}"
+fi
 echo "agent table:  at most $peak TCP sockets in one walk (sampled every 10 s), $(tcp_sockets <<<"$body") in the last"
 echo "kernel log:   $(grep -c . <<<"$window" || true) lines between the markers, $(grep -c . <<<"$found" || true) matching"
 if [[ -n "$found" ]]; then
@@ -200,8 +223,8 @@ if ! grep -q "bindwatch-soak $NS: start" "$out/kernel-all.log"; then
     exit 2
 fi
 if [[ -n "$agent_died" ]]; then
-    echo "verdict:      FAIL: the agent exited during the churn (log in $out/bindwatch.log)"
-    tail -20 "$out/bindwatch.log"
+    echo "verdict:      FAIL: the agent exited during the churn (logs in $out/bindwatch-*.log)"
+    tail -n 20 "$out"/bindwatch-*.log
     exit 1
 fi
 if [[ -n "$found" ]]; then
