@@ -2,7 +2,7 @@
 # Soak of the bpf source's socket iterator under connection churn (docs/deploy.md,
 # "Soak test of the TCP iterator"): does the kernel's `iter/tcp` batching log a refcount
 # warning (`refcount_t: addition on 0; use-after-free` in bpf_iter_tcp_established_batch)
-# while a bindwatch agent walks a churning socket table every second?
+# while bindwatch agents walk a churning socket table every poll?
 #
 # In a network namespace of its own, scripts/soak-churn.py opens and closes short TCP
 # connections (IPv4, IPv6 and v4-mapped, over several loopback addresses, closed by FIN
@@ -52,7 +52,7 @@ fi
 PY=$(python3 -c 'import sys; print(sys.executable)')
 
 NS=bwsoak-$$-$RANDOM
-out=$(mktemp -d /tmp/bwsoak.XXXXXX)
+out=$(mktemp -d -t bwsoak.XXXXXX)
 AGENT=
 EXTRA=()
 CHURN=
@@ -174,6 +174,8 @@ done
 churn_rc=0
 if [[ -z "$agent_died" ]]; then
     wait "$CHURN" || churn_rc=$?
+else
+    stop_pid "$CHURN"
 fi
 CHURN=
 # Let the agent walk the table once more as the last connections close.
@@ -215,7 +217,8 @@ echo "agent table:  at most $peak TCP sockets in one walk (sampled every 10 s), 
 echo "kernel log:   $(grep -c . <<<"$window" || true) lines between the markers, $(grep -c . <<<"$found" || true) matching"
 if [[ -n "$found" ]]; then
     echo "$found"
-    echo "  (the kernel log is the whole machine's; these traces' PID/Comm lines:)"
+    echo "  (the kernel log is the whole machine's; these traces' PID/Comm lines, the agents'" \
+        "poller threads being bindwatch-polle:)"
     grep -oE 'PID: [0-9]+ Comm: [^ ]+' <<<"$window" | sort | uniq -c || true
 fi
 if ! grep -q "bindwatch-soak $NS: start" "$out/kernel-all.log"; then
