@@ -5,7 +5,8 @@
 //!
 //! Every agent runs for the whole phase, measured in turn while the others are stopped
 //! (the windows of `baseline`: whole polls, process CPU of all threads, no scrape
-//! inside a window). The order rotates per round, so a drift of the machine's other
+//! inside a window), after one window each that is not counted (the first polls
+//! finish the agent's time-sliced scans). The order rotates per round, so a drift of the machine's other
 //! load reaches every agent alike. The dump's CPU is the median of [`DUMPS`] dumps
 //! made on this thread before the round's windows and as many after them, so each
 //! round's ratios compare figures taken minutes apart at most.
@@ -84,6 +85,17 @@ pub fn phase(tw: &mut TwKeeper, runs: usize, baseline: Option<&Path>) -> Outcome
         })
         .collect();
     let n = agents.len();
+    // One window each, not counted: an agent's first polls finish its time-sliced
+    // owner and holder scans, which a steady poll does not repeat.
+    for a in &agents {
+        tw.ensure(&mut raw, Duration::from_secs(45));
+        let w = window(a, raw.census());
+        log!(
+            "   warm-up: {} agent {:.1} ms process CPU/poll",
+            a.label,
+            ms(w.proc)
+        );
+    }
     let mut rss = vec![(0, 0); n];
     let mut rounds = Vec::new();
     let mut single = Duration::from_secs(20);
