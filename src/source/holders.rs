@@ -25,6 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::fdlinks::{FdLinks, Link};
 use crate::model::{Holder, Holders};
 
 /// How long the holders found by a complete scan are trusted without a new scan
@@ -55,8 +56,8 @@ struct Known {
 struct Scan {
     /// Pids not read yet (popped from the end).
     pids: Vec<u32>,
-    /// A process whose fds were read in part: (pid, links read).
-    current: Option<(u32, usize)>,
+    /// A process whose fds were read in part, open where it stopped.
+    current: Option<FdLinks>,
     targets: HashSet<u64>,
     found: HashMap<u64, Vec<FdAt>>,
     refused: bool,
@@ -89,8 +90,7 @@ pub fn unit_cgroup(text: &str) -> Option<(String, String)> {
 }
 
 fn socket_inode(link: &Path) -> Option<u64> {
-    let s = link.to_str()?;
-    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    super::owners::socket_inode(link)
 }
 
 fn proc_file(dir: &Path, name: &str) -> Option<String> {
@@ -364,51 +364,47 @@ impl HolderScanner {
         let own = self.own_pid;
         let mut scan = self.scan.take()?;
         loop {
-            let (pid, skip) = match scan.current.take() {
+            let mut links = match scan.current.take() {
                 Some(c) => c,
                 None => match scan.pids.pop() {
-                    Some(p) => (p, 0),
+                    Some(pid) if pid == own => continue,
+                    Some(pid) => match FdLinks::open(&procfs, pid) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            if e.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
+                                scan.refused = true;
+                            }
+                            continue;
+                        }
+                    },
                     None => return Some(scan),
                 },
             };
-            if pid == own {
-                continue;
-            }
+            let pid = links.pid();
             let dir = procfs.join(pid.to_string());
-            let entries = match fs::read_dir(dir.join("fd")) {
-                Ok(d) => d,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
-                        scan.refused = true;
-                    }
-                    continue;
-                }
-            };
             let mut start: Option<Option<u64>> = None;
             let mut read = 0usize;
             let mut out_of_time = false;
-            for e in entries.flatten().skip(skip) {
+            while let Some(r) = links.next_link() {
                 read += 1;
-                let link = match fs::read_link(e.path()) {
-                    Ok(l) => l,
+                match r {
+                    Ok((fd, Link::Socket(inode))) if scan.targets.contains(&inode) => {
+                        let st = *start.get_or_insert_with(|| {
+                            proc_file(&dir, "stat")
+                                .and_then(|t| crate::procstat::parse(&t).map(|p| p.start_time))
+                        });
+                        if let Some(st) = st {
+                            scan.found
+                                .entry(inode)
+                                .or_default()
+                                .push(FdAt { pid, fd, start: st });
+                        }
+                    }
+                    Ok(_) => {}
                     Err(err) => {
                         if err.kind() == io::ErrorKind::PermissionDenied && self.refusal_unknown {
                             scan.refused = true;
                         }
-                        continue;
-                    }
-                };
-                if let Some(inode) = socket_inode(&link).filter(|i| scan.targets.contains(i)) {
-                    let fd = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
-                    let st = *start.get_or_insert_with(|| {
-                        proc_file(&dir, "stat")
-                            .and_then(|t| crate::procstat::parse(&t).map(|p| p.start_time))
-                    });
-                    if let (Some(fd), Some(st)) = (fd, st) {
-                        scan.found
-                            .entry(inode)
-                            .or_default()
-                            .push(FdAt { pid, fd, start: st });
                     }
                 }
                 if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
@@ -417,7 +413,7 @@ impl HolderScanner {
                 }
             }
             if out_of_time {
-                scan.current = Some((pid, skip + read));
+                scan.current = Some(links);
             }
             if out_of_time || deadline.is_some_and(|d| Instant::now() >= d) {
                 self.scan = Some(scan);

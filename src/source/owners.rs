@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::fdlinks::{FdLinks, Link};
 pub use crate::model::{Capabilities, Denied};
 use crate::model::{Owner, SocketFlags, Tri};
 
@@ -70,59 +71,44 @@ pub struct OwnerResolver {
     pub stats: ResolveStats,
 }
 
-/// Reads the fd links of process `pid` from the `skip`th on, moving the targets it
-/// finds from `remaining` to `found`; stops at the deadline (checked every 256
-/// links). `None` when the fd directory cannot be listed; else how many links it
-/// read and whether the deadline stopped it.
+/// Reads the fd links of the process `links` lists from where it stopped, moving the
+/// targets it finds from `remaining` to `found`; stops at the deadline (checked every
+/// 256 links). Returns how many links it read and whether the deadline stopped it.
 fn scan_fds(
-    procfs: &Path,
-    (pid, skip): (u32, usize),
+    links: &mut FdLinks,
     remaining: &mut HashSet<u64>,
     found: &mut HashMap<u64, FdRef>,
     deadline: Option<Instant>,
     denied: &mut Option<Denied>,
-) -> Option<(usize, bool)> {
-    let fds = match fs::read_dir(procfs.join(pid.to_string()).join("fd")) {
-        Ok(d) => d,
-        Err(e) => {
-            // Kernel threads and exited processes have nothing to show.
-            if e.kind() == io::ErrorKind::PermissionDenied {
-                *denied = Some(Denied::FdDir);
-            }
-            return None;
-        }
-    };
+) -> (usize, bool) {
+    let pid = links.pid();
     let mut read = 0usize;
-    for fd in fds.flatten().skip(skip) {
+    while let Some(r) = links.next_link() {
         read += 1;
-        let link = match fs::read_link(fd.path()) {
-            Ok(l) => Some(l),
+        match r {
+            Ok((fd, Link::Socket(inode))) => {
+                if remaining.remove(&inode) {
+                    found.insert(inode, FdRef { pid, fd });
+                }
+            }
+            Ok((_, Link::Other)) => {}
             // The listing passed (CAP_DAC_READ_SEARCH) but the link did not
             // (the ptrace check): this fd's owner stays unknown, and says so.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 denied.get_or_insert(Denied::FdLink);
-                None
             }
-            Err(_) => None, // closed meanwhile
-        };
-        if let (Some(n), Some(inode)) = (
-            fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
-            link.as_deref().and_then(socket_inode),
-        ) {
-            if remaining.remove(&inode) {
-                found.insert(inode, FdRef { pid, fd: n });
-            }
+            Err(_) => {}
         }
         if read % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some((read, true));
+            return (read, true);
         }
     }
-    Some((read, false))
+    (read, false)
 }
 
 pub(super) fn socket_inode(link: &Path) -> Option<u64> {
-    let s = link.to_str()?;
-    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    use std::os::unix::ffi::OsStrExt;
+    super::fdlinks::socket_inode(link.as_os_str().as_bytes())
 }
 
 /// The systemd unit in a `/proc/PID/cgroup` text: the last `.service` (else
@@ -153,8 +139,8 @@ pub fn cgroup_paths(text: &str) -> impl Iterator<Item = &str> {
 struct Scan {
     /// Pids not read yet, ascending (popped from the end: newest first).
     pids: Vec<u32>,
-    /// A process whose fd table was read only in part: (pid, entries read).
-    current: Option<(u32, usize)>,
+    /// A process whose fd table was read only in part, open where it stopped.
+    current: Option<FdLinks>,
     targets: HashSet<u64>,
     denied: Option<Denied>,
 }
@@ -340,31 +326,32 @@ impl OwnerResolver {
         let mut complete = remaining.is_empty();
         while !complete {
             // Resume inside a big process where the last slice stopped.
-            let (pid, skip) = match st.current.take() {
+            let mut links = match st.current.take() {
                 Some(c) => c,
                 None => match st.pids.pop() {
-                    Some(p) => (p, 0),
+                    Some(pid) => match FdLinks::open(&self.procfs, pid) {
+                        Ok(l) => l,
+                        // Kernel threads and exited processes have nothing to show.
+                        Err(e) => {
+                            if e.kind() == io::ErrorKind::PermissionDenied {
+                                st.denied = Some(Denied::FdDir);
+                            }
+                            continue;
+                        }
+                    },
                     None => {
                         complete = true;
                         break;
                     }
                 },
             };
-            let Some((read, out_of_time)) = scan_fds(
-                &self.procfs,
-                (pid, skip),
-                &mut remaining,
-                found,
-                deadline,
-                &mut st.denied,
-            ) else {
-                continue;
-            };
+            let (read, out_of_time) =
+                scan_fds(&mut links, &mut remaining, found, deadline, &mut st.denied);
             self.stats.fds_read += read as u64;
             if remaining.is_empty() {
                 complete = true;
             } else if out_of_time {
-                st.current = Some((pid, skip + read));
+                st.current = Some(links);
                 break;
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
