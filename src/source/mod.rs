@@ -7,8 +7,10 @@ pub mod boundtrack;
 pub mod bpf;
 pub mod bpfload;
 pub mod destroy;
+pub mod fdlinks;
 pub mod holders;
 pub mod hz;
+pub mod iterhazard;
 pub mod netlink;
 pub mod owners;
 pub mod procnet;
@@ -28,7 +30,8 @@ pub use session::{Listened, Session};
 /// `--source`: which kernel interface to read sockets from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
-    /// The BPF socket iterator, else netlink sock_diag, else /proc/net.
+    /// Netlink sock_diag where the kernel's TCP iterator batches (Linux 5.15 and later,
+    /// see `source::iterhazard`), else the BPF socket iterator; then /proc/net.
     Auto,
     /// The BPF socket iterator (every socket's flags), bound-only TCP sockets from sock_diag.
     Bpf,
@@ -110,22 +113,37 @@ impl SocketTable {
                 iter: SockIter::open(host_procfs, rootfs)?,
                 bound_only: bound_only_diag(),
             },
-            SourceChoice::Auto => match SockIter::open(host_procfs, rootfs) {
-                Ok(iter) => Reader::Bpf {
-                    iter,
-                    bound_only: bound_only_diag(),
-                },
-                Err(e) => {
-                    log_bpf_fallback(&e);
-                    match NetlinkDiag::open() {
+            SourceChoice::Auto => {
+                let iter = match iterhazard::iterator_hazard(host_procfs) {
+                    Some(why) => {
+                        log_once(&HAZARD_LOGGED, || {
+                            tracing::info!(
+                                reason = %why,
+                                "--source auto reads netlink sock_diag, not the bpf socket \
+                                 iterator, on this kernel (docs/deploy.md, \"Soak test of the TCP \
+                                 iterator\"); --source bpf chooses the iterator anyway"
+                            )
+                        });
+                        None
+                    }
+                    None => SockIter::open(host_procfs, rootfs)
+                        .inspect_err(log_bpf_fallback)
+                        .ok(),
+                };
+                match iter {
+                    Some(iter) => Reader::Bpf {
+                        iter,
+                        bound_only: bound_only_diag(),
+                    },
+                    None => match NetlinkDiag::open() {
                         Ok(n) => Reader::Netlink(n),
                         Err(e) => {
                             log_procfs_fallback(&e, procfs);
                             Reader::Procfs
                         }
-                    }
+                    },
                 }
-            },
+            }
         };
         if matches!(reader, Reader::Bpf { .. }) {
             log_once(&BPF_LOGGED, || {
@@ -372,6 +390,7 @@ fn log_procfs_fallback(why: &NetlinkError, procfs: &Path) {
 }
 
 static BPF_LOGGED: std::sync::Once = std::sync::Once::new();
+static HAZARD_LOGGED: std::sync::Once = std::sync::Once::new();
 static BPF_FALLBACK_LOGGED: std::sync::Once = std::sync::Once::new();
 static BOUND_ONLY_LOGGED: std::sync::Once = std::sync::Once::new();
 

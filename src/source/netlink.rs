@@ -413,11 +413,6 @@ fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// A NETLINK_SOCK_DIAG socket as bindwatch dumps through it (also the floor the
-/// benchmark compares against).
-///
-/// # Errors
-/// When the kernel refuses the socket (no sock_diag, seccomp, netns limits).
 /// Sends one request to the kernel (netlink port 0) on `fd`.
 ///
 /// # Errors
@@ -443,6 +438,11 @@ pub(crate) fn send_to_kernel(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// A NETLINK_SOCK_DIAG socket as bindwatch dumps through it (also the floor the
+/// benchmark compares against).
+///
+/// # Errors
+/// When the kernel refuses the socket (no sock_diag, seccomp, netns limits).
 pub fn open_socket() -> Result<OwnedFd, NetlinkError> {
     // The kernel adds attributes we never read (INET_DIAG_MARK, MD5 and ULP
     // info) to every socket's message when the requesting socket was opened with

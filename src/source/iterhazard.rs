@@ -1,0 +1,116 @@
+//! Whether `--source auto` may walk the TCP table with the BPF socket iterator on this
+//! kernel.
+//!
+//! Kernels whose `iter/tcp` batches a hash bucket (`bpf_iter_tcp_established_batch`)
+//! take a plain reference on every socket of the bucket before any program runs, also
+//! on a request socket the kernel has hashed but not yet given its reference count: a
+//! walk that reaches the bucket in between logs `refcount_t: addition on 0;
+//! use-after-free`, leaks that socket, and panics a machine with `kernel.panic_on_warn`
+//! (docs/deploy.md, "Soak test of the TCP iterator", has the trace and the cause).
+//! sock_diag takes its references with `refcount_inc_not_zero` and skips such a socket.
+//! So `auto` reads sock_diag on those kernels and on any whose symbols it cannot read;
+//! `--source bpf` still chooses the iterator.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+/// The kernel function whose presence says the TCP iterator batches.
+pub const BATCHING_SYMBOL: &str = "bpf_iter_tcp_established_batch";
+
+/// Lines of `/proc/kallsyms` read at most: a real one has a few hundred thousand; a
+/// file that goes on beyond this is not a kernel's symbol list.
+const MAX_LINES: usize = 4_000_000;
+
+/// Whether a kallsyms text names [`BATCHING_SYMBOL`] (`ADDRESS TYPE NAME [MODULE]`
+/// per line); `None` when it ends early, is not text, or is too long to be one.
+/// Pure apart from the reader.
+pub fn names_batching<R: Read>(r: R) -> Option<bool> {
+    let mut lines = BufReader::new(r).lines();
+    for _ in 0..MAX_LINES {
+        let Some(line) = lines.next() else {
+            return Some(false);
+        };
+        let line = line.ok()?;
+        if line.split_whitespace().nth(2) == Some(BATCHING_SYMBOL) {
+            return Some(true);
+        }
+    }
+    None
+}
+
+/// Why `auto` leaves the iterator aside on this kernel (read from
+/// `PROCFS/kallsyms`); `None` where the iterator does not batch.
+pub fn iterator_hazard(procfs: &Path) -> Option<String> {
+    let path = procfs.join("kallsyms");
+    let file = match crate::fsread::open(&path, crate::fsread::Symlinks::Follow) {
+        Ok((f, _)) => f,
+        Err(e) => {
+            return Some(format!(
+                "cannot tell whether the kernel's TCP iterator batches ({}): {}",
+                path.display(),
+                e.reason()
+            ))
+        }
+    };
+    match names_batching(file) {
+        Some(false) => None,
+        Some(true) => Some(format!(
+            "the kernel's TCP iterator batches ({BATCHING_SYMBOL} in {}) and can take a \
+             reference on a socket whose count is still 0",
+            path.display()
+        )),
+        None => Some(format!(
+            "cannot tell whether the kernel's TCP iterator batches ({} is not a symbol list)",
+            path.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_batching_function_by_its_name_only() {
+        let cases: &[(&str, Option<bool>)] = &[
+            (
+                "ffffffff81000000 T _stext\nffffffff820b5e10 t bpf_iter_tcp_established_batch\n",
+                Some(true),
+            ),
+            // kptr_restrict zeroes the addresses, the names stay.
+            (
+                "0000000000000000 t bpf_iter_tcp_established_batch\n",
+                Some(true),
+            ),
+            (
+                "ffffffff820b5e10 t bpf_iter_tcp_established_batch_x\n",
+                Some(false),
+            ),
+            ("ffffffff820b5e10 t bpf_iter_tcp_seq_next\n", Some(false)),
+            ("bpf_iter_tcp_established_batch\n", Some(false)),
+            ("", Some(false)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(names_batching(text.as_bytes()), *want, "{text:?}");
+        }
+        assert_eq!(names_batching(&[0xff, 0xfe, b'\n'][..]), None);
+    }
+
+    #[test]
+    fn a_missing_or_odd_kallsyms_means_netlink() {
+        let dir = std::env::temp_dir().join(format!("bw-iterhazard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(iterator_hazard(&dir)
+            .unwrap()
+            .contains("cannot tell whether the kernel's TCP iterator batches"));
+        std::fs::write(dir.join("kallsyms"), "ffffffff81000000 T _stext\n").unwrap();
+        assert_eq!(iterator_hazard(&dir), None);
+        std::fs::write(
+            dir.join("kallsyms"),
+            "ffffffff81000000 t bpf_iter_tcp_established_batch\n",
+        )
+        .unwrap();
+        assert!(iterator_hazard(&dir).unwrap().contains("batches"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
