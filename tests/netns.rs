@@ -123,7 +123,11 @@ fn judged_separately() {
     let srv = Server::start_wrapped(
         &wrapper,
         18490,
+        // The bpf source reads B's TIME_WAITs' own flags: B's listener is held outside
+        // the agent's PID namespace, so netlink's verdicts there would be undecided.
         &[
+            "--source",
+            "bpf",
             "--netns",
             "all",
             "--path.run-netns",
