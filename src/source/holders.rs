@@ -61,7 +61,15 @@ struct Scan {
     targets: HashSet<u64>,
     found: HashMap<u64, Vec<FdAt>>,
     refused: bool,
+    /// Some target is new or lost a holder: the scan takes whole slices. A pass that
+    /// only refreshes holders older than [`HOLDERS_TTL`] takes a tenth
+    /// ([`REFRESH_SHARE`]): at a million fds a pass is some 1.5 s of `readlink`s, and
+    /// it repeats every [`HOLDERS_TTL`].
+    urgent: bool,
 }
+
+/// The share of a slice a refresh-only scan takes (see [`Scan::urgent`]).
+const REFRESH_SHARE: u32 = 10;
 
 /// The effective uid of a `/proc/PID/status` text.
 pub fn parse_euid(status: &str) -> Option<u32> {
@@ -188,6 +196,7 @@ impl HolderScanner {
         let mut fds: HashMap<u64, (Vec<FdAt>, bool)> = HashMap::new();
         let mut rescan: HashSet<u64> = HashSet::new();
         let mut starts: HashMap<u32, Option<u64>> = HashMap::new();
+        let mut urgent = false;
         for &inode in inodes.iter().filter(|i| **i != 0) {
             match self.known.get(&inode) {
                 Some(k) => {
@@ -197,13 +206,18 @@ impl HolderScanner {
                         .filter(|f| self.still_holds(f, inode, &mut starts))
                         .copied()
                         .collect();
-                    let fresh = valid.len() == k.fds.len() && k.at.elapsed() < HOLDERS_TTL;
+                    let intact = valid.len() == k.fds.len();
+                    if !intact {
+                        urgent = true;
+                    }
+                    let fresh = intact && k.at.elapsed() < HOLDERS_TTL;
                     if !fresh {
                         rescan.insert(inode);
                     }
                     fds.insert(inode, (valid, fresh && k.complete));
                 }
                 None => {
+                    urgent = true;
                     rescan.insert(inode);
                     fds.insert(inode, (Vec::new(), false));
                 }
@@ -216,7 +230,7 @@ impl HolderScanner {
             }
         }
         if !rescan.is_empty() || self.scan.is_some() {
-            if let Some(done) = self.scan_for(&rescan) {
+            if let Some(done) = self.scan_for(&rescan, urgent) {
                 let now = Instant::now();
                 // Every target of the scan is known now, also those another
                 // namespace asked for.
@@ -332,7 +346,7 @@ impl HolderScanner {
 
     /// Runs (or resumes) a scan for `wanted` (a new target restarts it); the
     /// finished scan when it reached its end.
-    fn scan_for(&mut self, wanted: &HashSet<u64>) -> Option<Scan> {
+    fn scan_for(&mut self, wanted: &HashSet<u64>, urgent: bool) -> Option<Scan> {
         let restart = match &self.scan {
             None => true,
             Some(s) => !wanted.is_subset(&s.targets),
@@ -357,9 +371,19 @@ impl HolderScanner {
                 found: targets.iter().map(|i| (*i, Vec::new())).collect(),
                 targets,
                 refused: false,
+                urgent,
             });
         }
-        let deadline = self.slice.and_then(|d| Instant::now().checked_add(d));
+        if let Some(s) = self.scan.as_mut() {
+            s.urgent |= urgent;
+        }
+        let share = match &self.scan {
+            Some(s) if !s.urgent => REFRESH_SHARE,
+            _ => 1,
+        };
+        let deadline = self
+            .slice
+            .and_then(|d| Instant::now().checked_add(d / share));
         let procfs = self.procfs.clone();
         let own = self.own_pid;
         let mut scan = self.scan.take()?;
