@@ -38,8 +38,17 @@ pub fn names_batching<R: Read>(r: R) -> Option<bool> {
     None
 }
 
+/// [`iterator_hazard`], read once per process: every table of `--netns all` opens its
+/// source, and the kernel does not change under a running agent (`--path.procfs` does
+/// not change either).
+pub fn iterator_hazard_once(procfs: &Path) -> Option<String> {
+    static ONCE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| iterator_hazard(procfs)).clone()
+}
+
 /// Why `auto` leaves the iterator aside on this kernel (read from
-/// `PROCFS/kallsyms`); `None` where the iterator does not batch.
+/// `PROCFS/kallsyms`, some megabytes the kernel writes out at each read); `None` where
+/// the iterator does not batch.
 pub fn iterator_hazard(procfs: &Path) -> Option<String> {
     let path = procfs.join("kallsyms");
     let file = match crate::fsread::open(&path, crate::fsread::Symlinks::Follow) {

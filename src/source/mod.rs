@@ -114,7 +114,7 @@ impl SocketTable {
                 bound_only: bound_only_diag(),
             },
             SourceChoice::Auto => {
-                let iter = match iterhazard::iterator_hazard(host_procfs) {
+                let iter = match iterhazard::iterator_hazard_once(host_procfs) {
                     Some(why) => {
                         log_once(&HAZARD_LOGGED, || {
                             tracing::info!(
