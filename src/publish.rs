@@ -133,16 +133,9 @@ pub enum Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn gunzip(b: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(b)
-            .read_to_end(&mut out)
-            .expect("valid gzip");
-        out
-    }
+    use super::gzip::tests::gunzip_one_member as gunzip;
 
     #[test]
     fn each_format_is_compressed_on_first_request_and_kept() {

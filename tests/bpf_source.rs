@@ -503,24 +503,34 @@ fn a_narrowed_walk_is_whole_on_wanted_ports_and_leaves_the_next_walk_whole() {
     });
 }
 
+/// One agent poll of this thread's namespace with `source`, owners off.
+fn agent_poll(source: SourceChoice) -> bindwatch::model::Snapshot {
+    let mut opts = bindwatch::collect::CollectOptions::new(std::path::Path::new("/proc"));
+    opts.source = source;
+    opts.owners = false;
+    let mut c = bindwatch::collect::Collector::new(opts).expect("collector");
+    c.poll(&[], &[]).expect("poll")
+}
+
+/// ESTABLISHED sockets a poll kept on `port`, folded or not.
+fn established_on(snap: &bindwatch::model::Snapshot, port: u16) -> u32 {
+    snap.port_sockets
+        .iter()
+        .filter(|s| s.local.port() == port && s.state == State::Established)
+        .map(|s| s.count)
+        .sum()
+}
+
 /// A whole agent poll (listeners, the narrowed table walk, folding, tally) with the bpf
 /// source counts and keeps what the netlink source's poll does.
 #[test]
 fn a_bpf_poll_counts_and_keeps_what_a_netlink_poll_does() {
-    use bindwatch::collect::{CollectOptions, Collector};
     in_netns(|| {
         let _pop = build_population();
         let _more = connections(7011, 400);
         std::thread::sleep(Duration::from_millis(200));
-        let poll = |source: SourceChoice| {
-            let mut opts = CollectOptions::new(std::path::Path::new("/proc"));
-            opts.source = source;
-            opts.owners = false;
-            let mut c = Collector::new(opts).expect("collector");
-            c.poll(&[], &[]).expect("poll")
-        };
-        let b = poll(SourceChoice::Bpf);
-        let n = poll(SourceChoice::Netlink);
+        let b = agent_poll(SourceChoice::Bpf);
+        let n = agent_poll(SourceChoice::Netlink);
         assert_eq!(b.counts, n.counts, "state counts");
         assert_eq!(
             b.ephemeral_top, n.ephemeral_top,
@@ -532,14 +542,11 @@ fn a_bpf_poll_counts_and_keeps_what_a_netlink_poll_does() {
         bs.sort();
         ns.sort();
         assert_eq!(bs, ns, "sockets on the ports of interest");
-        let on = |port: u16| {
-            b.port_sockets
-                .iter()
-                .filter(|s| s.local.port() == port && s.state == State::Established)
-                .map(|s| s.count)
-                .sum::<u32>()
-        };
-        assert_eq!(on(7011), 400, "the 400 server sockets, folded or not");
+        assert_eq!(
+            established_on(&b, 7011),
+            400,
+            "the 400 server sockets, folded or not"
+        );
     });
 }
 
@@ -549,31 +556,16 @@ fn a_bpf_poll_counts_and_keeps_what_a_netlink_poll_does() {
 /// the TCP walk as TCP sockets and lose as many TCP ones.
 #[test]
 fn a_udp_read_between_the_listeners_and_the_walk_leaves_the_walk_whole() {
-    use bindwatch::collect::{CollectOptions, Collector};
     in_netns(|| {
         let mut udp = Vec::new();
         for i in 0..300u16 {
             udp.push(UdpSocket::bind(("127.0.0.1", 7100 + i)).expect("udp bind"));
         }
         let _conns = connections(7020, 300);
-        let poll = |source: SourceChoice| {
-            let mut opts = CollectOptions::new(std::path::Path::new("/proc"));
-            opts.source = source;
-            opts.owners = false;
-            let mut c = Collector::new(opts).expect("collector");
-            c.poll(&[], &[]).expect("poll")
-        };
-        let b = poll(SourceChoice::Bpf);
-        let n = poll(SourceChoice::Netlink);
+        let b = agent_poll(SourceChoice::Bpf);
+        let n = agent_poll(SourceChoice::Netlink);
         assert_eq!(b.counts, n.counts, "state counts");
-        let on = |port: u16| {
-            b.port_sockets
-                .iter()
-                .filter(|s| s.local.port() == port && s.state == State::Established)
-                .map(|s| s.count)
-                .sum::<u32>()
-        };
-        assert_eq!(on(7020), 300, "the 300 server sockets");
+        assert_eq!(established_on(&b, 7020), 300, "the 300 server sockets");
         drop(udp);
     });
 }

@@ -82,11 +82,12 @@ impl Head {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Read as _;
 
-    fn gunzip_one_member(b: &[u8]) -> Vec<u8> {
+    /// The first gzip member of `b`, decompressed (what an HTTP client reads).
+    pub(in crate::publish) fn gunzip_one_member(b: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(b)
             .read_to_end(&mut out)
