@@ -17,21 +17,30 @@ use std::path::Path;
 /// The kernel function whose presence says the TCP iterator batches.
 pub const BATCHING_SYMBOL: &str = "bpf_iter_tcp_established_batch";
 
-/// Lines of `/proc/kallsyms` read at most: a real one has a few hundred thousand; a
-/// file that goes on beyond this is not a kernel's symbol list.
-const MAX_LINES: usize = 4_000_000;
+/// Bytes of `/proc/kallsyms` read at most: a real one is some 10 MB (a few hundred
+/// thousand lines); a file that goes on beyond this is not a kernel's symbol list.
+const MAX_BYTES: u64 = 64 << 20;
+
+/// Bytes of one line read at most (`ADDRESS TYPE NAME [MODULE]` is under 200): a
+/// longer line is read in pieces, so a file without line ends costs no more memory.
+const LINE_MAX: u64 = 512;
 
 /// Whether a kallsyms text names [`BATCHING_SYMBOL`] (`ADDRESS TYPE NAME [MODULE]`
-/// per line); `None` when it ends early, is not text, or is too long to be one.
-/// Pure apart from the reader.
+/// per line); `None` when it is not text, or too long to be one. Pure apart from the
+/// reader.
 pub fn names_batching<R: Read>(r: R) -> Option<bool> {
-    let mut lines = BufReader::new(r).lines();
-    for _ in 0..MAX_LINES {
-        let Some(line) = lines.next() else {
+    let mut r = BufReader::new(r);
+    let mut line = Vec::with_capacity(LINE_MAX as usize);
+    let mut total = 0u64;
+    while total < MAX_BYTES {
+        line.clear();
+        let n = (&mut r).take(LINE_MAX).read_until(b'\n', &mut line).ok()?;
+        if n == 0 {
             return Some(false);
-        };
-        let line = line.ok()?;
-        if line.split_whitespace().nth(2) == Some(BATCHING_SYMBOL) {
+        }
+        total += n as u64;
+        let text = std::str::from_utf8(&line).ok()?;
+        if text.split_whitespace().nth(2) == Some(BATCHING_SYMBOL) {
             return Some(true);
         }
     }
@@ -103,6 +112,9 @@ mod tests {
             assert_eq!(names_batching(text.as_bytes()), *want, "{text:?}");
         }
         assert_eq!(names_batching(&[0xff, 0xfe, b'\n'][..]), None);
+        // No line ends at all: read in pieces of LINE_MAX, never one huge line.
+        assert_eq!(names_batching(std::io::repeat(b'a').take(1 << 20)), Some(false));
+        assert_eq!(names_batching(std::io::repeat(b'a')), None);
     }
 
     #[test]
