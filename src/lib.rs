@@ -6,14 +6,17 @@
 //! - [`model`]: plain data: `Socket`, `Listener`, `Owner`, `Snapshot`, the engine's
 //!   `Judgement`s, watched `Service`s and their statuses, host facts. Imports nothing
 //!   else of the crate.
-//! - [`source`]: reading the kernel (and, for `clear` only, [`source::destroy`]:
-//!   SOCK_DESTROY of one socket; [`source::holders`]: every process holding a socket):
-//!   [`source::bpf`] (the BPF socket iterator, first
-//!   choice: every socket's flags; also the shared BPF loader helpers),
-//!   [`source::netlink`] (sock_diag), [`source::procnet`] (/proc/net fallback),
-//!   [`source::owners`] (pids, flags via
-//!   pidfd), [`source::sysctl`] (ephemeral port range), [`source::hz`] (the kernel's HZ
-//!   for the bpf source's timers).
+//! - [`source`]: reading the kernel: [`source::netlink`] (sock_diag, what
+//!   `--source auto` reads where the kernel's TCP iterator batches:
+//!   [`source::iterhazard`]), [`source::bpf`] (the BPF socket iterator: every socket's
+//!   flags; the loader all BPF objects share is [`source::bpfload`]), beside it the
+//!   in-kernel count of bound-only changes ([`source::boundtrack`], when to reuse the
+//!   last bound-only dump: [`source::boundpolicy`]), [`source::procnet`] (/proc/net
+//!   fallback), [`source::owners`] (pids, flags via pidfd), [`source::holders`] (every
+//!   process holding a listening socket), both reading fd links through
+//!   [`source::fdlinks`], [`source::sysctl`] (ephemeral port range), [`source::hz`] (the
+//!   kernel's HZ for the bpf source's timers), and for `clear` only
+//!   [`source::destroy`] (SOCK_DESTROY of one socket).
 //! - [`config`]: the watched-services file, validated with file/line errors.
 //! - [`rebind`]: the pure bind-conflict engine: sockets + new socket -> verdict;
 //!   [`rebind::memory`]: when a remembered listener generation may decide a
