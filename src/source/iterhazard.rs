@@ -113,7 +113,10 @@ mod tests {
         }
         assert_eq!(names_batching(&[0xff, 0xfe, b'\n'][..]), None);
         // No line ends at all: read in pieces of LINE_MAX, never one huge line.
-        assert_eq!(names_batching(std::io::repeat(b'a').take(1 << 20)), Some(false));
+        assert_eq!(
+            names_batching(std::io::repeat(b'a').take(1 << 20)),
+            Some(false)
+        );
         assert_eq!(names_batching(std::io::repeat(b'a')), None);
     }
 
