@@ -14,7 +14,8 @@
 //!   last bound-only dump: [`source::boundpolicy`]), [`source::procnet`] (/proc/net
 //!   fallback), [`source::owners`] (pids, flags via pidfd), [`source::holders`] (every
 //!   process holding a listening socket), both reading fd links through
-//!   [`source::fdlinks`], [`source::sysctl`] (ephemeral port range), [`source::hz`] (the
+//!   [`source::fdlinks`] (holder scans run in the kernel where a BPF `task_file`
+//!   iterator loads: [`source::fdscan`]), [`source::sysctl`] (ephemeral port range), [`source::hz`] (the
 //!   kernel's HZ for the bpf source's timers), and for `clear` only
 //!   [`source::destroy`] (SOCK_DESTROY of one socket).
 //! - [`config`]: the watched-services file, validated with file/line errors.

@@ -86,7 +86,7 @@ fn compile(types: &str, body: &str) -> (bool, String) {
 #[test]
 fn every_shared_record_has_the_c_headers_layout_and_constants() {
     let body = assertions();
-    for types in ["sockiter.h", "bindevents_types.h"] {
+    for types in ["sockiter.h", "bindevents_types.h", "fdscan.h"] {
         let (ok, msg) = compile(types, &body);
         assert!(ok, "with {types}, records.h and Rust disagree:\n{msg}");
     }

@@ -40,15 +40,6 @@ fn canon(s: SocketAddr) -> SocketAddr {
     SocketAddr::new(s.ip().to_canonical(), s.port())
 }
 
-fn inode_of(fd: &(impl AsRawFd + ?Sized)) -> u64 {
-    // SAFETY: st is a valid out-pointer for fstat on an fd we hold.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
-    assert_eq!(r, 0, "fstat: {}", std::io::Error::last_os_error());
-    st.st_ino
-}
-
 /// Everything the population holds open, and what each TIME_WAIT must carry.
 struct Population {
     fds: Vec<Box<dyn AsRawFd + Send>>,

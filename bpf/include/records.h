@@ -1,6 +1,7 @@
 /* The records bindwatch's BPF programs share with user space: what the socket
- * iterator writes (struct sockrec) and reads (struct narrow), and what the bind
- * tracer writes to its ring buffer (struct event, struct unix_event). Each has one
+ * iterator writes (struct sockrec) and reads (struct narrow), what the bind tracer
+ * writes to its ring buffer (struct event, struct unix_event), and what the fd
+ * scanner writes (struct fdrec). Each has one
  * Rust twin in src/source/records.rs, whose sizes, offsets and constants
  * tests/bpf_records.rs asserts against this file with the BPF target's compiler.
  *
@@ -54,6 +55,19 @@ struct narrow {
 	__u16 eph_hi;
 	__u64 wanted[1024];
 };
+
+/* One fd of one process that refers to a wanted socket, as the fd scanner writes
+ * it (16 bytes). `tgid` is the process id in the initial pid namespace. */
+struct fdrec {
+	__u64 inode;
+	__u32 tgid;
+	__u32 fd;
+};
+
+_Static_assert(sizeof(struct fdrec) == 16, "struct fdrec is 16 bytes");
+
+/* How many socket inodes one fd scan looks for at most. */
+#define FDSCAN_MAX_WANTED 65536
 
 /* event.kind */
 #define KIND_BIND 1

@@ -32,61 +32,36 @@ pub fn fd_number(name: &[u8]) -> Option<i32> {
     std::str::from_utf8(name).ok()?.parse().ok()
 }
 
-/// An open `/proc/PID/fd` whose links are read in order.
+/// An open `/proc/PID/fd` whose links are read by fd number.
 #[derive(Debug)]
-pub struct FdLinks {
-    pid: u32,
-    entries: ReadDir,
+pub struct FdDir {
     dir: File,
-    /// Links read so far.
-    pub read: usize,
 }
 
-impl FdLinks {
-    /// Opens `PROCFS/PID/fd`.
+impl FdDir {
+    /// Opens `PROCFS/PID/fd` (without listing it).
     ///
     /// # Errors
-    /// When the directory cannot be listed (the process exited, or the ptrace check
+    /// When the directory cannot be opened (the process exited, or the ptrace check
     /// refused it: `PermissionDenied`).
     pub fn open(procfs: &Path, pid: u32) -> io::Result<Self> {
         let path = procfs.join(pid.to_string()).join("fd");
         let dir = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)?;
-        let entries = fs::read_dir(&path)?;
-        Ok(FdLinks {
-            pid,
-            entries,
-            dir,
-            read: 0,
-        })
+            .open(path)?;
+        Ok(FdDir { dir })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The next fd and what its link names; `None` after the last. An fd closed
-    /// since the listing is skipped; a link that cannot be read is `Err` (a
-    /// `PermissionDenied` says the ptrace check refused it).
-    pub fn next_link(&mut self) -> Option<io::Result<(i32, Link)>> {
-        loop {
-            let entry = match self.entries.next()? {
-                Ok(e) => e,
-                Err(e) => return Some(Err(e)),
-            };
-            self.read += 1;
-            let name = entry.file_name();
-            let Some(fd) = fd_number(name.as_bytes()) else {
-                continue;
-            };
-            match self.read_link(name.as_bytes()) {
-                Ok(link) => return Some(Ok((fd, link))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Some(Err(e)),
-            }
-        }
+    /// What fd `fd` names now (`NotFound` once it is closed).
+    ///
+    /// # Errors
+    /// As `readlinkat(2)`.
+    pub fn link(&self, fd: i32) -> io::Result<Link> {
+        let mut name = [0u8; 16];
+        let digits = fd.to_string();
+        name[..digits.len()].copy_from_slice(digits.as_bytes());
+        self.read_link(&name[..digits.len()])
     }
 
     fn read_link(&self, name: &[u8]) -> io::Result<Link> {
@@ -116,6 +91,60 @@ impl FdLinks {
             return Ok(Link::Other);
         }
         Ok(socket_inode(&buf[..n]).map_or(Link::Other, Link::Socket))
+    }
+}
+
+/// An open `/proc/PID/fd` whose links are read in order.
+#[derive(Debug)]
+pub struct FdLinks {
+    pid: u32,
+    entries: ReadDir,
+    dir: FdDir,
+    /// Links read so far.
+    pub read: usize,
+}
+
+impl FdLinks {
+    /// Opens `PROCFS/PID/fd`.
+    ///
+    /// # Errors
+    /// When the directory cannot be listed (the process exited, or the ptrace check
+    /// refused it: `PermissionDenied`).
+    pub fn open(procfs: &Path, pid: u32) -> io::Result<Self> {
+        let dir = FdDir::open(procfs, pid)?;
+        let entries = fs::read_dir(procfs.join(pid.to_string()).join("fd"))?;
+        Ok(FdLinks {
+            pid,
+            entries,
+            dir,
+            read: 0,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next fd and what its link names; `None` after the last. An fd closed
+    /// since the listing is skipped; a link that cannot be read is `Err` (a
+    /// `PermissionDenied` says the ptrace check refused it).
+    pub fn next_link(&mut self) -> Option<io::Result<(i32, Link)>> {
+        loop {
+            let entry = match self.entries.next()? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e)),
+            };
+            self.read += 1;
+            let name = entry.file_name();
+            let Some(fd) = fd_number(name.as_bytes()) else {
+                continue;
+            };
+            match self.dir.read_link(name.as_bytes()) {
+                Ok(link) => return Some(Ok((fd, link))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
@@ -166,5 +195,14 @@ mod tests {
         );
         assert!(links.read >= seen.len());
         assert!(FdLinks::open(Path::new("/proc"), u32::MAX).is_err());
+
+        let dir = FdDir::open(Path::new("/proc"), own).expect("own fd dir");
+        assert_eq!(
+            seen.iter().find(|(n, _)| *n == fd).map(|x| x.1),
+            Some(dir.link(fd).expect("own link"))
+        );
+        drop(sock);
+        let closed = dir.link(fd).expect_err("a closed fd has no link");
+        assert_eq!(closed.kind(), io::ErrorKind::NotFound, "{closed}");
     }
 }

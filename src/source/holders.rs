@@ -2,10 +2,12 @@
 //! session, start time, user and systemd unit.
 //!
 //! [`super::owners`] finds *one* fd per socket and stops as soon as every wanted
-//! socket has one. A restart's outcome needs *all* of them, so this scanner reads
-//! every fd link of every process for the listening sockets' inodes. That costs
-//! about 2 ms per 1,000 fds, so holders found by a complete scan are kept and
-//! re-checked each call with one `readlink` and one `stat` read per holder; a
+//! socket has one. A restart's outcome needs *all* of them, so a scan looks at every
+//! fd of every process for the listening sockets' inodes: in the kernel, by the BPF
+//! fd iterator ([`super::fdscan`], tens of nanoseconds per fd), where it loads, else
+//! by reading every fd link (some 4 µs per fd). Holders found by a complete scan are
+//! kept and re-checked each call with one `readlinkat` per held fd and one `stat`
+//! read per holder; a
 //! socket is scanned for again when it is new, when one of its holders went away
 //! or changed (the moment a master dies is when its workers matter), and at the
 //! latest after [`HOLDERS_TTL`] (a process handed the fd over a unix socket is
@@ -25,8 +27,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::fdlinks::{FdLinks, Link};
+use super::fdlinks::{FdDir, FdLinks, Link};
+use super::fdscan::FdScan;
 use crate::model::{Holder, Holders};
+use crate::procstat::ProcStat;
 
 /// How long the holders found by a complete scan are trusted without a new scan
 /// (each one is still re-checked at every call).
@@ -49,6 +53,12 @@ struct Known {
     complete: bool,
     /// The round it was last asked for in.
     used: u64,
+}
+
+/// One holder process as one call read it.
+struct Seen {
+    dir: Option<FdDir>,
+    stat: Option<ProcStat>,
 }
 
 /// A scan in progress (resumed at the next call when it ran out of time).
@@ -130,6 +140,21 @@ pub struct HolderScanner {
     seen: HashSet<u32>,
     /// One round is one poll of every namespace (the owner resolver's rounds).
     round: u64,
+    /// The BPF fd scanner, which makes a scan one pass in the kernel; `None` until
+    /// the first scan tries it, `Some(None)` where it cannot be used.
+    fast: Option<Option<FdScan>>,
+}
+
+/// Open files (the first field of `/proc/sys/fs/file-nr`) below which a one-shot
+/// command reads fd links rather than load the fd iterator: loading it (the kernel's
+/// BTF) takes some 70 ms, about what reading 20,000 links does.
+const ONE_SHOT_MIN_FILES: u64 = 20_000;
+
+/// Whether to load the BPF fd iterator: always for the agent, whose scans repeat;
+/// for a one-shot command only where the system has enough open files to repay its
+/// load. Pure.
+fn worth_loading(one_shot: bool, open_files: Option<u64>) -> bool {
+    !one_shot || open_files.is_some_and(|n| n >= ONE_SHOT_MIN_FILES)
 }
 
 /// Whether this process has CAP_SYS_PTRACE in its effective set.
@@ -158,7 +183,134 @@ impl HolderScanner {
             refusal_unknown: !can_ptrace(),
             seen: HashSet::new(),
             round: 0,
+            fast: None,
         }
+    }
+
+    /// A scanner that reads `/proc` fd links only, never the BPF fd iterator (to
+    /// compare the two).
+    pub fn without_fd_iterator(mut self) -> Self {
+        self.fast = Some(None);
+        self
+    }
+
+    /// Whether scans run in the kernel ([`super::fdscan`]); tried at the first call.
+    pub fn uses_fd_iterator(&mut self) -> bool {
+        self.fast_scanner().is_some()
+    }
+
+    fn fast_scanner(&mut self) -> Option<&mut FdScan> {
+        if self.fast.is_none() {
+            // Without CAP_SYS_PTRACE the links of others' processes cannot be read, so
+            // the holders the kernel names could not be re-checked at each call: the
+            // link scan, whose refusals mark holders incomplete, stays in charge.
+            let open_files = proc_file(&self.procfs, "sys/fs/file-nr")
+                .and_then(|t| t.split_ascii_whitespace().next()?.parse().ok());
+            let opened = if !worth_loading(self.slice.is_none(), open_files) {
+                tracing::debug!(
+                    open_files,
+                    "holder scans read /proc fd links (too few open files to repay loading the fd iterator)"
+                );
+                None
+            } else if self.refusal_unknown {
+                tracing::debug!("holder scans read /proc fd links (no CAP_SYS_PTRACE)");
+                None
+            } else if !super::fdscan::usable(&self.procfs) {
+                tracing::info!(
+                    procfs = %self.procfs.display(),
+                    "holder scans read /proc fd links: this process or --path.procfs is \
+                     not in the initial pid namespace, whose process ids the fd iterator reports"
+                );
+                None
+            } else {
+                match FdScan::open() {
+                    Ok(f) => {
+                        tracing::debug!("holder scans run in the kernel (BPF task_file iterator)");
+                        Some(f)
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            error = %e,
+                            "holder scans read /proc fd links, some 4 µs of CPU per fd, \
+                             instead of the BPF fd iterator"
+                        );
+                        None
+                    }
+                }
+            };
+            self.fast = Some(opened);
+        }
+        self.fast.as_mut().and_then(Option::as_mut)
+    }
+
+    /// A whole scan for `targets` by the BPF fd scanner; `None` when it is not in use
+    /// or failed (then it is not tried again, and the link scan takes over). Each fd
+    /// it names is confirmed with the link the link scan would have read, so both
+    /// scans find the same holders: a process whose links cannot be read (hidden on
+    /// purpose, see the module docs) holds none.
+    fn scan_in_kernel(&mut self, targets: HashSet<u64>) -> Option<Scan> {
+        let pids = self.list_pids()?;
+        let recs = match self.fast_scanner()?.scan(&targets) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the BPF fd scan failed; holder scans read /proc fd links from now on");
+                self.fast = Some(None);
+                return None;
+            }
+        };
+        let mut found: HashMap<u64, Vec<FdAt>> = targets.iter().map(|i| (*i, Vec::new())).collect();
+        let mut starts: HashMap<u32, Option<u64>> = HashMap::new();
+        for r in recs {
+            let Ok(fd) = i32::try_from(r.fd) else {
+                continue;
+            };
+            if r.tgid == self.own_pid {
+                continue;
+            }
+            let link = self
+                .procfs
+                .join(r.tgid.to_string())
+                .join("fd")
+                .join(fd.to_string());
+            if fs::read_link(link).ok().as_deref().and_then(socket_inode) != Some(r.inode) {
+                continue;
+            }
+            let Some(start) = *starts
+                .entry(r.tgid)
+                .or_insert_with(|| self.start_of(r.tgid))
+            else {
+                continue;
+            };
+            let f = FdAt {
+                pid: r.tgid,
+                fd,
+                start,
+            };
+            let list = found.entry(r.inode).or_default();
+            if !list.contains(&f) {
+                list.push(f);
+            }
+        }
+        self.seen = pids.into_iter().collect();
+        Some(Scan {
+            pids: Vec::new(),
+            current: None,
+            targets,
+            found,
+            refused: false,
+            urgent: false,
+        })
+    }
+
+    /// The process ids `/proc` lists now.
+    fn list_pids(&self) -> Option<Vec<u32>> {
+        let mut pids: Vec<u32> = fs::read_dir(&self.procfs)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect();
+        pids.sort_unstable();
+        Some(pids)
     }
 
     /// Starts a new round: forgets the sockets no call of the last round asked for
@@ -170,21 +322,23 @@ impl HolderScanner {
     }
 
     fn start_of(&self, pid: u32) -> Option<u64> {
-        let t = proc_file(&self.procfs.join(pid.to_string()), "stat")?;
-        crate::procstat::parse(&t).map(|p| p.start_time)
+        self.stat_of(pid).map(|p| p.start_time)
     }
 
-    /// Whether `f` still holds `inode` and its process is the one seen then. `starts`
-    /// keeps each pid's start time for one call: a daemon holds many listeners, and its
-    /// `stat` need not be read once per socket.
-    fn still_holds(&self, f: &FdAt, inode: u64, starts: &mut HashMap<u32, Option<u64>>) -> bool {
-        let link = self
-            .procfs
-            .join(f.pid.to_string())
-            .join("fd")
-            .join(f.fd.to_string());
-        fs::read_link(link).ok().as_deref().and_then(socket_inode) == Some(inode)
-            && *starts.entry(f.pid).or_insert_with(|| self.start_of(f.pid)) == Some(f.start)
+    fn stat_of(&self, pid: u32) -> Option<ProcStat> {
+        crate::procstat::parse(&proc_file(&self.procfs.join(pid.to_string()), "stat")?)
+    }
+
+    /// Whether `f` still holds `inode` and its process is the one seen then. `seen`
+    /// keeps each pid's open fd directory and `stat` for one call: a daemon holds many
+    /// listeners, and neither need be read once per socket.
+    fn still_holds(&self, f: &FdAt, inode: u64, seen: &mut HashMap<u32, Seen>) -> bool {
+        let s = seen.entry(f.pid).or_insert_with(|| Seen {
+            dir: FdDir::open(&self.procfs, f.pid).ok(),
+            stat: self.stat_of(f.pid),
+        });
+        s.stat.as_ref().map(|p| p.start_time) == Some(f.start)
+            && s.dir.as_ref().and_then(|d| d.link(f.fd).ok()) == Some(Link::Socket(inode))
     }
 
     /// The holders of each inode in `inodes`, with `user` naming uids.
@@ -195,7 +349,7 @@ impl HolderScanner {
     ) -> HashMap<u64, Holders> {
         let mut fds: HashMap<u64, (Vec<FdAt>, bool)> = HashMap::new();
         let mut rescan: HashSet<u64> = HashSet::new();
-        let mut starts: HashMap<u32, Option<u64>> = HashMap::new();
+        let mut seen: HashMap<u32, Seen> = HashMap::new();
         let mut urgent = false;
         for &inode in inodes.iter().filter(|i| **i != 0) {
             match self.known.get(&inode) {
@@ -203,7 +357,7 @@ impl HolderScanner {
                     let valid: Vec<FdAt> = k
                         .fds
                         .iter()
-                        .filter(|f| self.still_holds(f, inode, &mut starts))
+                        .filter(|f| self.still_holds(f, inode, &mut seen))
                         .copied()
                         .collect();
                     let intact = valid.len() == k.fds.len();
@@ -260,7 +414,10 @@ impl HolderScanner {
                 for f in list {
                     if let Some(h) = by_pid
                         .entry(f.pid)
-                        .or_insert_with(|| self.holder(f.pid, user))
+                        .or_insert_with(|| {
+                            let stat = seen.remove(&f.pid).and_then(|s| s.stat);
+                            self.holder(f.pid, stat, user)
+                        })
                         .as_ref()
                     {
                         if h.start_time == f.start && !holders.iter().any(|x| x.pid == h.pid) {
@@ -358,12 +515,11 @@ impl HolderScanner {
             if let Some(s) = &self.scan {
                 targets.extend(s.targets.iter().copied());
             }
-            let mut pids: Vec<u32> = fs::read_dir(&self.procfs)
-                .ok()?
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect();
-            pids.sort_unstable();
+            if let Some(done) = self.scan_in_kernel(targets.clone()) {
+                self.scan = None;
+                return Some(done);
+            }
+            let pids = self.list_pids()?;
             self.seen = pids.iter().copied().collect();
             self.scan = Some(Scan {
                 pids,
@@ -446,16 +602,25 @@ impl HolderScanner {
         }
     }
 
-    /// What `/proc/PID` says of a holder; `None` when it exited meanwhile.
-    fn holder(&self, pid: u32, user: &dyn Fn(u32) -> String) -> Option<Holder> {
+    /// What `/proc/PID` says of a holder (its `stat` as read this call, if it was);
+    /// `None` when it exited meanwhile.
+    fn holder(
+        &self,
+        pid: u32,
+        stat: Option<ProcStat>,
+        user: &dyn Fn(u32) -> String,
+    ) -> Option<Holder> {
         let dir = self.procfs.join(pid.to_string());
-        let crate::procstat::ProcStat {
+        let ProcStat {
             comm: process,
             ppid,
             pgid,
             sid,
             start_time,
-        } = crate::procstat::parse(&proc_file(&dir, "stat")?)?;
+        } = match stat {
+            Some(s) => s,
+            None => self.stat_of(pid)?,
+        };
         let uid = parse_euid(&proc_file(&dir, "status")?)?;
         let (unit, unit_cgroup) = match proc_file(&dir, "cgroup").and_then(|t| unit_cgroup(&t)) {
             Some((u, p)) => (Some(u), Some(p)),
@@ -479,6 +644,20 @@ impl HolderScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fd_iterator_is_loaded_where_it_repays_its_load() {
+        let cases = [
+            (false, None, true),
+            (false, Some(10), true),
+            (true, None, false),
+            (true, Some(ONE_SHOT_MIN_FILES - 1), false),
+            (true, Some(ONE_SHOT_MIN_FILES), true),
+        ];
+        for (one_shot, files, want) in cases {
+            assert_eq!(worth_loading(one_shot, files), want, "{one_shot} {files:?}");
+        }
+    }
 
     #[test]
     fn euid_is_the_second_uid() {

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod bpfload;
 pub mod destroy;
 pub mod fdlinks;
+pub mod fdscan;
 pub mod holders;
 pub mod hz;
 pub mod iterhazard;

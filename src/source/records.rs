@@ -1,7 +1,7 @@
 //! The records bindwatch's BPF programs share with user space, one Rust twin of each
 //! struct of `bpf/include/records.h`: what the socket iterator writes ([`SockRec`])
 //! and reads ([`Narrow`]), what the bind tracer writes to its ring buffer
-//! ([`EventRec`], [`UnixEventRec`]).
+//! ([`EventRec`], [`UnixEventRec`]), what the fd scanner writes ([`FdRec`]).
 //!
 //! Each type's size and field offsets are asserted at compile time here, and
 //! `tests/bpf_records.rs` asserts the same numbers (and the flag constants) against
@@ -113,6 +113,19 @@ pub struct Narrow {
     pub wanted: [u64; 1024],
 }
 
+/// `struct fdrec`: one fd of one process that refers to a wanted socket.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FdRec {
+    pub inode: u64,
+    /// The process id in the initial pid namespace.
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// How many socket inodes one fd scan looks for at most (the `wanted` map's size).
+pub const FDSCAN_MAX_WANTED: usize = 65_536;
+
 /// `struct event`: one traced call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -174,6 +187,8 @@ unsafe impl Plain for Narrow {}
 // SAFETY: as above.
 unsafe impl Plain for EventRec {}
 // SAFETY: as above.
+unsafe impl Plain for FdRec {}
+// SAFETY: as above.
 unsafe impl Plain for UnixPath {}
 // SAFETY: as above; its two members are Plain and end on 4-byte boundaries.
 unsafe impl Plain for UnixEventRec {}
@@ -190,6 +205,9 @@ pub static LAYOUTS: &[Layout] = &[
     }),
     layout!(Narrow, "narrow", 8200, {
         narrow @ 0, eph_lo @ 4, eph_hi @ 6, wanted @ 8,
+    }),
+    layout!(FdRec, "fdrec", 16, {
+        inode @ 0, tgid @ 8, fd @ 12,
     }),
     layout!(EventRec, "event", 72, {
         pid @ 0, tgid @ 4, uid @ 8, netns @ 12, ret @ 16, ifindex @ 20, port @ 24,
@@ -208,6 +226,7 @@ pub static CONSTANTS: &[(&str, u64)] = &[
     ("REC_FLAGS_KNOWN", REC_FLAGS_KNOWN as u64),
     ("REC_TIMER", REC_TIMER as u64),
     ("REC_LITE", REC_LITE as u64),
+    ("FDSCAN_MAX_WANTED", FDSCAN_MAX_WANTED as u64),
     ("KIND_BIND", KIND_BIND as u64),
     ("KIND_LISTEN", KIND_LISTEN as u64),
     ("KIND_CONNECT", KIND_CONNECT as u64),

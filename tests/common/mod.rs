@@ -572,3 +572,13 @@ impl Drop for Logged {
     }
 }
 pub mod package;
+
+/// The inode number of the file behind `fd` (a socket's is the one sock_diag reports).
+pub fn inode_of(fd: &(impl std::os::fd::AsRawFd + ?Sized)) -> u64 {
+    // SAFETY: st is a valid out-pointer for fstat on an fd we hold.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    assert_eq!(r, 0, "fstat: {}", std::io::Error::last_os_error());
+    st.st_ino
+}
