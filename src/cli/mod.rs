@@ -63,7 +63,7 @@ pub struct SourceArgs {
     #[arg(long = "path.rootfs", value_name = "PATH", default_value = "/")]
     pub rootfs: PathBuf,
     /// Socket table source: bpf (socket iterator), netlink sock_diag, /proc/net, or auto
-    /// (bpf, else netlink, else /proc/net).
+    /// (netlink on Linux 5.15 and later, the bpf iterator before; else /proc/net).
     #[arg(long = "source", value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
     /// Listener memory shared between the agent (writes it) and check/wait/ports (read it),

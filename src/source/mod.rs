@@ -31,12 +31,17 @@ pub use session::{Listened, Session};
 /// `--source`: which kernel interface to read sockets from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
-    /// Netlink sock_diag where the kernel's TCP iterator batches (Linux 5.15 and later,
-    /// see `source::iterhazard`), else the BPF socket iterator; then /proc/net.
+    /// Netlink sock_diag where the kernel's TCP iterator batches (Linux 5.15 and later;
+    /// docs/deploy.md, "Soak test of the TCP iterator"), else the BPF socket iterator;
+    /// then /proc/net.
     Auto,
     /// The BPF socket iterator (every socket's flags), bound-only TCP sockets from sock_diag.
     Bpf,
+    /// Netlink sock_diag: every socket; SO_REUSEADDR / SO_REUSEPORT only of sockets with
+    /// a file, read through their owner (pidfd), none of TIME_WAITs.
     Netlink,
+    /// /proc/net/{tcp,tcp6,udp,udp6}: the last resort (no bound-only sockets, bound
+    /// devices or IPV6_V6ONLY).
     Procfs,
 }
 
