@@ -20,7 +20,7 @@ use aya::Ebpf;
 use super::decode::{self, Call, Errno, Event};
 use super::inputs::PortFilter;
 use super::log::{self, Observed, Outcome};
-use super::ratelimit::{self, LogLimiter};
+use super::ratelimit::{self, CaptureBudget, Held, LogLimiter};
 use super::Events;
 use crate::model::{Protocol, Snapshot, Socket};
 use crate::netns::{self, Netns};
@@ -43,9 +43,14 @@ const PROGRAMS: [(&str, &str); 6] = [
     ("exit_connect", "sys_exit_connect"),
 ];
 
-/// Port dumps after failures per second; a crash loop beyond it is still counted,
+/// Port captures after failures per second; a crash loop beyond it is still counted,
 /// its blockers are not captured again.
 const CAPTURES_PER_SECOND: u32 = 50;
+
+/// The share of the tracer thread's time captures may take over a flood (the rest
+/// drains the ring), and the capture time a burst of failures may use at once.
+const CAPTURE_SHARE: f64 = 0.25;
+const CAPTURE_BURST: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -207,7 +212,7 @@ pub fn start(opts: TracerOptions, events: Arc<Events>) -> Result<Tracer, LoadErr
         diag: None,
         namespaces: HashMap::new(),
         discovered: None,
-        captures: (Instant::now(), 0),
+        captures: CaptureBudget::new(CAPTURES_PER_SECOND, CAPTURE_SHARE, CAPTURE_BURST),
         limiter: LogLimiter::new(opts_interval),
     };
     let stop2 = stop.clone();
@@ -238,8 +243,8 @@ struct Reader {
     /// Namespaces by inode (`--netns all`), refreshed when an unknown one shows up.
     namespaces: HashMap<u64, Netns>,
     discovered: Option<Instant>,
-    /// Start of the current second and the captures made in it.
-    captures: (Instant, u32),
+    /// Port captures after failures: bounded in count and in time.
+    captures: CaptureBudget,
     /// Failure and miss lines: at most one per port and call per interval.
     limiter: LogLimiter,
 }
@@ -358,11 +363,10 @@ impl Reader {
             // against the port's sockets as a dump right after it shows them.
             if let Some(snap) = snapshot {
                 let at = SystemTime::now();
-                let after = if self.may_capture() {
-                    self.capture(&ns, protocol, e.port).ok()
-                } else {
-                    None
-                };
+                let after = self
+                    .captured(|r| r.capture(&ns, protocol, e.port).ok())
+                    .ok()
+                    .flatten();
                 self.score(e, protocol, snap, &process, &ns.name, at, after.as_deref());
             }
             return;
@@ -370,8 +374,11 @@ impl Reader {
         let at = SystemTime::now();
         let mut sockets = Vec::new();
         let mut captured = false;
-        if errno == Errno::Eaddrinuse && e.call != Call::Connect && self.may_capture() {
-            match self.capture(&ns, protocol, e.port) {
+        if errno == Errno::Eaddrinuse && e.call != Call::Connect {
+            match self
+                .captured(|r| r.capture(&ns, protocol, e.port))
+                .unwrap_or_else(|held| Err(held.to_string()))
+            {
                 Ok(s) => {
                     sockets = s;
                     captured = true;
@@ -449,15 +456,21 @@ impl Reader {
     /// `--path.rootfs`; an abstract name inside the caller's network namespace.
     fn look_unix(&mut self, e: &super::unix::UnixEvent, ns: &Netns) -> super::unix::Looked {
         use super::unix::Looked;
-        use crate::unixbind::UnixTarget;
         let Some(target) = super::unix::target_of(&e.name) else {
             return Looked::Not("a relative path (the caller's working directory decides)".into());
         };
-        if !self.may_capture() {
-            return Looked::Not(format!(
-                "more than {CAPTURES_PER_SECOND} failures this second"
-            ));
-        }
+        self.captured(|r| r.probe_unix(e, ns, &target))
+            .unwrap_or_else(|held| Looked::Not(held.to_string()))
+    }
+
+    fn probe_unix(
+        &self,
+        e: &super::unix::UnixEvent,
+        ns: &Netns,
+        target: &crate::unixbind::UnixTarget,
+    ) -> super::unix::Looked {
+        use super::unix::Looked;
+        use crate::unixbind::UnixTarget;
         let own_root = self.opts.procfs.join(e.tgid.to_string()).join("root");
         let rootfs = if std::fs::read_dir(&own_root).is_ok() {
             own_root
@@ -467,19 +480,19 @@ impl Reader {
         let mut opts = crate::unixprobe::ProbeOptions::new(&self.opts.procfs, &rootfs);
         opts.run_netns = self.opts.run_netns.clone();
         let kind = e.kind.unwrap_or(crate::model::UnixType::Stream);
-        let judged = match &target {
+        let judged = match target {
             UnixTarget::Abstract(_) if Some(ns.inode) != self.own_netns => {
                 if ns.path.as_os_str().is_empty() {
                     return Looked::Not(format!("no path to enter {}", ns.name));
                 }
                 match netns::enter(&ns.path, &self.opts.procfs) {
-                    Ok(_inside) => crate::unixprobe::inspect(&target, kind, &opts),
+                    Ok(_inside) => crate::unixprobe::inspect(target, kind, &opts),
                     Err(err) => {
                         return Looked::Not(format!("entering {}: {err}", ns.path.display()))
                     }
                 }
             }
-            _ => crate::unixprobe::inspect(&target, kind, &opts),
+            _ => crate::unixprobe::inspect(target, kind, &opts),
         };
         match judged {
             Ok(r) => Looked::Judged(r),
@@ -530,12 +543,13 @@ impl Reader {
         Some(j.verdict)
     }
 
-    fn may_capture(&mut self) -> bool {
-        if self.captures.0.elapsed() >= Duration::from_secs(1) {
-            self.captures = (Instant::now(), 0);
-        }
-        self.captures.1 += 1;
-        self.captures.1 <= CAPTURES_PER_SECOND
+    /// Runs `f` (a capture) when the budget allows, and charges its time.
+    fn captured<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, Held> {
+        self.captures.start(Instant::now())?;
+        let t = Instant::now();
+        let out = f(self);
+        self.captures.spent(t.elapsed());
+        Ok(out)
     }
 
     /// The sockets on `port` in `ns` right now, both families.

@@ -4,7 +4,8 @@
 //! per interval: the first failure is logged at once with its details, later ones are
 //! counted and summed up in one line ("bind(0.0.0.0:8080) failed 9412 times in 5.0 s")
 //! when the interval has passed. The failure log and the metrics keep every count;
-//! only the log lines are thinned. Pure: the caller passes the time.
+//! only the log lines are thinned. Likewise the port captures after failures
+//! ([`CaptureBudget`]). Pure: the caller passes the time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -122,6 +123,87 @@ impl LogLimiter {
     }
 }
 
+/// Why a capture was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// As many captures as allowed in this second were made already.
+    Count(u32),
+    /// Captures took their share of the reader's time: the next waits until it is paid back.
+    Time,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::Count(n) => write!(f, "more than {n} captures this second"),
+            Held::Time => write!(f, "captures used their share of the tracer's time"),
+        }
+    }
+}
+
+/// Bounds the captures of a port's sockets after failures (a sock_diag dump, or a unix
+/// path probe): they run on the thread that drains the ring buffer, and a dump walks the
+/// kernel's whole socket hash, shared by every namespace (some 30 ms per family at 100k
+/// sockets on the host). A count per second alone let a flood spend all of the thread's
+/// time in dumps while events waited in the ring (and were lost once it was full). So at
+/// most `per_second` captures in a second, and a bucket of capture time: it fills at
+/// `share` of the wall clock up to `burst`, each capture takes what it took, and none
+/// starts while it is empty. A burst of failures is captured in full; a flood gets
+/// `share` of the thread.
+#[derive(Debug)]
+pub struct CaptureBudget {
+    per_second: u32,
+    share: f64,
+    burst: Duration,
+    window: Option<(Instant, u32)>,
+    /// Capture time left (negative: owed), as of `filled`.
+    left: f64,
+    filled: Option<Instant>,
+}
+
+impl CaptureBudget {
+    /// `share` is clamped to [0.01, 1]; the bucket starts full.
+    pub fn new(per_second: u32, share: f64, burst: Duration) -> Self {
+        CaptureBudget {
+            per_second,
+            share: share.clamp(0.01, 1.0),
+            burst,
+            window: None,
+            left: burst.as_secs_f64(),
+            filled: None,
+        }
+    }
+
+    /// Whether a capture may start at `now`; counts it when it may.
+    pub fn start(&mut self, now: Instant) -> Result<(), Held> {
+        if let Some(t) = self.filled {
+            let gained = now.saturating_duration_since(t).as_secs_f64() * self.share;
+            self.left = (self.left + gained).min(self.burst.as_secs_f64());
+        }
+        self.filled = Some(now);
+        if self.left <= 0.0 {
+            return Err(Held::Time);
+        }
+        let (since, n) = match self.window {
+            Some((since, n)) if now.saturating_duration_since(since) < Duration::from_secs(1) => {
+                (since, n)
+            }
+            _ => (now, 0),
+        };
+        if n >= self.per_second {
+            self.window = Some((since, n));
+            return Err(Held::Count(self.per_second));
+        }
+        self.window = Some((since, n + 1));
+        Ok(())
+    }
+
+    /// A capture allowed by [`Self::start`] took `took`.
+    pub fn spent(&mut self, took: Duration) {
+        self.left -= took.as_secs_f64();
+    }
+}
+
 fn plural(n: u64) -> &'static str {
     if n == 1 {
         ""
@@ -225,5 +307,86 @@ mod tests {
             "{due:?}"
         );
         assert!(l.slots.len() <= MAX_KEYS);
+    }
+
+    #[test]
+    fn captures_are_bounded_in_count_and_in_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (share, per second, burst ms, [(start at ms, took ms if it ran, expected)])
+        type Step = (u64, u64, Result<(), Held>);
+        let cases: &[(&str, f64, u32, u64, &[Step])] = &[
+            (
+                "quick captures: only the count per second holds them",
+                0.25,
+                3,
+                500,
+                &[
+                    (0, 1, Ok(())),
+                    (1, 1, Ok(())),
+                    (2, 1, Ok(())),
+                    (3, 0, Err(Held::Count(3))),
+                    (999, 0, Err(Held::Count(3))),
+                    (1000, 1, Ok(())),
+                ],
+            ),
+            (
+                "60 ms captures: nine from the full bucket, then one per 240 ms",
+                0.25,
+                50,
+                500,
+                &[
+                    (0, 60, Ok(())),
+                    (60, 60, Ok(())),
+                    (120, 60, Ok(())),
+                    (180, 60, Ok(())),
+                    (240, 60, Ok(())),
+                    (300, 60, Ok(())),
+                    (360, 60, Ok(())),
+                    (420, 60, Ok(())),
+                    // 500 - 8 * 60 + 0.25 * 480 = 140 ms left; this one takes 200.
+                    (480, 200, Ok(())),
+                    // -60 + 0.25 * 200 = -10 ms: still owed.
+                    (680, 0, Err(Held::Time)),
+                    (719, 0, Err(Held::Time)),
+                    (721, 60, Ok(())),
+                    (781, 0, Err(Held::Time)),
+                ],
+            ),
+            (
+                "a capture longer than the bucket: held until it is paid back",
+                0.25,
+                50,
+                500,
+                &[
+                    (0, 1500, Ok(())),
+                    // 500 - 1500 = -1000, back to 0 after 4 s.
+                    (3999, 0, Err(Held::Time)),
+                    (4001, 1, Ok(())),
+                ],
+            ),
+            (
+                "the bucket does not fill past its size",
+                0.25,
+                50,
+                100,
+                &[
+                    (0, 1, Ok(())),
+                    // Full at 100 ms, not 25 s: a 200 ms capture leaves it owing.
+                    (100_000, 200, Ok(())),
+                    (100_200, 0, Err(Held::Time)),
+                ],
+            ),
+        ];
+        for (name, share, per_second, burst, steps) in cases {
+            let mut b = CaptureBudget::new(*per_second, *share, ms(*burst));
+            for (at, took, want) in *steps {
+                let got = b.start(t0 + ms(*at));
+                assert_eq!(got, *want, "{name}: at {at} ms");
+                if got.is_ok() {
+                    b.spent(ms(*took));
+                }
+            }
+        }
     }
 }
