@@ -38,12 +38,26 @@ fn count(state: &str, port: u16) -> usize {
         .count()
 }
 
+/// The namespace's TCP counters that are not zero (`nstat -az`): how sockets left.
+fn tcp_counters() -> String {
+    let out = run_ok("nstat", &["-asz"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 2 && f[0].starts_with("Tcp") && f[1] != "0"
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Waits for `pred`, failing with what `ss` shows last.
 fn await_ss(what: &str, pred: impl Fn() -> bool) {
     assert!(
         eventually(Duration::from_secs(10), &pred),
-        "never {what}: {:#?}",
-        sockets()
+        "never {what}: {:#?}\nthe namespace's TCP counters:\n{}",
+        sockets(),
+        tcp_counters()
     );
 }
 
@@ -52,9 +66,40 @@ fn v4(ip: &str, port: u16) -> SocketAddr {
 }
 
 /// `n` server-side TIME_WAITs on `addr`: `n` connections, the server closes each
-/// first, the clients close once they saw its FIN. Leaves `listener` open.
+/// first, the clients close once they saw its FIN. Leaves `listener` open. The kernel
+/// has been seen (rarely, under load) to end up with one TIME_WAIT fewer than
+/// connections; the missing ones are made again, with a note, so that every test
+/// starts from exactly `n`.
 fn server_time_waits(listener: &Socket, addr: SocketAddr, n: usize) {
-    let before = count("TIME-WAIT", addr.port());
+    let want = count("TIME-WAIT", addr.port()) + n;
+    let mut missing = n;
+    for round in 0..3 {
+        time_wait_round(listener, addr, missing);
+        let have = count("TIME-WAIT", addr.port());
+        assert!(
+            have <= want,
+            "{have} TIME_WAITs on port {}, {want} expected",
+            addr.port()
+        );
+        missing = want - have;
+        if missing == 0 {
+            return;
+        }
+        eprintln!(
+            "NOTE: round {round} on {addr} left {missing} TIME_WAIT(s) fewer than connections; \
+             making them again. TCP counters:\n{}",
+            tcp_counters()
+        );
+    }
+    panic!(
+        "{missing} TIME_WAIT(s) on {addr} missing after 3 rounds: {:#?}",
+        sockets()
+    );
+}
+
+/// One round of [`server_time_waits`]: returns once the clients are gone and every
+/// server socket on the port is a listener or a TIME_WAIT.
+fn time_wait_round(listener: &Socket, addr: SocketAddr, n: usize) {
     let mut clients = Vec::new();
     for _ in 0..n {
         let c = TcpStream::connect(addr).expect("connect");
@@ -70,11 +115,15 @@ fn server_time_waits(listener: &Socket, addr: SocketAddr, n: usize) {
             == n
     });
     drop(clients);
-    await_ss("saw the server TIME_WAITs and the clients gone", || {
-        let all = sockets();
-        count("TIME-WAIT", addr.port()) == before + n
-            && !all.iter().any(|(_, _, p)| p == &addr.to_string())
-    });
+    await_ss(
+        "saw the clients gone and the server sockets in TIME-WAIT",
+        || {
+            sockets().iter().all(|(s, l, p)| {
+                p != &addr.to_string()
+                    && (port_of(l) != Some(addr.port()) || s == "LISTEN" || s == "TIME-WAIT")
+            })
+        },
+    );
 }
 
 /// `bindwatch ARGS` without the host's state file.
