@@ -17,6 +17,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
+echo "== cargo doc (links checked)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 echo "== cargo test"
 cargo test --lib --bins --tests
 echo "== disk: target/ is $(du -sh target 2>/dev/null | cut -f1)"

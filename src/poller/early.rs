@@ -7,7 +7,7 @@ use std::time::Duration;
 /// next short-lived listener is more likely seen. Bounded: at most
 /// [`EarlyPolls::MAX_STREAK`] early polls in a row, each at a quarter of the
 /// interval (at least [`EarlyPolls::MIN_WAIT`]); the table walk of an early poll
-/// still waits for the CPU budget ([`CpuBudget`]), only listeners are read at once.
+/// still waits for the CPU budget ([`super::budget::CpuBudget`]), only listeners are read at once.
 /// Pure.
 #[derive(Debug, Clone, Default)]
 pub struct EarlyPolls {

@@ -271,7 +271,7 @@ pub fn stays(h: &Holding) -> Tri {
 /// The deciding "flag" of a finding that depends on the holders.
 pub const HOLDERS_DECIDE: &str = "whether the listening socket's other holders outlive the restart";
 
-/// [`judge_restart`] where listening sockets at the endpoint may stay open: `stays`
+/// [`crate::rebind::judge_restart`] where listening sockets at the endpoint may stay open: `stays`
 /// says, for each listening socket a restart would replace, whether it stays open
 /// (`True`: a holder survives), closes (`False`) or may do either (`Unknown`). A
 /// socket that stays blocks like any other (a new socket joins it only through

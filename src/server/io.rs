@@ -143,7 +143,7 @@ impl From<&'static str> for Payload {
 }
 
 /// A response body that holds its `--web.max-requests` slot until hyper has taken the
-/// last byte. It hands the bytes out in [`BODY_CHUNK`] pieces (slices of the same
+/// last byte. It hands the bytes out in `BODY_CHUNK` pieces (slices of the same
 /// buffers, no copy): hyper takes a piece only when its write buffer has room, so a
 /// client that does not read keeps its slot until the write timeout, instead of hyper
 /// queueing the whole body at once and the slot going free at once.

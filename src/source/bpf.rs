@@ -285,7 +285,7 @@ impl SockIter {
         self.dump_narrowed(protocol, states, None, sink)
     }
 
-    /// [`SockIter::dump`], with the TCP walk narrowed (see [`SockIter::narrow`]) from its
+    /// [`SockIter::dump`], with the TCP walk narrowed (see `SockIter::narrow`) from its
     /// first read on when `narrow` is given: its sockets on ports outside `wanted` come
     /// as lite records (family, state, local port; addresses where the port is in the
     /// ephemeral range) with unknown flags and no inode.

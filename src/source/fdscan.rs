@@ -9,7 +9,7 @@
 //! CAP_BPF and CAP_PERFMON, a kernel before 5.8 or without BTF) the caller reads the
 //! links ([`super::fdlinks`]).
 //!
-//! The records carry process ids of the initial pid namespace: [`FdScan::usable`]
+//! The records carry process ids of the initial pid namespace: [`usable`]
 //! says whether `--path.procfs` numbers processes the same way, and only then may the
 //! ids be used with it.
 
