@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod e2e;
 pub mod oracle;
 pub mod oracle_situations;
+pub mod package;
 pub mod prom;
 pub mod unix;
 pub mod web_config;
@@ -571,7 +572,6 @@ impl Drop for Logged {
         let _ = std::fs::remove_file(&self.log);
     }
 }
-pub mod package;
 
 /// The inode number of the file behind `fd` (a socket's is the one sock_diag reports).
 pub fn inode_of(fd: &(impl std::os::fd::AsRawFd + ?Sized)) -> u64 {

@@ -2,24 +2,13 @@
 //! repository's root, and commands run with their output kept for the failure message.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
+pub use super::deploy::{run, text};
 
 pub fn run_ok_cmd(cmd: &mut Command) -> String {
     let out = run(cmd);
