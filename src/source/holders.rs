@@ -243,14 +243,16 @@ impl HolderScanner {
         self.fast.as_mut().and_then(Option::as_mut)
     }
 
-    /// A whole scan for `targets` by the BPF fd scanner; `None` when it is not in use
-    /// or failed (then it is not tried again, and the link scan takes over). Each fd
+    /// A whole scan for `targets` by the BPF fd scanner; `None` when it is not in use,
+    /// `targets` outgrow its map (the link scan does this one), or it failed (then it is
+    /// not tried again, and the link scan takes over). Each fd
     /// it names is confirmed with the link the link scan would have read, so both
     /// scans find the same holders: a process whose links cannot be read (hidden on
     /// purpose, see the module docs) holds none.
     fn scan_in_kernel(&mut self, targets: HashSet<u64>) -> Option<Scan> {
         let pids = self.list_pids()?;
-        let recs = match self.fast_scanner()?.scan(&targets) {
+        let fits = targets.len() <= super::records::FDSCAN_MAX_WANTED;
+        let recs = match self.fast_scanner().filter(|_| fits)?.scan(&targets) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "the BPF fd scan failed; holder scans read /proc fd links from now on");
