@@ -38,7 +38,8 @@ fn count(state: &str, port: u16) -> usize {
         .count()
 }
 
-/// The namespace's TCP counters that are not zero (`nstat -az`): how sockets left.
+/// The namespace's TCP counters that are not zero (`nstat -asz`: absolute, history
+/// file untouched): how sockets left.
 fn tcp_counters() -> String {
     let out = run_ok("nstat", &["-asz"]);
     String::from_utf8_lossy(&out.stdout)
@@ -67,9 +68,9 @@ fn v4(ip: &str, port: u16) -> SocketAddr {
 
 /// `n` server-side TIME_WAITs on `addr`: `n` connections, the server closes each
 /// first, the clients close once they saw its FIN. Leaves `listener` open. The kernel
-/// has been seen (rarely, under load) to end up with one TIME_WAIT fewer than
-/// connections; the missing ones are made again, with a note, so that every test
-/// starts from exactly `n`.
+/// may keep fewer TIME_WAITs than connections (rarely, under load, for reasons the
+/// setup cannot see); the missing ones are made again, with a note, so that every
+/// test starts from exactly `n`.
 fn server_time_waits(listener: &Socket, addr: SocketAddr, n: usize) {
     let want = count("TIME-WAIT", addr.port()) + n;
     let mut missing = n;

@@ -545,10 +545,10 @@ impl Reader {
 
     /// Runs `f` (a capture) when the budget allows, and charges its time.
     fn captured<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, Held> {
-        self.captures.start(Instant::now())?;
-        let t = Instant::now();
+        let started = Instant::now();
+        self.captures.start(started)?;
         let out = f(self);
-        self.captures.spent(t.elapsed());
+        self.captures.spent(started.elapsed());
         Ok(out)
     }
 

@@ -10,7 +10,7 @@
 //! - [`inputs`]: what the poller hands the tracer after each poll, before it
 //!   publishes (the snapshots to judge against; the ports-of-interest map follows).
 //! - [`ratelimit`] (pure): at most one log line per port, call and interval, with
-//!   the count since the last one.
+//!   the count since the last one; the count and time budget of port captures.
 //! - [`client`]: `bindwatch failures`: the local agent's `GET /failures`, as text.
 //!
 //! [`Events`] is what the loader, the poller (metrics, [`inputs::Inputs`]) and the
